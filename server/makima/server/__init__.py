@@ -1,0 +1,1 @@
+"""makima history & resume service: gRPC API over SQLModel storage and dulwich worktrees."""

@@ -1,0 +1,1 @@
+"""Alembic migrations (append-only); run through makima.server.store.migrate."""
