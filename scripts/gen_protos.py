@@ -61,8 +61,10 @@ def main() -> int:
         names = generated_files(fresh)
         if ns.check:
             stale = sorted(
-                n for n in names | generated_files(OUT_ROOT)
-                if not (target / n).exists() or not (fresh / PACKAGE_DIR / n).exists()
+                n
+                for n in names | generated_files(OUT_ROOT)
+                if not (target / n).exists()
+                or not (fresh / PACKAGE_DIR / n).exists()
                 or not filecmp.cmp(target / n, fresh / PACKAGE_DIR / n, shallow=False)
             )
             if stale:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy.engine import Connection
-
 from makima.server.store.models import metadata
+from sqlalchemy.engine import Connection
 
 
 def _run(connection: Connection) -> None:

@@ -1,0 +1,1 @@
+"""gRPC servicers: validate requests, call one domain use case, convert to protos. No SQL here."""

@@ -1,0 +1,106 @@
+"""Conversions between store rows / domain results and makima.v1 messages."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from google.protobuf import struct_pb2, timestamp_pb2
+from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+from makima.server.domain.contracts import ContractView
+from makima.server.store import models
+from makima.v1 import resources_pb2 as pb
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def enum_to_pb(wrapper: EnumTypeWrapper, prefix: str, value: str) -> int:
+    """'pending' -> TASK_STATUS_PENDING (UNSPECIFIED for an unknown stored value)."""
+    try:
+        return int(wrapper.Value(f"{prefix}_{value.upper()}"))
+    except ValueError:
+        return 0
+
+
+def enum_from_pb(wrapper: EnumTypeWrapper, prefix: str, number: int, enum: type[E]) -> E | None:
+    """TASK_STATUS_PENDING -> TaskStatus.PENDING; None for UNSPECIFIED or unknown numbers."""
+    try:
+        name = wrapper.Name(number)
+    except ValueError:
+        return None
+    suffix = name.removeprefix(f"{prefix}_").lower()
+    return enum(suffix) if suffix in enum._value2member_map_ else None
+
+
+def ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    out = timestamp_pb2.Timestamp()
+    out.FromDatetime(value)
+    return out
+
+
+def struct(value: dict[str, Any] | None) -> struct_pb2.Struct | None:
+    if not value:
+        return None
+    out = struct_pb2.Struct()
+    out.update(value)
+    return out
+
+
+def _id(value: uuid.UUID | None) -> str:
+    return str(value) if value is not None else ""
+
+
+def contract(view: ContractView) -> pb.Contract:
+    c = view.contract
+    return pb.Contract(
+        id=str(c.id),
+        name=c.name,
+        description=c.description,
+        phase=c.phase,
+        status=enum_to_pb(pb.ContractStatus, "CONTRACT_STATUS", c.status),
+        version=c.version,
+        create_time=ts(c.create_time),
+        update_time=ts(c.update_time),
+        supervisor_task_id=_id(view.supervisor_task_id),
+    )
+
+
+def task(t: models.Task) -> pb.Task:
+    return pb.Task(
+        id=str(t.id),
+        contract_id=_id(t.contract_id),
+        name=t.name,
+        instructions=t.instructions,
+        kind=enum_to_pb(pb.TaskKind, "TASK_KIND", t.kind),
+        status=enum_to_pb(pb.TaskStatus, "TASK_STATUS", t.status),
+        status_message=t.status_message,
+        daemon_id=_id(t.daemon_id),
+        lease_expire_time=ts(t.lease_expire_time),
+        worktree_path=t.worktree_path or "",
+        branch=t.branch or "",
+        message_count=t.message_count,
+        parent_task_id=_id(t.parent_task_id),
+        forked_from_task_id=_id(t.forked_from_task_id),
+        forked_from_checkpoint_id=_id(t.forked_from_checkpoint_id),
+        forked_at_message_index=t.forked_at_message_index,
+        continued_from_task_id=_id(t.continued_from_task_id),
+        create_time=ts(t.create_time),
+        update_time=ts(t.update_time),
+        version=t.version,
+    )
+
+
+def timeline_event(e: models.HistoryEvent) -> pb.TimelineEvent:
+    return pb.TimelineEvent(
+        cursor=e.cursor,
+        kind=enum_to_pb(pb.TimelineEventKind, "TIMELINE_EVENT_KIND", e.kind),
+        contract_id=_id(e.contract_id),
+        task_id=_id(e.task_id),
+        summary=e.summary,
+        data=struct(e.data),
+        create_time=ts(e.create_time),
+    )

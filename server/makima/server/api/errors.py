@@ -1,0 +1,55 @@
+"""The one place that turns errors into gRPC statuses with google.rpc error details."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from makima.server.domain import errors
+
+log = logging.getLogger(__name__)
+DOMAIN = "makima"
+
+_CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Aborted: grpc.StatusCode.ABORTED,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+}
+
+
+def _pack(message: object) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)  # type: ignore[arg-type]
+    return packed
+
+
+def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, grpc.Status]:
+    """The status to answer with; unexpected errors become a generic INTERNAL (trace logged)."""
+    if isinstance(exc, NotImplementedError):
+        exc = errors.Unimplemented(f"{method} is not implemented yet", metadata={"method": method})
+    if not isinstance(exc, errors.DomainError):
+        log.error("unexpected error in %s", method, exc_info=exc)
+        exc = errors.DomainError("internal error", reason="INTERNAL")
+    code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
+    details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=exc.metadata))]
+    if isinstance(exc, errors.InvalidArgument) and exc.violations:
+        details.append(
+            _pack(
+                error_details_pb2.BadRequest(
+                    field_violations=[
+                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        for v in exc.violations
+                    ]
+                )
+            )
+        )
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message, details=details)
+    return code, rpc_status.to_status(status)

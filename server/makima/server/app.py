@@ -1,0 +1,95 @@
+"""Assembles the gRPC server: servicers, interceptor, health, reflection, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from makima.server.api.interceptor import ServiceInterceptor
+from makima.server.api.supervisor import SupervisorServicer
+from makima.server.api.task_fork import TaskForkServicer
+from makima.server.config import Settings
+from makima.server.domain.auth import Authenticator
+from makima.server.domain.runtime import Runtime
+from makima.server.store import migrate
+from makima.server.store.engine import Database
+from makima.v1 import (
+    daemon_pb2,
+    daemon_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
+    supervisor_pb2,
+    supervisor_pb2_grpc,
+    task_fork_pb2,
+    task_fork_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = (
+    history_pb2.DESCRIPTOR.services_by_name["HistoryService"].full_name,
+    supervisor_pb2.DESCRIPTOR.services_by_name["SupervisorService"].full_name,
+    task_fork_pb2.DESCRIPTOR.services_by_name["TaskForkService"].full_name,
+    daemon_pb2.DESCRIPTOR.services_by_name["DaemonService"].full_name,
+)
+
+
+@dataclass
+class App:
+    """A started server and what it owns."""
+
+    server: aio.Server
+    port: int
+    runtime: Runtime
+    health: health.aio.HealthServicer
+
+    async def stop(self, grace: float) -> None:
+        """Report NOT_SERVING, let in-flight calls finish within `grace`, then release the database."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        await self.runtime.db.dispose()
+
+
+async def start(settings: Settings) -> App:
+    """Migrate the database, then start serving on `settings.listen` (port 0 picks a free port)."""
+    db = Database(settings.database_url)
+    await migrate.upgrade(db)
+    runtime = Runtime(db)
+    server = aio.server(interceptors=[ServiceInterceptor(Authenticator(runtime))])
+    history_pb2_grpc.add_HistoryServiceServicer_to_server(history_pb2_grpc.HistoryServiceServicer(), server)
+    supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime), server)
+    task_fork_pb2_grpc.add_TaskForkServiceServicer_to_server(TaskForkServicer(runtime), server)
+    daemon_pb2_grpc.add_DaemonServiceServicer_to_server(daemon_pb2_grpc.DaemonServiceServicer(), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    port = server.add_insecure_port(settings.listen)
+    await server.start()
+    log.info(
+        "serving", extra={"listen": settings.listen, "port": port, "database": db.url.render_as_string()}
+    )
+    return App(server=server, port=port, runtime=runtime, health=health_servicer)
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    app = await start(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"grace_seconds": settings.shutdown_grace})
+    await app.stop(settings.shutdown_grace)
+    log.info("stopped")

@@ -1,0 +1,119 @@
+"""`makima-server`: serve, migrate, create-api-key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from makima.server import logs
+from makima.server.config import DEFAULT_LISTEN, Settings
+from makima.server.store.engine import DEFAULT_DATABASE_URL
+
+
+def _database_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("MAKIMA_DATABASE_URL", DEFAULT_DATABASE_URL),
+        help="sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db "
+        "(env MAKIMA_DATABASE_URL; default %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="makima-server",
+        description="makima history & resume service (gRPC).",
+        epilog="examples:\n"
+        "  makima-server serve\n"
+        "  makima-server serve --listen 0.0.0.0:50051 "
+        "--database-url postgresql+asyncpg://makima@db/makima\n"
+        "  makima-server create-api-key --owner 4f1c2e1a-0000-4000-8000-000000000001 --name laptop",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--log-level", default=os.environ.get("MAKIMA_LOG_LEVEL", "INFO"))
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="migrate the database, then serve gRPC until SIGTERM/SIGINT")
+    serve.add_argument(
+        "--listen",
+        default=os.environ.get("MAKIMA_LISTEN", DEFAULT_LISTEN),
+        help="host:port to listen on (env MAKIMA_LISTEN; default %(default)s)",
+    )
+    _database_option(serve)
+    serve.add_argument(
+        "--workspace-root",
+        type=Path,
+        default=Path(os.environ.get("MAKIMA_WORKSPACE_ROOT", "./workspace")),
+        help="directory holding every task worktree (env MAKIMA_WORKSPACE_ROOT; default %(default)s)",
+    )
+    serve.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=float(os.environ.get("MAKIMA_SHUTDOWN_GRACE", "10")),
+        help="seconds in-flight calls get to finish on shutdown (default %(default)s)",
+    )
+
+    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
+    _database_option(migrate)
+
+    key = commands.add_parser("create-api-key", help="create an API key for an owner and print it once")
+    _database_option(key)
+    key.add_argument("--owner", required=True, type=uuid.UUID, help="owner UUID (created if new)")
+    key.add_argument("--name", default="", help="a label for the key")
+    return parser
+
+
+async def _migrate(database_url: str) -> None:
+    from makima.server.store import migrate
+    from makima.server.store.engine import Database
+
+    db = Database(database_url)
+    try:
+        await migrate.upgrade(db)
+    finally:
+        await db.dispose()
+
+
+async def _create_api_key(database_url: str, owner: uuid.UUID, name: str) -> str:
+    from makima.server.domain.auth import create_api_key
+    from makima.server.domain.runtime import Runtime
+    from makima.server.store import migrate
+    from makima.server.store.engine import Database
+
+    db = Database(database_url)
+    try:
+        await migrate.upgrade(db)
+        return (await create_api_key(Runtime(db), owner_id=owner, name=name)).secret
+    finally:
+        await db.dispose()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_level)
+    if args.command == "serve":
+        from makima.server.app import serve
+
+        settings = Settings(
+            listen=args.listen,
+            database_url=args.database_url,
+            workspace_root=args.workspace_root,
+            shutdown_grace=args.shutdown_grace,
+        )
+        asyncio.run(serve(settings))
+    elif args.command == "migrate":
+        asyncio.run(_migrate(args.database_url))
+        print("database is up to date")
+    else:
+        secret = asyncio.run(_create_api_key(args.database_url, args.owner, args.name))
+        print(secret)
+        print("store this key now: it cannot be shown again", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

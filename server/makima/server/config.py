@@ -1,0 +1,19 @@
+"""Server settings: command-line flags with MAKIMA_* environment variables as defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from makima.server.store.engine import DEFAULT_DATABASE_URL
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    database_url: str = DEFAULT_DATABASE_URL
+    workspace_root: Path = Path("./workspace")
+    # Seconds in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled.
+    shutdown_grace: float = 10.0

@@ -1,0 +1,105 @@
+"""Task use cases: create and read."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from makima.server.domain.contracts import load_contract
+from makima.server.domain.enums import TaskKind, TimelineKind
+from makima.server.domain.errors import NotFound, Unimplemented
+from makima.server.domain.runtime import Principal, Runtime, Tx
+from makima.server.store import tasks as store
+from makima.server.store.models import Conversation, Task
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+@dataclass(frozen=True)
+class WorktreeRequest:
+    """Where a new task's worktree comes from: an empty repository, or a repository at a ref."""
+
+    repository: str | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True)
+class CreateTaskInput:
+    name: str
+    instructions: str = ""
+    contract_id: uuid.UUID | None = None
+    parent_task_id: uuid.UUID | None = None
+    worktree: WorktreeRequest | None = None
+
+
+async def load_task(
+    session: AsyncSession, owner_id: uuid.UUID, task_id: uuid.UUID, *, for_update: bool = False
+) -> Task:
+    """The owner's task, or NotFound (also for another owner's task)."""
+    task = await store.get(session, owner_id=owner_id, task_id=task_id, for_update=for_update)
+    if task is None:
+        raise NotFound.resource("task", task_id)
+    return task
+
+
+async def new_task(
+    tx: Tx, *, name: str, instructions: str, kind: TaskKind, contract_id: uuid.UUID | None, **lineage: object
+) -> Task:
+    """Insert a pending task with an empty conversation of its own."""
+    task = Task(
+        owner_id=tx.owner_id,
+        contract_id=contract_id,
+        name=name,
+        instructions=instructions,
+        kind=kind.value,
+        create_time=tx.now,
+        update_time=tx.now,
+        last_activity_time=tx.now,
+        **lineage,
+    )
+    tx.session.add(task)
+    await tx.session.flush()
+    conversation = Conversation(owner_id=tx.owner_id, task_id=task.id, create_time=tx.now)
+    tx.session.add(conversation)
+    await tx.session.flush()
+    task.conversation_id = conversation.id
+    return task
+
+
+async def create_task(tx: Tx, inp: CreateTaskInput) -> Task:
+    if inp.worktree is not None:
+        raise Unimplemented(
+            "task worktrees are not implemented yet; create the task without `worktree`",
+            reason="WORKTREES_NOT_IMPLEMENTED",
+        )
+    phase = None
+    if inp.contract_id is not None:
+        phase = (await load_contract(tx.session, tx.owner_id, inp.contract_id)).phase
+    if inp.parent_task_id is not None:
+        await load_task(tx.session, tx.owner_id, inp.parent_task_id)
+    task = await new_task(
+        tx,
+        name=inp.name,
+        instructions=inp.instructions,
+        kind=TaskKind.WORKER,
+        contract_id=inp.contract_id,
+        parent_task_id=inp.parent_task_id,
+    )
+    await tx.session.flush()
+    tx.record(
+        TimelineKind.TASK_CREATED,
+        f"task {task.name!r} created",
+        contract_id=task.contract_id,
+        task_id=task.id,
+        phase=phase,
+        data={"name": task.name, "kind": task.kind, "parent_task_id": _str(task.parent_task_id)},
+    )
+    return task
+
+
+async def get_task(rt: Runtime, principal: Principal, task_id: uuid.UUID) -> Task:
+    async with rt.read() as session:
+        return await load_task(session, principal.owner_id, task_id)
+
+
+def _str(value: uuid.UUID | None) -> str | None:
+    return str(value) if value is not None else None

@@ -1,0 +1,18 @@
+"""Task queries, always scoped by owner."""
+
+from __future__ import annotations
+
+import uuid
+
+from makima.server.store.models import Task
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+
+async def get(
+    session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, for_update: bool = False
+) -> Task | None:
+    stmt = select(Task).where(Task.id == task_id, Task.owner_id == owner_id)
+    if for_update:
+        stmt = stmt.with_for_update()
+    return (await session.execute(stmt)).scalar_one_or_none()
