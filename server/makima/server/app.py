@@ -76,9 +76,7 @@ async def start(settings: Settings) -> App:
     )
     port = server.add_insecure_port(settings.listen)
     await server.start()
-    log.info(
-        "serving", extra={"listen": settings.listen, "port": port, "database": db.url.render_as_string()}
-    )
+    log.info("serving", extra={"listen": settings.listen, "port": port, "database": db.url.render_as_string()})
     return App(server=server, port=port, runtime=runtime, health=health_servicer)
 
 

@@ -46,15 +46,11 @@ def _print(args: argparse.Namespace, message: Message) -> None:
             print(f"{section:<28} {value}")
 
 
-def _call(
-    args: argparse.Namespace, stub_type: Callable[[grpc.Channel], Any], method: str, request: Message
-) -> int:
+def _call(args: argparse.Namespace, stub_type: Callable[[grpc.Channel], Any], method: str, request: Message) -> int:
     with _channel(args) as channel:
         stub = stub_type(channel)
         try:
-            response = getattr(stub, method).with_call(
-                request, metadata=_metadata(args), timeout=args.timeout
-            )[0]
+            response = getattr(stub, method).with_call(request, metadata=_metadata(args), timeout=args.timeout)[0]
         except grpc.RpcError as err:
             return _report(err)
     _print(args, response)
@@ -101,9 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
             a,
             supervisor_pb2_grpc.SupervisorServiceStub,
             "CreateContract",
-            supervisor_pb2.CreateContractRequest(
-                name=a.name, description=a.description, initial_phase=a.phase
-            ),
+            supervisor_pb2.CreateContractRequest(name=a.name, description=a.description, initial_phase=a.phase),
         )
     )
 

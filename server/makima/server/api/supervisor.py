@@ -20,22 +20,16 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         inp = contracts.CreateContractInput(
             name=text_field(request.name, "name", max_length=MAX_NAME),
             description=request.description,
-            initial_phase=text_field(
-                request.initial_phase, "initial_phase", max_length=MAX_PHASE, required=False
-            )
+            initial_phase=text_field(request.initial_phase, "initial_phase", max_length=MAX_PHASE, required=False)
             or contracts.DEFAULT_PHASE,
         )
 
         async def body(tx: Tx) -> pb.CreateContractResponse:
-            return pb.CreateContractResponse(
-                contract=convert.contract(await contracts.create_contract(tx, inp))
-            )
+            return pb.CreateContractResponse(contract=convert.contract(await contracts.create_contract(tx, inp)))
 
         return await self.mutate(request, pb.CreateContractResponse, body)
 
-    async def GetContract(
-        self, request: pb.GetContractRequest, context: aio.ServicerContext
-    ) -> pb.GetContractResponse:
+    async def GetContract(self, request: pb.GetContractRequest, context: aio.ServicerContext) -> pb.GetContractResponse:
         contract_id = uuid_field(request.contract_id, "contract_id")
         view = await contracts.get_contract(self.rt, current_principal(), contract_id)
         return pb.GetContractResponse(contract=convert.contract(view))
@@ -51,8 +45,6 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
 
         async def body(tx: Tx) -> pb.AdvancePhaseResponse:
             result = await contracts.advance_phase(tx, inp)
-            return pb.AdvancePhaseResponse(
-                contract=convert.contract(result.view), previous_phase=result.previous_phase
-            )
+            return pb.AdvancePhaseResponse(contract=convert.contract(result.view), previous_phase=result.previous_phase)
 
         return await self.mutate(request, pb.AdvancePhaseResponse, body)

@@ -26,9 +26,7 @@ def _worktree(spec: resources_pb2.WorktreeSpec) -> tasks.WorktreeRequest | None:
 
 
 class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
-    async def CreateTask(
-        self, request: pb.CreateTaskRequest, context: aio.ServicerContext
-    ) -> pb.CreateTaskResponse:
+    async def CreateTask(self, request: pb.CreateTaskRequest, context: aio.ServicerContext) -> pb.CreateTaskResponse:
         inp = tasks.CreateTaskInput(
             name=text_field(request.name, "name", max_length=MAX_NAME),
             instructions=request.instructions,

@@ -165,7 +165,5 @@ class Runtime:
                 await session.flush()
             last_cursor = None
             if tx.events:
-                last_cursor = await timeline.append(
-                    session, owner_id=tx.owner_id, events=tx.events, now=tx.now
-                )
+                last_cursor = await timeline.append(session, owner_id=tx.owner_id, events=tx.events, now=tx.now)
             return result, last_cursor

@@ -18,9 +18,7 @@ async def ensure_owner(session: AsyncSession, *, owner_id: uuid.UUID, name: str 
     return owner
 
 
-def add_api_key(
-    session: AsyncSession, *, owner_id: uuid.UUID, name: str, key_hash: str, key_prefix: str
-) -> ApiKey:
+def add_api_key(session: AsyncSession, *, owner_id: uuid.UUID, name: str, key_hash: str, key_prefix: str) -> ApiKey:
     key = ApiKey(owner_id=owner_id, name=name, key_hash=key_hash, key_prefix=key_prefix)
     session.add(key)
     return key

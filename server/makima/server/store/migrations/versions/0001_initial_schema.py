@@ -67,9 +67,7 @@ def upgrade() -> None:
         sa.Column("name", sa.String(length=200), nullable=False),
         sa.Column("hostname", sa.String(length=255), nullable=False),
         sa.Column("create_time", makima.server.store.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column(
-            "last_heartbeat_time", makima.server.store.types.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("last_heartbeat_time", makima.server.store.types.UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], name=op.f("fk_daemons_owner_id_owners")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_daemons")),
     )
@@ -78,9 +76,7 @@ def upgrade() -> None:
 
     op.create_table(
         "history_events",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("owner_id", sa.Uuid(), nullable=False),
         sa.Column("cursor", sa.BigInteger(), nullable=False),
         sa.Column("kind", sa.String(length=64), nullable=False),
@@ -102,9 +98,7 @@ def upgrade() -> None:
         batch_op.create_index(
             "ix_history_events_owner_contract_cursor", ["owner_id", "contract_id", "cursor"], unique=False
         )
-        batch_op.create_index(
-            "ix_history_events_owner_task_cursor", ["owner_id", "task_id", "cursor"], unique=False
-        )
+        batch_op.create_index("ix_history_events_owner_task_cursor", ["owner_id", "task_id", "cursor"], unique=False)
 
     op.create_table(
         "idempotency_keys",
@@ -114,9 +108,7 @@ def upgrade() -> None:
         sa.Column("request_hash", sa.String(length=64), nullable=False),
         sa.Column("response", sa.LargeBinary(), nullable=False),
         sa.Column("create_time", makima.server.store.types.UTCDateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["owner_id"], ["owners.id"], name=op.f("fk_idempotency_keys_owner_id_owners")
-        ),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], name=op.f("fk_idempotency_keys_owner_id_owners")),
         sa.PrimaryKeyConstraint("owner_id", "method", "request_id", name=op.f("pk_idempotency_keys")),
     )
     op.create_table(
@@ -147,13 +139,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["continued_from_task_id"], ["tasks.id"], name=op.f("fk_tasks_continued_from_task_id_tasks")
         ),
-        sa.ForeignKeyConstraint(
-            ["contract_id"], ["contracts.id"], name=op.f("fk_tasks_contract_id_contracts")
-        ),
+        sa.ForeignKeyConstraint(["contract_id"], ["contracts.id"], name=op.f("fk_tasks_contract_id_contracts")),
         sa.ForeignKeyConstraint(["daemon_id"], ["daemons.id"], name=op.f("fk_tasks_daemon_id_daemons")),
-        sa.ForeignKeyConstraint(
-            ["forked_from_task_id"], ["tasks.id"], name=op.f("fk_tasks_forked_from_task_id_tasks")
-        ),
+        sa.ForeignKeyConstraint(["forked_from_task_id"], ["tasks.id"], name=op.f("fk_tasks_forked_from_task_id_tasks")),
         sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], name=op.f("fk_tasks_owner_id_owners")),
         sa.ForeignKeyConstraint(["parent_task_id"], ["tasks.id"], name=op.f("fk_tasks_parent_task_id_tasks")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_tasks")),
@@ -161,9 +149,7 @@ def upgrade() -> None:
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.create_index("ix_tasks_continued_from", ["continued_from_task_id"], unique=False)
         batch_op.create_index("ix_tasks_forked_from", ["forked_from_task_id"], unique=False)
-        batch_op.create_index(
-            "ix_tasks_owner_contract", ["owner_id", "contract_id", "create_time"], unique=False
-        )
+        batch_op.create_index("ix_tasks_owner_contract", ["owner_id", "contract_id", "create_time"], unique=False)
         batch_op.create_index("ix_tasks_parent", ["parent_task_id"], unique=False)
         batch_op.create_index("ix_tasks_status_create", ["status", "create_time"], unique=False)
         batch_op.create_index("ix_tasks_status_lease", ["status", "lease_expire_time"], unique=False)
@@ -198,9 +184,7 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(
             ["contract_id"], ["contracts.id"], name=op.f("fk_supervisor_states_contract_id_contracts")
         ),
-        sa.ForeignKeyConstraint(
-            ["owner_id"], ["owners.id"], name=op.f("fk_supervisor_states_owner_id_owners")
-        ),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], name=op.f("fk_supervisor_states_owner_id_owners")),
         sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name=op.f("fk_supervisor_states_task_id_tasks")),
         sa.PrimaryKeyConstraint("contract_id", name=op.f("pk_supervisor_states")),
         sa.UniqueConstraint("task_id", name=op.f("uq_supervisor_states_task_id")),
@@ -210,9 +194,7 @@ def upgrade() -> None:
 
     op.create_table(
         "task_events",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("owner_id", sa.Uuid(), nullable=False),
         sa.Column("task_id", sa.Uuid(), nullable=False),
         sa.Column("sequence", sa.BigInteger(), nullable=False),
@@ -235,9 +217,7 @@ def upgrade() -> None:
 
     op.create_table(
         "conversation_messages",
-        sa.Column(
-            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False
-        ),
+        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), autoincrement=True, nullable=False),
         sa.Column("owner_id", sa.Uuid(), nullable=False),
         sa.Column("conversation_id", sa.Uuid(), nullable=False),
         sa.Column("position", sa.BigInteger(), nullable=False),
@@ -254,9 +234,7 @@ def upgrade() -> None:
             ["conversations.id"],
             name=op.f("fk_conversation_messages_conversation_id_conversations"),
         ),
-        sa.ForeignKeyConstraint(
-            ["owner_id"], ["owners.id"], name=op.f("fk_conversation_messages_owner_id_owners")
-        ),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], name=op.f("fk_conversation_messages_owner_id_owners")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_conversation_messages")),
         sa.UniqueConstraint(
             "conversation_id", "position", name=op.f("uq_conversation_messages_conversation_id_position")
@@ -276,18 +254,12 @@ def upgrade() -> None:
             ["conversations.id"],
             name=op.f("fk_conversation_snapshots_conversation_id_conversations"),
         ),
-        sa.ForeignKeyConstraint(
-            ["owner_id"], ["owners.id"], name=op.f("fk_conversation_snapshots_owner_id_owners")
-        ),
-        sa.ForeignKeyConstraint(
-            ["task_id"], ["tasks.id"], name=op.f("fk_conversation_snapshots_task_id_tasks")
-        ),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], name=op.f("fk_conversation_snapshots_owner_id_owners")),
+        sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name=op.f("fk_conversation_snapshots_task_id_tasks")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_conversation_snapshots")),
     )
     with op.batch_alter_table("conversation_snapshots", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_conversation_snapshots_task_create", ["task_id", "create_time"], unique=False
-        )
+        batch_op.create_index("ix_conversation_snapshots_task_create", ["task_id", "create_time"], unique=False)
 
     op.create_table(
         "task_checkpoints",
@@ -308,9 +280,7 @@ def upgrade() -> None:
             ["conversation_snapshots.id"],
             name=op.f("fk_task_checkpoints_conversation_snapshot_id_conversation_snapshots"),
         ),
-        sa.ForeignKeyConstraint(
-            ["owner_id"], ["owners.id"], name=op.f("fk_task_checkpoints_owner_id_owners")
-        ),
+        sa.ForeignKeyConstraint(["owner_id"], ["owners.id"], name=op.f("fk_task_checkpoints_owner_id_owners")),
         sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name=op.f("fk_task_checkpoints_task_id_tasks")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_task_checkpoints")),
     )
