@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from makima.server.api.interceptor import ServiceInterceptor
 from makima.server.api.supervisor import SupervisorServicer
 from makima.server.api.task_fork import TaskForkServicer

@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+
 from makima.v1 import supervisor_pb2, supervisor_pb2_grpc, task_fork_pb2, task_fork_pb2_grpc
 
 DEFAULT_ADDRESS = "127.0.0.1:50051"

@@ -9,6 +9,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
+
 from makima.server.domain.contracts import ContractView
 from makima.server.store import models
 from makima.v1 import resources_pb2 as pb

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 from grpc import aio
+
 from makima.server.api.errors import status_for
 from makima.server.domain.auth import Authenticator
 from makima.server.domain.runtime import Principal

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from grpc import aio
+
 from makima.server.api import convert
 from makima.server.api.base import Servicer
 from makima.server.api.interceptor import current_principal

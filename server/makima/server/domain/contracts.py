@@ -5,12 +5,13 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from makima.server.domain.enums import ContractStatus, TimelineKind
 from makima.server.domain.errors import Aborted, FailedPrecondition, NotFound
 from makima.server.domain.runtime import Principal, Runtime, Tx
 from makima.server.store import contracts as store
 from makima.server.store.models import Contract
-from sqlalchemy.ext.asyncio import AsyncSession
 
 DEFAULT_PHASE = "research"
 

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from makima.server.domain.enums import TimelineKind
 from makima.server.domain.errors import InvalidArgument, Unavailable
 from makima.server.store import idempotency, timeline
 from makima.server.store.engine import Database
 from makima.server.store.types import utcnow
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from makima.server.domain.contracts import load_contract
 from makima.server.domain.enums import TaskKind, TimelineKind
 from makima.server.domain.errors import NotFound, Unimplemented
 from makima.server.domain.runtime import Principal, Runtime, Tx
 from makima.server.store import tasks as store
 from makima.server.store.models import Conversation, Task
-from sqlalchemy.ext.asyncio import AsyncSession
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from makima.server.store.models import IdempotencyKey
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from makima.server.store.models import IdempotencyKey
 
 
 async def find(

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
-from makima.server.store.engine import Database
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
+
+from makima.server.store.engine import Database
 
 # Any fixed number: serializes concurrent migrations of several server processes on PostgreSQL.
 _MIGRATION_LOCK = 0x6D616B696D61

@@ -12,7 +12,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from makima.server.store.types import BigIntPK, JSONDoc, UTCDateTime, utcnow
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
@@ -24,6 +23,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlmodel import Column, Field, SQLModel
+
+from makima.server.store.types import BigIntPK, JSONDoc, UTCDateTime, utcnow
 
 # Stable constraint names, so that migrations and models agree on both backends.
 SQLModel.metadata.naming_convention = {

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from makima.server.store.models import ApiKey, Owner
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from makima.server.store.models import ApiKey, Owner
 
 
 async def ensure_owner(session: AsyncSession, *, owner_id: uuid.UUID, name: str = "") -> Owner:

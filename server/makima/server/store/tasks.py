@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from makima.server.store.models import Task
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from makima.server.store.models import Task
 
 
 async def get(

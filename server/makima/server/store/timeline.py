@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from makima.server.store.models import HistoryEvent, Owner
 from sqlalchemy import insert, update
 from sqlalchemy.ext.asyncio import AsyncSession
+
+from makima.server.store.models import HistoryEvent, Owner
 
 
 @dataclass(frozen=True)

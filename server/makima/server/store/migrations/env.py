@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from makima.server.store.models import metadata
 from sqlalchemy.engine import Connection
+
+from makima.server.store.models import metadata
 
 
 def _run(connection: Connection) -> None:

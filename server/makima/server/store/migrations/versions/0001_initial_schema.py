@@ -7,10 +7,11 @@ Create Date: 2026-11-27
 
 from __future__ import annotations
 
-import makima.server.store.types
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
+
+import makima.server.store.types
 
 revision = "0001"
 down_revision = None
