@@ -77,6 +77,18 @@ async def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.
     await drop_postgres_database(base, url)
 
 
+@pytest.fixture
+async def empty_database_url(database_url: str, tmp_path: Path) -> AsyncIterator[str]:
+    """Another fresh database of the backend under test, that no server uses."""
+    if database_url.startswith("sqlite"):
+        yield f"sqlite+aiosqlite:///{tmp_path / 'empty.db'}"
+        return
+    base = postgres_base_url()
+    url = await _fresh_postgres_database(base)
+    yield url
+    await drop_postgres_database(base, url)
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "database_url" in metafunc.fixturenames:
         metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True, scope="session")

@@ -1,0 +1,128 @@
+"""The server as clients see it: reflection, health, grpcurl, the CLI entry point, logs, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import uuid
+from pathlib import Path
+
+import grpc
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from makima.server.app import SERVICE_NAMES, App
+from makima.v1 import history_pb2
+from tests.helpers import Api, create_contract, fails
+
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
+
+
+async def run(*argv: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run a command without blocking the event loop that serves the in-process server."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_reflection_lists_every_service(channel: aio.Channel) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = [
+        r async for r in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    ]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert names == {*SERVICE_NAMES, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+
+
+async def test_health_is_serving_without_a_key(channel: aio.Channel) -> None:
+    stub = health_pb2_grpc.HealthStub(channel)
+    for service in ("", *SERVICE_NAMES):
+        response = await stub.Check(health_pb2.HealthCheckRequest(service=service))
+        assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+
+
+async def test_grpcurl_lists_and_calls(server: App, api: Api) -> None:
+    address = f"127.0.0.1:{server.port}"
+    code, out, err = await run(GRPCURL, "-plaintext", address, "list")
+    assert code == 0, err
+    assert set(out.split()) >= set(SERVICE_NAMES)
+
+    code, out, err = await run(
+        GRPCURL,
+        "-plaintext",
+        "-H",
+        f"authorization: Bearer {api.key}",
+        "-d",
+        json.dumps({"name": "from grpcurl", "initialPhase": "plan"}),
+        address,
+        "makima.v1.SupervisorService/CreateContract",
+    )
+    assert code == 0, err
+    contract = json.loads(out)["contract"]
+    assert (contract["name"], contract["phase"], contract["status"]) == (
+        "from grpcurl",
+        "plan",
+        "CONTRACT_STATUS_ACTIVE",
+    )
+
+    code, out, err = await run(GRPCURL, "-plaintext", "-d", "{}", address, "makima.v1.SupervisorService/GetContract")
+    assert code == 64 + 16, (code, err)  # grpcurl exits with 64 + the gRPC code (16 = UNAUTHENTICATED)
+    assert '"reason":"UNAUTHENTICATED"' in err.replace(" ", "")
+
+
+async def test_unimplemented_rpc_says_so(api: Api) -> None:
+    failure = await fails(
+        api.history.GetTaskLineage(history_pb2.GetTaskLineageRequest(task_id=str(uuid.uuid4())), metadata=api.md),
+        grpc.StatusCode.UNIMPLEMENTED,
+        reason="UNIMPLEMENTED",
+    )
+    assert "GetTaskLineage" in failure.message
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_serve_command_logs_each_rpc_and_stops_on_sigterm(tmp_path: Path, empty_database_url: str) -> None:
+    """`makima-server serve` configured by MAKIMA_* variables; SIGTERM ends it cleanly."""
+    port = _free_port()
+    env = os.environ | {
+        "MAKIMA_LISTEN": f"127.0.0.1:{port}",
+        "MAKIMA_DATABASE_URL": empty_database_url,
+        "MAKIMA_WORKSPACE_ROOT": str(tmp_path / "ws"),
+    }
+    server_bin = str(Path(sys.executable).parent / "makima-server")
+    code, key, err = await run(server_bin, "create-api-key", "--owner", str(uuid.uuid4()), env=env)
+    assert code == 0, err
+    key = key.strip()
+    assert key.startswith("mk_")
+
+    proc = await asyncio.create_subprocess_exec(
+        server_bin, "serve", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            api = Api(channel=channel, owner_id=uuid.uuid4(), key=key)
+            contract = await create_contract(api, "served")
+            assert contract.name == "served"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err_bytes = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0
+    lines = [json.loads(line) for line in err_bytes.decode().splitlines() if line.startswith("{")]
+    rpcs = [line for line in lines if line["msg"] == "rpc"]
+    assert any(r["rpc_method"] == "/makima.v1.SupervisorService/CreateContract" and r["rpc_code"] == "OK" for r in rpcs)
+    assert all(isinstance(r["duration_ms"], float) for r in rpcs)
+    assert [line["msg"] for line in lines][-2:] == ["shutting down", "stopped"]
