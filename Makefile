@@ -1,0 +1,43 @@
+# Everything a fresh machine with Python >= 3.11 needs: `make serve` and `make test` create the venv
+# and install the project first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+MAKIMA_TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
+export MAKIMA_TEST_POSTGRES_URL
+
+.PHONY: serve test lint protos check-protos bench clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/makima-server serve
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+lint: $(STAMP) $(BUF)
+	$(BUF) lint
+	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/ruff check server clients/python/makima/cli scripts tests bench
+	$(BIN)/ruff format --check server clients/python/makima/cli scripts tests bench
+
+protos: $(STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+bench: $(STAMP)
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache dist build
