@@ -11,6 +11,8 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from makima.server.api.daemon import DaemonServicer
+from makima.server.api.history import HistoryServicer
 from makima.server.api.interceptor import ServiceInterceptor
 from makima.server.api.supervisor import SupervisorServicer
 from makima.server.api.task_fork import TaskForkServicer
@@ -19,6 +21,8 @@ from makima.server.domain.auth import Authenticator
 from makima.server.domain.runtime import Runtime
 from makima.server.store import migrate
 from makima.server.store.engine import Database
+from makima.server.timeline.hub import TimelineHub
+from makima.server.timeline.listener import PostgresListener
 from makima.v1 import (
     daemon_pb2,
     daemon_pb2_grpc,
@@ -48,11 +52,16 @@ class App:
     port: int
     runtime: Runtime
     health: health.aio.HealthServicer
+    hub: TimelineHub
+    listener: PostgresListener | None
 
     async def stop(self, grace: float) -> None:
-        """Report NOT_SERVING, let in-flight calls finish within `grace`, then release the database."""
+        """Report NOT_SERVING, end live streams, let in-flight calls finish within `grace`, release the rest."""
         await self.health.enter_graceful_shutdown()
+        self.hub.close()
         await self.server.stop(grace)
+        if self.listener is not None:
+            await self.listener.stop()
         await self.runtime.db.dispose()
 
 
@@ -60,12 +69,19 @@ async def start(settings: Settings) -> App:
     """Migrate the database, then start serving on `settings.listen` (port 0 picks a free port)."""
     db = Database(settings.database_url)
     await migrate.upgrade(db)
-    runtime = Runtime(db)
+    hub = TimelineHub()
+    runtime = Runtime(db, on_commit=hub.publish)
+    listener = PostgresListener(db.url, hub) if db.dialect == "postgresql" else None
+    if listener is not None:
+        listener.start()
     server = aio.server(interceptors=[ServiceInterceptor(Authenticator(runtime))])
-    history_pb2_grpc.add_HistoryServiceServicer_to_server(history_pb2_grpc.HistoryServiceServicer(), server)
+    history = HistoryServicer(
+        runtime, hub, keep_alive=settings.keep_alive_seconds, recheck=settings.timeline_recheck_seconds
+    )
+    history_pb2_grpc.add_HistoryServiceServicer_to_server(history, server)
     supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime), server)
     task_fork_pb2_grpc.add_TaskForkServiceServicer_to_server(TaskForkServicer(runtime), server)
-    daemon_pb2_grpc.add_DaemonServiceServicer_to_server(daemon_pb2_grpc.DaemonServiceServicer(), server)
+    daemon_pb2_grpc.add_DaemonServiceServicer_to_server(DaemonServicer(runtime), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -78,7 +94,7 @@ async def start(settings: Settings) -> App:
     port = server.add_insecure_port(settings.listen)
     await server.start()
     log.info("serving", extra={"listen": settings.listen, "port": port, "database": db.url.render_as_string()})
-    return App(server=server, port=port, runtime=runtime, health=health_servicer)
+    return App(server=server, port=port, runtime=runtime, health=health_servicer, hub=hub, listener=listener)
 
 
 async def serve(settings: Settings) -> None:

@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds in-flight calls get to finish on shutdown (default %(default)s)",
     )
 
+    serve.add_argument(
+        "--keep-alive-seconds",
+        type=float,
+        default=float(os.environ.get("MAKIMA_KEEP_ALIVE_SECONDS", "15")),
+        help="seconds between keep-alives on idle timeline streams (default %(default)s)",
+    )
+
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     _database_option(migrate)
 
@@ -103,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             database_url=args.database_url,
             workspace_root=args.workspace_root,
             shutdown_grace=args.shutdown_grace,
+            keep_alive_seconds=args.keep_alive_seconds,
         )
         asyncio.run(serve(settings))
     elif args.command == "migrate":

@@ -17,3 +17,7 @@ class Settings:
     workspace_root: Path = Path("./workspace")
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled.
     shutdown_grace: float = 10.0
+    # Seconds between keep-alives on an idle StreamTimeline.
+    keep_alive_seconds: float = 15.0
+    # Seconds between database re-checks of an idle stream (catches a missed notification).
+    timeline_recheck_seconds: float = 1.0

@@ -95,7 +95,8 @@ def task(t: models.Task) -> pb.Task:
     )
 
 
-def timeline_event(e: models.HistoryEvent) -> pb.TimelineEvent:
+def timeline_event(e: Any) -> pb.TimelineEvent:
+    """From a history_events row (ORM object or Core row)."""
     return pb.TimelineEvent(
         cursor=e.cursor,
         kind=enum_to_pb(pb.TimelineEventKind, "TIMELINE_EVENT_KIND", e.kind),
@@ -104,4 +105,52 @@ def timeline_event(e: models.HistoryEvent) -> pb.TimelineEvent:
         summary=e.summary,
         data=struct(e.data),
         create_time=ts(e.create_time),
+    )
+
+
+def message(row: Any) -> pb.ConversationMessage:
+    return pb.ConversationMessage(
+        index=row.position,
+        role=enum_to_pb(pb.MessageRole, "MESSAGE_ROLE", row.role),
+        content=row.content,
+        metadata=struct(row.meta),
+        create_time=ts(row.create_time),
+    )
+
+
+def task_event(row: Any) -> pb.TaskEvent:
+    return pb.TaskEvent(
+        task_id=str(row.task_id),
+        sequence=row.sequence,
+        kind=enum_to_pb(pb.TaskEventKind, "TASK_EVENT_KIND", row.kind),
+        text=row.text,
+        data=struct(row.data),
+        event_time=ts(row.event_time),
+        record_time=ts(row.record_time),
+    )
+
+
+def checkpoint(row: Any) -> pb.Checkpoint:
+    return pb.Checkpoint(
+        id=str(row.id),
+        task_id=str(row.task_id),
+        commit_sha=row.commit_sha,
+        parent_commit_sha=row.parent_commit_sha,
+        branch=row.branch,
+        message=row.message,
+        kind=enum_to_pb(pb.CheckpointKind, "CHECKPOINT_KIND", row.kind),
+        conversation_snapshot_id=str(row.conversation_snapshot_id),
+        message_count=row.message_count,
+        event_sequence=row.event_sequence,
+        create_time=ts(row.create_time),
+    )
+
+
+def snapshot(row: Any) -> pb.ConversationSnapshot:
+    return pb.ConversationSnapshot(
+        id=str(row.id),
+        task_id=str(row.task_id),
+        message_count=row.message_count,
+        reason=enum_to_pb(pb.SnapshotReason, "SNAPSHOT_REASON", row.reason),
+        create_time=ts(row.create_time),
     )

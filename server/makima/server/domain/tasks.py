@@ -11,8 +11,9 @@ from makima.server.domain.contracts import load_contract
 from makima.server.domain.enums import TaskKind, TimelineKind
 from makima.server.domain.errors import NotFound, Unimplemented
 from makima.server.domain.runtime import Principal, Runtime, Tx
+from makima.server.store import conversations
 from makima.server.store import tasks as store
-from makima.server.store.models import Conversation, Task
+from makima.server.store.models import Task
 
 
 @dataclass(frozen=True)
@@ -59,10 +60,10 @@ async def new_task(
     )
     tx.session.add(task)
     await tx.session.flush()
-    conversation = Conversation(owner_id=tx.owner_id, task_id=task.id, create_time=tx.now)
-    tx.session.add(conversation)
-    await tx.session.flush()
-    task.conversation_id = conversation.id
+    version = await conversations.new_version(
+        tx.session, owner_id=tx.owner_id, task_id=task.id, parent_conversation_id=None, base_count=0
+    )
+    task.conversation_id = version.id
     return task
 
 

@@ -34,6 +34,11 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
 
 
+def dialect_of(session: AsyncSession) -> str:
+    """'sqlite' or 'postgresql': where one statement must differ between the backends."""
+    return session.get_bind().dialect.name
+
+
 class Database:
     """The engine plus two session factories: one for read transactions, one for write ones."""
 

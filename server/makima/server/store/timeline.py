@@ -8,10 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, update
+from sqlalchemy import Row, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from makima.server.store.engine import dialect_of
 from makima.server.store.models import HistoryEvent, Owner
+
+NOTIFY_CHANNEL = "makima_timeline"
 
 
 @dataclass(frozen=True)
@@ -62,4 +65,74 @@ async def append(
             for i, e in enumerate(events)
         ],
     )
+    if dialect_of(session) == "postgresql":
+        # Delivered at commit, to every server process listening (see makima.server.timeline).
+        await session.execute(
+            text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": f"{owner_id}:{last}"}
+        )
     return last
+
+
+@dataclass(frozen=True)
+class TimelineFilter:
+    """Which timeline events a list or stream wants (all fields optional)."""
+
+    contract_id: uuid.UUID | None = None
+    task_id: uuid.UUID | None = None
+    kinds: tuple[str, ...] = ()
+    phase: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
+async def watermark(session: AsyncSession, *, owner_id: uuid.UUID) -> int:
+    """The owner's last committed cursor: every event up to it is visible to later statements."""
+    table = Owner.__table__
+    result = await session.execute(select(table.c.timeline_cursor).where(table.c.id == owner_id))
+    return int(result.scalar_one_or_none() or 0)
+
+
+async def page(
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    where: TimelineFilter,
+    after: int,
+    limit: int,
+    upto: int | None = None,
+) -> list[Row[Any]]:
+    """Events with cursor in (after, upto], in cursor order: a keyset page (no OFFSET)."""
+    t = HistoryEvent.__table__
+    stmt = select(t).where(t.c.owner_id == owner_id, t.c.cursor > after)
+    if upto is not None:
+        stmt = stmt.where(t.c.cursor <= upto)
+    if where.contract_id is not None:
+        stmt = stmt.where(t.c.contract_id == where.contract_id)
+    if where.task_id is not None:
+        stmt = stmt.where(t.c.task_id == where.task_id)
+    if where.kinds:
+        stmt = stmt.where(t.c.kind.in_(where.kinds))
+    if where.phase is not None:
+        stmt = stmt.where(t.c.phase == where.phase)
+    if where.start_time is not None:
+        stmt = stmt.where(t.c.create_time >= where.start_time)
+    if where.end_time is not None:
+        stmt = stmt.where(t.c.create_time < where.end_time)
+    return list((await session.execute(stmt.order_by(t.c.cursor).limit(limit))).all())
+
+
+async def contract_phase_events(
+    session: AsyncSession, *, owner_id: uuid.UUID, contract_id: uuid.UUID
+) -> list[Row[Any]]:
+    """The events that moved a contract between phases (creation included), in order."""
+    t = HistoryEvent.__table__
+    stmt = (
+        select(t.c.kind, t.c.phase, t.c.create_time)
+        .where(
+            t.c.owner_id == owner_id,
+            t.c.contract_id == contract_id,
+            t.c.kind.in_(("contract_created", "phase_advanced")),
+        )
+        .order_by(t.c.cursor)
+    )
+    return list((await session.execute(stmt)).all())

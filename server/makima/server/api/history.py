@@ -1,0 +1,244 @@
+"""HistoryService: everything that happened, as pages and as a live stream."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+from google.protobuf.message import Message
+from grpc import aio
+
+from makima.server.api import convert
+from makima.server.api.base import Servicer
+from makima.server.api.interceptor import current_principal
+from makima.server.api.paging import decode_token, encode_token, kinds, page_size, time_range, token_int
+from makima.server.api.validate import MAX_PHASE, optional_uuid, text_field, uuid_field
+from makima.server.domain import history, streaming
+from makima.server.domain.errors import InvalidArgument
+from makima.server.domain.runtime import Principal, Runtime
+from makima.server.store.checkpoints import NewestKey
+from makima.server.store.timeline import TimelineFilter
+from makima.server.timeline.hub import TimelineHub
+from makima.v1 import history_pb2 as pb
+from makima.v1 import history_pb2_grpc, resources_pb2
+
+MAX_KEEP_ALIVE_SECONDS = 3600
+
+
+def _timeline_kinds(request: Any) -> tuple[str, ...]:
+    return kinds(request.kinds, resources_pb2.TimelineEventKind, "TIMELINE_EVENT_KIND")
+
+
+def _newest_key(key: list[Any] | None) -> NewestKey | None:
+    if key is None:
+        return None
+    try:
+        time, row_id = key
+        return datetime.fromisoformat(time), uuid.UUID(row_id)
+    except (TypeError, ValueError):
+        raise InvalidArgument.of("page_token", "is malformed") from None
+
+
+def _next_newest(request: Message, principal: Principal, page: history.Page[Any]) -> str:
+    if not page.more:
+        return ""
+    last = page.items[-1]
+    return encode_token(request, principal, [last.create_time.isoformat(), str(last.id)])
+
+
+def _next_cursor(request: Message, principal: Principal, page: history.Page[Any], attr: str) -> str:
+    return encode_token(request, principal, [getattr(page.items[-1], attr)]) if page.more else ""
+
+
+class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
+    def __init__(self, rt: Runtime, hub: TimelineHub, *, keep_alive: float, recheck: float) -> None:
+        super().__init__(rt)
+        self.hub = hub
+        self.keep_alive = keep_alive
+        self.recheck = recheck
+
+    async def GetContractHistory(
+        self, request: pb.GetContractHistoryRequest, context: aio.ServicerContext
+    ) -> pb.GetContractHistoryResponse:
+        principal = current_principal()
+        contract_id = uuid_field(request.contract_id, "contract_id")
+        start, end = time_range(request)
+        where = TimelineFilter(
+            kinds=_timeline_kinds(request),
+            phase=text_field(request.phase, "phase", max_length=MAX_PHASE, required=False) or None,
+            start_time=start,
+            end_time=end,
+        )
+        limit = page_size(request.page_size)
+        after = token_int(decode_token(request, principal), 0)
+        result = await history.contract_history(self.rt, principal, contract_id, where=where, after=after, limit=limit)
+        return pb.GetContractHistoryResponse(
+            contract=convert.contract(result.view),
+            phases=[
+                pb.PhaseSpan(phase=p.phase, start_time=convert.ts(p.start_time), end_time=convert.ts(p.end_time))
+                for p in result.phases
+            ],
+            events=[convert.timeline_event(e) for e in result.events.items],
+            next_page_token=_next_cursor(request, principal, result.events, "cursor"),
+        )
+
+    async def _conversation(self, request: Any, **target: uuid.UUID) -> history.ConversationPage:
+        principal = current_principal()
+        limit = page_size(request.page_size)
+        start = token_int(decode_token(request, principal), 0)
+        return await history.conversation(
+            self.rt,
+            principal,
+            snapshot_id=optional_uuid(request.snapshot_id, "snapshot_id"),
+            start=start,
+            limit=limit,
+            **target,
+        )
+
+    def _conversation_token(self, request: Any, page: history.ConversationPage) -> str:
+        if not page.messages.more:
+            return ""
+        return encode_token(request, current_principal(), [page.messages.items[-1].position + 1])
+
+    async def GetSupervisorConversation(
+        self, request: pb.GetSupervisorConversationRequest, context: aio.ServicerContext
+    ) -> pb.GetSupervisorConversationResponse:
+        page = await self._conversation(request, contract_id=uuid_field(request.contract_id, "contract_id"))
+        return pb.GetSupervisorConversationResponse(
+            task_id=str(page.task_id),
+            messages=[convert.message(m) for m in page.messages.items],
+            message_count=page.message_count,
+            next_page_token=self._conversation_token(request, page),
+        )
+
+    async def GetTaskConversation(
+        self, request: pb.GetTaskConversationRequest, context: aio.ServicerContext
+    ) -> pb.GetTaskConversationResponse:
+        page = await self._conversation(request, task_id=uuid_field(request.task_id, "task_id"))
+        return pb.GetTaskConversationResponse(
+            task_id=str(page.task_id),
+            messages=[convert.message(m) for m in page.messages.items],
+            message_count=page.message_count,
+            next_page_token=self._conversation_token(request, page),
+        )
+
+    async def ListConversationSnapshots(
+        self, request: pb.ListConversationSnapshotsRequest, context: aio.ServicerContext
+    ) -> pb.ListConversationSnapshotsResponse:
+        principal = current_principal()
+        task_id = uuid_field(request.task_id, "task_id")
+        limit = page_size(request.page_size)
+        page = await history.list_snapshots(
+            self.rt, principal, task_id, before=_newest_key(decode_token(request, principal)), limit=limit
+        )
+        return pb.ListConversationSnapshotsResponse(
+            snapshots=[convert.snapshot(s) for s in page.items],
+            next_page_token=_next_newest(request, principal, page),
+        )
+
+    async def ListTaskEvents(
+        self, request: pb.ListTaskEventsRequest, context: aio.ServicerContext
+    ) -> pb.ListTaskEventsResponse:
+        principal = current_principal()
+        task_id = uuid_field(request.task_id, "task_id")
+        start, end = time_range(request)
+        event_kinds = kinds(request.kinds, resources_pb2.TaskEventKind, "TASK_EVENT_KIND")
+        limit = page_size(request.page_size)
+        page = await history.list_task_events(
+            self.rt,
+            principal,
+            task_id,
+            kinds=event_kinds,
+            start_time=start,
+            end_time=end,
+            after=token_int(decode_token(request, principal), 0),
+            limit=limit,
+        )
+        return pb.ListTaskEventsResponse(
+            events=[convert.task_event(e) for e in page.items],
+            next_page_token=_next_cursor(request, principal, page, "sequence"),
+        )
+
+    async def ListCheckpoints(
+        self, request: pb.ListCheckpointsRequest, context: aio.ServicerContext
+    ) -> pb.ListCheckpointsResponse:
+        principal = current_principal()
+        task_id = uuid_field(request.task_id, "task_id")
+        limit = page_size(request.page_size)
+        page = await history.list_checkpoints(
+            self.rt, principal, task_id, before=_newest_key(decode_token(request, principal)), limit=limit
+        )
+        return pb.ListCheckpointsResponse(
+            checkpoints=[convert.checkpoint(c) for c in page.items],
+            next_page_token=_next_newest(request, principal, page),
+        )
+
+    def _filter(self, request: Any) -> TimelineFilter:
+        start, end = time_range(request) if request.DESCRIPTOR.fields_by_name.get("start_time") else (None, None)
+        return TimelineFilter(
+            contract_id=optional_uuid(request.contract_id, "contract_id"),
+            task_id=optional_uuid(request.task_id, "task_id"),
+            kinds=_timeline_kinds(request),
+            start_time=start,
+            end_time=end,
+        )
+
+    async def ListTimeline(
+        self, request: pb.ListTimelineRequest, context: aio.ServicerContext
+    ) -> pb.ListTimelineResponse:
+        principal = current_principal()
+        where = self._filter(request)
+        if request.after_cursor < 0:
+            raise InvalidArgument.of("after_cursor", "must not be negative")
+        limit = page_size(request.page_size)
+        after = token_int(decode_token(request, principal), request.after_cursor)
+        page = await history.list_timeline(self.rt, principal, where=where, after=after, limit=limit)
+        return pb.ListTimelineResponse(
+            events=[convert.timeline_event(e) for e in page.items],
+            next_page_token=_next_cursor(request, principal, page, "cursor"),
+        )
+
+    async def StreamTimeline(
+        self, request: pb.StreamTimelineRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamTimelineResponse]:
+        principal = current_principal()
+        where = self._filter(request)
+        if request.after_cursor < 0:
+            raise InvalidArgument.of("after_cursor", "must not be negative")
+        if not 0 <= request.keep_alive_seconds <= MAX_KEEP_ALIVE_SECONDS:
+            raise InvalidArgument.of("keep_alive_seconds", f"must be between 0 and {MAX_KEEP_ALIVE_SECONDS}")
+        keep_alive = float(request.keep_alive_seconds) or self.keep_alive
+        async for item in streaming.follow_timeline(
+            self.rt,
+            self.hub,
+            principal,
+            where=where,
+            after=request.after_cursor,
+            keep_alive=keep_alive,
+            recheck=self.recheck,
+        ):
+            if isinstance(item, streaming.KeepAlive):
+                yield pb.StreamTimelineResponse(
+                    keep_alive=pb.KeepAlive(cursor=item.cursor, server_time=convert.ts(item.server_time))
+                )
+            else:
+                yield pb.StreamTimelineResponse(event=convert.timeline_event(item))
+
+    async def GetTaskLineage(
+        self, request: pb.GetTaskLineageRequest, context: aio.ServicerContext
+    ) -> pb.GetTaskLineageResponse:
+        nodes = await history.task_lineage(self.rt, current_principal(), uuid_field(request.task_id, "task_id"))
+        return pb.GetTaskLineageResponse(
+            root_task_id=str(nodes[0].task.id),
+            nodes=[
+                pb.LineageNode(
+                    task=convert.task(n.task),
+                    parent_task_id=str(n.parent_task_id) if n.parent_task_id else "",
+                    relation=convert.enum_to_pb(pb.LineageRelation, "LINEAGE_RELATION", n.relation),
+                    depth=n.depth,
+                )
+                for n in nodes
+            ],
+        )

@@ -1,0 +1,186 @@
+"""What daemons record while a task runs: task events and conversation messages."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from makima.server.domain.contracts import load_contract
+from makima.server.domain.enums import MessageRole, TaskEventKind, TimelineKind
+from makima.server.domain.errors import Aborted, NotFound
+from makima.server.domain.runtime import Principal, Runtime, Tx
+from makima.server.domain.tasks import load_task
+from makima.server.store import contracts as contract_store
+from makima.server.store import conversations, events
+from makima.server.store.models import Task
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    sequence: int
+    kind: TaskEventKind
+    text: str = ""
+    data: dict[str, Any] | None = None
+    event_time: datetime | None = None
+
+
+@dataclass(frozen=True)
+class EventsRecorded:
+    """Outcome of one batch: how many events were new and how many were resends."""
+
+    stored: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class EventsSummary:
+    last_sequence: int
+    gaps: list[tuple[int, int]]
+
+
+async def _phase(session: AsyncSession, task: Task) -> str | None:
+    if task.contract_id is None:
+        return None
+    return (await load_contract(session, task.owner_id, task.contract_id)).phase
+
+
+async def record_task_events(tx: Tx, task_id: uuid.UUID, batch: list[NewEvent]) -> EventsRecorded:
+    """Store a batch of events once each (a resent sequence is skipped) with one timeline event."""
+    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    stored = await events.insert_new(
+        tx.session,
+        [
+            {
+                "owner_id": tx.owner_id,
+                "task_id": task.id,
+                "sequence": e.sequence,
+                "kind": e.kind.value,
+                "text": e.text,
+                "data": e.data,
+                "event_time": e.event_time or tx.now,
+                "record_time": tx.now,
+            }
+            for e in batch
+        ],
+    )
+    if stored:
+        task.last_activity_time = tx.now
+        new = set(stored)
+        kinds = dict(Counter(e.kind.value for e in batch if e.sequence in new))
+        tx.record(
+            TimelineKind.TASK_EVENTS_RECORDED,
+            f"{len(stored)} event(s) recorded for task {task.name!r}",
+            contract_id=task.contract_id,
+            task_id=task.id,
+            phase=await _phase(tx.session, task),
+            data={"count": len(stored), "first_sequence": min(stored), "last_sequence": max(stored), "kinds": kinds},
+        )
+    return EventsRecorded(stored=len(stored), duplicates=len(batch) - len(stored))
+
+
+async def summarize_task_events(rt: Runtime, principal: Principal, task_id: uuid.UUID) -> EventsSummary:
+    """The highest stored sequence of a task and the gaps below it."""
+    async with rt.read() as session:
+        task = await load_task(session, principal.owner_id, task_id)
+        return EventsSummary(
+            last_sequence=await events.last_sequence(session, task_id=task.id),
+            gaps=await events.gaps(session, task_id=task.id),
+        )
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    role: MessageRole
+    content: str
+    metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class AppendMessagesInput:
+    """Messages for the conversation of `task_id`, or of the supervisor of `contract_id`."""
+
+    expected_next_index: int
+    messages: list[NewMessage]
+    task_id: uuid.UUID | None = None
+    contract_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class MessagesAppended:
+    task_id: uuid.UUID
+    first_index: int
+    next_index: int
+
+
+async def conversation_task(
+    session: AsyncSession,
+    owner_id: uuid.UUID,
+    *,
+    task_id: uuid.UUID | None,
+    contract_id: uuid.UUID | None,
+    lock: bool = True,
+) -> Task:
+    """The task owning a conversation named by task, or by contract (its supervisor)."""
+    if task_id is not None:
+        return await load_task(session, owner_id, task_id, for_update=lock)
+    assert contract_id is not None
+    await load_contract(session, owner_id, contract_id)
+    state = await contract_store.supervisor_state(session, owner_id=owner_id, contract_id=contract_id)
+    if state is None:
+        raise NotFound(
+            f"contract {contract_id} has no supervisor: start it first",
+            reason="NO_SUPERVISOR_STATE",
+            metadata={"contract": str(contract_id)},
+        )
+    return await load_task(session, owner_id, state.task_id, for_update=lock)
+
+
+async def append_messages(tx: Tx, inp: AppendMessagesInput) -> MessagesAppended:
+    """Append at `expected_next_index`, or refuse (ABORTED, nothing written) if the conversation moved."""
+    task = await conversation_task(tx.session, tx.owner_id, task_id=inp.task_id, contract_id=inp.contract_id)
+    if inp.expected_next_index != task.message_count:
+        raise Aborted(
+            f"conversation of task {task.id} has {task.message_count} messages, "
+            f"not {inp.expected_next_index}: reload it and retry",
+            reason="CONVERSATION_CHANGED",
+            metadata={
+                "task": str(task.id),
+                "message_count": str(task.message_count),
+                "expected_next_index": str(inp.expected_next_index),
+            },
+        )
+    assert task.conversation_id is not None
+    first = task.message_count
+    await conversations.append(
+        tx.session,
+        [
+            {
+                "owner_id": tx.owner_id,
+                "conversation_id": task.conversation_id,
+                "position": first + i,
+                "role": m.role.value,
+                "content": m.content,
+                "meta": m.metadata,
+                "create_time": tx.now,
+            }
+            for i, m in enumerate(inp.messages)
+        ],
+    )
+    task.message_count = first + len(inp.messages)
+    task.version += 1
+    task.last_activity_time = tx.now
+    task.update_time = tx.now
+    tx.record(
+        TimelineKind.MESSAGES_APPENDED,
+        f"{len(inp.messages)} message(s) appended to task {task.name!r}",
+        contract_id=task.contract_id,
+        task_id=task.id,
+        phase=await _phase(tx.session, task),
+        data={"count": len(inp.messages), "first_index": first, "next_index": task.message_count},
+    )
+    return MessagesAppended(task_id=task.id, first_index=first, next_index=task.message_count)

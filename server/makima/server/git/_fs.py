@@ -1,0 +1,175 @@
+"""File-system primitives that work relative to open directory descriptors and never follow symlinks.
+
+A worktree belongs to an agent that may plant symlinks anywhere, even while we run. Opening every
+directory with O_NOFOLLOW relative to its already opened parent (openat) means a path is never
+resolved through a link, so nothing outside the worktree is read, written or removed.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from collections.abc import Sequence
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO swapped in after the lstat must not hang the open; it is refused after fstat.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# Refusals of O_NOFOLLOW / O_DIRECTORY when the name is a symlink or not a directory.
+_NOT_A_DIR = (errno.ENOTDIR, errno.ELOOP)
+
+
+def open_root(path: str | bytes) -> int:
+    """Open the worktree root itself; it is the anchor every other open is relative to."""
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+
+def open_dir_at(parent_fd: int, name: bytes, *, create: bool) -> int | None:
+    """Open directory `name` under `parent_fd` without following a symlink.
+
+    Returns None when it is missing or not a real directory, unless `create` is set: then whatever
+    is in the way (a file, a symlink) is removed and a directory made, like git's checkout does.
+    """
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+    except FileNotFoundError:
+        if not create:
+            return None
+    except OSError as exc:
+        if exc.errno not in _NOT_A_DIR:
+            raise
+        if not create:
+            return None
+        os.unlink(name, dir_fd=parent_fd)
+    os.mkdir(name, 0o777, dir_fd=parent_fd)
+    return os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
+
+
+class DirChain:
+    """Open descriptors of the directories along one relative path, reused for the next path.
+
+    Visiting paths in sorted order keeps only one chain of descriptors open (as deep as the tree),
+    and consecutive files of one directory cost no extra open.
+    """
+
+    def __init__(self, root_fd: int, *, create: bool) -> None:
+        self._root_fd = root_fd
+        self._create = create
+        self._chain: list[tuple[bytes, int]] = []
+
+    def get(self, parts: Sequence[bytes]) -> int | None:
+        """Descriptor of the directory `parts` (components below the root); None if it is not there."""
+        keep = 0
+        while keep < len(self._chain) and keep < len(parts) and self._chain[keep][0] == parts[keep]:
+            keep += 1
+        self._truncate(keep)
+        fd = self._chain[-1][1] if self._chain else self._root_fd
+        for name in parts[keep:]:
+            child = open_dir_at(fd, name, create=self._create)
+            if child is None:
+                return None
+            self._chain.append((name, child))
+            fd = child
+        return fd
+
+    def parent_of(self, path: bytes) -> tuple[int | None, bytes]:
+        """Descriptor of the directory holding `path` ('/'-separated), and the last component."""
+        head, _, name = path.rpartition(b"/")
+        return self.get(head.split(b"/") if head else ()), name
+
+    def close(self) -> None:
+        self._truncate(0)
+
+    def _truncate(self, keep: int) -> None:
+        for _, fd in reversed(self._chain[keep:]):
+            os.close(fd)
+        del self._chain[keep:]
+
+    def __enter__(self) -> DirChain:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def read_entry(dir_fd: int, name: bytes, st: os.stat_result) -> tuple[bytes, os.stat_result] | None:
+    """Content of a regular file or target of a symlink, with the stat of what was actually read.
+
+    The fstat of the opened file (not the earlier lstat) is returned so that the stat cached in the
+    index always describes the bytes that were hashed. None if it vanished or changed kind.
+    """
+    try:
+        if stat.S_ISLNK(st.st_mode):
+            target = os.readlink(name, dir_fd=dir_fd)
+            return target, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.EINVAL, errno.ENOTDIR):
+            return None
+        raise
+    try:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode):
+            return None
+        chunks = []
+        while chunk := os.read(fd, max(fst.st_size, 1 << 16)):
+            chunks.append(chunk)
+        return b"".join(chunks), fst
+    finally:
+        os.close(fd)
+
+
+def remove_entry(dir_fd: int, name: bytes) -> bool:
+    """Remove whatever `name` is (file, symlink or whole directory) without following links.
+
+    Returns whether something was there.
+    """
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno not in (errno.EISDIR, errno.EPERM):
+            raise
+        shutil.rmtree(name, dir_fd=dir_fd)
+    return True
+
+
+def write_file(dir_fd: int, name: bytes, data: bytes, *, executable: bool) -> os.stat_result:
+    """Replace `name` with a new regular file holding `data`; returns its stat.
+
+    The old entry is unlinked rather than truncated, so a symlink or a hard link planted there
+    never carries the write to a file outside the worktree. The umask applies, as with git.
+    """
+    remove_entry(dir_fd, name)
+    fd = os.open(name, _CREATE_FLAGS, 0o777 if executable else 0o666, dir_fd=dir_fd)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def write_symlink(dir_fd: int, name: bytes, target: bytes) -> os.stat_result:
+    """Replace `name` with a symlink to `target` (stored as is, never resolved); returns its lstat."""
+    remove_entry(dir_fd, name)
+    os.symlink(target, name, dir_fd=dir_fd)
+    return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+
+
+def ensure_dir(dir_fd: int, name: bytes) -> None:
+    """Make `name` a directory, replacing a file or symlink in the way (for a gitlink's checkout)."""
+    fd = open_dir_at(dir_fd, name, create=True)
+    if fd is not None:
+        os.close(fd)
+
+
+def lstat_at(dir_fd: int, name: bytes) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,92 @@
+"""Conversation versions and their messages (see models.Conversation for the layout)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, and_, insert, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from makima.server.store.models import Conversation, ConversationMessage
+
+_conversations = Conversation.__table__
+_messages = ConversationMessage.__table__
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Positions [start, stop) of a logical conversation are rows of version `conversation_id`."""
+
+    conversation_id: uuid.UUID
+    start: int
+    stop: int
+
+
+async def segments(session: AsyncSession, *, conversation_id: uuid.UUID, count: int) -> list[Segment]:
+    """Where each position of the first `count` messages of a version is stored, newest version first.
+
+    One recursive query walks the parent pointers; its length is the number of rewinds and forks in
+    the version's ancestry, never the number of messages.
+    """
+    c = _conversations
+    walk = select(c.c.id, c.c.parent_conversation_id, c.c.base_count).where(c.c.id == conversation_id)
+    chain = walk.cte("chain", recursive=True)
+    chain = chain.union_all(
+        select(c.c.id, c.c.parent_conversation_id, c.c.base_count).join(chain, c.c.id == chain.c.parent_conversation_id)
+    )
+    rows = (await session.execute(select(chain.c.id, chain.c.base_count))).all()
+    out: list[Segment] = []
+    stop = count
+    for version_id, base_count in rows:
+        start = min(int(base_count), stop)
+        if start < stop:
+            out.append(Segment(version_id, start, stop))
+        stop = start
+        if stop == 0:
+            break
+    return out
+
+
+async def read(
+    session: AsyncSession, *, conversation_id: uuid.UUID, count: int, start: int, limit: int
+) -> list[Row[Any]]:
+    """Messages at positions [start, min(count, start + limit)) of a version, in order."""
+    stop = min(count, start + limit)
+    if start >= stop:
+        return []
+    parts = [
+        and_(
+            _messages.c.conversation_id == s.conversation_id,
+            _messages.c.position >= max(s.start, start),
+            _messages.c.position < min(s.stop, stop),
+        )
+        for s in await segments(session, conversation_id=conversation_id, count=count)
+        if s.start < stop and s.stop > start
+    ]
+    stmt = select(_messages).where(or_(*parts)).order_by(_messages.c.position)
+    return list((await session.execute(stmt)).all())
+
+
+async def append(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert messages (each row names its version and absolute position)."""
+    await session.execute(insert(_messages), list(rows))
+
+
+async def new_version(
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    parent_conversation_id: uuid.UUID | None,
+    base_count: int,
+) -> Conversation:
+    """A new version that inherits the first `base_count` messages of its parent (O(1))."""
+    version = Conversation(
+        owner_id=owner_id, task_id=task_id, parent_conversation_id=parent_conversation_id, base_count=base_count
+    )
+    session.add(version)
+    await session.flush()
+    return version
