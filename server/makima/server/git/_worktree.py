@@ -1,0 +1,395 @@
+"""Reading a worktree into (path -> mode, sha) and writing a tree back, with git's index as stat cache.
+
+The index stores, per file, the stat of the file when its content was hashed. A file whose stat
+still matches is not read again; this is what makes a checkpoint or a restore of a large, mostly
+unchanged worktree cheap. A stat is only trusted if the file cannot have changed within the same
+timestamp tick after it was hashed ("racy git"): such entries are written smudged (zero times), so
+they are hashed again next time, and git does the same when it meets them.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from dulwich.ignore import IgnoreFilter, default_user_ignore_filter_path, read_ignore_patterns
+from dulwich.index import ConflictedIndexEntry, Index, IndexEntry
+from dulwich.object_store import BaseObjectStore
+from dulwich.objects import Blob, ObjectID
+from dulwich.repo import Repo
+
+from makima.server.git import _fs
+from makima.server.git.errors import GitError
+
+MODE_FILE = 0o100644
+MODE_EXECUTABLE = 0o100755
+MODE_SYMLINK = 0o120000
+MODE_GITLINK = 0o160000
+
+_U32 = 0xFFFFFFFF
+_NS = 1_000_000_000
+# How long after a file's mtime its stat may still be shared by a later write to it: the coarse
+# kernel clock ticks at most every 10 ms; file systems that store whole seconds (the nanosecond
+# part is then always zero) need two seconds, as FAT does.
+_RACY_WINDOW_FINE_NS = 100_000_000
+_RACY_WINDOW_COARSE_NS = 2 * _NS
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """One file of a worktree as git sees it, with the index entry that records it."""
+
+    mode: int
+    sha: ObjectID
+    entry: IndexEntry
+
+
+@dataclass(slots=True)
+class WorktreeState:
+    """What a scan found: every file that belongs to the worktree's content, by '/'-separated path."""
+
+    files: dict[bytes, FileState] = field(default_factory=dict)
+    # Contents read during the scan, by sha, so a snapshot can store the new ones without reading again.
+    blobs: dict[ObjectID, Blob] = field(default_factory=dict)
+
+
+def mode_of(st: os.stat_result) -> int:
+    """Git's mode for a file: symlink, executable or plain (git keeps only the owner's x bit)."""
+    if stat.S_ISLNK(st.st_mode):
+        return MODE_SYMLINK
+    return MODE_EXECUTABLE if st.st_mode & stat.S_IXUSR else MODE_FILE
+
+
+def _ns(value: int | float | tuple[int, int]) -> int:
+    if isinstance(value, tuple):
+        return value[0] * _NS + value[1]
+    return int(value * _NS)
+
+
+def _is_racy(mtime_ns: int, hashed_at_ns: int) -> bool:
+    window = _RACY_WINDOW_COARSE_NS if mtime_ns % _NS == 0 else _RACY_WINDOW_FINE_NS
+    return mtime_ns >= hashed_at_ns - window
+
+
+def index_entry(st: os.stat_result, sha: ObjectID, mode: int, *, hashed_at_ns: int) -> IndexEntry:
+    """Index entry caching `st` for content `sha`, smudged if the stat cannot be trusted later."""
+    if _is_racy(st.st_mtime_ns, hashed_at_ns):
+        ctime: tuple[int, int] = (0, 0)
+        mtime: tuple[int, int] = (0, 0)
+    else:
+        ctime = divmod(st.st_ctime_ns, _NS)
+        mtime = divmod(st.st_mtime_ns, _NS)
+    return IndexEntry(
+        ctime=ctime,
+        mtime=mtime,
+        dev=st.st_dev & _U32,
+        ino=st.st_ino & _U32,
+        mode=mode,
+        uid=st.st_uid & _U32,
+        gid=st.st_gid & _U32,
+        size=st.st_size & _U32,
+        sha=sha,
+    )
+
+
+def tree_entry(mode: int, sha: ObjectID) -> IndexEntry:
+    """Index entry with no stat (as `git read-tree` writes): git and we hash the file before trusting it."""
+    return IndexEntry(ctime=0, mtime=0, dev=0, ino=0, mode=mode, uid=0, gid=0, size=0, sha=sha)
+
+
+class StatCache:
+    """The index of a worktree, read once, answering "is this file still what the index says?"."""
+
+    def __init__(self, entries: dict[bytes, IndexEntry], index_mtime_ns: int) -> None:
+        self.entries = entries
+        self._index_mtime_ns = index_mtime_ns
+
+    @classmethod
+    def load(cls, index_path: str) -> StatCache:
+        try:
+            index_mtime_ns = os.stat(index_path).st_mtime_ns
+        except FileNotFoundError:
+            return cls({}, 0)
+        index = Index(index_path)
+        # Conflict stages never come from us; dropping them makes those files hashed like new ones.
+        entries = {path: entry for path, entry in index.items() if not isinstance(entry, ConflictedIndexEntry)}
+        return cls(entries, index_mtime_ns)
+
+    def trusted(self, path: bytes, st: os.stat_result, mode: int) -> IndexEntry | None:
+        """The index entry of `path` if its stat proves the file unchanged since it was hashed."""
+        entry = self.entries.get(path)
+        if entry is None or entry.mode != mode:
+            return None
+        mtime_ns = _ns(entry.mtime)
+        # Zero is a smudged entry. An mtime not older than the index itself is racy, as in git.
+        if mtime_ns == 0 or mtime_ns >= self._index_mtime_ns:
+            return None
+        if (
+            st.st_mtime_ns != mtime_ns
+            or st.st_ctime_ns != _ns(entry.ctime)
+            or st.st_size & _U32 != entry.size
+            or st.st_ino & _U32 != entry.ino & _U32
+        ):
+            return None
+        return entry
+
+
+class IgnoreRules:
+    """.gitignore rules as git applies them during a walk: deepest file first, last match wins.
+
+    Layers are pushed as the walk enters directories; the global ones (the user's excludes file and
+    .git/info/exclude) sit below every .gitignore.
+    """
+
+    def __init__(self, global_filters: Iterable[IgnoreFilter]) -> None:
+        self._layers: list[tuple[int, IgnoreFilter]] = [(0, f) for f in global_filters]
+
+    @classmethod
+    def for_repo(cls, repo: Repo) -> IgnoreRules:
+        filters = []
+        user_file = os.path.expanduser(default_user_ignore_filter_path(repo.get_config_stack()))
+        for path in (user_file, os.path.join(repo.controldir(), "info", "exclude")):
+            try:
+                filters.append(IgnoreFilter.from_path(path))
+            except OSError:
+                pass
+        return cls(filters)
+
+    def push(self, prefix: bytes, ignore_filter: IgnoreFilter) -> None:
+        self._layers.append((len(prefix), ignore_filter))
+
+    def pop(self) -> None:
+        self._layers.pop()
+
+    def is_ignored(self, path: bytes, *, is_dir: bool) -> bool:
+        for offset, ignore_filter in reversed(self._layers):
+            name = path[offset:]
+            for pattern in reversed(ignore_filter.patterns):
+                if pattern.matches(name, is_dir):
+                    return pattern.is_exclude
+        return False
+
+
+class _Scanner:
+    def __init__(self, root_fd: int, cache: StatCache, rules: IgnoreRules, *, keep_blobs: bool) -> None:
+        self._root_fd = root_fd
+        self._cache = cache
+        self._rules = rules
+        self._keep_blobs = keep_blobs
+        self._gitlinks = {path for path, entry in cache.entries.items() if entry.mode == MODE_GITLINK}
+        self._started_ns = time.time_ns()
+        self.state = WorktreeState()
+
+    def run(self) -> WorktreeState:
+        self._walk(self._root_fd, b"")
+        self._add_tracked_left_out()
+        return self.state
+
+    def _walk(self, dir_fd: int, prefix: bytes) -> None:
+        with os.scandir(dir_fd) as it:
+            entries = list(it)
+        names = {entry.name for entry in entries}
+        if prefix and ".git" in names:
+            return  # a nested repository has its own history; git leaves it alone too
+        pushed = ".gitignore" in names and self._push_gitignore(dir_fd, prefix)
+        try:
+            for entry in entries:
+                name = os.fsencode(entry.name)
+                if name == b".git":
+                    continue
+                path = prefix + name
+                if entry.is_dir(follow_symlinks=False):
+                    self._enter(dir_fd, name, path)
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                    continue  # sockets, FIFOs and devices are not content git can store
+                if path not in self._cache.entries and self._rules.is_ignored(path, is_dir=False):
+                    continue
+                self._add(dir_fd, name, path, st)
+        finally:
+            if pushed:
+                self._rules.pop()
+
+    def _enter(self, dir_fd: int, name: bytes, path: bytes) -> None:
+        if path in self._gitlinks:
+            entry = self._cache.entries[path]
+            self.state.files[path] = FileState(MODE_GITLINK, entry.sha, entry)
+            return
+        if self._rules.is_ignored(path, is_dir=True):
+            return  # tracked files below are picked up by _add_tracked_left_out
+        child = _fs.open_dir_at(dir_fd, name, create=False)
+        if child is None:
+            return
+        try:
+            self._walk(child, path + b"/")
+        finally:
+            os.close(child)
+
+    def _push_gitignore(self, dir_fd: int, prefix: bytes) -> bool:
+        st = _fs.lstat_at(dir_fd, b".gitignore")
+        # git does not read a .gitignore that is a symlink, which could point anywhere.
+        if st is None or not stat.S_ISREG(st.st_mode):
+            return False
+        got = _fs.read_entry(dir_fd, b".gitignore", st)
+        if got is None:
+            return False
+        patterns = read_ignore_patterns(io.BytesIO(got[0]))
+        self._rules.push(prefix, IgnoreFilter(patterns, path=os.fsdecode(prefix + b".gitignore")))
+        return True
+
+    def _add(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> None:
+        mode = mode_of(st)
+        entry = self._cache.trusted(path, st, mode)
+        if entry is not None:
+            self.state.files[path] = FileState(mode, entry.sha, entry)
+            return
+        got = _fs.read_entry(dir_fd, name, st)
+        if got is None:
+            return  # gone (or replaced by something git cannot store) since it was listed
+        data, read_st = got
+        mode = mode_of(read_st)
+        blob = Blob.from_string(data)
+        sha = blob.id
+        known = self._cache.entries.get(path)
+        # Content the index already names is in the object store (a smudged entry hashed again).
+        if self._keep_blobs and (known is None or known.sha != sha):
+            self.state.blobs[sha] = blob
+        self.state.files[path] = FileState(mode, sha, index_entry(read_st, sha, mode, hashed_at_ns=self._started_ns))
+
+    def _add_tracked_left_out(self) -> None:
+        """Tracked files the walk did not enter (ignored directories): git keeps tracking them."""
+        left = sorted(path for path in self._cache.entries if path not in self.state.files)
+        if not left:
+            return
+        with _fs.DirChain(self._root_fd, create=False) as chain:
+            for path in left:
+                dir_fd, name = chain.parent_of(path)
+                if dir_fd is None:
+                    continue
+                st = _fs.lstat_at(dir_fd, name)
+                if st is None:
+                    continue
+                if path in self._gitlinks:
+                    if stat.S_ISDIR(st.st_mode):
+                        entry = self._cache.entries[path]
+                        self.state.files[path] = FileState(MODE_GITLINK, entry.sha, entry)
+                elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+                    self._add(dir_fd, name, path, st)
+
+
+def scan(repo: Repo, root_fd: int, *, keep_blobs: bool) -> WorktreeState:
+    """Every file of the worktree's content: tracked ones, plus untracked ones that are not ignored.
+
+    This is the set `git add -A` would stage. Files whose stat matches the index are not read.
+    """
+    cache = StatCache.load(repo.index_path())
+    return _Scanner(root_fd, cache, IgnoreRules.for_repo(repo), keep_blobs=keep_blobs).run()
+
+
+def check_tree_path(path: bytes) -> None:
+    """Refuse a tree path that would write outside the worktree or into .git (as git's checkout does)."""
+    for part in path.split(b"/"):
+        if part in (b"", b".", b"..") or part.lower() == b".git" or b"\x00" in part:
+            raise GitError(f"tree holds an unsafe path {path!r}", path=path.decode("utf-8", "surrogateescape"))
+
+
+@dataclass(slots=True)
+class Checkout:
+    """What applying a tree did: the changes, and the index that now describes the worktree."""
+
+    changes: list[tuple[bytes, str]]
+    index: dict[bytes, IndexEntry]
+
+
+def apply_tree(
+    root_fd: int,
+    store: BaseObjectStore,
+    *,
+    current: Mapping[bytes, FileState],
+    target: Mapping[bytes, tuple[int, ObjectID]],
+) -> Checkout:
+    """Make the worktree hold exactly `target`, touching only the files that differ from `current`.
+
+    Files of `current` missing from `target` are removed (and directories they leave empty);
+    different or missing ones are written. Anything not in `current` (ignored files) is left alone
+    unless it is in the way of a file to write.
+    """
+    for path in target:
+        check_tree_path(path)
+    changes: list[tuple[bytes, str]] = []
+    deleted = sorted(path for path in current if path not in target)
+    _remove_files(root_fd, deleted, current)
+    changes.extend((path, "deleted") for path in deleted)
+
+    index: dict[bytes, IndexEntry] = {}
+    written_at_ns = time.time_ns()
+    with _fs.DirChain(root_fd, create=True) as chain:
+        for path in sorted(target):
+            mode, sha = target[path]
+            old = current.get(path)
+            if old is not None and old.mode == mode and old.sha == sha:
+                index[path] = old.entry
+                continue
+            dir_fd, name = chain.parent_of(path)
+            assert dir_fd is not None  # create=True makes every directory
+            index[path] = _write(dir_fd, name, store, mode, sha, written_at_ns=written_at_ns)
+            changes.append((path, "added" if old is None else "modified"))
+    changes.sort()
+    return Checkout(changes=changes, index=index)
+
+
+def _write(
+    dir_fd: int, name: bytes, store: BaseObjectStore, mode: int, sha: ObjectID, *, written_at_ns: int
+) -> IndexEntry:
+    if mode == MODE_GITLINK:
+        # A submodule is checked out as an empty directory, like git does without --recurse-submodules.
+        _fs.ensure_dir(dir_fd, name)
+        return tree_entry(mode, sha)
+    data = store[sha].as_raw_string()
+    if mode == MODE_SYMLINK:
+        st = _fs.write_symlink(dir_fd, name, data)
+    else:
+        st = _fs.write_file(dir_fd, name, data, executable=mode == MODE_EXECUTABLE)
+    return index_entry(st, sha, mode, hashed_at_ns=written_at_ns)
+
+
+def _remove_files(root_fd: int, paths: list[bytes], current: Mapping[bytes, FileState]) -> None:
+    parents: set[bytes] = set()
+    with _fs.DirChain(root_fd, create=False) as chain:
+        for path in paths:
+            dir_fd, name = chain.parent_of(path)
+            if dir_fd is None:
+                continue
+            try:
+                if current[path].mode == MODE_GITLINK:
+                    os.rmdir(name, dir_fd=dir_fd)  # only if empty: a populated submodule is not ours
+                else:
+                    os.unlink(name, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EISDIR, errno.ENOTEMPTY, errno.ENOTDIR, errno.EEXIST):
+                    raise
+            parents.update(_ancestors(path))
+    # Deepest first, so a directory is emptied of its subdirectories before its own turn.
+    with _fs.DirChain(root_fd, create=False) as chain:
+        for directory in sorted(parents, key=lambda p: (-p.count(b"/"), p)):
+            dir_fd, name = chain.parent_of(directory)
+            if dir_fd is None:
+                continue
+            try:
+                os.rmdir(name, dir_fd=dir_fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT, errno.ENOTDIR):
+                    raise
+
+
+def _ancestors(path: bytes) -> Iterator[bytes]:
+    head = path.rpartition(b"/")[0]
+    while head:
+        yield head
+        head = head.rpartition(b"/")[0]
