@@ -1,0 +1,54 @@
+"""Typed Python client of the makima history & resume service (package makima.v1).
+
+`AsyncClient` (grpc.aio) and `Client` (blocking) expose every RPC of HistoryService,
+SupervisorService, TaskForkService and DaemonService as a snake_case call that takes the generated
+request message (or its fields as keywords) and returns the generated response. They add what every
+caller needs: the API key, deadlines, retries of idempotent calls with one request_id per logical
+call, typed errors, iteration across pages and a reconnecting timeline follower.
+"""
+
+from makima.client._async import AsyncClient, AsyncPaged, AsyncTimelineFollower, AsyncUnary
+from makima.client._errors import (
+    AbortedError,
+    AlreadyExistsError,
+    DeadlineExceededError,
+    FailedPreconditionError,
+    FieldViolation,
+    InternalError,
+    InvalidArgumentError,
+    MakimaError,
+    NotFoundError,
+    UnauthenticatedError,
+    UnavailableError,
+    UnimplementedError,
+)
+from makima.client._options import ADDRESS_ENV, API_KEY_ENV, DEFAULT_ADDRESS, DEFAULT_TIMEOUT, RetryPolicy
+from makima.client._sync import Client, Paged, TimelineFollower, Unary
+
+__all__ = [
+    "ADDRESS_ENV",
+    "API_KEY_ENV",
+    "DEFAULT_ADDRESS",
+    "DEFAULT_TIMEOUT",
+    "AbortedError",
+    "AlreadyExistsError",
+    "AsyncClient",
+    "AsyncPaged",
+    "AsyncTimelineFollower",
+    "AsyncUnary",
+    "Client",
+    "DeadlineExceededError",
+    "FailedPreconditionError",
+    "FieldViolation",
+    "InternalError",
+    "InvalidArgumentError",
+    "MakimaError",
+    "NotFoundError",
+    "Paged",
+    "RetryPolicy",
+    "TimelineFollower",
+    "Unary",
+    "UnauthenticatedError",
+    "UnavailableError",
+    "UnimplementedError",
+]

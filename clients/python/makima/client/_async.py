@@ -1,0 +1,415 @@
+"""The grpc.aio client: one typed call object per makima.v1 RPC, retries, pages and the timeline follower."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import grpc
+from grpc import aio
+
+from makima.client._errors import error_from_rpc
+from makima.client._options import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryPolicy, auth_metadata, resolve_address
+from makima.client._requests import Item, Req, Resp, TimelineCursor, build_request, with_page_token
+from makima.v1 import (
+    daemon_pb2,
+    daemon_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
+    resources_pb2,
+    supervisor_pb2,
+    supervisor_pb2_grpc,
+    task_fork_pb2,
+    task_fork_pb2_grpc,
+)
+
+T = TypeVar("T")
+# `timeout` parameters (ruff ASYNC109) are gRPC deadlines: unlike asyncio.timeout() they reach the
+# server, which stops working on a call whose caller has given up.
+
+
+class AsyncUnary(Generic[Req, Resp]):
+    """One unary RPC. Call it with a request message or with keyword fields; it returns the response.
+
+    `timeout` is the deadline in seconds of the whole logical call, retries included (None: the
+    client's default). Failures raise a MakimaError subclass.
+    """
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        method: Any,
+        request_type: type[Req],
+        response_type: type[Resp],  # only types the call: grpc multicallables carry no types
+        *,
+        idempotent: bool,
+    ) -> None:
+        self._client = client
+        self._method = method
+        self._request_type = request_type
+        self._idempotent = idempotent
+
+    async def __call__(
+        self,
+        request: Req | None = None,
+        /,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **fields: Any,
+    ) -> Resp:
+        built = build_request(self._request_type, request, fields)
+        result: Resp = await self._client._invoke(
+            lambda remaining: self._method(built, timeout=remaining, metadata=self._client._metadata),
+            timeout=timeout,
+            retry=self._idempotent,
+        )
+        return result
+
+
+class AsyncPaged(AsyncUnary[Req, Resp], Generic[Req, Resp, Item]):
+    """A List/Get RPC with pages: call it for one page, or iterate `pages()` / `items()` across all of them."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        method: Any,
+        request_type: type[Req],
+        response_type: type[Resp],
+        items: Callable[[Resp], Iterable[Item]],
+    ) -> None:
+        super().__init__(client, method, request_type, response_type, idempotent=True)
+        self._items = items
+
+    async def pages(
+        self,
+        request: Req | None = None,
+        /,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **fields: Any,
+    ) -> AsyncIterator[Resp]:
+        """Every page in order, following `next_page_token` until it is empty; `timeout` is per page."""
+        page_request = build_request(self._request_type, request, fields)
+        while True:
+            page = await self(page_request, timeout=timeout)
+            yield page
+            token: str = page.next_page_token  # type: ignore[attr-defined]
+            if not token:
+                return
+            page_request = with_page_token(page_request, token)
+
+    async def items(
+        self,
+        request: Req | None = None,
+        /,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **fields: Any,
+    ) -> AsyncIterator[Item]:
+        """Every item of every page, fetching the next page only when the previous one is used up."""
+        async for page in self.pages(request, timeout=timeout, **fields):
+            for item in self._items(page):
+                yield item
+
+
+class AsyncTimelineFollower:
+    """Follows the owner's timeline with StreamTimeline, reconnecting after the last cursor seen.
+
+    `async for event in follower` yields every matching event once, in cursor order, across
+    reconnects: when the stream fails with UNAVAILABLE or the server closes it (e.g. on shutdown),
+    it reconnects with backoff from `cursor`, the last position seen in an event or a keep-alive.
+    Persist `cursor` to resume later with `follow_timeline(after_cursor=...)`. Other failures raise
+    a MakimaError; once the retry policy's attempts are used up, UNAVAILABLE is raised and a stream
+    the server keeps closing ends the iteration.
+    """
+
+    def __init__(self, client: AsyncClient, request: history_pb2.StreamTimelineRequest, retry: RetryPolicy) -> None:
+        self._client = client
+        self._position = TimelineCursor(request)
+        self._retry = retry
+
+    @property
+    def cursor(self) -> int:
+        """Every event up to this cursor has been yielded or filtered out."""
+        return self._position.cursor
+
+    def __aiter__(self) -> AsyncIterator[resources_pb2.TimelineEvent]:
+        return self._follow()
+
+    async def _follow(self) -> AsyncIterator[resources_pb2.TimelineEvent]:
+        failures = 0
+        while True:
+            call = self._client._history.StreamTimeline(self._position.request(), metadata=self._client._metadata)
+            try:
+                async for response in call:
+                    failures = 0
+                    event = self._position.take(response)
+                    if event is not None:
+                        yield event
+            except grpc.RpcError as err:
+                failures += 1
+                delay = self._retry.delay_after(err, failures, None)
+                if delay is None:
+                    raise error_from_rpc(err) from err
+            else:  # the server closed the stream, e.g. while shutting down: reconnect to another one
+                failures += 1
+                delay = self._retry.backoff(failures)
+                if delay is None:
+                    return
+            finally:
+                call.cancel()
+            await asyncio.sleep(delay)
+
+
+class AsyncClient:
+    """grpc.aio client of the four makima.v1 services, as one flat set of typed call objects.
+
+    `address` defaults to MAKIMA_ADDRESS, then 127.0.0.1:50051; `api_key` to MAKIMA_API_KEY and is
+    sent as `authorization: Bearer <key>`. `timeout` is the default deadline of a call in seconds
+    (None: no deadline). Reads, and mutations (which always carry a request_id, made once per
+    logical call), are retried on UNAVAILABLE as `retry` says; ClaimTask never is, since a lost
+    answer would leave a task claimed twice.
+
+        async with AsyncClient() as client:
+            contract = (await client.create_contract(name="login page")).contract
+            async for event in client.list_timeline.items(contract_id=contract.id):
+                print(event.summary)
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self.address = resolve_address(address)
+        self._metadata = auth_metadata(api_key)
+        self._timeout = timeout
+        self._retry = retry
+        self._channel = aio.insecure_channel(self.address)
+        history = history_pb2_grpc.HistoryServiceStub(self._channel)
+        supervisor = supervisor_pb2_grpc.SupervisorServiceStub(self._channel)
+        tasks = task_fork_pb2_grpc.TaskForkServiceStub(self._channel)
+        self._history = history
+        self._daemon = daemon_pb2_grpc.DaemonServiceStub(self._channel)
+        h, s, t, d = history_pb2, supervisor_pb2, task_fork_pb2, daemon_pb2
+
+        # HistoryService
+        self.get_contract_history = AsyncPaged(
+            self,
+            history.GetContractHistory,
+            h.GetContractHistoryRequest,
+            h.GetContractHistoryResponse,
+            lambda r: r.events,
+        )
+        self.get_supervisor_conversation = AsyncPaged(
+            self,
+            history.GetSupervisorConversation,
+            h.GetSupervisorConversationRequest,
+            h.GetSupervisorConversationResponse,
+            lambda r: r.messages,
+        )
+        self.get_task_conversation = AsyncPaged(
+            self,
+            history.GetTaskConversation,
+            h.GetTaskConversationRequest,
+            h.GetTaskConversationResponse,
+            lambda r: r.messages,
+        )
+        self.list_conversation_snapshots = AsyncPaged(
+            self,
+            history.ListConversationSnapshots,
+            h.ListConversationSnapshotsRequest,
+            h.ListConversationSnapshotsResponse,
+            lambda r: r.snapshots,
+        )
+        self.list_task_events = AsyncPaged(
+            self, history.ListTaskEvents, h.ListTaskEventsRequest, h.ListTaskEventsResponse, lambda r: r.events
+        )
+        self.list_checkpoints = AsyncPaged(
+            self, history.ListCheckpoints, h.ListCheckpointsRequest, h.ListCheckpointsResponse, lambda r: r.checkpoints
+        )
+        self.list_timeline = AsyncPaged(
+            self, history.ListTimeline, h.ListTimelineRequest, h.ListTimelineResponse, lambda r: r.events
+        )
+        self.get_task_lineage = AsyncUnary(
+            self, history.GetTaskLineage, h.GetTaskLineageRequest, h.GetTaskLineageResponse, idempotent=True
+        )
+        # SupervisorService
+        self.create_contract = AsyncUnary(
+            self, supervisor.CreateContract, s.CreateContractRequest, s.CreateContractResponse, idempotent=True
+        )
+        self.get_contract = AsyncUnary(
+            self, supervisor.GetContract, s.GetContractRequest, s.GetContractResponse, idempotent=True
+        )
+        self.advance_phase = AsyncUnary(
+            self, supervisor.AdvancePhase, s.AdvancePhaseRequest, s.AdvancePhaseResponse, idempotent=True
+        )
+        self.start_supervisor = AsyncUnary(
+            self, supervisor.StartSupervisor, s.StartSupervisorRequest, s.StartSupervisorResponse, idempotent=True
+        )
+        self.resume_supervisor = AsyncUnary(
+            self, supervisor.ResumeSupervisor, s.ResumeSupervisorRequest, s.ResumeSupervisorResponse, idempotent=True
+        )
+        self.rewind_conversation = AsyncUnary(
+            self,
+            supervisor.RewindConversation,
+            s.RewindConversationRequest,
+            s.RewindConversationResponse,
+            idempotent=True,
+        )
+        self.restore_conversation = AsyncUnary(
+            self,
+            supervisor.RestoreConversation,
+            s.RestoreConversationRequest,
+            s.RestoreConversationResponse,
+            idempotent=True,
+        )
+        # TaskForkService
+        self.create_task = AsyncUnary(
+            self, tasks.CreateTask, t.CreateTaskRequest, t.CreateTaskResponse, idempotent=True
+        )
+        self.get_task = AsyncUnary(self, tasks.GetTask, t.GetTaskRequest, t.GetTaskResponse, idempotent=True)
+        self.create_checkpoint = AsyncUnary(
+            self, tasks.CreateCheckpoint, t.CreateCheckpointRequest, t.CreateCheckpointResponse, idempotent=True
+        )
+        self.compare_checkpoints = AsyncUnary(
+            self, tasks.CompareCheckpoints, t.CompareCheckpointsRequest, t.CompareCheckpointsResponse, idempotent=True
+        )
+        self.rewind_task = AsyncUnary(
+            self, tasks.RewindTask, t.RewindTaskRequest, t.RewindTaskResponse, idempotent=True
+        )
+        self.resume_task = AsyncUnary(
+            self, tasks.ResumeTask, t.ResumeTaskRequest, t.ResumeTaskResponse, idempotent=True
+        )
+        self.resume_task_from_checkpoint = AsyncUnary(
+            self,
+            tasks.ResumeTaskFromCheckpoint,
+            t.ResumeTaskFromCheckpointRequest,
+            t.ResumeTaskFromCheckpointResponse,
+            idempotent=True,
+        )
+        self.create_branch = AsyncUnary(
+            self, tasks.CreateBranch, t.CreateBranchRequest, t.CreateBranchResponse, idempotent=True
+        )
+        self.fork_task = AsyncUnary(self, tasks.ForkTask, t.ForkTaskRequest, t.ForkTaskResponse, idempotent=True)
+        self.continue_task = AsyncUnary(
+            self, tasks.ContinueTask, t.ContinueTaskRequest, t.ContinueTaskResponse, idempotent=True
+        )
+        # DaemonService
+        self.register_daemon = AsyncUnary(
+            self, self._daemon.RegisterDaemon, d.RegisterDaemonRequest, d.RegisterDaemonResponse, idempotent=True
+        )
+        # A heartbeat only extends leases to "now + lease": repeating it changes nothing more.
+        self.heartbeat = AsyncUnary(
+            self, self._daemon.Heartbeat, d.HeartbeatRequest, d.HeartbeatResponse, idempotent=True
+        )
+        self.claim_task = AsyncUnary(
+            self, self._daemon.ClaimTask, d.ClaimTaskRequest, d.ClaimTaskResponse, idempotent=False
+        )
+        self.append_messages = AsyncUnary(
+            self, self._daemon.AppendMessages, d.AppendMessagesRequest, d.AppendMessagesResponse, idempotent=True
+        )
+        self.report_task_status = AsyncUnary(
+            self,
+            self._daemon.ReportTaskStatus,
+            d.ReportTaskStatusRequest,
+            d.ReportTaskStatusResponse,
+            idempotent=True,
+        )
+
+    async def record_task_events(
+        self,
+        requests: Iterable[daemon_pb2.RecordTaskEventsRequest] | AsyncIterable[daemon_pb2.RecordTaskEventsRequest],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> daemon_pb2.RecordTaskEventsResponse:
+        """Stream task events to the server (DaemonService.RecordTaskEvents).
+
+        A list or tuple of requests is resent whole on UNAVAILABLE, which is safe because the server
+        stores each (task, sequence) once; a one-shot iterator is sent once.
+        """
+        result: daemon_pb2.RecordTaskEventsResponse = await self._invoke(
+            lambda remaining: self._daemon.RecordTaskEvents(
+                iter(requests) if isinstance(requests, Sequence) else requests,
+                timeout=remaining,
+                metadata=self._metadata,
+            ),
+            timeout=timeout,
+            retry=isinstance(requests, Sequence),
+        )
+        return result
+
+    async def stream_timeline(
+        self,
+        request: history_pb2.StreamTimelineRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **fields: Any,
+    ) -> AsyncIterator[history_pb2.StreamTimelineResponse]:
+        """One StreamTimeline call as it comes, keep-alives included, without reconnecting (see
+        `follow_timeline` for that). A stream has no deadline unless `timeout` is given."""
+        call = self._history.StreamTimeline(
+            build_request(history_pb2.StreamTimelineRequest, request, fields), timeout=timeout, metadata=self._metadata
+        )
+        try:
+            async for response in call:
+                yield response
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+        finally:
+            call.cancel()
+
+    def follow_timeline(
+        self,
+        request: history_pb2.StreamTimelineRequest | None = None,
+        /,
+        *,
+        retry: RetryPolicy | None = None,
+        **fields: Any,
+    ) -> AsyncTimelineFollower:
+        """A follower of the timeline from `after_cursor` (0: from the start), filtered like
+        StreamTimeline; `retry` bounds consecutive failed reconnects (default: the client's policy)."""
+        return AsyncTimelineFollower(
+            self, build_request(history_pb2.StreamTimelineRequest, request, fields), retry or self._retry
+        )
+
+    async def _invoke(
+        self,
+        attempt: Callable[[float | None], Awaitable[T]],
+        *,
+        timeout: float | None,  # noqa: ASYNC109
+        retry: bool,
+    ) -> T:
+        """Run `attempt(remaining_seconds)` until it answers, retrying UNAVAILABLE within the deadline."""
+        budget = self._timeout if timeout is None else timeout
+        deadline = None if budget is None else time.monotonic() + budget
+        failures = 0
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return await attempt(remaining)
+            except grpc.RpcError as err:
+                failures += 1
+                delay = self._retry.delay_after(err, failures, deadline) if retry else None
+                if delay is None:
+                    raise error_from_rpc(err) from err
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()

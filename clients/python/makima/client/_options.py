@@ -1,0 +1,72 @@
+"""Connection defaults and the retry policy shared by the async and the sync client."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import grpc
+
+ADDRESS_ENV = "MAKIMA_ADDRESS"
+API_KEY_ENV = "MAKIMA_API_KEY"
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_TIMEOUT = 30.0
+# Only UNAVAILABLE says "nothing was decided, try again"; every other code is an answer.
+RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+
+
+def resolve_address(address: str | None) -> str:
+    """The explicit address, else MAKIMA_ADDRESS, else the local default server."""
+    return address or os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying the explicit key, else MAKIMA_API_KEY; empty without a key so the
+    server answers UNAUTHENTICATED instead of the client guessing."""
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
+    return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How idempotent calls are retried on UNAVAILABLE: exponential backoff with jitter.
+
+    `max_attempts` counts the first try; None retries without end (what a long-lived timeline
+    follower wants while a server restarts).
+    """
+
+    max_attempts: int | None = 6
+    initial_backoff: float = 0.2
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("backoffs must be >= 0 and multiplier >= 1")
+
+    def backoff(self, attempt: int) -> float | None:
+        """Seconds to wait after failed attempt number `attempt` (1-based); None when no attempt is left."""
+        if self.max_attempts is not None and attempt >= self.max_attempts:
+            return None
+        # The exponent is capped so that an endless follower never overflows a float.
+        ceiling = min(self.max_backoff, self.initial_backoff * self.multiplier ** min(attempt - 1, 64))
+        # Jitter spreads the retries of many clients that lost the same server at the same moment.
+        return random.uniform(ceiling / 2, ceiling)
+
+    def delay_after(self, err: grpc.RpcError, attempt: int, deadline: float | None) -> float | None:
+        """Seconds to wait before retrying after `err` ended attempt `attempt`; None to give up (an
+        answer that is not UNAVAILABLE, no attempt left, or no time left before `deadline`, a
+        time.monotonic() value)."""
+        if err.code() not in RETRYABLE_CODES:  # type: ignore[attr-defined]
+            return None
+        delay = self.backoff(attempt)
+        if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
+            return None
+        return delay
+
+
+DEFAULT_RETRY = RetryPolicy()

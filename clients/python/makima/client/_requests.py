@@ -1,0 +1,65 @@
+"""What the async and the sync client share: building requests and tracking the timeline cursor."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeVar
+
+from google.protobuf.message import Message
+
+from makima.v1 import history_pb2, resources_pb2
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+Item = TypeVar("Item", bound=Message)
+
+
+def build_request(request_type: type[Req], request: Req | None, fields: dict[str, Any]) -> Req:
+    """A private copy of `request`, or a new one from keyword fields, with a request_id if it takes one.
+
+    The request_id is made here, once per logical call, so that every retry of the call carries the
+    same id and the server answers it with the first answer instead of repeating the effect.
+    """
+    if request is not None and fields:
+        raise TypeError("pass either a request message or keyword fields, not both")
+    built = request_type(**fields)
+    if request is not None:
+        built.CopyFrom(request)  # a copy: the caller's message is never changed
+    if "request_id" in built.DESCRIPTOR.fields_by_name and not built.request_id:  # type: ignore[attr-defined]
+        built.request_id = str(uuid.uuid4())  # type: ignore[attr-defined]
+    return built
+
+
+def with_page_token(request: Req, token: str) -> Req:
+    """A copy of a List/Get request asking for the page after `token`."""
+    page = type(request)()
+    page.CopyFrom(request)
+    page.page_token = token  # type: ignore[attr-defined]
+    return page
+
+
+class TimelineCursor:
+    """The last timeline position a follower has seen, from events and keep-alives alike."""
+
+    def __init__(self, request: history_pb2.StreamTimelineRequest) -> None:
+        self._request = request
+        self.cursor = request.after_cursor
+
+    def request(self) -> history_pb2.StreamTimelineRequest:
+        """The stream request that resumes right after the last position seen."""
+        resumed = history_pb2.StreamTimelineRequest()
+        resumed.CopyFrom(self._request)
+        resumed.after_cursor = self.cursor
+        return resumed
+
+    def take(self, response: history_pb2.StreamTimelineResponse) -> resources_pb2.TimelineEvent | None:
+        """Advance over one stream message; returns the event to hand out, None for a keep-alive or a
+        replayed event already handed out (so that each event is yielded once across reconnects)."""
+        if response.HasField("keep_alive"):
+            self.cursor = max(self.cursor, response.keep_alive.cursor)
+            return None
+        event = response.event
+        if event.cursor <= self.cursor:
+            return None
+        self.cursor = event.cursor
+        return event

@@ -1,0 +1,399 @@
+"""The blocking client: the same calls as AsyncClient, over a synchronous grpc channel."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import grpc
+
+from makima.client._errors import error_from_rpc
+from makima.client._options import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryPolicy, auth_metadata, resolve_address
+from makima.client._requests import Item, Req, Resp, TimelineCursor, build_request, with_page_token
+from makima.v1 import (
+    daemon_pb2,
+    daemon_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
+    resources_pb2,
+    supervisor_pb2,
+    supervisor_pb2_grpc,
+    task_fork_pb2,
+    task_fork_pb2_grpc,
+)
+
+T = TypeVar("T")
+
+
+class Unary(Generic[Req, Resp]):
+    """One unary RPC. Call it with a request message or with keyword fields; it returns the response.
+
+    `timeout` is the deadline in seconds of the whole logical call, retries included (None: the
+    client's default). Failures raise a MakimaError subclass.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        method: Any,
+        request_type: type[Req],
+        response_type: type[Resp],  # only types the call: grpc multicallables carry no types
+        *,
+        idempotent: bool,
+    ) -> None:
+        self._client = client
+        self._method = method
+        self._request_type = request_type
+        self._idempotent = idempotent
+
+    def __call__(
+        self,
+        request: Req | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> Resp:
+        built = build_request(self._request_type, request, fields)
+        result: Resp = self._client._invoke(
+            lambda remaining: self._method(built, timeout=remaining, metadata=self._client._metadata),
+            timeout=timeout,
+            retry=self._idempotent,
+        )
+        return result
+
+
+class Paged(Unary[Req, Resp], Generic[Req, Resp, Item]):
+    """A List/Get RPC with pages: call it for one page, or iterate `pages()` / `items()` across all of them."""
+
+    def __init__(
+        self,
+        client: Client,
+        method: Any,
+        request_type: type[Req],
+        response_type: type[Resp],
+        items: Callable[[Resp], Iterable[Item]],
+    ) -> None:
+        super().__init__(client, method, request_type, response_type, idempotent=True)
+        self._items = items
+
+    def pages(
+        self,
+        request: Req | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> Iterator[Resp]:
+        """Every page in order, following `next_page_token` until it is empty; `timeout` is per page."""
+        page_request = build_request(self._request_type, request, fields)
+        while True:
+            page = self(page_request, timeout=timeout)
+            yield page
+            token: str = page.next_page_token  # type: ignore[attr-defined]
+            if not token:
+                return
+            page_request = with_page_token(page_request, token)
+
+    def items(
+        self,
+        request: Req | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> Iterator[Item]:
+        """Every item of every page, fetching the next page only when the previous one is used up."""
+        for page in self.pages(request, timeout=timeout, **fields):
+            yield from self._items(page)
+
+
+class TimelineFollower:
+    """Follows the owner's timeline with StreamTimeline, reconnecting after the last cursor seen.
+
+    `for event in follower` yields every matching event once, in cursor order, across
+    reconnects: when the stream fails with UNAVAILABLE or the server closes it (e.g. on shutdown),
+    it reconnects with backoff from `cursor`, the last position seen in an event or a keep-alive.
+    Persist `cursor` to resume later with `follow_timeline(after_cursor=...)`. Other failures raise
+    a MakimaError; once the retry policy's attempts are used up, UNAVAILABLE is raised and a stream
+    the server keeps closing ends the iteration.
+    """
+
+    def __init__(self, client: Client, request: history_pb2.StreamTimelineRequest, retry: RetryPolicy) -> None:
+        self._client = client
+        self._position = TimelineCursor(request)
+        self._retry = retry
+
+    @property
+    def cursor(self) -> int:
+        """Every event up to this cursor has been yielded or filtered out."""
+        return self._position.cursor
+
+    def __iter__(self) -> Iterator[resources_pb2.TimelineEvent]:
+        return self._follow()
+
+    def _follow(self) -> Iterator[resources_pb2.TimelineEvent]:
+        failures = 0
+        while True:
+            call = self._client._history.StreamTimeline(self._position.request(), metadata=self._client._metadata)
+            try:
+                for response in call:
+                    failures = 0
+                    event = self._position.take(response)
+                    if event is not None:
+                        yield event
+            except grpc.RpcError as err:
+                failures += 1
+                delay = self._retry.delay_after(err, failures, None)
+                if delay is None:
+                    raise error_from_rpc(err) from err
+            else:  # the server closed the stream, e.g. while shutting down: reconnect to another one
+                failures += 1
+                delay = self._retry.backoff(failures)
+                if delay is None:
+                    return
+            finally:
+                call.cancel()
+            time.sleep(delay)
+
+
+class Client:
+    """Blocking client of the four makima.v1 services, as one flat set of typed call objects.
+
+    `address` defaults to MAKIMA_ADDRESS, then 127.0.0.1:50051; `api_key` to MAKIMA_API_KEY and is
+    sent as `authorization: Bearer <key>`. `timeout` is the default deadline of a call in seconds
+    (None: no deadline). Reads, and mutations (which always carry a request_id, made once per
+    logical call), are retried on UNAVAILABLE as `retry` says; ClaimTask never is, since a lost
+    answer would leave a task claimed twice.
+
+        with Client() as client:
+            contract = client.create_contract(name="login page").contract
+            for event in client.list_timeline.items(contract_id=contract.id):
+                print(event.summary)
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        retry: RetryPolicy = DEFAULT_RETRY,
+    ) -> None:
+        self.address = resolve_address(address)
+        self._metadata = auth_metadata(api_key)
+        self._timeout = timeout
+        self._retry = retry
+        self._channel = grpc.insecure_channel(self.address)
+        history = history_pb2_grpc.HistoryServiceStub(self._channel)
+        supervisor = supervisor_pb2_grpc.SupervisorServiceStub(self._channel)
+        tasks = task_fork_pb2_grpc.TaskForkServiceStub(self._channel)
+        self._history = history
+        self._daemon = daemon_pb2_grpc.DaemonServiceStub(self._channel)
+        h, s, t, d = history_pb2, supervisor_pb2, task_fork_pb2, daemon_pb2
+
+        # HistoryService
+        self.get_contract_history = Paged(
+            self,
+            history.GetContractHistory,
+            h.GetContractHistoryRequest,
+            h.GetContractHistoryResponse,
+            lambda r: r.events,
+        )
+        self.get_supervisor_conversation = Paged(
+            self,
+            history.GetSupervisorConversation,
+            h.GetSupervisorConversationRequest,
+            h.GetSupervisorConversationResponse,
+            lambda r: r.messages,
+        )
+        self.get_task_conversation = Paged(
+            self,
+            history.GetTaskConversation,
+            h.GetTaskConversationRequest,
+            h.GetTaskConversationResponse,
+            lambda r: r.messages,
+        )
+        self.list_conversation_snapshots = Paged(
+            self,
+            history.ListConversationSnapshots,
+            h.ListConversationSnapshotsRequest,
+            h.ListConversationSnapshotsResponse,
+            lambda r: r.snapshots,
+        )
+        self.list_task_events = Paged(
+            self, history.ListTaskEvents, h.ListTaskEventsRequest, h.ListTaskEventsResponse, lambda r: r.events
+        )
+        self.list_checkpoints = Paged(
+            self, history.ListCheckpoints, h.ListCheckpointsRequest, h.ListCheckpointsResponse, lambda r: r.checkpoints
+        )
+        self.list_timeline = Paged(
+            self, history.ListTimeline, h.ListTimelineRequest, h.ListTimelineResponse, lambda r: r.events
+        )
+        self.get_task_lineage = Unary(
+            self, history.GetTaskLineage, h.GetTaskLineageRequest, h.GetTaskLineageResponse, idempotent=True
+        )
+        # SupervisorService
+        self.create_contract = Unary(
+            self, supervisor.CreateContract, s.CreateContractRequest, s.CreateContractResponse, idempotent=True
+        )
+        self.get_contract = Unary(
+            self, supervisor.GetContract, s.GetContractRequest, s.GetContractResponse, idempotent=True
+        )
+        self.advance_phase = Unary(
+            self, supervisor.AdvancePhase, s.AdvancePhaseRequest, s.AdvancePhaseResponse, idempotent=True
+        )
+        self.start_supervisor = Unary(
+            self, supervisor.StartSupervisor, s.StartSupervisorRequest, s.StartSupervisorResponse, idempotent=True
+        )
+        self.resume_supervisor = Unary(
+            self, supervisor.ResumeSupervisor, s.ResumeSupervisorRequest, s.ResumeSupervisorResponse, idempotent=True
+        )
+        self.rewind_conversation = Unary(
+            self,
+            supervisor.RewindConversation,
+            s.RewindConversationRequest,
+            s.RewindConversationResponse,
+            idempotent=True,
+        )
+        self.restore_conversation = Unary(
+            self,
+            supervisor.RestoreConversation,
+            s.RestoreConversationRequest,
+            s.RestoreConversationResponse,
+            idempotent=True,
+        )
+        # TaskForkService
+        self.create_task = Unary(self, tasks.CreateTask, t.CreateTaskRequest, t.CreateTaskResponse, idempotent=True)
+        self.get_task = Unary(self, tasks.GetTask, t.GetTaskRequest, t.GetTaskResponse, idempotent=True)
+        self.create_checkpoint = Unary(
+            self, tasks.CreateCheckpoint, t.CreateCheckpointRequest, t.CreateCheckpointResponse, idempotent=True
+        )
+        self.compare_checkpoints = Unary(
+            self, tasks.CompareCheckpoints, t.CompareCheckpointsRequest, t.CompareCheckpointsResponse, idempotent=True
+        )
+        self.rewind_task = Unary(self, tasks.RewindTask, t.RewindTaskRequest, t.RewindTaskResponse, idempotent=True)
+        self.resume_task = Unary(self, tasks.ResumeTask, t.ResumeTaskRequest, t.ResumeTaskResponse, idempotent=True)
+        self.resume_task_from_checkpoint = Unary(
+            self,
+            tasks.ResumeTaskFromCheckpoint,
+            t.ResumeTaskFromCheckpointRequest,
+            t.ResumeTaskFromCheckpointResponse,
+            idempotent=True,
+        )
+        self.create_branch = Unary(
+            self, tasks.CreateBranch, t.CreateBranchRequest, t.CreateBranchResponse, idempotent=True
+        )
+        self.fork_task = Unary(self, tasks.ForkTask, t.ForkTaskRequest, t.ForkTaskResponse, idempotent=True)
+        self.continue_task = Unary(
+            self, tasks.ContinueTask, t.ContinueTaskRequest, t.ContinueTaskResponse, idempotent=True
+        )
+        # DaemonService
+        self.register_daemon = Unary(
+            self, self._daemon.RegisterDaemon, d.RegisterDaemonRequest, d.RegisterDaemonResponse, idempotent=True
+        )
+        # A heartbeat only extends leases to "now + lease": repeating it changes nothing more.
+        self.heartbeat = Unary(self, self._daemon.Heartbeat, d.HeartbeatRequest, d.HeartbeatResponse, idempotent=True)
+        self.claim_task = Unary(self, self._daemon.ClaimTask, d.ClaimTaskRequest, d.ClaimTaskResponse, idempotent=False)
+        self.append_messages = Unary(
+            self, self._daemon.AppendMessages, d.AppendMessagesRequest, d.AppendMessagesResponse, idempotent=True
+        )
+        self.report_task_status = Unary(
+            self,
+            self._daemon.ReportTaskStatus,
+            d.ReportTaskStatusRequest,
+            d.ReportTaskStatusResponse,
+            idempotent=True,
+        )
+
+    def record_task_events(
+        self,
+        requests: Iterable[daemon_pb2.RecordTaskEventsRequest],
+        *,
+        timeout: float | None = None,
+    ) -> daemon_pb2.RecordTaskEventsResponse:
+        """Stream task events to the server (DaemonService.RecordTaskEvents).
+
+        A list or tuple of requests is resent whole on UNAVAILABLE, which is safe because the server
+        stores each (task, sequence) once; a one-shot iterator is sent once.
+        """
+        result: daemon_pb2.RecordTaskEventsResponse = self._invoke(
+            lambda remaining: self._daemon.RecordTaskEvents(
+                iter(requests) if isinstance(requests, Sequence) else requests,
+                timeout=remaining,
+                metadata=self._metadata,
+            ),
+            timeout=timeout,
+            retry=isinstance(requests, Sequence),
+        )
+        return result
+
+    def stream_timeline(
+        self,
+        request: history_pb2.StreamTimelineRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> Iterator[history_pb2.StreamTimelineResponse]:
+        """One StreamTimeline call as it comes, keep-alives included, without reconnecting (see
+        `follow_timeline` for that). A stream has no deadline unless `timeout` is given."""
+        call = self._history.StreamTimeline(
+            build_request(history_pb2.StreamTimelineRequest, request, fields), timeout=timeout, metadata=self._metadata
+        )
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+        finally:
+            call.cancel()
+
+    def follow_timeline(
+        self,
+        request: history_pb2.StreamTimelineRequest | None = None,
+        /,
+        *,
+        retry: RetryPolicy | None = None,
+        **fields: Any,
+    ) -> TimelineFollower:
+        """A follower of the timeline from `after_cursor` (0: from the start), filtered like
+        StreamTimeline; `retry` bounds consecutive failed reconnects (default: the client's policy)."""
+        return TimelineFollower(
+            self, build_request(history_pb2.StreamTimelineRequest, request, fields), retry or self._retry
+        )
+
+    def _invoke(
+        self,
+        attempt: Callable[[float | None], T],
+        *,
+        timeout: float | None,
+        retry: bool,
+    ) -> T:
+        """Run `attempt(remaining_seconds)` until it answers, retrying UNAVAILABLE within the deadline."""
+        budget = self._timeout if timeout is None else timeout
+        deadline = None if budget is None else time.monotonic() + budget
+        failures = 0
+        while True:
+            remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return attempt(remaining)
+            except grpc.RpcError as err:
+                failures += 1
+                delay = self._retry.delay_after(err, failures, deadline) if retry else None
+                if delay is None:
+                    raise error_from_rpc(err) from err
+            time.sleep(delay)
+
+    def close(self) -> None:
+        """Close the channel; calls in flight are cancelled."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
