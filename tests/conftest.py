@@ -89,9 +89,16 @@ async def empty_database_url(database_url: str, tmp_path: Path) -> AsyncIterator
     await drop_postgres_database(base, url)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgresql_only: the behaviour exists on PostgreSQL only")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "database_url" in metafunc.fixturenames:
-        metafunc.parametrize("database_url", ["sqlite", "postgresql"], indirect=True, scope="session")
+        backends = (
+            ["postgresql"] if metafunc.definition.get_closest_marker("postgresql_only") else ["sqlite", "postgresql"]
+        )
+        metafunc.parametrize("database_url", backends, indirect=True, scope="session")
 
 
 @pytest.fixture(scope="session")

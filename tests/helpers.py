@@ -14,8 +14,10 @@ from grpc import aio
 from grpc_status import rpc_status
 
 from makima.v1 import (
+    daemon_pb2,
     daemon_pb2_grpc,
     history_pb2_grpc,
+    resources_pb2,
     supervisor_pb2,
     supervisor_pb2_grpc,
     task_fork_pb2,
@@ -100,3 +102,28 @@ async def fails(call: Awaitable[Any], code: grpc.StatusCode, *, reason: str | No
         metadata=dict(info.metadata),
         fields=[v.field for v in bad.field_violations],
     )
+
+
+async def record_events(api: Api, task_id: str, *batches: list[tuple[int, int]]) -> Any:
+    """Stream batches of (sequence, kind) events for a task through RecordTaskEvents."""
+
+    async def messages() -> Any:
+        for batch in batches:
+            yield daemon_pb2.RecordTaskEventsRequest(
+                task_id=task_id,
+                events=[resources_pb2.NewTaskEvent(sequence=s, kind=k, text=f"event {s}") for s, k in batch],
+            )
+
+    return await api.daemon.RecordTaskEvents(messages(), metadata=api.md)
+
+
+async def append_messages(api: Api, task_id: str, expected_next_index: int, *contents: str, **kw: Any) -> Any:
+    request = daemon_pb2.AppendMessagesRequest(
+        task_id=task_id,
+        expected_next_index=expected_next_index,
+        messages=[
+            resources_pb2.NewConversationMessage(role=resources_pb2.MESSAGE_ROLE_ASSISTANT, content=c) for c in contents
+        ],
+        **kw,
+    )
+    return await api.daemon.AppendMessages(request, metadata=api.md)

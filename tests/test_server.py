@@ -18,7 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from makima.server.app import SERVICE_NAMES, App
-from makima.v1 import history_pb2
+from makima.v1 import daemon_pb2
 from tests.helpers import Api, create_contract, fails
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
@@ -81,11 +81,11 @@ async def test_grpcurl_lists_and_calls(server: App, api: Api) -> None:
 
 async def test_unimplemented_rpc_says_so(api: Api) -> None:
     failure = await fails(
-        api.history.GetTaskLineage(history_pb2.GetTaskLineageRequest(task_id=str(uuid.uuid4())), metadata=api.md),
+        api.daemon.ClaimTask(daemon_pb2.ClaimTaskRequest(daemon_id=str(uuid.uuid4())), metadata=api.md),
         grpc.StatusCode.UNIMPLEMENTED,
         reason="UNIMPLEMENTED",
     )
-    assert "GetTaskLineage" in failure.message
+    assert "ClaimTask" in failure.message
 
 
 def _free_port() -> int:

@@ -64,6 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between keep-alives on idle timeline streams (default %(default)s)",
     )
 
+    serve.add_argument(
+        "--timeline-recheck-seconds",
+        type=float,
+        default=float(os.environ.get("MAKIMA_TIMELINE_RECHECK_SECONDS", "1")),
+        help="seconds between database re-checks of idle timeline streams (default %(default)s)",
+    )
+
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     _database_option(migrate)
 
@@ -111,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             workspace_root=args.workspace_root,
             shutdown_grace=args.shutdown_grace,
             keep_alive_seconds=args.keep_alive_seconds,
+            timeline_recheck_seconds=args.timeline_recheck_seconds,
         )
         asyncio.run(serve(settings))
     elif args.command == "migrate":

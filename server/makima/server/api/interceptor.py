@@ -91,6 +91,7 @@ class ServiceInterceptor(aio.ServerInterceptor):
     def _unary(self, behavior: Callable[..., Any], method: str, secured: bool) -> Callable[..., Any]:
         async def handle(request: Any, context: aio.ServicerContext) -> Any:
             started = time.perf_counter()
+            peer = context.peer()  # read now: grpc may crash reading it after a cancellation
             code = grpc.StatusCode.OK
             try:
                 await self._begin(context, secured)
@@ -103,13 +104,14 @@ class ServiceInterceptor(aio.ServerInterceptor):
                     await context.abort_with_status(status)
                 raise
             finally:
-                _log(method, code, started, context)
+                _log(method, code, started, peer)
 
         return handle
 
     def _stream(self, behavior: Callable[..., Any], method: str, secured: bool) -> Callable[..., Any]:
         async def handle(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
+            peer = context.peer()  # read now: grpc may crash reading it after a cancellation
             code = grpc.StatusCode.OK
             try:
                 await self._begin(context, secured)
@@ -122,7 +124,7 @@ class ServiceInterceptor(aio.ServerInterceptor):
                     await context.abort_with_status(status)
                 raise
             finally:
-                _log(method, code, started, context)
+                _log(method, code, started, peer)
 
         return handle
 
@@ -136,13 +138,13 @@ def _code_of(exc: BaseException, context: aio.ServicerContext) -> grpc.StatusCod
     return None
 
 
-def _log(method: str, code: grpc.StatusCode, started: float, context: aio.ServicerContext) -> None:
+def _log(method: str, code: grpc.StatusCode, started: float, peer: str) -> None:
     access_log.info(
         "rpc",
         extra={
             "rpc_method": method,
             "rpc_code": code.name,
             "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            "peer": context.peer(),
+            "peer": peer,
         },
     )

@@ -1,0 +1,1 @@
+"""Tests of the `makima` command line, run as a subprocess against the real server."""

@@ -1,0 +1,1 @@
+"""Tests of makima.client against the real server."""

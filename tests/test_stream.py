@@ -1,0 +1,171 @@
+"""StreamTimeline: replay, live delivery, keep-alives, exactly-once across reconnects, fan-out, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc import aio
+
+from makima.server.app import App, start
+from makima.server.config import Settings
+from makima.server.domain.auth import create_api_key
+from makima.v1 import history_pb2, resources_pb2
+from tests.helpers import Api, append_messages, create_contract, create_task, fails
+from tests.test_server import _free_port
+
+
+def stream(api: Api, **fields: object) -> aio.UnaryStreamCall:
+    return api.history.StreamTimeline(history_pb2.StreamTimelineRequest(**fields), metadata=api.md)
+
+
+async def next_event(call: aio.UnaryStreamCall) -> resources_pb2.TimelineEvent:
+    while True:
+        item = await asyncio.wait_for(call.read(), 10)
+        assert item is not aio.EOF, "stream ended"
+        if item.HasField("event"):
+            return item.event
+
+
+async def test_replays_then_delivers_live_events(api: Api) -> None:
+    first = await create_contract(api, "before")
+    call = stream(api)
+    replayed = await next_event(call)
+    assert (replayed.cursor, replayed.contract_id) == (1, first.id)
+    second = await create_contract(api, "after")
+    live = await next_event(call)
+    assert (live.cursor, live.contract_id, live.kind) == (
+        2,
+        second.id,
+        resources_pb2.TIMELINE_EVENT_KIND_CONTRACT_CREATED,
+    )
+    call.cancel()
+
+
+async def test_keep_alive_carries_the_watermark_past_filtered_events(api: Api) -> None:
+    task = await create_task(api)
+    await create_contract(api)
+    call = stream(api, task_id=task.id, keep_alive_seconds=1)
+    assert (await next_event(call)).cursor == 1
+    item = await asyncio.wait_for(call.read(), 10)
+    assert item.HasField("keep_alive")
+    assert item.keep_alive.cursor == 2  # the contract event did not match, but it is behind us
+    assert item.keep_alive.server_time.seconds > 0
+    call.cancel()
+
+
+async def test_stream_rejects_bad_requests(api: Api, other_api: Api) -> None:
+    for fields, field in (
+        ({"after_cursor": -1}, "after_cursor"),
+        ({"keep_alive_seconds": -1}, "keep_alive_seconds"),
+        ({"kinds": [0]}, "kinds[0]"),
+        ({"contract_id": "x"}, "contract_id"),
+    ):
+        failure = await fails(stream(api, **fields).read(), grpc.StatusCode.INVALID_ARGUMENT)
+        assert failure.fields == [field]
+    task = await create_task(api)
+    await fails(stream(other_api, task_id=task.id).read(), grpc.StatusCode.NOT_FOUND)
+    await fails(api.history.StreamTimeline(history_pb2.StreamTimelineRequest()).read(), grpc.StatusCode.UNAUTHENTICATED)
+
+
+async def test_exactly_once_in_order_across_random_reconnects_with_concurrent_writers(api: Api) -> None:
+    writers, per_writer = 4, 30
+    total = writers * per_writer
+    rng = random.Random(7)
+
+    async def writer(n: int) -> None:
+        task = await create_task(api, f"writer {n}")
+        for i in range(1, per_writer):
+            await append_messages(api, task.id, i - 1, f"{n}/{i}")
+
+    seen: list[int] = []
+
+    async def reader() -> None:
+        last = 0
+        while len(seen) < total:
+            call = stream(api, after_cursor=last, keep_alive_seconds=1)
+            quota = rng.randint(1, 15)
+            try:
+                while quota and len(seen) < total:
+                    item = await asyncio.wait_for(call.read(), 20)
+                    assert item is not aio.EOF
+                    if item.HasField("event"):
+                        seen.append(item.event.cursor)
+                        last = item.event.cursor
+                        quota -= 1
+                    else:
+                        last = max(last, item.keep_alive.cursor)
+            finally:
+                call.cancel()
+            await asyncio.sleep(rng.random() / 50)
+
+    await asyncio.gather(reader(), *(writer(n) for n in range(writers)))
+    assert seen == list(range(1, total + 1))
+
+
+async def test_cancelled_streams_unsubscribe(api: Api, server: App) -> None:
+    before = server.hub.subscriber_count
+    calls = [stream(api, keep_alive_seconds=1) for _ in range(3)]
+    await asyncio.gather(*(c.read() for c in calls))  # each got a keep-alive (or event): subscribed
+    assert server.hub.subscriber_count == before + 3
+    for c in calls:
+        c.cancel()
+    for _ in range(100):
+        if server.hub.subscriber_count == before:
+            break
+        await asyncio.sleep(0.05)
+    assert server.hub.subscriber_count == before
+
+
+async def test_server_shutdown_ends_streams_cleanly(empty_database_url: str, tmp_path: Path) -> None:
+    app = await start(Settings(listen="127.0.0.1:0", database_url=empty_database_url, workspace_root=tmp_path))
+    key = await create_api_key(app.runtime, owner_id=uuid.uuid4())
+    async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        api = Api(channel=channel, owner_id=key.owner_id, key=key.secret)
+        await create_contract(api)
+        call = stream(api)
+        assert (await next_event(call)).cursor == 1
+        await app.stop(5)
+        assert await asyncio.wait_for(call.read(), 10) is aio.EOF
+        assert await call.code() == grpc.StatusCode.OK
+
+
+@pytest.mark.postgresql_only
+async def test_a_commit_on_one_process_wakes_streams_on_another(database_url: str, api: Api, tmp_path: Path) -> None:
+    """Two server processes on one PostgreSQL database: LISTEN/NOTIFY carries the wake-up.
+
+    The second process re-checks the database only every 60 s, so delivery within seconds proves the
+    notification path.
+    """
+    port = _free_port()
+    env = os.environ | {
+        "MAKIMA_LISTEN": f"127.0.0.1:{port}",
+        "MAKIMA_DATABASE_URL": database_url,
+        "MAKIMA_TIMELINE_RECHECK_SECONDS": "60",
+        "MAKIMA_KEEP_ALIVE_SECONDS": "60",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "makima-server"), "serve", env=env, stderr=asyncio.subprocess.DEVNULL
+    )
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            remote = Api(channel=channel, owner_id=api.owner_id, key=api.key)
+            call = stream(remote)
+            first = await create_contract(api, "written on process one")
+            assert (await next_event(call)).contract_id == first.id
+            await asyncio.sleep(1.5)  # past the first re-check: from now on only a notification wakes it
+            second = await create_contract(api, "written later")
+            event = await asyncio.wait_for(next_event(call), 5)
+            assert event.contract_id == second.id
+            call.cancel()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), 30)
