@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -136,10 +136,10 @@ class AsyncTimelineFollower:
         """Every event up to this cursor has been yielded or filtered out."""
         return self._position.cursor
 
-    def __aiter__(self) -> AsyncIterator[resources_pb2.TimelineEvent]:
+    def __aiter__(self) -> AsyncGenerator[resources_pb2.TimelineEvent, None]:
         return self._follow()
 
-    async def _follow(self) -> AsyncIterator[resources_pb2.TimelineEvent]:
+    async def _follow(self) -> AsyncGenerator[resources_pb2.TimelineEvent, None]:
         failures = 0
         while True:
             call = self._client._history.StreamTimeline(self._position.request(), metadata=self._client._metadata)
@@ -352,7 +352,7 @@ class AsyncClient:
         *,
         timeout: float | None = None,  # noqa: ASYNC109
         **fields: Any,
-    ) -> AsyncIterator[history_pb2.StreamTimelineResponse]:
+    ) -> AsyncGenerator[history_pb2.StreamTimelineResponse, None]:
         """One StreamTimeline call as it comes, keep-alives included, without reconnecting (see
         `follow_timeline` for that). A stream has no deadline unless `timeout` is given."""
         call = self._history.StreamTimeline(

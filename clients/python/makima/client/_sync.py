@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -131,10 +131,10 @@ class TimelineFollower:
         """Every event up to this cursor has been yielded or filtered out."""
         return self._position.cursor
 
-    def __iter__(self) -> Iterator[resources_pb2.TimelineEvent]:
+    def __iter__(self) -> Generator[resources_pb2.TimelineEvent, None, None]:
         return self._follow()
 
-    def _follow(self) -> Iterator[resources_pb2.TimelineEvent]:
+    def _follow(self) -> Generator[resources_pb2.TimelineEvent, None, None]:
         failures = 0
         while True:
             call = self._client._history.StreamTimeline(self._position.request(), metadata=self._client._metadata)
@@ -337,7 +337,7 @@ class Client:
         *,
         timeout: float | None = None,
         **fields: Any,
-    ) -> Iterator[history_pb2.StreamTimelineResponse]:
+    ) -> Generator[history_pb2.StreamTimelineResponse, None, None]:
         """One StreamTimeline call as it comes, keep-alives included, without reconnecting (see
         `follow_timeline` for that). A stream has no deadline unless `timeout` is given."""
         call = self._history.StreamTimeline(
