@@ -1,0 +1,150 @@
+"""clone_worktree: a new worktree at a ref of another repository, sharing its objects."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from makima.server.git import (
+    FileChange,
+    GitError,
+    InvalidRefNameError,
+    RefNotFoundError,
+    clone_worktree,
+    head_commit,
+    restore,
+)
+from tests.git.gitcli import checkpoint, files_on_disk, git, ls_files, ls_tree, status, write
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    """A repository made by the git command line: main with two commits, a side branch and tags."""
+    repo = tmp_path / "source"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    write(repo / "README.md", "v1\n")
+    write(repo / "bin" / "run", "#!/bin/sh\n", mode=0o755)
+    os.symlink("README.md", repo / "readme-link")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "one")
+    git(repo, "tag", "-a", "-m", "release 1", "v1")
+    git(repo, "tag", "light")
+    git(repo, "branch", "side")
+    write(repo / "README.md", "v2\n")
+    write(repo / "src" / "main.py", "print('v2')\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "two")
+    return repo
+
+
+def sha_of(repo: Path, rev: str) -> str:
+    return git(repo, "rev-parse", f"{rev}^{{commit}}").strip()
+
+
+def loose_and_packed_objects(repo: Path) -> list[str]:
+    objects = repo / ".git" / "objects"
+    return [str(p.relative_to(objects)) for p in objects.rglob("*") if p.is_file() and p.parts[-2] not in ("info",)]
+
+
+def assert_sound_clone(dest: Path, *, branch: str, commit: str) -> None:
+    assert (dest / ".git" / "objects" / "info" / "alternates").is_file()
+    assert git(dest, "rev-parse", f"refs/heads/{branch}").strip() == commit
+    assert git(dest, "symbolic-ref", "HEAD").strip() == f"refs/heads/{branch}"
+    assert git(dest, "log", "-1", "--format=%H").strip() == commit
+    assert git(dest, "fsck", "--strict", "--no-dangling") == ""
+    assert ls_files(dest) == ls_tree(dest, commit)
+    assert status(dest) == ""
+
+
+@pytest.mark.parametrize(("ref", "rev"), [("side", "side"), ("v1", "v1"), ("light", "light"), (None, "HEAD")])
+def test_clone_at_a_branch_tag_or_head_shares_objects(source: Path, tmp_path: Path, ref: str | None, rev: str) -> None:
+    dest = tmp_path / "workspace" / "task-1"
+
+    commit = clone_worktree(source, dest, ref=ref, branch="task/1")
+
+    assert commit == sha_of(source, rev)
+    assert_sound_clone(dest, branch="task/1", commit=commit)
+    assert loose_and_packed_objects(dest) == []  # nothing copied: all through the alternates
+
+
+def test_clone_at_a_sha_checks_out_files_modes_and_links(source: Path, tmp_path: Path) -> None:
+    commit = sha_of(source, "main")
+    dest = tmp_path / "dest"
+    dest.mkdir()  # an existing empty directory is fine
+
+    assert clone_worktree(source, dest, ref=commit, branch="fork") == commit
+
+    assert_sound_clone(dest, branch="fork", commit=commit)
+    assert files_on_disk(dest) == {
+        "README.md": b"v2\n",
+        "bin/run": b"#!/bin/sh\n",
+        "readme-link": b"link:README.md",
+        "src/main.py": b"print('v2')\n",
+    }
+    assert os.access(dest / "bin" / "run", os.X_OK)
+
+
+def test_checkpoint_in_a_clone_writes_only_to_the_clone(source: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    start = clone_worktree(source, dest, ref="main", branch="fork")
+    source_objects = sorted(loose_and_packed_objects(source))
+    write(dest / "README.md", "changed in the fork\n")
+
+    shot = checkpoint(dest, branch="fork")
+
+    assert shot.parent_sha == start
+    assert sorted(loose_and_packed_objects(source)) == source_objects
+    assert git(dest, "fsck", "--strict", "--no-dangling") == ""
+    assert git(source, "fsck", "--strict") == ""
+    assert status(dest) == ""
+    assert restore(dest, commit_sha=start) == [FileChange("README.md", "modified")]
+
+
+def test_a_long_chain_of_forks_stays_readable_by_git(source: Path, tmp_path: Path) -> None:
+    previous, ref = source, "main"
+    for n in range(8):  # git stops following alternates nested more than five deep
+        dest = tmp_path / f"fork{n}"
+        clone_worktree(previous, dest, ref=ref, branch=f"fork{n}")
+        write(dest / f"fork{n}.txt", f"{n}\n")
+        shot = checkpoint(dest, branch=f"fork{n}")
+        previous, ref = dest, shot.commit_sha
+
+    assert git(previous, "rev-list", "--count", "HEAD").strip() == str(2 + 8)
+    assert git(previous, "fsck", "--strict", "--no-dangling") == ""
+    assert sorted(p.name for p in previous.glob("fork*.txt")) == [f"fork{n}.txt" for n in range(8)]
+
+
+def test_clone_of_an_unknown_ref_leaves_nothing_behind(source: Path, tmp_path: Path) -> None:
+    for ref in ("no-such-branch", "0" * 40, "../../etc", "refs/heads/../../x"):
+        with pytest.raises(RefNotFoundError):
+            clone_worktree(source, tmp_path / "dest", ref=ref, branch="b")
+        assert not (tmp_path / "dest").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(RefNotFoundError):
+        clone_worktree(source, tmp_path / "kept", ref="nope", branch="b")
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_clone_of_a_tree_sha_is_refused(source: Path, tmp_path: Path) -> None:
+    tree = git(source, "rev-parse", "main^{tree}").strip()
+    with pytest.raises(RefNotFoundError):
+        clone_worktree(source, tmp_path / "dest", ref=tree, branch="b")
+
+
+def test_clone_into_a_non_empty_directory_or_with_a_bad_branch_is_refused(source: Path, tmp_path: Path) -> None:
+    busy = write(tmp_path / "busy" / "mine.txt", "do not touch\n").parent
+    with pytest.raises(GitError):
+        clone_worktree(source, busy, ref=None, branch="b")
+    assert files_on_disk(busy) == {"mine.txt": b"do not touch\n"}
+    with pytest.raises(InvalidRefNameError):
+        clone_worktree(source, tmp_path / "dest", ref=None, branch="bad..name")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_clone_of_an_empty_repository_has_no_head_to_clone(tmp_path: Path, worktree: Path) -> None:
+    with pytest.raises(RefNotFoundError):
+        clone_worktree(worktree, tmp_path / "dest", ref=None, branch="b")
+    assert head_commit(worktree, branch="main") is None
