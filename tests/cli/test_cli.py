@@ -1,0 +1,175 @@
+"""`makima` end to end: commands, --json, errors and exit codes, help with examples."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from makima.cli.main import build_parser, main
+from makima.client import AsyncClient
+from makima.server.app import App
+from makima.v1 import daemon_pb2, resources_pb2
+from tests.cli.conftest import MAKIMA, Makima, run_makima
+from tests.helpers import Api
+
+
+def listing(out: str) -> dict[str, str]:
+    """The `key  value` lines of a human listing, keys indented or not."""
+    pairs = (line.strip().split(None, 1) for line in out.splitlines() if line.strip())
+    return {pair[0]: pair[1] for pair in pairs if len(pair) == 2}
+
+
+async def test_create_get_advance(makima: Makima) -> None:
+    created = await makima("contract-create", "--name", "login page", "--phase", "plan")
+    assert created.code == 0, created.err
+    contract = listing(created.out)
+    assert (contract["name"], contract["phase"], contract["status"]) == ("login page", "plan", "active")
+
+    got = await makima("contract-get", contract["id"])
+    advanced = await makima("advance-phase", contract["id"], "execute", "--expected-version", "1")
+    assert got.code == advanced.code == 0
+    assert listing(got.out)["id"] == contract["id"]
+    assert (listing(advanced.out)["previous_phase"], listing(advanced.out)["phase"]) == ("plan", "execute")
+    assert listing(advanced.out)["version"] == "2"
+
+
+async def test_json_output_parses_before_or_after_the_command(makima: Makima) -> None:
+    created = await makima("--json", "contract-create", "--name", "scripted")
+    contract = json.loads(created.out)["contract"]
+    got = await makima("contract-get", contract["id"], "--json")
+    task = json.loads((await makima("task-create", "--name", "t", "--contract", contract["id"], "--json")).out)
+    assert json.loads(got.out) == {"contract": contract}
+    assert contract["supervisor_task_id"] == ""  # every field is there, set or not: stable keys for scripts
+    assert contract["status"] == "CONTRACT_STATUS_ACTIVE"
+    assert task["task"]["contract_id"] == contract["id"]
+
+
+async def test_request_id_makes_a_command_safe_to_rerun(makima: Makima) -> None:
+    request_id = str(uuid.uuid4())
+    first = await makima("--json", "contract-create", "--name", "once", "--request-id", request_id)
+    again = await makima("--json", "contract-create", "--name", "once", "--request-id", request_id)
+    other = await makima("--json", "contract-create", "--name", "once")
+    assert json.loads(first.out) == json.loads(again.out)
+    assert json.loads(other.out)["contract"]["id"] != json.loads(first.out)["contract"]["id"]
+
+
+async def test_task_history_timeline_and_contract_history(makima: Makima, server: App, api: Api) -> None:
+    async with AsyncClient(f"127.0.0.1:{server.port}", api.key) as client:
+        contract = (await client.create_contract(name="history")).contract
+        task = (await client.create_task(name="worker", contract_id=contract.id)).task
+        await client.append_messages(
+            task_id=task.id,
+            expected_next_index=0,
+            messages=[
+                resources_pb2.NewConversationMessage(role=resources_pb2.MESSAGE_ROLE_USER, content="fix the login"),
+                resources_pb2.NewConversationMessage(role=resources_pb2.MESSAGE_ROLE_ASSISTANT, content="on it"),
+            ],
+        )
+        await client.record_task_events(
+            [
+                daemon_pb2.RecordTaskEventsRequest(
+                    task_id=task.id,
+                    events=[
+                        resources_pb2.NewTaskEvent(sequence=1, kind=resources_pb2.TASK_EVENT_KIND_TOOL_CALL, text="ls"),
+                        resources_pb2.NewTaskEvent(sequence=2, kind=resources_pb2.TASK_EVENT_KIND_OUTPUT, text="ok"),
+                    ],
+                )
+            ]
+        )
+
+    history = await makima("task-history", task.id)
+    calls = json.loads((await makima("--json", "task-history", task.id, "--kind", "tool_call")).out)
+    timeline = json.loads((await makima("--json", "timeline", "--contract", contract.id)).out)
+    limited = json.loads((await makima("--json", "timeline", "--limit", "2")).out)
+    phases = await makima("contract-history", contract.id)
+
+    assert history.code == 0, history.err
+    assert "#0 user" in history.out and "fix the login" in history.out and "#1 assistant" in history.out
+    assert "tool_call" in history.out and "output" in history.out
+    assert [m["content"] for m in calls["conversation"]["messages"]] == ["fix the login", "on it"]
+    assert [(e["sequence"], e["text"]) for e in calls["events"]["events"]] == [("1", "ls")]
+    assert [e["cursor"] for e in timeline["events"]] == ["1", "2", "3", "4"]
+    assert [e["kind"] for e in limited["events"]] == [
+        "TIMELINE_EVENT_KIND_CONTRACT_CREATED",
+        "TIMELINE_EVENT_KIND_TASK_CREATED",
+    ]
+    assert "research" in phases.out and "task_events_recorded" in phases.out
+
+
+async def test_timeline_follow_prints_events_as_they_happen(cli_env: dict[str, str], makima: Makima) -> None:
+    follow = asyncio.ensure_future(run_makima("--json", "timeline", "--follow", "--limit", "2", env=cli_env))
+    await makima("contract-create", "--name", "first")
+    await asyncio.sleep(0.5)
+    await makima("contract-create", "--name", "second")
+    result = await asyncio.wait_for(follow, 30)
+    assert result.code == 0, result.err
+    events = [json.loads(line) for line in result.out.splitlines()]
+    assert [(e["cursor"], e["summary"].split("'")[1]) for e in events] == [("1", "first"), ("2", "second")]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "line"),
+    [
+        (("contract-get", "not-a-uuid"), 64 + 3, "error: INVALID_ARGUMENT INVALID_ARGUMENT: contract_id: "),
+        (("contract-get", str(uuid.uuid4())), 64 + 5, "error: NOT_FOUND NOT_FOUND: contract "),
+        (("resume", str(uuid.uuid4())), 64 + 12, "error: UNIMPLEMENTED UNIMPLEMENTED: "),
+    ],
+)
+async def test_a_failed_call_is_one_line_and_a_distinct_exit_code(
+    makima: Makima, args: tuple[str, ...], code: int, line: str
+) -> None:
+    result = await makima(*args)
+    assert result.code == code
+    assert result.err.startswith(line)
+    assert result.err.count("\n") == 1
+    assert result.out == ""
+
+
+async def test_missing_key_is_unauthenticated(makima: Makima) -> None:
+    result = await makima("contract-create", "--name", "x", MAKIMA_API_KEY="")
+    assert result.code == 64 + 16
+    assert result.err.startswith("error: UNAUTHENTICATED UNAUTHENTICATED: ")
+
+
+async def test_explicit_flags_win_over_the_environment(makima: Makima, server: App, api: Api) -> None:
+    flags = ("--address", f"127.0.0.1:{server.port}", "--api-key", api.key)
+    result = await makima("contract-create", "--name", "f", *flags, MAKIMA_ADDRESS="127.0.0.1:1", MAKIMA_API_KEY="x")
+    assert result.code == 0, result.err
+
+
+async def test_usage_errors_exit_2(makima: Makima) -> None:
+    no_point = await makima("task-fork", str(uuid.uuid4()))
+    bad_mode = await makima("resume", str(uuid.uuid4()), "--mode", "sideways")
+    assert no_point.code == bad_mode.code == 2
+    assert "one of the arguments --checkpoint --message-index is required" in no_point.err
+
+
+async def test_help_lists_every_command() -> None:
+    proc = await asyncio.create_subprocess_exec(MAKIMA, "--help", stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    names = _command_names()
+    assert proc.returncode == 0
+    assert all(name in out.decode() for name in names)
+    assert {"task-history", "task-checkpoints", "resume", "task-resume-from", "task-rewind", "task-fork"} <= set(names)
+    assert {"rewind-conversation", "timeline", "contract-history", "conversation", "task-compare"} <= set(names)
+    assert {"task-branch", "task-continue", "task-resume", "contract-create", "contract-get"} <= set(names)
+    assert {"advance-phase", "task-create", "task-get"} <= set(names)
+
+
+def _command_names() -> list[str]:
+    parser = build_parser()
+    (subparsers,) = [a for a in parser._actions if a.dest == "command"]
+    return list(subparsers.choices)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", _command_names())
+def test_every_command_has_help_with_an_example(name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([name, "--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert "example" in out
+    assert f"  makima {name} " in out or f"  makima --json {name} " in out
