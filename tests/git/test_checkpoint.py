@@ -387,3 +387,22 @@ def test_concurrent_publishers_without_a_lock_never_lose_a_commit(worktree: Path
     assert len(winners) == 1
     assert git(worktree, "rev-parse", "main").strip() == winners[0]
     assert git(worktree, "fsck", "--strict", "--no-dangling") == ""
+
+
+def test_packs_stay_few_and_sound_over_many_checkpoints(worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from makima.server.git import repo as git_repo
+
+    monkeypatch.setattr(git_repo, "_PACK_THRESHOLD", 1)  # every checkpoint writes a pack
+    monkeypatch.setattr(git_repo, "_MAX_PACKS", 4)
+    shots = []
+    for n in range(12):
+        write(worktree / f"file{n}.txt", f"{n}\n")
+        shots.append(checkpoint(worktree, message=f"n{n}"))
+
+    packs = sorted((worktree / ".git" / "objects" / "pack").glob("*.pack"))
+    assert 1 <= len(packs) <= 4
+    assert all(p.with_suffix(".idx").exists() for p in packs)
+    assert not [p for p in (worktree / ".git" / "objects").iterdir() if p.name not in ("pack", "info")]  # no loose
+    assert git(worktree, "fsck", "--strict", "--no-dangling") == ""
+    assert git(worktree, "rev-list", "main").split() == [s.commit_sha for s in reversed(shots)]
+    assert git(worktree, "show", f"{shots[0].commit_sha}:file0.txt") == "0\n"

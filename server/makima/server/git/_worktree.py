@@ -18,12 +18,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from dulwich.ignore import IgnoreFilter, default_user_ignore_filter_path, read_ignore_patterns
-from dulwich.index import ConflictedIndexEntry, Index, IndexEntry
 from dulwich.object_store import BaseObjectStore
 from dulwich.objects import Blob, ObjectID
 from dulwich.repo import Repo
 
 from makima.server.git import _fs
+from makima.server.git._index import IndexEntry, read_index
 from makima.server.git.errors import GitError
 
 MODE_FILE = 0o100644
@@ -65,12 +65,6 @@ def mode_of(st: os.stat_result) -> int:
     return MODE_EXECUTABLE if st.st_mode & stat.S_IXUSR else MODE_FILE
 
 
-def _ns(value: int | float | tuple[int, int]) -> int:
-    if isinstance(value, tuple):
-        return value[0] * _NS + value[1]
-    return int(value * _NS)
-
-
 def _is_racy(mtime_ns: int, hashed_at_ns: int) -> bool:
     window = _RACY_WINDOW_COARSE_NS if mtime_ns % _NS == 0 else _RACY_WINDOW_FINE_NS
     return mtime_ns >= hashed_at_ns - window
@@ -78,15 +72,10 @@ def _is_racy(mtime_ns: int, hashed_at_ns: int) -> bool:
 
 def index_entry(st: os.stat_result, sha: ObjectID, mode: int, *, hashed_at_ns: int) -> IndexEntry:
     """Index entry caching `st` for content `sha`, smudged if the stat cannot be trusted later."""
-    if _is_racy(st.st_mtime_ns, hashed_at_ns):
-        ctime: tuple[int, int] = (0, 0)
-        mtime: tuple[int, int] = (0, 0)
-    else:
-        ctime = divmod(st.st_ctime_ns, _NS)
-        mtime = divmod(st.st_mtime_ns, _NS)
+    racy = _is_racy(st.st_mtime_ns, hashed_at_ns)
     return IndexEntry(
-        ctime=ctime,
-        mtime=mtime,
+        ctime_ns=0 if racy else st.st_ctime_ns,
+        mtime_ns=0 if racy else st.st_mtime_ns,
         dev=st.st_dev & _U32,
         ino=st.st_ino & _U32,
         mode=mode,
@@ -99,7 +88,7 @@ def index_entry(st: os.stat_result, sha: ObjectID, mode: int, *, hashed_at_ns: i
 
 def tree_entry(mode: int, sha: ObjectID) -> IndexEntry:
     """Index entry with no stat (as `git read-tree` writes): git and we hash the file before trusting it."""
-    return IndexEntry(ctime=0, mtime=0, dev=0, ino=0, mode=mode, uid=0, gid=0, size=0, sha=sha)
+    return IndexEntry(ctime_ns=0, mtime_ns=0, dev=0, ino=0, mode=mode, uid=0, gid=0, size=0, sha=sha)
 
 
 class StatCache:
@@ -115,25 +104,23 @@ class StatCache:
             index_mtime_ns = os.stat(index_path).st_mtime_ns
         except FileNotFoundError:
             return cls({}, 0)
-        index = Index(index_path)
-        # Conflict stages never come from us; dropping them makes those files hashed like new ones.
-        entries = {path: entry for path, entry in index.items() if not isinstance(entry, ConflictedIndexEntry)}
-        return cls(entries, index_mtime_ns)
+        # Conflict stages are dropped: those files are then hashed like new ones.
+        return cls(read_index(index_path), index_mtime_ns)
 
     def trusted(self, path: bytes, st: os.stat_result, mode: int) -> IndexEntry | None:
         """The index entry of `path` if its stat proves the file unchanged since it was hashed."""
         entry = self.entries.get(path)
         if entry is None or entry.mode != mode:
             return None
-        mtime_ns = _ns(entry.mtime)
+        mtime_ns = entry.mtime_ns
         # Zero is a smudged entry. An mtime not older than the index itself is racy, as in git.
         if mtime_ns == 0 or mtime_ns >= self._index_mtime_ns:
             return None
         if (
             st.st_mtime_ns != mtime_ns
-            or st.st_ctime_ns != _ns(entry.ctime)
+            or st.st_ctime_ns != entry.ctime_ns
             or st.st_size & _U32 != entry.size
-            or st.st_ino & _U32 != entry.ino & _U32
+            or st.st_ino & _U32 != entry.ino
         ):
             return None
         return entry

@@ -8,6 +8,7 @@ moves the branch with a compare-and-swap and refreshes the index.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -19,13 +20,14 @@ from typing import Literal, TypeVar
 from dulwich.diff_tree import CHANGE_ADD, CHANGE_DELETE, tree_changes
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
-from dulwich.index import Index, IndexEntry
-from dulwich.object_store import BaseObjectStore, DiskObjectStore, iter_tree_contents
+from dulwich.object_store import BaseObjectStore, DiskObjectStore
 from dulwich.objects import Commit, ObjectID, ShaFile, Tag, Tree, valid_hexsha
+from dulwich.pack import Pack
 from dulwich.refs import check_ref_format
 from dulwich.repo import Repo
 
-from makima.server.git import _fs
+from makima.server.git import _fs, _index
+from makima.server.git._index import IndexEntry
 from makima.server.git._worktree import FileState, apply_tree, scan, tree_entry
 from makima.server.git.errors import (
     BranchExistsError,
@@ -37,9 +39,10 @@ from makima.server.git.paths import validate_branch_name
 
 _IDENTITY = b"makima <makima@localhost>"
 _MODE_TREE = 0o040000
-# Below this many new objects, loose objects are cheapest and leave no pack behind to consolidate;
-# above it one pack is several times faster than as many loose files (see bench/bench_git.py).
-_PACK_THRESHOLD = 256
+# From this many new objects on, one pack is cheaper than as many loose files (see _store_objects).
+_PACK_THRESHOLD = 8
+# Packs beyond this number are merged (the smallest ones), as `git gc --auto` does at 50.
+_MAX_PACKS = 32
 # How long to wait for a lock file (ref or index) held by another writer before giving up.
 _LOCK_WAIT_SECONDS = 2.0
 
@@ -174,7 +177,11 @@ def publish(path: Path, *, branch: str, snapshot: Snapshot) -> None:
         _compare_and_swap(repo, ref, old=old, new=new)
         if repo.refs.read_ref(b"HEAD") != b"ref: " + ref:
             _locked(lambda: repo.refs.set_symbolic_ref(b"HEAD", ref), what="HEAD")
-        entries = _index_for_tree(repo, commit.tree, hashed=snapshot._index_entries or {})
+        if snapshot._index_entries is not None:
+            # Made by `snapshot` for exactly this tree (checked above): no need to read the tree.
+            entries = snapshot._index_entries
+        else:
+            entries = _index_for_tree(repo, commit.tree)
         _write_index(repo, entries)
 
 
@@ -319,7 +326,19 @@ def _peel(repo: Repo, sha: ObjectID, ref: str | None) -> ObjectID:
 
 
 def _flatten(store: BaseObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, ObjectID]]:
-    return {e.path: (e.mode, e.sha) for e in iter_tree_contents(store, tree)}  # type: ignore[misc]
+    """Every non-tree entry below `tree`, by '/'-separated path."""
+    files: dict[bytes, tuple[int, ObjectID]] = {}
+    pending = [(b"", tree)]
+    while pending:
+        prefix, sha = pending.pop()
+        obj = store[sha]
+        assert isinstance(obj, Tree)
+        for name, mode, child in obj.iteritems():
+            if mode == _MODE_TREE:
+                pending.append((prefix + name + b"/", child))
+            else:
+                files[prefix + name] = (mode, child)
+    return files
 
 
 def _build_trees(files: Mapping[bytes, tuple[int, ObjectID]]) -> tuple[ObjectID, list[Tree]]:
@@ -360,45 +379,73 @@ def _new_commit(tree: ObjectID, parent: ObjectID | None, message: str) -> Commit
 
 
 def _store_objects(store: BaseObjectStore, objects: Iterable[ShaFile]) -> None:
-    """Write the objects the store lacks: loose when few, as one pack when many."""
+    """Write the objects the store lacks: loose when very few, else as one pack.
+
+    Creating a file is the dominant cost (about 1 ms per loose object on the machines measured,
+    against a few ms for a whole pack), so any checkpoint beyond a handful of objects is one pack;
+    `_consolidate_packs` then keeps the number of packs bounded.
+    """
     assert isinstance(store, DiskObjectStore)
-    # Own packs only: a lookup through alternates costs more than writing a small object twice.
-    todo = [obj for obj in objects if not store.contains_packed(obj.id)]
+    # Own packs only: a lookup through a chain of alternates costs more than writing an object twice.
+    todo = list({obj.id: obj for obj in objects if not store.contains_packed(obj.id)}.values())
     if len(todo) >= _PACK_THRESHOLD:
         store.add_objects([(obj, None) for obj in todo])
+        _consolidate_packs(store)
         return
     for obj in todo:
         # Another process writing the same object holds its lock; its result is the same object.
         _locked(lambda obj=obj: store.add_object(obj), what=obj.id.decode())  # type: ignore[misc]
 
 
-def _index_for_tree(repo: Repo, tree: ObjectID, *, hashed: Mapping[bytes, IndexEntry]) -> dict[bytes, IndexEntry]:
-    """Index entries for `tree`, with the stat cache kept wherever a stat is known for that content."""
-    old: dict[bytes, IndexEntry] | None = None
+def _consolidate_packs(store: DiskObjectStore) -> None:
+    """Merge the smallest packs into one once there are more than `_MAX_PACKS`.
+
+    Every pack costs each object lookup an index search, so their number must stay bounded.
+    Only small packs are rewritten, never a large first import; packs with a .keep file, which
+    git uses to protect them, are left alone. The merged pack is complete before any old one is
+    removed, and readers (git, dulwich) rescan the pack directory when a pack disappears.
+    """
+    pack_dir = os.fspath(store.pack_dir)
+    bases = [
+        os.path.join(pack_dir, name[: -len(".pack")])
+        for name in os.listdir(pack_dir)
+        if name.startswith("pack-") and name.endswith(".pack")
+    ]
+    bases = [b for b in bases if os.path.exists(b + ".idx") and not os.path.exists(b + ".keep")]
+    if len(bases) <= _MAX_PACKS:
+        return
+    bases.sort(key=lambda b: os.path.getsize(b + ".pack"))
+    merged = bases[: len(bases) - _MAX_PACKS // 2]
+    objects: dict[bytes, ShaFile] = {}
+    for base in merged:
+        with Pack(base, object_format=store.object_format) as pack:
+            for obj in pack.iterobjects():
+                objects[obj.id] = obj
+    new_pack = store.add_objects([(obj, None) for obj in objects.values()])
+    keep = None if new_pack is None else os.path.join(pack_dir, "pack-" + new_pack.name().decode())
+    for base in merged:
+        if base == keep:
+            continue
+        # The index first: without it no reader considers the pack any more.
+        for suffix in (".idx", ".pack", ".rev", ".bitmap", ".mtimes"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(base + suffix)
+
+
+def _index_for_tree(repo: Repo, tree: ObjectID) -> dict[bytes, IndexEntry]:
+    """Index entries for `tree`, keeping the current index's stat wherever it caches the same content."""
+    old = _index.read_index(repo.index_path())
     entries: dict[bytes, IndexEntry] = {}
     for path, (mode, sha) in _flatten(repo.object_store, tree).items():
-        entry = hashed.get(path)
-        if entry is None or entry.sha != sha or entry.mode != mode:
-            if old is None:
-                old = _read_index(repo)
-            entry = old.get(path)
-            if entry is None or entry.sha != sha or entry.mode != mode:
-                entry = tree_entry(mode, sha)
-        entries[path] = entry
+        entry = old.get(path)
+        entries[path] = (
+            entry if entry is not None and entry.sha == sha and entry.mode == mode else tree_entry(mode, sha)
+        )
     return entries
 
 
-def _read_index(repo: Repo) -> dict[bytes, IndexEntry]:
-    if not os.path.exists(repo.index_path()):
-        return {}
-    return {p: e for p, e in Index(repo.index_path()).items() if isinstance(e, IndexEntry)}
-
-
 def _write_index(repo: Repo, entries: Mapping[bytes, IndexEntry]) -> None:
-    index = Index(repo.index_path(), read=False)
-    for path in sorted(entries):
-        index[path] = entries[path]
-    _locked(index.write, what="index")
+    _locked(lambda: _index.write_index(repo.index_path(), entries), what="index")
 
 
 def _compare_and_swap(repo: Repo, ref: bytes, *, old: ObjectID | None, new: ObjectID) -> None:
