@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from datetime import UTC
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import EnumDescriptor, FieldDescriptor
@@ -83,15 +83,23 @@ def _value_text(field: FieldDescriptor, value: Any) -> str:
     return str(value)
 
 
-def _is_leaf(field: FieldDescriptor) -> bool:
-    return field.message_type is None or field.message_type.full_name.startswith("google.protobuf.")
+def _resource(field: FieldDescriptor) -> str | None:
+    """The full name of a field's message type unless it is a plain value (scalar, enum, Timestamp...)."""
+    message_type = field.message_type
+    if message_type is None or message_type.full_name.startswith("google.protobuf."):
+        return None
+    return str(message_type.full_name)
+
+
+def _fields(message: Message) -> list[FieldDescriptor]:
+    return cast(list[FieldDescriptor], list(message.DESCRIPTOR.fields))
 
 
 def _shown(message: Message, field: FieldDescriptor) -> bool:
     """Whether a field is worth a line: set, and not an empty string or an unspecified enum."""
     if field.is_repeated:
         # A list of resources is always shown, "(none)" when empty: an empty answer is an answer.
-        return not _is_leaf(field) or bool(getattr(message, field.name))
+        return _resource(field) is not None or bool(getattr(message, field.name))
     if field.has_presence:
         return message.HasField(field.name)
     value = getattr(message, field.name)
@@ -100,19 +108,17 @@ def _shown(message: Message, field: FieldDescriptor) -> bool:
 
 def _lines(message: Message) -> list[str]:
     # Plain values first, then nested messages and lists, so that a resource's own fields stay together.
-    fields = sorted((f for f in message.DESCRIPTOR.fields if _shown(message, f)), key=lambda f: not _is_leaf(f))
+    fields = sorted((f for f in _fields(message) if _shown(message, f)), key=lambda f: _resource(f) is not None)
     width = max((len(f.name) for f in fields), default=0)
     out: list[str] = []
     for field in fields:
         value = getattr(message, field.name)
-        if field.is_repeated and not _is_leaf(field):
+        resource = _resource(field)
+        if resource is not None:
             out.append(f"{field.name}:")
-            out.extend(_indent(_items(field, list(value))))
+            out.extend(_indent(_items(resource, list(value)) if field.is_repeated else _lines(value)))
         elif field.is_repeated:
             out.append(f"{field.name:<{width}}  {', '.join(_value_text(field, v) for v in value)}")
-        elif not _is_leaf(field):
-            out.append(f"{field.name}:")
-            out.extend(_indent(_lines(value)))
         else:
             out.append(f"{field.name:<{width}}  {_value_text(field, value)}")
     return out
@@ -122,10 +128,9 @@ def _indent(lines: list[str]) -> list[str]:
     return [f"  {line}" if line else line for line in lines]
 
 
-def _items(field: FieldDescriptor, items: list[Any]) -> list[str]:
+def _items(name: str, items: list[Any]) -> list[str]:
     if not items:
         return ["(none)"]
-    name = field.message_type.full_name
     if name == "makima.v1.ConversationMessage":
         return _messages(items)
     columns = _TABLES.get(name)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TypeAlias
 
 import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-FieldViolation = error_details_pb2.BadRequest.FieldViolation
+FieldViolation: TypeAlias = error_details_pb2.BadRequest.FieldViolation
 
 
 class MakimaError(Exception):
@@ -95,7 +96,7 @@ _BY_CODE: dict[grpc.StatusCode, type[MakimaError]] = {
 
 def error_from_rpc(err: grpc.RpcError) -> MakimaError:
     """The typed error of a failed call (sync or grpc.aio), decoded from its rich status."""
-    call: grpc.Call = err  # type: ignore[assignment]  # every RpcError a call raises is also its Call
+    call: grpc.Call = err  # every RpcError a call raises is also its Call
     code = call.code()
     message = call.details() or ""
     info = error_details_pb2.ErrorInfo()

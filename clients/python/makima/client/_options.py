@@ -61,7 +61,7 @@ class RetryPolicy:
         """Seconds to wait before retrying after `err` ended attempt `attempt`; None to give up (an
         answer that is not UNAVAILABLE, no attempt left, or no time left before `deadline`, a
         time.monotonic() value)."""
-        if err.code() not in RETRYABLE_CODES:  # type: ignore[attr-defined]
+        if err.code() not in RETRYABLE_CODES:
             return None
         delay = self.backoff(attempt)
         if delay is None or (deadline is not None and time.monotonic() + delay >= deadline):
