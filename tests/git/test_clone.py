@@ -148,3 +148,20 @@ def test_clone_of_an_empty_repository_has_no_head_to_clone(tmp_path: Path, workt
     with pytest.raises(RefNotFoundError):
         clone_worktree(worktree, tmp_path / "dest", ref=None, branch="b")
     assert head_commit(worktree, branch="main") is None
+
+
+def test_submodule_entries_survive_clone_checkpoint_and_restore(source: Path, tmp_path: Path) -> None:
+    pinned = sha_of(source, "main")
+    git(source, "update-index", "--add", "--cacheinfo", f"160000,{pinned},vendor/lib")
+    git(source, "commit", "-q", "-m", "add a submodule entry")
+    dest = tmp_path / "dest"
+
+    start = clone_worktree(source, dest, ref="main", branch="fork")
+    assert (dest / "vendor" / "lib").is_dir()  # checked out empty, as git does without --recurse
+    write(dest / "README.md", "edited\n")
+    shot = checkpoint(dest, branch="fork")
+
+    assert f"160000 commit {pinned}\tvendor/lib" in git(dest, "ls-tree", "-r", shot.commit_sha)
+    assert status(dest) == ""
+    restore(dest, commit_sha=start)
+    assert ls_files(dest) == ls_tree(dest, start)
