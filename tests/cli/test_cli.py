@@ -101,13 +101,16 @@ async def test_task_history_timeline_and_contract_history(makima: Makima, server
 
 async def test_timeline_follow_prints_events_as_they_happen(cli_env: dict[str, str], makima: Makima) -> None:
     follow = asyncio.ensure_future(run_makima("--json", "timeline", "--follow", "--limit", "2", env=cli_env))
+    human = asyncio.ensure_future(run_makima("timeline", "--follow", "--after", "1", "--limit", "1", env=cli_env))
     await makima("contract-create", "--name", "first")
     await asyncio.sleep(0.5)
     await makima("contract-create", "--name", "second")
-    result = await asyncio.wait_for(follow, 30)
-    assert result.code == 0, result.err
+    result, plain = await asyncio.wait_for(asyncio.gather(follow, human), 30)
+    assert result.code == plain.code == 0, result.err + plain.err
     events = [json.loads(line) for line in result.out.splitlines()]
     assert [(e["cursor"], e["summary"].split("'")[1]) for e in events] == [("1", "first"), ("2", "second")]
+    assert plain.out.split()[0] == "2"
+    assert "contract_created" in plain.out and "'second'" in plain.out
 
 
 @pytest.mark.parametrize(
@@ -143,8 +146,12 @@ async def test_explicit_flags_win_over_the_environment(makima: Makima, server: A
 async def test_usage_errors_exit_2(makima: Makima) -> None:
     no_point = await makima("task-fork", str(uuid.uuid4()))
     bad_mode = await makima("resume", str(uuid.uuid4()), "--mode", "sideways")
-    assert no_point.code == bad_mode.code == 2
+    bad_time = await makima("timeline", "--since", "yesterday")
+    follow_range = await makima("timeline", "--follow", "--since", "2026-01-15")
+    assert no_point.code == bad_mode.code == bad_time.code == follow_range.code == 2
     assert "one of the arguments --checkpoint --message-index is required" in no_point.err
+    assert "not an ISO 8601 time: 'yesterday'" in bad_time.err
+    assert "cannot be combined with --follow" in follow_range.err
 
 
 async def test_help_lists_every_command() -> None:
