@@ -4,6 +4,7 @@ Every function is synchronous; callers run them in a thread under a per-worktree
 (publish, create_branch) are also safe across processes through git's ref lock files.
 """
 
+from makima.server.git._worktree import ChangeKind
 from makima.server.git.errors import (
     BranchExistsError,
     ConcurrentUpdateError,
@@ -14,7 +15,6 @@ from makima.server.git.errors import (
 )
 from makima.server.git.paths import resolve_inside, validate_branch_name
 from makima.server.git.repo import (
-    ChangeKind,
     FileChange,
     Snapshot,
     clone_worktree,

@@ -21,7 +21,7 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 _NOT_A_DIR = (errno.ENOTDIR, errno.ELOOP)
 
 
-def open_root(path: str | bytes) -> int:
+def open_root(path: str | bytes | os.PathLike[str]) -> int:
     """Open the worktree root itself; it is the anchor every other open is relative to."""
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 

@@ -99,7 +99,8 @@ def _parse_entries(data: bytes, version: int, count: int) -> dict[bytes, IndexEn
             name = data[start:end]
             offset = offset + ((end - offset + 8) & ~7)
         if not flags & _STAGE_MASK:  # conflict stages are dropped: those files get hashed like new ones
-            entries[name] = IndexEntry(cs * _NS + cn, ms * _NS + mn, dev, ino, mode, uid, gid, size, hexlify(sha))  # type: ignore[arg-type]
+            sha_hex = ObjectID(hexlify(sha))
+            entries[name] = IndexEntry(cs * _NS + cn, ms * _NS + mn, dev, ino, mode, uid, gid, size, sha_hex)
     return entries
 
 

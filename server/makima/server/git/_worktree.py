@@ -16,6 +16,7 @@ import stat
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dulwich.ignore import IgnoreFilter, default_user_ignore_filter_path, read_ignore_patterns
 from dulwich.object_store import BaseObjectStore
@@ -25,6 +26,8 @@ from dulwich.repo import Repo
 from makima.server.git import _fs
 from makima.server.git._index import IndexEntry, read_index
 from makima.server.git.errors import GitError
+
+ChangeKind = Literal["added", "modified", "deleted"]
 
 MODE_FILE = 0o100644
 MODE_EXECUTABLE = 0o100755
@@ -290,7 +293,7 @@ def check_tree_path(path: bytes) -> None:
 class Checkout:
     """What applying a tree did: the changes, and the index that now describes the worktree."""
 
-    changes: list[tuple[bytes, str]]
+    changes: list[tuple[bytes, ChangeKind]]
     index: dict[bytes, IndexEntry]
 
 
@@ -309,7 +312,7 @@ def apply_tree(
     """
     for path in target:
         check_tree_path(path)
-    changes: list[tuple[bytes, str]] = []
+    changes: list[tuple[bytes, ChangeKind]] = []
     deleted = sorted(path for path in current if path not in target)
     _remove_files(root_fd, deleted, current)
     changes.extend((path, "deleted") for path in deleted)

@@ -9,26 +9,27 @@ moves the branch with a compare-and-swap and refreshes the index.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TypeAlias, TypeVar
 
 from dulwich.diff_tree import CHANGE_ADD, CHANGE_DELETE, tree_changes
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
 from dulwich.object_store import BaseObjectStore, DiskObjectStore
-from dulwich.objects import Commit, ObjectID, ShaFile, Tag, Tree, valid_hexsha
+from dulwich.objects import Commit, ObjectID, ShaFile, Tag, Tree, TreeEntry, valid_hexsha
 from dulwich.pack import Pack
-from dulwich.refs import check_ref_format
+from dulwich.refs import Ref, check_ref_format
 from dulwich.repo import Repo
 
 from makima.server.git import _fs, _index
 from makima.server.git._index import IndexEntry
-from makima.server.git._worktree import FileState, apply_tree, scan, tree_entry
+from makima.server.git._worktree import ChangeKind, FileState, apply_tree, scan, tree_entry
 from makima.server.git.errors import (
     BranchExistsError,
     ConcurrentUpdateError,
@@ -38,6 +39,7 @@ from makima.server.git.errors import (
 from makima.server.git.paths import validate_branch_name
 
 _IDENTITY = b"makima <makima@localhost>"
+_HEAD = Ref(b"HEAD")
 _MODE_TREE = 0o040000
 # From this many new objects on, one pack is cheaper than as many loose files (see _store_objects).
 _PACK_THRESHOLD = 8
@@ -46,8 +48,9 @@ _MAX_PACKS = 32
 # How long to wait for a lock file (ref or index) held by another writer before giving up.
 _LOCK_WAIT_SECONDS = 2.0
 
-ChangeKind = Literal["added", "modified", "deleted"]
 _T = TypeVar("_T")
+# A directory while building trees: name -> subdirectory, or (mode, sha) of a file.
+_TreeNode: TypeAlias = dict[bytes, "_TreeNode | tuple[int, ObjectID]"]
 
 
 @dataclass(frozen=True)
@@ -175,8 +178,8 @@ def publish(path: Path, *, branch: str, snapshot: Snapshot) -> None:
         if commit.tree.decode() != snapshot.tree_sha or commit.parents != ([] if old is None else [old]):
             raise GitError(f"snapshot does not describe commit {snapshot.commit_sha}", commit_sha=snapshot.commit_sha)
         _compare_and_swap(repo, ref, old=old, new=new)
-        if repo.refs.read_ref(b"HEAD") != b"ref: " + ref:
-            _locked(lambda: repo.refs.set_symbolic_ref(b"HEAD", ref), what="HEAD")
+        if repo.refs.read_ref(_HEAD) != b"ref: " + ref:
+            _locked(lambda: repo.refs.set_symbolic_ref(_HEAD, ref), what="HEAD")
         if snapshot._index_entries is not None:
             # Made by `snapshot` for exactly this tree (checked above): no need to read the tree.
             entries = snapshot._index_entries
@@ -202,7 +205,7 @@ def restore(path: Path, *, commit_sha: str) -> list[FileChange]:
         finally:
             os.close(root_fd)
         _write_index(repo, checkout.index)
-    return [FileChange(_text(p), kind) for p, kind in checkout.changes]  # type: ignore[arg-type]
+    return [FileChange(_text(p), kind) for p, kind in checkout.changes]
 
 
 def compare(path: Path, *, base_sha: str, target_sha: str | None) -> list[FileChange]:
@@ -264,9 +267,9 @@ def _open(path: Path) -> Repo:
         raise GitError(f"{os.fspath(path)!r} is not a git worktree", path=os.fspath(path)) from None
 
 
-def _branch_ref(branch: str) -> bytes:
+def _branch_ref(branch: str) -> Ref:
     validate_branch_name(branch)
-    return b"refs/heads/" + branch.encode()
+    return Ref(b"refs/heads/" + branch.encode())
 
 
 def _hex(sha: str) -> ObjectID:
@@ -280,7 +283,7 @@ def _text(path: bytes) -> str:
     return path.decode("utf-8", "surrogateescape")
 
 
-def _read_ref(repo: Repo, ref: bytes) -> ObjectID | None:
+def _read_ref(repo: Repo, ref: Ref) -> ObjectID | None:
     try:
         return repo.refs[ref]
     except KeyError:
@@ -300,15 +303,16 @@ def _commit(repo: Repo, sha: ObjectID) -> Commit:
 def _resolve_commit(repo: Repo, ref: str | None) -> ObjectID:
     """Commit named by `ref` the way `git rev-parse` orders names: full sha, then tags, then branches."""
     if ref is None:
-        candidates = [b"HEAD"]
+        candidates = [_HEAD]
     else:
         raw = ref.encode("utf-8", "surrogateescape")
-        if len(raw) == 40 and valid_hexsha(raw) and raw.lower() in repo.object_store:
+        if len(raw) == 40 and valid_hexsha(raw) and ObjectID(raw.lower()) in repo.object_store:
             return _peel(repo, ObjectID(raw.lower()), ref)
-        candidates = [raw] if raw.startswith(b"refs/") else [b"refs/tags/" + raw, b"refs/heads/" + raw]
+        names = [raw] if raw.startswith(b"refs/") else [b"refs/tags/" + raw, b"refs/heads/" + raw]
+        candidates = [Ref(name) for name in names]
     for candidate in candidates:
         # check_ref_format keeps a hostile name such as '../../x' from being read as a path.
-        if candidate != b"HEAD" and not check_ref_format(candidate):
+        if candidate != _HEAD and not check_ref_format(candidate):
             continue
         sha = _read_ref(repo, candidate)
         if sha is not None:
@@ -343,23 +347,24 @@ def _flatten(store: BaseObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, O
 
 def _build_trees(files: Mapping[bytes, tuple[int, ObjectID]]) -> tuple[ObjectID, list[Tree]]:
     """Root tree id and every tree object of `files` ('/'-separated path -> mode, blob sha)."""
-    root: dict[bytes, object] = {}
+    root: _TreeNode = {}
     for path, entry in files.items():
         *dirs, name = path.split(b"/")
         node = root
         for part in dirs:
-            node = node.setdefault(part, {})  # type: ignore[assignment]
+            child = node.setdefault(part, {})
+            assert isinstance(child, dict)  # a path cannot be a file and a directory at once
+            node = child
         node[name] = entry
     trees: list[Tree] = []
 
-    def build(node: dict[bytes, object]) -> ObjectID:
+    def build(node: _TreeNode) -> ObjectID:
         tree = Tree()
-        for name, child in node.items():
-            if isinstance(child, dict):
-                tree.add(name, _MODE_TREE, build(child))
+        for name, item in node.items():
+            if isinstance(item, dict):
+                tree.add(name, _MODE_TREE, build(item))
             else:
-                mode, sha = child  # type: ignore[misc]
-                tree.add(name, mode, sha)
+                tree.add(name, item[0], item[1])
         trees.append(tree)
         return tree.id
 
@@ -394,7 +399,7 @@ def _store_objects(store: BaseObjectStore, objects: Iterable[ShaFile]) -> None:
         return
     for obj in todo:
         # Another process writing the same object holds its lock; its result is the same object.
-        _locked(lambda obj=obj: store.add_object(obj), what=obj.id.decode())  # type: ignore[misc]
+        _locked(functools.partial(store.add_object, obj), what=obj.id.decode())
 
 
 def _consolidate_packs(store: DiskObjectStore) -> None:
@@ -448,7 +453,7 @@ def _write_index(repo: Repo, entries: Mapping[bytes, IndexEntry]) -> None:
     _locked(lambda: _index.write_index(repo.index_path(), entries), what="index")
 
 
-def _compare_and_swap(repo: Repo, ref: bytes, *, old: ObjectID | None, new: ObjectID) -> None:
+def _compare_and_swap(repo: Repo, ref: Ref, *, old: ObjectID | None, new: ObjectID) -> None:
     message = b"makima: checkpoint " + new
 
     def attempt() -> bool:
@@ -484,12 +489,12 @@ def _locked(action: Callable[[], _T], *, what: str) -> _T:
             time.sleep(0.01)
 
 
-def _tree_change(kind: str, old: object, new: object) -> FileChange:
-    if kind == CHANGE_ADD:
-        return FileChange(_text(new.path), "added")  # type: ignore[attr-defined]
+def _tree_change(kind: str, old: TreeEntry | None, new: TreeEntry | None) -> FileChange:
     if kind == CHANGE_DELETE:
-        return FileChange(_text(old.path), "deleted")  # type: ignore[attr-defined]
-    return FileChange(_text(new.path), "modified")  # type: ignore[attr-defined]
+        assert old is not None and old.path is not None
+        return FileChange(_text(old.path), "deleted")
+    assert new is not None and new.path is not None
+    return FileChange(_text(new.path), "added" if kind == CHANGE_ADD else "modified")
 
 
 def _diff(base: Mapping[bytes, tuple[int, ObjectID]], live: Mapping[bytes, FileState]) -> list[FileChange]:
