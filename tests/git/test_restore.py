@@ -156,13 +156,20 @@ def test_restore_never_writes_through_a_symlinked_directory(worktree: Path, tmp_
     write(outside / "file.txt", "outside, must stay\n")
     write(worktree / "sub" / "file.txt", "inside\n")
     write(worktree / "ign" / "file.txt", "inside too\n")
-    write(worktree / ".gitignore", "/ign-link\n")
     a = checkpoint(worktree).commit_sha
-    # The agent swaps the directories for links to the outside, one visible and one ignored.
+    # The agent swaps the directories for links to the outside, one visible and one it ignores,
+    # so that restore does not see it as a file of the worktree to remove first.
     for name in ("sub", "ign"):
         (worktree / name / "file.txt").unlink()
         (worktree / name).rmdir()
         os.symlink(outside, worktree / name)
+    write(worktree / ".gitignore", "/ign\n")
+    assert [c.path for c in compare(worktree, base_sha=a, target_sha=None)] == [
+        ".gitignore",
+        "ign/file.txt",
+        "sub",
+        "sub/file.txt",
+    ]
     before = files_on_disk(outside)
 
     restore(worktree, commit_sha=a)
