@@ -248,10 +248,13 @@ def create_branch(path: Path, *, name: str, commit_sha: str) -> str:
                     name=name,
                     existing=existing.decode(errors="replace"),
                 )
-        added = _locked(
-            lambda: repo.refs.add_if_new(ref, sha, committer=_IDENTITY, message=b"makima: branch at " + sha),
-            what=ref.decode(),
-        )
+        try:
+            added = _locked(
+                lambda: repo.refs.add_if_new(ref, sha, committer=_IDENTITY, message=b"makima: branch at " + sha),
+                what=ref.decode(),
+            )
+        except (IsADirectoryError, NotADirectoryError):
+            added = False  # another process made a clashing branch since the check above
         if not added:
             raise BranchExistsError(f"branch {name!r} already exists", name=name)
     return ref.decode()
