@@ -162,11 +162,11 @@ class TimelineFollower:
 class Client:
     """Blocking client of the four makima.v1 services, as one flat set of typed call objects.
 
-    `address` defaults to MAKIMA_ADDRESS, then 127.0.0.1:50051; `api_key` to MAKIMA_API_KEY and is
-    sent as `authorization: Bearer <key>`. `timeout` is the default deadline of a call in seconds
-    (None: no deadline). Reads, and mutations (which always carry a request_id, made once per
-    logical call), are retried on UNAVAILABLE as `retry` says; ClaimTask never is, since a lost
-    answer would leave a task claimed twice.
+    `address` defaults to MAKIMA_ADDRESS, then 127.0.0.1:50051; `api_key` to MAKIMA_API_KEY ("" sends
+    none) and goes out as `authorization: Bearer <key>`. `timeout` is the default deadline of a call
+    in seconds (None: no deadline). Reads, and mutations (which always carry a request_id, made once
+    per logical call), are retried on UNAVAILABLE as `retry` says; ClaimTask never is: after a lost
+    answer a retry would claim a second task while the first waits for its lease to run out.
 
         with Client() as client:
             contract = client.create_contract(name="login page").contract
