@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from makima.server.git import FileChange, RefNotFoundError, compare, restore
+from makima.server.git import FileChange, GitError, RefNotFoundError, compare, restore
 from tests.git.gitcli import checkpoint, files_on_disk, git, git_ok, ls_files, ls_tree, status, write
 
 
@@ -247,3 +247,38 @@ def test_restore_of_a_thousand_files(worktree: Path) -> None:
 
     assert len(changes) == 100 + 50 + 20
     assert_worktree_is(worktree, a)
+
+
+@pytest.mark.parametrize("hostile", [b"..", b".git", b".GIT"])
+def test_restore_refuses_a_tree_with_a_path_into_git_or_out(worktree: Path, tmp_path: Path, hostile: bytes) -> None:
+    from dulwich.objects import Blob, Commit, Tree
+    from dulwich.repo import Repo
+
+    write(worktree / "a.txt", "a\n")
+    a = checkpoint(worktree).commit_sha
+    with Repo(str(worktree)) as repo:
+        blob = Blob.from_string(b"planted\n")
+        inner = Tree()
+        inner.add(b"config", 0o100644, blob.id)
+        root = Tree()
+        root.add(hostile, 0o040000, inner.id)
+        a_tree = repo[repo[a.encode()].tree]
+        assert isinstance(a_tree, Tree)
+        root.add(b"a.txt", 0o100644, a_tree[b"a.txt"][1])
+        commit = Commit()
+        commit.tree, commit.parents = root.id, []
+        commit.author = commit.committer = b"x <x@x>"
+        commit.author_time = commit.commit_time = 0
+        commit.author_timezone = commit.commit_timezone = 0
+        commit.message = b"hostile\n"
+        for obj in (blob, inner, root, commit):
+            repo.object_store.add_object(obj)
+    before = files_on_disk(worktree)
+    config_before = (worktree / ".git" / "config").read_bytes()
+
+    with pytest.raises(GitError):
+        restore(worktree, commit_sha=commit.id.decode())
+
+    assert files_on_disk(worktree) == before
+    assert (worktree / ".git" / "config").read_bytes() == config_before
+    assert not (worktree.parent / "config").exists()

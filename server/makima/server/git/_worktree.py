@@ -310,26 +310,29 @@ def apply_tree(
     different or missing ones are written. Anything not in `current` (ignored files) is left alone
     unless it is in the way of a file to write.
     """
-    for path in target:
-        check_tree_path(path)
-    changes: list[tuple[bytes, ChangeKind]] = []
+    index: dict[bytes, IndexEntry] = {}
+    to_write: list[bytes] = []
+    for path in sorted(target):
+        mode, sha = target[path]
+        old = current.get(path)
+        if old is not None and old.mode == mode and old.sha == sha:
+            index[path] = old.entry
+        else:
+            # Paths already in the worktree were found by walking it, so only new ones need the check.
+            check_tree_path(path)
+            to_write.append(path)
     deleted = sorted(path for path in current if path not in target)
     _remove_files(root_fd, deleted, current)
-    changes.extend((path, "deleted") for path in deleted)
+    changes: list[tuple[bytes, ChangeKind]] = [(path, "deleted") for path in deleted]
 
-    index: dict[bytes, IndexEntry] = {}
     written_at_ns = time.time_ns()
     with _fs.DirChain(root_fd, create=True) as chain:
-        for path in sorted(target):
+        for path in to_write:
             mode, sha = target[path]
-            old = current.get(path)
-            if old is not None and old.mode == mode and old.sha == sha:
-                index[path] = old.entry
-                continue
             dir_fd, name = chain.parent_of(path)
             assert dir_fd is not None  # create=True makes every directory
             index[path] = _write(dir_fd, name, store, mode, sha, written_at_ns=written_at_ns)
-            changes.append((path, "added" if old is None else "modified"))
+            changes.append((path, "added" if path not in current else "modified"))
     changes.sort()
     return Checkout(changes=changes, index=index)
 
