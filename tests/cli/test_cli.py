@@ -113,6 +113,21 @@ async def test_timeline_follow_prints_events_as_they_happen(cli_env: dict[str, s
     assert "contract_created" in plain.out and "'second'" in plain.out
 
 
+async def test_task_lineage_is_an_indented_tree(makima: Makima) -> None:
+    root = json.loads((await makima("--json", "task-create", "--name", "root")).out)["task"]
+    child = json.loads((await makima("--json", "task-create", "--name", "child", "--parent", root["id"])).out)["task"]
+    tree = await makima("task-lineage", child["id"])
+    rows = [line.split() for line in tree.out.splitlines()[2:]]
+    assert tree.code == 0, tree.err
+    assert listing(tree.out)["root_task_id"] == root["id"]
+    assert rows == [
+        ["TASK", "ID", "RELATION", "STATUS"],
+        ["root", root["id"], "root", "pending"],
+        ["child", child["id"], "subtask", "pending"],
+    ]
+    assert "\n    child " in tree.out  # one level deeper than its parent
+
+
 @pytest.mark.parametrize(
     ("args", "code", "line"),
     [

@@ -18,7 +18,7 @@ from makima.client import (
     UnimplementedError,
 )
 from makima.server.app import App
-from makima.v1 import resources_pb2, supervisor_pb2
+from makima.v1 import history_pb2, resources_pb2, supervisor_pb2
 from tests.helpers import Api
 from tests.test_contracts import timeline_of
 
@@ -149,3 +149,14 @@ async def test_unimplemented_rpc_is_typed(client: AsyncClient) -> None:
     with pytest.raises(UnimplementedError) as caught:
         await client.start_supervisor(contract_id=contract.id)
     assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED")
+
+
+async def test_task_lineage(client: AsyncClient) -> None:
+    root = (await client.create_task(name="root")).task
+    child = (await client.create_task(name="child", parent_task_id=root.id)).task
+    lineage = await client.get_task_lineage(task_id=child.id)
+    assert lineage.root_task_id == root.id
+    assert [(n.task.id, n.depth, n.relation) for n in lineage.nodes] == [
+        (root.id, 0, history_pb2.LINEAGE_RELATION_ROOT),
+        (child.id, 1, history_pb2.LINEAGE_RELATION_SUBTASK),
+    ]
