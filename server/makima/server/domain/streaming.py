@@ -22,7 +22,7 @@ from makima.server.domain.runtime import Principal, Runtime
 from makima.server.store import timeline
 from makima.server.store.timeline import TimelineFilter
 from makima.server.store.types import utcnow
-from makima.server.timeline.hub import TimelineHub
+from makima.server.timeline.hub import TAIL_CAPACITY, TimelineHub
 
 REPLAY_BATCH = 500
 
@@ -45,28 +45,50 @@ async def follow_timeline(
     keep_alive: float,
     recheck: float,
 ) -> AsyncIterator[Row[Any] | KeepAlive]:
-    """Yield matching events after `after` forever, until the hub closes (server shutdown)."""
+    """Yield matching events after `after` forever, until the hub closes (server shutdown).
+
+    A stream behind the owner's shared tail pages through the database; once caught up it is served
+    from the tail, which one database read per wake-up refreshes for every stream of the owner.
+    """
     owner = principal.owner_id
     async with rt.read() as session:
         await check_timeline_scope(session, owner, where)
+
+    async def fetch(after_cursor: int, floor: int) -> tuple[int, list[Row[Any]]]:
+        async with rt.read() as session:
+            mark = await timeline.watermark(session, owner_id=owner)
+            if floor < 0 or mark <= after_cursor:
+                return mark, []
+            start = max(after_cursor, mark - TAIL_CAPACITY)
+            rows = await timeline.page(
+                session, owner_id=owner, where=TimelineFilter(), after=start, upto=mark, limit=TAIL_CAPACITY
+            )
+            return mark, rows
+
     last = after
     quiet_since = time.monotonic()
-    with hub.subscribe(owner) as wake:
+    with hub.subscribe(owner) as (wake, tail):
         while not hub.closing.is_set():
             wake.clear()  # before reading: a commit during the read wakes the next wait
-            async with rt.read() as session:
-                mark = await timeline.watermark(session, owner_id=owner)
-                rows = []
-                if mark > last:
+            if not tail.ready or tail.covers(last):
+                await tail.refresh(fetch, requested_at=time.monotonic())
+            full = False
+            if tail.covers(last):
+                mark = tail.mark
+                rows = [row for row in tail.after(last) if where.matches(row)]
+            else:
+                async with rt.read() as session:
+                    mark = await timeline.watermark(session, owner_id=owner)
                     rows = await timeline.page(
                         session, owner_id=owner, where=where, after=last, upto=mark, limit=REPLAY_BATCH
                     )
+                full = len(rows) == REPLAY_BATCH
             for row in rows:
                 yield row
                 last = row.cursor
             if rows:
                 quiet_since = time.monotonic()
-            if len(rows) == REPLAY_BATCH:
+            if full:
                 continue
             last = max(last, mark)
             idle = time.monotonic() - quiet_since

@@ -84,6 +84,17 @@ class TimelineFilter:
     start_time: datetime | None = None
     end_time: datetime | None = None
 
+    def matches(self, row: Any) -> bool:
+        """The same test as `page`'s WHERE clause, for events already in memory."""
+        return (
+            (self.contract_id is None or row.contract_id == self.contract_id)
+            and (self.task_id is None or row.task_id == self.task_id)
+            and (not self.kinds or row.kind in self.kinds)
+            and (self.phase is None or row.phase == self.phase)
+            and (self.start_time is None or row.create_time >= self.start_time)
+            and (self.end_time is None or row.create_time < self.end_time)
+        )
+
 
 async def watermark(session: AsyncSession, *, owner_id: uuid.UUID) -> int:
     """The owner's last committed cursor: every event up to it is visible to later statements."""

@@ -8,12 +8,17 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from makima.server.timeline.tail import OwnerTail
+
+TAIL_CAPACITY = 2048
+
 
 class TimelineHub:
     """Streams register an event per owner; a commit for that owner sets it."""
 
     def __init__(self) -> None:
         self._waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
+        self._tails: dict[uuid.UUID, OwnerTail] = {}
         self.closing = asyncio.Event()
 
     def publish(self, owner_id: uuid.UUID, cursor: int = 0) -> None:
@@ -28,15 +33,18 @@ class TimelineHub:
                 waiter.set()
 
     @contextmanager
-    def subscribe(self, owner_id: uuid.UUID) -> Iterator[asyncio.Event]:
+    def subscribe(self, owner_id: uuid.UUID) -> Iterator[tuple[asyncio.Event, OwnerTail]]:
+        """A wake-up event for one stream, and the owner's shared tail (kept while anyone listens)."""
         waiter = asyncio.Event()
         self._waiters[owner_id].add(waiter)
+        tail = self._tails.setdefault(owner_id, OwnerTail(TAIL_CAPACITY))
         try:
-            yield waiter
+            yield waiter, tail
         finally:
             self._waiters[owner_id].discard(waiter)
             if not self._waiters[owner_id]:
                 del self._waiters[owner_id]
+                del self._tails[owner_id]
 
     def close(self) -> None:
         """End every stream (server shutdown)."""

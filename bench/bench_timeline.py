@@ -1,0 +1,291 @@
+"""Timeline benchmarks on PostgreSQL, each printed as a ratio against a baseline measured in this run.
+
+1. Ingest: RecordTaskEvents (batches of 100, through gRPC) vs raw asyncpg executemany into task_events.
+2. ListTimeline page latency at 10k vs 1M events (first page and a page deep in the list).
+3. StreamTimeline delivery latency with 100 subscribers vs 1 subscriber (and raw NOTIFY latency).
+
+Run: .venv/bin/python bench/bench_timeline.py [--postgres-url postgresql+asyncpg://postgres@127.0.0.1:5432/test]
+It creates and drops its own databases.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+from grpc import aio
+
+from makima.server.app import App, start
+from makima.server.config import Settings
+from makima.server.domain.auth import create_api_key
+from makima.v1 import (
+    daemon_pb2,
+    daemon_pb2_grpc,
+    history_pb2,
+    history_pb2_grpc,
+    resources_pb2,
+    supervisor_pb2,
+    supervisor_pb2_grpc,
+    task_fork_pb2,
+    task_fork_pb2_grpc,
+)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+class Bench:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.databases: list[str] = []
+
+    async def fresh_database(self) -> str:
+        name = f"makima_bench_{uuid.uuid4().hex[:10]}"
+        conn = await asyncpg.connect(dsn(self.base_url))
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.close()
+        self.databases.append(name)
+        return self.base_url.rsplit("/", 1)[0] + "/" + name
+
+    async def drop_databases(self) -> None:
+        conn = await asyncpg.connect(dsn(self.base_url))
+        for name in self.databases:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+    async def server(self, url: str) -> tuple[App, aio.Channel, tuple[tuple[str, str], ...], uuid.UUID]:
+        app = await start(Settings(listen="127.0.0.1:0", database_url=url, workspace_root=Path(tempfile.mkdtemp())))
+        owner = uuid.uuid4()
+        key = await create_api_key(app.runtime, owner_id=owner)
+        channel = aio.insecure_channel(f"127.0.0.1:{app.port}")
+        return app, channel, (("authorization", f"Bearer {key.secret}"),), owner
+
+
+async def bench_ingest(b: Bench, events: int = 20_000) -> None:
+    url = await b.fresh_database()
+    app, channel, md, owner = await b.server(url)
+    tasks = task_fork_pb2_grpc.TaskForkServiceStub(channel)
+    daemon = daemon_pb2_grpc.DaemonServiceStub(channel)
+    ours_task = (await tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="ingest"), metadata=md)).task.id
+    raw_task = (await tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="raw"), metadata=md)).task.id
+
+    async def messages():  # type: ignore[no-untyped-def]
+        for first in range(1, events + 1, 100):
+            yield daemon_pb2.RecordTaskEventsRequest(
+                task_id=ours_task,
+                events=[
+                    resources_pb2.NewTaskEvent(sequence=s, kind=resources_pb2.TASK_EVENT_KIND_OUTPUT, text=f"line {s}")
+                    for s in range(first, first + 100)
+                ],
+            )
+
+    started = time.perf_counter()
+    response = await daemon.RecordTaskEvents(messages(), metadata=md)
+    ours = events / (time.perf_counter() - started)
+    assert response.stored_count == events
+
+    conn = await asyncpg.connect(dsn(url))
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    for first in range(1, events + 1, 100):
+        async with conn.transaction():
+            await conn.executemany(
+                "INSERT INTO task_events (owner_id, task_id, sequence, kind, text, event_time, record_time)"
+                " VALUES ($1, $2, $3, 'output', $4, $5, $5) ON CONFLICT DO NOTHING",
+                [(owner, uuid.UUID(raw_task), s, f"line {s}", now) for s in range(first, first + 100)],
+            )
+    raw = events / (time.perf_counter() - started)
+    await conn.close()
+    print(
+        f"ingest   RecordTaskEvents {ours:,.0f} events/s | raw asyncpg executemany {raw:,.0f} events/s "
+        f"| ratio ours/raw {ours / raw:.2f}"
+    )
+    await channel.close()
+    await app.stop(1)
+
+
+async def fill_timeline(url: str, owner: uuid.UUID, count: int) -> None:
+    """COPY `count` history events for one owner, as if written through the API."""
+    conn = await asyncpg.connect(dsn(url))
+    now = datetime.now(UTC)
+    chunk = 100_000
+    for start_cursor in range(1, count + 1, chunk):
+        rows = [
+            (owner, c, "task_events_recorded", f"{c} recorded", "{}", now)
+            for c in range(start_cursor, min(start_cursor + chunk, count + 1))
+        ]
+        await conn.copy_records_to_table(
+            "history_events",
+            records=rows,
+            columns=["owner_id", "cursor", "kind", "summary", "data", "create_time"],
+        )
+    await conn.execute("UPDATE owners SET timeline_cursor = $1 WHERE id = $2", count, owner)
+    await conn.execute("ANALYZE history_events")
+    await conn.close()
+
+
+async def page_latency(
+    channel: aio.Channel, md: tuple[tuple[str, str], ...], after: int, runs: int = 300
+) -> list[float]:
+    stub = history_pb2_grpc.HistoryServiceStub(channel)
+    request = history_pb2.ListTimelineRequest(after_cursor=after, page_size=100)
+    for _ in range(20):
+        await stub.ListTimeline(request, metadata=md)
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        page = await stub.ListTimeline(request, metadata=md)
+        samples.append((time.perf_counter() - started) * 1000)
+        assert len(page.events) == 100
+    return samples
+
+
+async def bench_pages(b: Bench) -> None:
+    results = {}
+    for size in (10_000, 1_000_000):
+        url = await b.fresh_database()
+        app, channel, md, owner = await b.server(url)
+        await fill_timeline(url, owner, size)
+        results[size] = {
+            "first": await page_latency(channel, md, 0),
+            "deep": await page_latency(channel, md, size - 1_000),
+        }
+        await channel.close()
+        await app.stop(1)
+    for where in ("first", "deep"):
+        small, big = results[10_000][where], results[1_000_000][where]
+        print(
+            f"page     ListTimeline {where:5} page p50 {statistics.median(small):.2f} ms @10k | "
+            f"{statistics.median(big):.2f} ms @1M (p99 {pct(small, 0.99):.2f} / {pct(big, 0.99):.2f} ms) "
+            f"| ratio 1M/10k p50 {statistics.median(big) / statistics.median(small):.2f}"
+        )
+
+
+async def served(url: str) -> tuple[asyncio.subprocess.Process, str, str]:
+    """`makima-server serve` in its own process, so that server and clients do not share one core."""
+    bin_dir = Path(sys.executable).parent
+    port = free_port()
+    env = os.environ | {"MAKIMA_DATABASE_URL": url, "MAKIMA_LISTEN": f"127.0.0.1:{port}", "MAKIMA_LOG_LEVEL": "WARNING"}
+    key = await asyncio.create_subprocess_exec(
+        str(bin_dir / "makima-server"),
+        "create-api-key",
+        "--owner",
+        str(uuid.uuid4()),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    secret = (await key.communicate())[0].decode().strip()
+    proc = await asyncio.create_subprocess_exec(str(bin_dir / "makima-server"), "serve", env=env)
+    return proc, f"127.0.0.1:{port}", secret
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def delivery_latency(b: Bench, subscribers: int, events: int = 200) -> list[float]:
+    proc, address, secret = await served(await b.fresh_database())
+    channel = aio.insecure_channel(address)
+    await asyncio.wait_for(channel.channel_ready(), 30)
+    md = (("authorization", f"Bearer {secret}"),)
+    history = history_pb2_grpc.HistoryServiceStub(channel)
+    supervisor = supervisor_pb2_grpc.SupervisorServiceStub(channel)
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    ready = asyncio.Event()
+    subscribed = 0
+
+    async def subscriber() -> None:
+        nonlocal subscribed
+        call = history.StreamTimeline(history_pb2.StreamTimelineRequest(keep_alive_seconds=1), metadata=md)
+        await call.read()  # the first keep-alive: the stream is live
+        subscribed += 1
+        if subscribed == subscribers:
+            ready.set()
+        got = 0
+        while (item := await call.read()) is not aio.EOF:
+            if item.HasField("event"):
+                latencies.append((time.perf_counter() - sent[item.event.data["name"]]) * 1000)
+                got += 1
+                if got == events:
+                    call.cancel()
+                    return
+
+    readers = [asyncio.create_task(subscriber()) for _ in range(subscribers)]
+    await asyncio.wait_for(ready.wait(), 60)
+    for i in range(events):
+        sent[f"c{i}"] = time.perf_counter()
+        await supervisor.CreateContract(supervisor_pb2.CreateContractRequest(name=f"c{i}"), metadata=md)
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(asyncio.gather(*readers), 120)
+    await channel.close()
+    proc.terminate()
+    await proc.wait()
+    return latencies
+
+
+async def raw_notify_latency(url: str, runs: int = 200) -> list[float]:
+    listener = await asyncpg.connect(dsn(url))
+    sender = await asyncpg.connect(dsn(url))
+    received: asyncio.Queue[float] = asyncio.Queue()
+    await listener.add_listener("bench", lambda *_: received.put_nowait(time.perf_counter()))
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        await sender.execute("SELECT pg_notify('bench', 'x')")
+        samples.append((await received.get() - started) * 1000)
+    await listener.close()
+    await sender.close()
+    return samples
+
+
+async def bench_stream(b: Bench) -> None:
+    one = await delivery_latency(b, 1)
+    many = await delivery_latency(b, 100)
+    notify = await raw_notify_latency(await b.fresh_database())
+    print(
+        f"stream   delivery p50/p99 {statistics.median(one):.2f}/{pct(one, 0.99):.2f} ms to 1 subscriber | "
+        f"{statistics.median(many):.2f}/{pct(many, 0.99):.2f} ms to each of 100 "
+        f"| ratio 100/1 p50 {statistics.median(many) / statistics.median(one):.2f} "
+        f"(raw NOTIFY p50 {statistics.median(notify):.2f} ms)"
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("MAKIMA_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"),
+    )
+    parser.add_argument("--only", choices=["ingest", "pages", "stream"], help="run one benchmark")
+    args = parser.parse_args()
+    b = Bench(args.postgres_url)
+    try:
+        for name, run in (("ingest", bench_ingest), ("pages", bench_pages), ("stream", bench_stream)):
+            if args.only in (None, name):
+                await run(b)
+    finally:
+        await b.drop_databases()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
