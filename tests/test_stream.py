@@ -16,7 +16,10 @@ from grpc import aio
 
 from makima.server.app import App, start
 from makima.server.config import Settings
+from makima.server.domain import contracts
 from makima.server.domain.auth import create_api_key
+from makima.server.domain.runtime import Principal, Runtime
+from makima.server.store.engine import Database
 from makima.v1 import history_pb2, resources_pb2
 from tests.helpers import Api, append_messages, create_contract, create_task, fails
 from tests.test_server import _free_port
@@ -169,3 +172,35 @@ async def test_a_commit_on_one_process_wakes_streams_on_another(database_url: st
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
+
+
+async def test_a_missed_notification_is_caught_by_the_periodic_recheck(empty_database_url: str, tmp_path: Path) -> None:
+    """A commit that notifies nobody (no listener, another runtime) still reaches the stream."""
+    app = await start(
+        Settings(
+            listen="127.0.0.1:0",
+            database_url=empty_database_url,
+            workspace_root=tmp_path,
+            timeline_recheck_seconds=0.5,
+        )
+    )
+    if app.listener is not None:
+        await app.listener.stop()
+    silent = Runtime(Database(empty_database_url))  # commits through it wake no stream
+    key = await create_api_key(app.runtime, owner_id=uuid.uuid4())
+    principal = Principal(owner_id=key.owner_id, api_key_id=key.key_id)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            api = Api(channel=channel, owner_id=key.owner_id, key=key.secret)
+            call = stream(api, keep_alive_seconds=60)
+            await create_contract(api, "notified")
+            assert (await next_event(call)).cursor == 1
+            await silent.mutate(
+                principal, lambda tx: contracts.create_contract(tx, contracts.CreateContractInput("silent"))
+            )
+            event = await asyncio.wait_for(next_event(call), 5)
+            assert (event.cursor, event.data["name"]) == (2, "silent")
+            call.cancel()
+    finally:
+        await silent.db.dispose()
+        await app.stop(1)
