@@ -7,11 +7,12 @@ timeline entry and the stored answer to a retried request commit or roll back to
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -54,12 +55,23 @@ class Idempotency(Generic[R]):
 
 @dataclass
 class Tx:
-    """One write transaction of one owner, collecting the timeline events it will commit."""
+    """One write transaction of one owner, collecting the timeline events it will commit.
+
+    Work outside the database (git) registers how to undo it if the transaction fails, and what to
+    finish once it has committed; `hold` keeps a lock (e.g. a worktree's) until all of that is done.
+    """
 
     session: AsyncSession
     owner_id: uuid.UUID
     now: datetime
+    stack: AsyncExitStack
     events: list[timeline.NewHistoryEvent] = field(default_factory=list)
+    undo: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+    after_commit: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+
+    async def hold(self, lock: asyncio.Lock) -> None:
+        """Acquire `lock` until the transaction and its after-commit work are over."""
+        await self.stack.enter_async_context(lock)
 
     def record(
         self,
@@ -138,33 +150,53 @@ class Runtime:
     async def _attempt(
         self, principal: Principal, body: Callable[[Tx], Awaitable[R]], idem: Idempotency[R] | None
     ) -> tuple[R, int | None]:
-        async with _database_errors(), self.db.write() as session:
-            tx = Tx(session=session, owner_id=principal.owner_id, now=utcnow())
-            if idem is not None:
-                stored = await idempotency.find(
-                    session, owner_id=tx.owner_id, method=idem.method, request_id=idem.request_id
-                )
-                if stored is not None:
-                    if stored.request_hash != idem.request_hash:
-                        raise InvalidArgument.of(
-                            "request_id",
-                            "already used for a different request",
-                            reason="REQUEST_ID_REUSED",
-                        )
-                    return idem.decode(stored.response), None
-            result = await body(tx)
-            if idem is not None:
-                idempotency.add(
-                    session,
-                    owner_id=tx.owner_id,
-                    method=idem.method,
-                    request_id=idem.request_id,
-                    request_hash=idem.request_hash,
-                    response=idem.encode(result),
-                    now=tx.now,
-                )
-                await session.flush()
-            last_cursor = None
-            if tx.events:
-                last_cursor = await timeline.append(session, owner_id=tx.owner_id, events=tx.events, now=tx.now)
-            return result, last_cursor
+        async with AsyncExitStack() as stack:
+            tx: Tx | None = None
+            try:
+                async with _database_errors(), self.db.write() as session:
+                    tx = Tx(session=session, owner_id=principal.owner_id, now=utcnow(), stack=stack)
+                    outcome = await self._run(tx, body, idem)
+            except BaseException:
+                for undo in reversed(tx.undo if tx is not None else []):
+                    try:
+                        await undo()
+                    except Exception:
+                        log.exception("could not undo work of a failed transaction")
+                raise
+            for finish in tx.after_commit:
+                await finish()
+            return outcome
+
+    async def _run(
+        self, tx: Tx, body: Callable[[Tx], Awaitable[R]], idem: Idempotency[R] | None
+    ) -> tuple[R, int | None]:
+        """The body with its idempotency record and timeline events, inside the transaction."""
+        session = tx.session
+        if idem is not None:
+            stored = await idempotency.find(
+                session, owner_id=tx.owner_id, method=idem.method, request_id=idem.request_id
+            )
+            if stored is not None:
+                if stored.request_hash != idem.request_hash:
+                    raise InvalidArgument.of(
+                        "request_id",
+                        "already used for a different request",
+                        reason="REQUEST_ID_REUSED",
+                    )
+                return idem.decode(stored.response), None
+        result = await body(tx)
+        if idem is not None:
+            idempotency.add(
+                session,
+                owner_id=tx.owner_id,
+                method=idem.method,
+                request_id=idem.request_id,
+                request_hash=idem.request_hash,
+                response=idem.encode(result),
+                now=tx.now,
+            )
+            await session.flush()
+        last_cursor = None
+        if tx.events:
+            last_cursor = await timeline.append(session, owner_id=tx.owner_id, events=tx.events, now=tx.now)
+        return result, last_cursor

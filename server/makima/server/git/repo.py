@@ -162,8 +162,11 @@ def snapshot(path: Path, *, branch: str, message: str) -> Snapshot:
     )
 
 
-def publish(path: Path, *, branch: str, snapshot: Snapshot) -> None:
+def publish(path: Path, *, branch: str, snapshot: Snapshot, write_index: bool = True) -> None:
     """Make `snapshot` the head of `branch`, point HEAD at the branch and make the index match it.
+
+    With `write_index` False the index is left alone: a rewind publishes its safety snapshot after
+    the worktree and index were already restored to an older tree.
 
     The branch moves only if it still points at the snapshot's parent (or is still unborn): a
     compare-and-swap under git's ref lock, safe across processes; ConcurrentUpdateError if another
@@ -180,6 +183,8 @@ def publish(path: Path, *, branch: str, snapshot: Snapshot) -> None:
         _compare_and_swap(repo, ref, old=old, new=new)
         if repo.refs.read_ref(_HEAD) != b"ref: " + ref:
             _locked(lambda: repo.refs.set_symbolic_ref(_HEAD, ref), what="HEAD")
+        if not write_index:
+            return
         if snapshot._index_entries is not None:
             # Made by `snapshot` for exactly this tree (checked above): no need to read the tree.
             entries = snapshot._index_entries
