@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
+# The api_key_id of the server itself when background work acts for an owner.
+SERVER_KEY_ID = uuid.UUID(int=0)
+
+
 @dataclass(frozen=True)
 class Principal:
     """The authenticated caller: every query is scoped by its owner."""
@@ -146,6 +150,10 @@ class Runtime:
         if last_cursor is not None and self._on_commit is not None:
             self._on_commit(principal.owner_id, last_cursor)
         return result
+
+    async def mutate_for_owner(self, owner_id: uuid.UUID, body: Callable[[Tx], Awaitable[R]]) -> R:
+        """Run `body` like `mutate` for an owner with no caller: server background work (the lease sweeper)."""
+        return await self.mutate(Principal(owner_id=owner_id, api_key_id=SERVER_KEY_ID), body)
 
     async def _attempt(
         self, principal: Principal, body: Callable[[Tx], Awaitable[R]], idem: Idempotency[R] | None
