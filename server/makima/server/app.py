@@ -19,6 +19,7 @@ from makima.server.api.task_fork import TaskForkServicer
 from makima.server.config import Settings
 from makima.server.domain.auth import Authenticator
 from makima.server.domain.runtime import Runtime
+from makima.server.domain.workspace import Workspace
 from makima.server.store import migrate
 from makima.server.store.engine import Database
 from makima.server.timeline.hub import TimelineHub
@@ -50,6 +51,7 @@ class App:
 
     server: aio.Server
     port: int
+    settings: Settings
     runtime: Runtime
     health: health.aio.HealthServicer
     hub: TimelineHub
@@ -80,7 +82,9 @@ async def start(settings: Settings) -> App:
     )
     history_pb2_grpc.add_HistoryServiceServicer_to_server(history, server)
     supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime), server)
-    task_fork_pb2_grpc.add_TaskForkServiceServicer_to_server(TaskForkServicer(runtime), server)
+    task_fork_pb2_grpc.add_TaskForkServiceServicer_to_server(
+        TaskForkServicer(runtime, Workspace(settings.workspace_root)), server
+    )
     daemon_pb2_grpc.add_DaemonServiceServicer_to_server(DaemonServicer(runtime), server)
 
     health_servicer = health.aio.HealthServicer()
@@ -94,7 +98,9 @@ async def start(settings: Settings) -> App:
     port = server.add_insecure_port(settings.listen)
     await server.start()
     log.info("serving", extra={"listen": settings.listen, "port": port, "database": db.url.render_as_string()})
-    return App(server=server, port=port, runtime=runtime, health=health_servicer, hub=hub, listener=listener)
+    return App(
+        server=server, port=port, settings=settings, runtime=runtime, health=health_servicer, hub=hub, listener=listener
+    )
 
 
 async def serve(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""TaskForkService: tasks, and (to come) their checkpoints, rewinds, branches and forks."""
+"""TaskForkService: tasks, their checkpoints, rewinds, branches, forks and continuations."""
 
 from __future__ import annotations
 
@@ -8,25 +8,56 @@ from makima.server.api import convert
 from makima.server.api.base import Servicer
 from makima.server.api.interceptor import current_principal
 from makima.server.api.validate import MAX_NAME, optional_uuid, text_field, uuid_field
-from makima.server.domain import tasks
+from makima.server.domain import code, tasks
 from makima.server.domain.errors import InvalidArgument
-from makima.server.domain.runtime import Tx
+from makima.server.domain.runtime import Runtime, Tx
+from makima.server.domain.workspace import Workspace
+from makima.server.domain.worktrees import WorktreeRequest
+from makima.server.store.models import Task
 from makima.v1 import resources_pb2, task_fork_pb2_grpc
 from makima.v1 import task_fork_pb2 as pb
 
+MAX_MESSAGE = 10_000
 
-def _worktree(spec: resources_pb2.WorktreeSpec) -> tasks.WorktreeRequest | None:
+
+def _worktree(spec: resources_pb2.WorktreeSpec) -> WorktreeRequest | None:
     if spec.source == resources_pb2.WorktreeSpec.SOURCE_UNSPECIFIED:
         return None
     if spec.source == resources_pb2.WorktreeSpec.SOURCE_EMPTY:
-        return tasks.WorktreeRequest()
+        return WorktreeRequest()
     if spec.source != resources_pb2.WorktreeSpec.SOURCE_REPOSITORY:
         raise InvalidArgument.of("worktree.source", f"unknown source {spec.source}")
     repository = text_field(spec.repository, "worktree.repository", max_length=4096)
-    return tasks.WorktreeRequest(repository=repository, ref=spec.ref or None)
+    return WorktreeRequest(repository=repository, ref=spec.ref or None)
+
+
+def _mode(value: int) -> code.RewindMode:
+    modes = {
+        pb.REWIND_MODE_CODE: code.RewindMode.CODE,
+        pb.REWIND_MODE_CONVERSATION: code.RewindMode.CONVERSATION,
+        pb.REWIND_MODE_BOTH: code.RewindMode.BOTH,
+    }
+    if value not in modes:
+        raise InvalidArgument.of("mode", "must be CODE, CONVERSATION or BOTH")
+    return modes[value]
+
+
+def resumed_from(task: Task, resumed: code.ResumedFrom) -> resources_pb2.ResumedFrom:
+    return resources_pb2.ResumedFrom(
+        phase=resumed.phase,
+        last_activity_time=convert.ts(task.last_activity_time),
+        message_count=task.message_count,
+        daemon_id=str(task.daemon_id) if task.daemon_id else "",
+        checkpoint_id=str(resumed.checkpoint_id) if resumed.checkpoint_id else "",
+        previous_status=convert.enum_to_pb(resources_pb2.TaskStatus, "TASK_STATUS", resumed.previous_status),
+    )
 
 
 class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
+    def __init__(self, rt: Runtime, ws: Workspace) -> None:
+        super().__init__(rt)
+        self.ws = ws
+
     async def CreateTask(self, request: pb.CreateTaskRequest, context: aio.ServicerContext) -> pb.CreateTaskResponse:
         inp = tasks.CreateTaskInput(
             name=text_field(request.name, "name", max_length=MAX_NAME),
@@ -37,10 +68,141 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         )
 
         async def body(tx: Tx) -> pb.CreateTaskResponse:
-            return pb.CreateTaskResponse(task=convert.task(await tasks.create_task(tx, inp)))
+            return pb.CreateTaskResponse(task=convert.task(await tasks.create_task(tx, self.ws, inp)))
 
         return await self.mutate(request, pb.CreateTaskResponse, body)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: aio.ServicerContext) -> pb.GetTaskResponse:
         task = await tasks.get_task(self.rt, current_principal(), uuid_field(request.task_id, "task_id"))
         return pb.GetTaskResponse(task=convert.task(task))
+
+    async def CreateCheckpoint(
+        self, request: pb.CreateCheckpointRequest, context: aio.ServicerContext
+    ) -> pb.CreateCheckpointResponse:
+        task_id = uuid_field(request.task_id, "task_id")
+        message = text_field(request.message, "message", max_length=MAX_MESSAGE, required=False) or "checkpoint"
+
+        async def body(tx: Tx) -> pb.CreateCheckpointResponse:
+            checkpoint = await code.create_checkpoint(tx, self.ws, task_id, message)
+            return pb.CreateCheckpointResponse(checkpoint=convert.checkpoint(checkpoint))
+
+        return await self.mutate(request, pb.CreateCheckpointResponse, body)
+
+    async def CompareCheckpoints(
+        self, request: pb.CompareCheckpointsRequest, context: aio.ServicerContext
+    ) -> pb.CompareCheckpointsResponse:
+        result = await code.compare_checkpoints(
+            self.rt,
+            self.ws,
+            current_principal(),
+            uuid_field(request.task_id, "task_id"),
+            uuid_field(request.base_checkpoint_id, "base_checkpoint_id"),
+            optional_uuid(request.target_checkpoint_id, "target_checkpoint_id"),
+        )
+        kinds = {
+            "added": pb.FILE_CHANGE_TYPE_ADDED,
+            "modified": pb.FILE_CHANGE_TYPE_MODIFIED,
+            "deleted": pb.FILE_CHANGE_TYPE_DELETED,
+        }
+        return pb.CompareCheckpointsResponse(
+            base_commit_sha=result.base.commit_sha,
+            target_commit_sha=result.target.commit_sha if result.target else "",
+            changes=[pb.FileChange(path=c.path, change_type=kinds[c.change]) for c in result.changes],
+        )
+
+    async def RewindTask(self, request: pb.RewindTaskRequest, context: aio.ServicerContext) -> pb.RewindTaskResponse:
+        task_id = uuid_field(request.task_id, "task_id")
+        checkpoint_id = uuid_field(request.checkpoint_id, "checkpoint_id")
+        mode = _mode(request.mode)
+
+        async def body(tx: Tx) -> pb.RewindTaskResponse:
+            done = await code.rewind_task(tx, self.ws, task_id, checkpoint_id, mode)
+            return pb.RewindTaskResponse(
+                task=convert.task(done.task),
+                code_rewound=done.safety is not None,
+                safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
+                conversation_rewound=done.conversation_snapshot is not None,
+                conversation_snapshot=convert.snapshot(done.conversation_snapshot)
+                if done.conversation_snapshot
+                else None,
+            )
+
+        return await self.mutate(request, pb.RewindTaskResponse, body)
+
+    async def ResumeTask(self, request: pb.ResumeTaskRequest, context: aio.ServicerContext) -> pb.ResumeTaskResponse:
+        task_id = uuid_field(request.task_id, "task_id")
+
+        async def body(tx: Tx) -> pb.ResumeTaskResponse:
+            resumed = await code.resume_task(tx, task_id)
+            task = await tasks.load_task(tx.session, tx.owner_id, task_id)
+            return pb.ResumeTaskResponse(task=convert.task(task), resumed_from=resumed_from(task, resumed))
+
+        return await self.mutate(request, pb.ResumeTaskResponse, body)
+
+    async def ResumeTaskFromCheckpoint(
+        self, request: pb.ResumeTaskFromCheckpointRequest, context: aio.ServicerContext
+    ) -> pb.ResumeTaskFromCheckpointResponse:
+        task_id = uuid_field(request.task_id, "task_id")
+        checkpoint_id = uuid_field(request.checkpoint_id, "checkpoint_id")
+
+        async def body(tx: Tx) -> pb.ResumeTaskFromCheckpointResponse:
+            done, resumed = await code.resume_from_checkpoint(tx, self.ws, task_id, checkpoint_id)
+            return pb.ResumeTaskFromCheckpointResponse(
+                task=convert.task(done.task),
+                resumed_from=resumed_from(done.task, resumed),
+                safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
+                conversation_snapshot=convert.snapshot(done.conversation_snapshot)
+                if done.conversation_snapshot
+                else None,
+            )
+
+        return await self.mutate(request, pb.ResumeTaskFromCheckpointResponse, body)
+
+    async def CreateBranch(
+        self, request: pb.CreateBranchRequest, context: aio.ServicerContext
+    ) -> pb.CreateBranchResponse:
+        task_id = uuid_field(request.task_id, "task_id")
+        checkpoint_id = uuid_field(request.checkpoint_id, "checkpoint_id")
+        name = text_field(request.branch_name, "branch_name", max_length=255)
+        code.git_name_ok(name)
+
+        async def body(tx: Tx) -> pb.CreateBranchResponse:
+            branch = await code.create_branch(tx, self.ws, task_id, checkpoint_id, name)
+            return pb.CreateBranchResponse(ref=branch.ref, commit_sha=branch.commit_sha)
+
+        return await self.mutate(request, pb.CreateBranchResponse, body)
+
+    async def ForkTask(self, request: pb.ForkTaskRequest, context: aio.ServicerContext) -> pb.ForkTaskResponse:
+        point = request.WhichOneof("point")
+        if point is None:
+            raise InvalidArgument.of("checkpoint_id", "set checkpoint_id or message_index")
+        if request.branch_name:
+            code.git_name_ok(request.branch_name)
+        inp = code.ForkInput(
+            task_id=uuid_field(request.task_id, "task_id"),
+            checkpoint_id=uuid_field(request.checkpoint_id, "checkpoint_id") if point == "checkpoint_id" else None,
+            message_index=request.message_index if point == "message_index" else None,
+            name=text_field(request.name, "name", max_length=MAX_NAME, required=False),
+            branch_name=request.branch_name,
+        )
+
+        async def body(tx: Tx) -> pb.ForkTaskResponse:
+            forked = await code.fork_task(tx, self.ws, inp)
+            return pb.ForkTaskResponse(task=convert.task(forked.task), commit_sha=forked.commit_sha)
+
+        return await self.mutate(request, pb.ForkTaskResponse, body)
+
+    async def ContinueTask(
+        self, request: pb.ContinueTaskRequest, context: aio.ServicerContext
+    ) -> pb.ContinueTaskResponse:
+        task_id = uuid_field(request.task_id, "task_id")
+        name = text_field(request.name, "name", max_length=MAX_NAME, required=False)
+
+        async def body(tx: Tx) -> pb.ContinueTaskResponse:
+            done = await code.continue_task(tx, self.ws, task_id, name, request.instructions)
+            return pb.ContinueTaskResponse(
+                task=convert.task(done.task),
+                source_checkpoint=convert.checkpoint(done.source_checkpoint) if done.source_checkpoint else None,
+            )
+
+        return await self.mutate(request, pb.ContinueTaskResponse, body)

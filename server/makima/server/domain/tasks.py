@@ -9,19 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.domain.contracts import load_contract
 from makima.server.domain.enums import TaskKind, TimelineKind
-from makima.server.domain.errors import NotFound, Unimplemented
+from makima.server.domain.errors import NotFound
 from makima.server.domain.runtime import Principal, Runtime, Tx
+from makima.server.domain.workspace import Workspace
+from makima.server.domain.worktrees import WorktreeRequest, create_worktree, default_branch
 from makima.server.store import conversations
 from makima.server.store import tasks as store
 from makima.server.store.models import Task
-
-
-@dataclass(frozen=True)
-class WorktreeRequest:
-    """Where a new task's worktree comes from: an empty repository, or a repository at a ref."""
-
-    repository: str | None = None
-    ref: str | None = None
 
 
 @dataclass(frozen=True)
@@ -44,9 +38,16 @@ async def load_task(
 
 
 async def new_task(
-    tx: Tx, *, name: str, instructions: str, kind: TaskKind, contract_id: uuid.UUID | None, **lineage: object
+    tx: Tx,
+    *,
+    name: str,
+    instructions: str,
+    kind: TaskKind,
+    contract_id: uuid.UUID | None,
+    conversation_from: tuple[uuid.UUID, int] | None = None,
+    **lineage: object,
 ) -> Task:
-    """Insert a pending task with an empty conversation of its own."""
+    """Insert a pending task with a conversation of its own: empty, or the first n messages of a version."""
     task = Task(
         owner_id=tx.owner_id,
         contract_id=contract_id,
@@ -60,19 +61,17 @@ async def new_task(
     )
     tx.session.add(task)
     await tx.session.flush()
+    parent, count = conversation_from or (None, 0)
     version = await conversations.new_version(
-        tx.session, owner_id=tx.owner_id, task_id=task.id, parent_conversation_id=None, base_count=0
+        tx.session, owner_id=tx.owner_id, task_id=task.id, parent_conversation_id=parent, base_count=count
     )
     task.conversation_id = version.id
+    task.message_count = count
     return task
 
 
-async def create_task(tx: Tx, inp: CreateTaskInput) -> Task:
-    if inp.worktree is not None:
-        raise Unimplemented(
-            "task worktrees are not implemented yet; create the task without `worktree`",
-            reason="WORKTREES_NOT_IMPLEMENTED",
-        )
+async def create_task(tx: Tx, ws: Workspace, inp: CreateTaskInput) -> Task:
+    """A pending task; with a worktree request, its worktree and first checkpoint too."""
     phase = None
     if inp.contract_id is not None:
         phase = (await load_contract(tx.session, tx.owner_id, inp.contract_id)).phase
@@ -86,7 +85,8 @@ async def create_task(tx: Tx, inp: CreateTaskInput) -> Task:
         contract_id=inp.contract_id,
         parent_task_id=inp.parent_task_id,
     )
-    await tx.session.flush()
+    if inp.worktree is not None:
+        task.branch = default_branch(task)
     tx.record(
         TimelineKind.TASK_CREATED,
         f"task {task.name!r} created",
@@ -95,6 +95,8 @@ async def create_task(tx: Tx, inp: CreateTaskInput) -> Task:
         phase=phase,
         data={"name": task.name, "kind": task.kind, "parent_task_id": _str(task.parent_task_id)},
     )
+    if inp.worktree is not None:
+        await create_worktree(tx, ws, task, inp.worktree)
     return task
 
 

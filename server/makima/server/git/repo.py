@@ -265,6 +265,13 @@ def create_branch(path: Path, *, name: str, commit_sha: str) -> str:
     return ref.decode()
 
 
+def delete_branch(path: Path, *, name: str, commit_sha: str) -> None:
+    """Remove branch `name` if it still points at `commit_sha` (undo of a `create_branch`)."""
+    ref = _branch_ref(name)
+    with _open(path) as repo:
+        _locked(lambda: repo.refs.remove_if_equals(ref, _hex(commit_sha)), what=ref.decode())
+
+
 # -- helpers -------------------------------------------------------------------------------------
 
 

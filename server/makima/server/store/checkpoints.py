@@ -57,3 +57,14 @@ async def get_checkpoint(
             select(TaskCheckpoint).where(TaskCheckpoint.id == checkpoint_id, TaskCheckpoint.owner_id == owner_id)
         )
     ).scalar_one_or_none()
+
+
+async def newest_at_or_before(session: AsyncSession, *, task_id: uuid.UUID, message_count: int) -> TaskCheckpoint | None:
+    """The newest checkpoint of a task taken when its conversation had at most `message_count` messages."""
+    stmt = (
+        select(TaskCheckpoint)
+        .where(TaskCheckpoint.task_id == task_id, TaskCheckpoint.message_count <= message_count)
+        .order_by(TaskCheckpoint.create_time.desc(), TaskCheckpoint.id.desc())
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()

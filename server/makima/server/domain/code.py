@@ -1,0 +1,338 @@
+"""TaskFork use cases on code and conversation: checkpoint, compare, rewind, resume from a
+checkpoint, branch, fork and continue. Each runs in one transaction (see domain.worktrees for how
+git work is ordered around it)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from makima.server import git
+from makima.server.domain import conversation
+from makima.server.domain.contracts import load_contract
+from makima.server.domain.enums import CheckpointKind, SnapshotReason, TaskKind, TaskStatus, TimelineKind
+from makima.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from makima.server.domain.runtime import Principal, Runtime, Tx
+from makima.server.domain.tasks import load_task, new_task
+from makima.server.domain.workspace import Workspace
+from makima.server.domain.worktrees import (
+    WorktreeRequest,
+    checkpoint_locked,
+    create_worktree,
+    load_checkpoint,
+    rewind_code_locked,
+    worktree_of,
+)
+from makima.server.store import checkpoints
+from makima.server.store.models import ConversationSnapshot, Task, TaskCheckpoint
+
+
+class RewindMode(StrEnum):
+    CODE = "code"
+    CONVERSATION = "conversation"
+    BOTH = "both"
+
+
+def refuse_if_running(task: Task) -> None:
+    if task.status == TaskStatus.RUNNING:
+        raise FailedPrecondition(
+            f"task {task.id} is running on a daemon; stop it first",
+            reason="ALREADY_RUNNING",
+            metadata={"task": str(task.id), "daemon": str(task.daemon_id or "")},
+        )
+
+
+async def create_checkpoint(tx: Tx, ws: Workspace, task_id: uuid.UUID, message: str) -> TaskCheckpoint:
+    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    await tx.hold(ws.lock(worktree_of(task)))
+    return await checkpoint_locked(tx, ws, task, message=message, kind=CheckpointKind.MANUAL)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    base: TaskCheckpoint
+    target: TaskCheckpoint | None
+    changes: list[git.FileChange]
+
+
+async def compare_checkpoints(
+    rt: Runtime,
+    ws: Workspace,
+    principal: Principal,
+    task_id: uuid.UUID,
+    base_id: uuid.UUID,
+    target_id: uuid.UUID | None,
+) -> Comparison:
+    """Files changed from one checkpoint to another, or to the live worktree."""
+    async with rt.read() as session:
+        task = await load_task(session, principal.owner_id, task_id)
+        found = {}
+        for checkpoint_id in filter(None, (base_id, target_id)):
+            checkpoint = await checkpoints.get_checkpoint(
+                session, owner_id=principal.owner_id, checkpoint_id=checkpoint_id
+            )
+            if checkpoint is None or checkpoint.task_id != task.id:
+                raise NotFound.resource("checkpoint", checkpoint_id)
+            found[checkpoint_id] = checkpoint
+    path = worktree_of(task)
+    base, target = found[base_id], found.get(target_id) if target_id else None
+    async with ws.lock(path):
+        changes = await ws.run(
+            git.compare, path, base_sha=base.commit_sha, target_sha=target.commit_sha if target else None
+        )
+    return Comparison(base=base, target=target, changes=changes)
+
+
+@dataclass(frozen=True)
+class Rewound:
+    task: Task
+    safety: TaskCheckpoint | None
+    conversation_snapshot: ConversationSnapshot | None
+    changed_files: int
+
+
+async def _rewind(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint, mode: RewindMode) -> Rewound:
+    safety = before = None
+    changed = 0
+    if mode in (RewindMode.CODE, RewindMode.BOTH):
+        await tx.hold(ws.lock(worktree_of(task)))
+        code = await rewind_code_locked(tx, ws, task, target)
+        safety, changed = code.safety, len(code.changes)
+    if mode in (RewindMode.CONVERSATION, RewindMode.BOTH):
+        snapshot = await conversation.load_snapshot(tx, target.conversation_snapshot_id)
+        before = await conversation.rewind_to(tx, task, snapshot, SnapshotReason.REWIND)
+    task.version += 1
+    task.update_time = tx.now
+    return Rewound(task=task, safety=safety, conversation_snapshot=before, changed_files=changed)
+
+
+async def rewind_task(tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID, mode: RewindMode) -> Rewound:
+    """Rewind code, conversation or both to a checkpoint; what it replaces stays recoverable."""
+    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    refuse_if_running(task)
+    target = await load_checkpoint(tx, task, checkpoint_id)
+    done = await _rewind(tx, ws, task, target, mode)
+    tx.record(
+        TimelineKind.TASK_REWOUND,
+        f"task {task.name!r} rewound ({mode.value}) to checkpoint {target.commit_sha[:12]}",
+        contract_id=task.contract_id,
+        task_id=task.id,
+        data=_rewind_data(target, mode, done),
+    )
+    return done
+
+
+def _rewind_data(target: TaskCheckpoint, mode: RewindMode, done: Rewound) -> dict[str, object]:
+    return {
+        "checkpoint_id": str(target.id),
+        "commit_sha": target.commit_sha,
+        "mode": mode.value,
+        "safety_checkpoint_id": str(done.safety.id) if done.safety else None,
+        "conversation_snapshot_id": str(done.conversation_snapshot.id) if done.conversation_snapshot else None,
+        "files_changed": done.changed_files,
+    }
+
+
+@dataclass(frozen=True)
+class ResumedFrom:
+    phase: str
+    previous_status: str
+    checkpoint_id: uuid.UUID | None
+
+
+async def resume_from_checkpoint(
+    tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID
+) -> tuple[Rewound, ResumedFrom]:
+    """Rewind code (if any) and conversation to a checkpoint, then put the task back to pending."""
+    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    refuse_if_running(task)
+    target = await load_checkpoint(tx, task, checkpoint_id)
+    mode = RewindMode.BOTH if task.worktree_path else RewindMode.CONVERSATION
+    done = await _rewind(tx, ws, task, target, mode)
+    previous = task.status
+    task.status = TaskStatus.PENDING.value
+    task.lease_expire_time = None
+    task.status_message = ""
+    phase = (await load_contract(tx.session, tx.owner_id, task.contract_id)).phase if task.contract_id else ""
+    tx.record(
+        TimelineKind.TASK_RESUMED,
+        f"task {task.name!r} resumed from checkpoint {target.commit_sha[:12]}",
+        contract_id=task.contract_id,
+        task_id=task.id,
+        phase=phase or None,
+        data={**_rewind_data(target, mode, done), "previous_status": previous},
+    )
+    return done, ResumedFrom(phase=phase, previous_status=previous, checkpoint_id=target.id)
+
+
+async def resume_task(tx: Tx, task_id: uuid.UUID) -> ResumedFrom:
+    """Put an interrupted (or failed) task back to pending, conversation and worktree as they are."""
+    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    refuse_if_running(task)
+    if task.status not in (TaskStatus.INTERRUPTED, TaskStatus.FAILED):
+        raise FailedPrecondition(
+            f"task {task.id} is {task.status}; only interrupted or failed tasks resume",
+            reason="NOT_RESUMABLE",
+            metadata={"task": str(task.id), "status": task.status},
+        )
+    previous = task.status
+    task.status = TaskStatus.PENDING.value
+    task.lease_expire_time = None
+    task.status_message = ""
+    task.version += 1
+    task.update_time = tx.now
+    phase = (await load_contract(tx.session, tx.owner_id, task.contract_id)).phase if task.contract_id else ""
+    tx.record(
+        TimelineKind.TASK_RESUMED,
+        f"task {task.name!r} resumed ({previous})",
+        contract_id=task.contract_id,
+        task_id=task.id,
+        phase=phase or None,
+        data={"previous_status": previous, "message_count": task.message_count},
+    )
+    return ResumedFrom(phase=phase, previous_status=previous, checkpoint_id=None)
+
+
+@dataclass(frozen=True)
+class Branch:
+    ref: str
+    commit_sha: str
+
+
+async def create_branch(tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID, name: str) -> Branch:
+    """A git branch at a checkpoint's commit, in the task's repository."""
+    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    target = await load_checkpoint(tx, task, checkpoint_id)
+    path = worktree_of(task)
+    await tx.hold(ws.lock(path))
+    ref = await ws.run(git.create_branch, path, name=name, commit_sha=target.commit_sha)
+    tx.undo.append(lambda: ws.run(git.delete_branch, path, name=name, commit_sha=target.commit_sha))
+    tx.record(
+        TimelineKind.BRANCH_CREATED,
+        f"branch {name!r} created at {target.commit_sha[:12]} for task {task.name!r}",
+        contract_id=task.contract_id,
+        task_id=task.id,
+        data={"ref": ref, "commit_sha": target.commit_sha, "checkpoint_id": str(target.id)},
+    )
+    return Branch(ref=ref, commit_sha=target.commit_sha)
+
+
+@dataclass(frozen=True)
+class ForkInput:
+    task_id: uuid.UUID
+    checkpoint_id: uuid.UUID | None = None
+    message_index: int | None = None
+    name: str = ""
+    branch_name: str = ""
+
+
+@dataclass(frozen=True)
+class Forked:
+    task: Task
+    commit_sha: str
+
+
+async def _new_worktree_at(tx: Tx, ws: Workspace, task: Task, source: Task, commit_sha: str, branch_name: str) -> None:
+    """A worktree for `task` checked out at `commit_sha` of `source`'s repository, objects shared."""
+    task.branch = branch_name or f"makima/{task.id}"
+    git_name_ok(task.branch)
+    source_path = worktree_of(source)
+    await tx.hold(ws.lock(source_path))
+    await create_worktree(tx, ws, task, WorktreeRequest(repository=str(source_path)), commit_sha=commit_sha)
+
+
+def git_name_ok(name: str) -> None:
+    try:
+        git.validate_branch_name(name)
+    except git.InvalidRefNameError as exc:
+        raise InvalidArgument.of("branch_name", str(exc), reason="INVALID_BRANCH_NAME") from None
+
+
+async def fork_task(tx: Tx, ws: Workspace, inp: ForkInput) -> Forked:
+    """A new task from a point of another task's history: code and conversation as they were there."""
+    source = await load_task(tx.session, tx.owner_id, inp.task_id)
+    if inp.checkpoint_id is not None:
+        point: TaskCheckpoint | None = await load_checkpoint(tx, source, inp.checkpoint_id)
+        assert point is not None
+        snapshot = await conversation.load_snapshot(tx, point.conversation_snapshot_id)
+        version, count = snapshot.conversation_id, snapshot.message_count
+    else:
+        assert inp.message_index is not None
+        if not 0 <= inp.message_index < source.message_count:
+            raise InvalidArgument.of(
+                "message_index", f"must be between 0 and {source.message_count - 1} (the last message)"
+            )
+        assert source.conversation_id is not None
+        version, count = source.conversation_id, inp.message_index + 1
+        point = await checkpoints.newest_at_or_before(tx.session, task_id=source.id, message_count=count)
+    task = await new_task(
+        tx,
+        name=inp.name or f"{source.name} (fork)",
+        instructions=source.instructions,
+        kind=TaskKind.WORKER,
+        contract_id=source.contract_id,
+        conversation_from=(version, count),
+        forked_from_task_id=source.id,
+        forked_from_checkpoint_id=inp.checkpoint_id,
+        forked_at_message_index=count,
+    )
+    commit_sha = ""
+    if source.worktree_path and point is not None:
+        commit_sha = point.commit_sha
+        await _new_worktree_at(tx, ws, task, source, commit_sha, inp.branch_name)
+    tx.record(
+        TimelineKind.TASK_FORKED,
+        f"task {task.name!r} forked from {source.name!r} at message {count}",
+        contract_id=task.contract_id,
+        task_id=task.id,
+        data={
+            "source_task_id": str(source.id),
+            "checkpoint_id": str(point.id) if point else None,
+            "commit_sha": commit_sha or None,
+            "message_count": count,
+        },
+    )
+    return Forked(task=task, commit_sha=commit_sha)
+
+
+@dataclass(frozen=True)
+class Continued:
+    task: Task
+    source_checkpoint: TaskCheckpoint | None
+
+
+async def continue_task(tx: Tx, ws: Workspace, task_id: uuid.UUID, name: str, instructions: str) -> Continued:
+    """A new task starting from the previous task's latest state (its worktree, checkpointed first)."""
+    source = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    refuse_if_running(source)
+    checkpoint = None
+    if source.worktree_path:
+        await tx.hold(ws.lock(worktree_of(source)))
+        checkpoint = await checkpoint_locked(
+            tx, ws, source, message="state handed to a continuation", kind=CheckpointKind.CONTINUATION
+        )
+    task = await new_task(
+        tx,
+        name=name or f"{source.name} (continued)",
+        instructions=instructions or source.instructions,
+        kind=TaskKind.WORKER,
+        contract_id=source.contract_id,
+        continued_from_task_id=source.id,
+    )
+    if checkpoint is not None:
+        task.branch = f"makima/{task.id}"
+        await create_worktree(
+            tx, ws, task, WorktreeRequest(repository=str(worktree_of(source))), commit_sha=checkpoint.commit_sha
+        )
+    tx.record(
+        TimelineKind.TASK_CONTINUED,
+        f"task {task.name!r} continues {source.name!r}",
+        contract_id=task.contract_id,
+        task_id=task.id,
+        data={
+            "source_task_id": str(source.id),
+            "checkpoint_id": str(checkpoint.id) if checkpoint else None,
+        },
+    )
+    return Continued(task=task, source_checkpoint=checkpoint)
