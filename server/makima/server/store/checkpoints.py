@@ -59,7 +59,9 @@ async def get_checkpoint(
     ).scalar_one_or_none()
 
 
-async def newest_at_or_before(session: AsyncSession, *, task_id: uuid.UUID, message_count: int) -> TaskCheckpoint | None:
+async def newest_at_or_before(
+    session: AsyncSession, *, task_id: uuid.UUID, message_count: int
+) -> TaskCheckpoint | None:
     """The newest checkpoint of a task taken when its conversation had at most `message_count` messages."""
     stmt = (
         select(TaskCheckpoint)
