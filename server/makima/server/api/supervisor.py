@@ -2,19 +2,50 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from grpc import aio
 
 from makima.server.api import convert
 from makima.server.api.base import Servicer
 from makima.server.api.interceptor import current_principal
+from makima.server.api.task_fork import worktree_request
 from makima.server.api.validate import MAX_NAME, MAX_PHASE, text_field, uuid_field
-from makima.server.domain import contracts
-from makima.server.domain.runtime import Tx
+from makima.server.domain import contracts, supervisor
+from makima.server.domain.errors import InvalidArgument
+from makima.server.domain.runtime import Runtime, Tx
+from makima.server.domain.workspace import Workspace
+from makima.v1 import resources_pb2, supervisor_pb2_grpc
 from makima.v1 import supervisor_pb2 as pb
-from makima.v1 import supervisor_pb2_grpc
+
+_MODES = {
+    pb.RESUME_MODE_CONTINUE: supervisor.ResumeMode.CONTINUE,
+    pb.RESUME_MODE_RESTART_PHASE: supervisor.ResumeMode.RESTART_PHASE,
+    pb.RESUME_MODE_FROM_CHECKPOINT: supervisor.ResumeMode.FROM_CHECKPOINT,
+}
+
+
+def _target(request: Any) -> dict[str, uuid.UUID]:
+    which = request.WhichOneof("conversation")
+    if which is None:
+        raise InvalidArgument.of("contract_id", "set contract_id or task_id")
+    return {which: uuid_field(getattr(request, which), which)}
+
+
+def _expected(request: Any) -> int | None:
+    if not request.HasField("expected_message_count"):
+        return None
+    if request.expected_message_count < 0:
+        raise InvalidArgument.of("expected_message_count", "must not be negative")
+    return int(request.expected_message_count)
 
 
 class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer):
+    def __init__(self, rt: Runtime, ws: Workspace) -> None:
+        super().__init__(rt)
+        self.ws = ws
+
     async def CreateContract(
         self, request: pb.CreateContractRequest, context: aio.ServicerContext
     ) -> pb.CreateContractResponse:
@@ -49,3 +80,100 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
             return pb.AdvancePhaseResponse(contract=convert.contract(result.view), previous_phase=result.previous_phase)
 
         return await self.mutate(request, pb.AdvancePhaseResponse, body)
+
+    async def StartSupervisor(
+        self, request: pb.StartSupervisorRequest, context: aio.ServicerContext
+    ) -> pb.StartSupervisorResponse:
+        inp = supervisor.StartSupervisorInput(
+            contract_id=uuid_field(request.contract_id, "contract_id"),
+            instructions=request.instructions,
+            worktree=worktree_request(request.worktree),
+        )
+
+        async def body(tx: Tx) -> pb.StartSupervisorResponse:
+            started = await supervisor.start_supervisor(tx, self.ws, inp)
+            return pb.StartSupervisorResponse(
+                contract=convert.contract(started.view), supervisor_task=convert.task(started.task)
+            )
+
+        return await self.mutate(request, pb.StartSupervisorResponse, body)
+
+    async def ResumeSupervisor(
+        self, request: pb.ResumeSupervisorRequest, context: aio.ServicerContext
+    ) -> pb.ResumeSupervisorResponse:
+        if request.mode not in _MODES:
+            raise InvalidArgument.of("mode", "must be CONTINUE, RESTART_PHASE or FROM_CHECKPOINT")
+        mode = _MODES[request.mode]
+        checkpoint_id = None
+        if mode == supervisor.ResumeMode.FROM_CHECKPOINT:
+            checkpoint_id = uuid_field(request.checkpoint_id, "checkpoint_id")
+        elif request.checkpoint_id or request.rewind_code:
+            field = "checkpoint_id" if request.checkpoint_id else "rewind_code"
+            raise InvalidArgument.of(field, "only applies to FROM_CHECKPOINT")
+        inp = supervisor.ResumeSupervisorInput(
+            contract_id=uuid_field(request.contract_id, "contract_id"),
+            mode=mode,
+            checkpoint_id=checkpoint_id,
+            rewind_code=request.rewind_code,
+        )
+
+        async def body(tx: Tx) -> pb.ResumeSupervisorResponse:
+            done = await supervisor.resume_supervisor(tx, self.ws, inp)
+            task = done.task
+            return pb.ResumeSupervisorResponse(
+                supervisor_task=convert.task(task),
+                resumed_from=resources_pb2.ResumedFrom(
+                    phase=done.phase,
+                    last_activity_time=convert.ts(done.last_activity_time),
+                    message_count=task.message_count,
+                    daemon_id=str(task.daemon_id) if task.daemon_id else "",
+                    checkpoint_id=str(done.checkpoint.id) if done.checkpoint else "",
+                    previous_status=convert.enum_to_pb(resources_pb2.TaskStatus, "TASK_STATUS", done.previous_status),
+                ),
+                snapshot=convert.snapshot(done.snapshot) if done.snapshot else None,
+                code_rewound=done.safety is not None,
+                safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
+            )
+
+        return await self.mutate(request, pb.ResumeSupervisorResponse, body)
+
+    async def RewindConversation(
+        self, request: pb.RewindConversationRequest, context: aio.ServicerContext
+    ) -> pb.RewindConversationResponse:
+        point = request.WhichOneof("point")
+        inp = supervisor.RewindConversationInput(
+            **_target(request),
+            to_message_index=request.to_message_index if point == "to_message_index" else None,
+            by_message_count=request.by_message_count if point == "by_message_count" else None,
+            expected_message_count=_expected(request),
+            rewind_code=request.rewind_code,
+        )
+
+        async def body(tx: Tx) -> pb.RewindConversationResponse:
+            done = await supervisor.rewind_conversation(tx, self.ws, inp)
+            return pb.RewindConversationResponse(
+                task_id=str(done.task.id),
+                messages_removed=done.removed,
+                new_message_count=done.task.message_count,
+                snapshot=convert.snapshot(done.snapshot),
+                code_rewound=done.safety is not None,
+                code_checkpoint=convert.checkpoint(done.code_checkpoint) if done.code_checkpoint else None,
+                safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
+                code_not_rewound_reason=done.code_not_rewound_reason,
+            )
+
+        return await self.mutate(request, pb.RewindConversationResponse, body)
+
+    async def RestoreConversation(
+        self, request: pb.RestoreConversationRequest, context: aio.ServicerContext
+    ) -> pb.RestoreConversationResponse:
+        snapshot_id = uuid_field(request.snapshot_id, "snapshot_id")
+        expected = _expected(request)
+
+        async def body(tx: Tx) -> pb.RestoreConversationResponse:
+            task, previous = await supervisor.restore_conversation(tx, snapshot_id, expected)
+            return pb.RestoreConversationResponse(
+                task_id=str(task.id), new_message_count=task.message_count, previous_snapshot=convert.snapshot(previous)
+            )
+
+        return await self.mutate(request, pb.RestoreConversationResponse, body)

@@ -20,7 +20,7 @@ from makima.v1 import task_fork_pb2 as pb
 MAX_MESSAGE = 10_000
 
 
-def _worktree(spec: resources_pb2.WorktreeSpec) -> WorktreeRequest | None:
+def worktree_request(spec: resources_pb2.WorktreeSpec) -> WorktreeRequest | None:
     if spec.source == resources_pb2.WorktreeSpec.SOURCE_UNSPECIFIED:
         return None
     if spec.source == resources_pb2.WorktreeSpec.SOURCE_EMPTY:
@@ -64,7 +64,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             instructions=request.instructions,
             contract_id=optional_uuid(request.contract_id, "contract_id"),
             parent_task_id=optional_uuid(request.parent_task_id, "parent_task_id"),
-            worktree=_worktree(request.worktree),
+            worktree=worktree_request(request.worktree),
         )
 
         async def body(tx: Tx) -> pb.CreateTaskResponse:
