@@ -76,15 +76,14 @@ async def start(settings: Settings) -> App:
     listener = PostgresListener(db.url, hub) if db.dialect == "postgresql" else None
     if listener is not None:
         listener.start()
+    workspace = Workspace(settings.workspace_root)
     server = aio.server(interceptors=[ServiceInterceptor(Authenticator(runtime))])
     history = HistoryServicer(
         runtime, hub, keep_alive=settings.keep_alive_seconds, recheck=settings.timeline_recheck_seconds
     )
     history_pb2_grpc.add_HistoryServiceServicer_to_server(history, server)
-    supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime), server)
-    task_fork_pb2_grpc.add_TaskForkServiceServicer_to_server(
-        TaskForkServicer(runtime, Workspace(settings.workspace_root)), server
-    )
+    supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime, workspace), server)
+    task_fork_pb2_grpc.add_TaskForkServiceServicer_to_server(TaskForkServicer(runtime, workspace), server)
     daemon_pb2_grpc.add_DaemonServiceServicer_to_server(DaemonServicer(runtime), server)
 
     health_servicer = health.aio.HealthServicer()
