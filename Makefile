@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BUF_VERSION := 1.75.0
+ES_VERSION := 2.17.0
 BUF := .tools/node_modules/.bin/buf
 MAKIMA_TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 export MAKIMA_TEST_POSTGRES_URL
@@ -21,11 +22,13 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/makima-server serve
 
-test: $(STAMP)
+test: $(STAMP) $(BUF)
 	$(BIN)/pytest
 
+# buf (lint, breaking, curl) and protoc-gen-es, which tests use to generate a JavaScript client.
 $(BUF):
-	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION) \
+		@bufbuild/protoc-gen-es@$(ES_VERSION) @bufbuild/protobuf@$(ES_VERSION)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint
