@@ -19,6 +19,7 @@ from makima.server.api.task_fork import TaskForkServicer
 from makima.server.config import Settings
 from makima.server.domain.auth import Authenticator
 from makima.server.domain.runtime import Runtime
+from makima.server.domain.sweeper import LeaseSweeper
 from makima.server.domain.workspace import Workspace
 from makima.server.store import migrate
 from makima.server.store.engine import Database
@@ -56,12 +57,14 @@ class App:
     health: health.aio.HealthServicer
     hub: TimelineHub
     listener: PostgresListener | None
+    sweeper: LeaseSweeper
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, end live streams, let in-flight calls finish within `grace`, release the rest."""
         await self.health.enter_graceful_shutdown()
         self.hub.close()
         await self.server.stop(grace)
+        await self.sweeper.stop()
         if self.listener is not None:
             await self.listener.stop()
         await self.runtime.db.dispose()
@@ -84,7 +87,10 @@ async def start(settings: Settings) -> App:
     history_pb2_grpc.add_HistoryServiceServicer_to_server(history, server)
     supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime, workspace), server)
     task_fork_pb2_grpc.add_TaskForkServiceServicer_to_server(TaskForkServicer(runtime, workspace), server)
-    daemon_pb2_grpc.add_DaemonServiceServicer_to_server(DaemonServicer(runtime), server)
+    daemon = DaemonServicer(
+        runtime, hub, lease_seconds=settings.lease_seconds, recheck=settings.timeline_recheck_seconds
+    )
+    daemon_pb2_grpc.add_DaemonServiceServicer_to_server(daemon, server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -96,9 +102,18 @@ async def start(settings: Settings) -> App:
     )
     port = server.add_insecure_port(settings.listen)
     await server.start()
+    sweeper = LeaseSweeper(runtime, interval=settings.sweep_seconds)
+    sweeper.start()
     log.info("serving", extra={"listen": settings.listen, "port": port, "database": db.url.render_as_string()})
     return App(
-        server=server, port=port, settings=settings, runtime=runtime, health=health_servicer, hub=hub, listener=listener
+        server=server,
+        port=port,
+        settings=settings,
+        runtime=runtime,
+        health=health_servicer,
+        hub=hub,
+        listener=listener,
+        sweeper=sweeper,
     )
 
 

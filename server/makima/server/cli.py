@@ -71,6 +71,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds between database re-checks of idle timeline streams (default %(default)s)",
     )
 
+    serve.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=float(os.environ.get("MAKIMA_LEASE_SECONDS", "30")),
+        help="seconds a claimed task's lease lasts without a heartbeat (env MAKIMA_LEASE_SECONDS; default %(default)s)",
+    )
+
+    serve.add_argument(
+        "--sweep-seconds",
+        type=float,
+        default=float(os.environ.get("MAKIMA_SWEEP_SECONDS", "5")),
+        help="seconds between sweeps that interrupt tasks whose lease expired "
+        "(env MAKIMA_SWEEP_SECONDS; default %(default)s)",
+    )
+
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     _database_option(migrate)
 
@@ -119,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             shutdown_grace=args.shutdown_grace,
             keep_alive_seconds=args.keep_alive_seconds,
             timeline_recheck_seconds=args.timeline_recheck_seconds,
+            lease_seconds=args.lease_seconds,
+            sweep_seconds=args.sweep_seconds,
         )
         asyncio.run(serve(settings))
     elif args.command == "migrate":

@@ -21,3 +21,8 @@ class Settings:
     keep_alive_seconds: float = 15.0
     # Seconds between database re-checks of an idle stream (catches a missed notification).
     timeline_recheck_seconds: float = 1.0
+    # Seconds a claimed task's lease lasts without a heartbeat (a ClaimTask long-poll also re-checks the
+    # database every timeline_recheck_seconds).
+    lease_seconds: float = 30.0
+    # Seconds between sweeps that mark running tasks whose lease expired INTERRUPTED.
+    sweep_seconds: float = 5.0

@@ -12,6 +12,7 @@ from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from makima.server.domain.contracts import ContractView
 from makima.server.store import models
+from makima.v1 import daemon_pb2
 from makima.v1 import resources_pb2 as pb
 
 E = TypeVar("E", bound=StrEnum)
@@ -92,6 +93,16 @@ def task(t: models.Task) -> pb.Task:
         create_time=ts(t.create_time),
         update_time=ts(t.update_time),
         version=t.version,
+    )
+
+
+def daemon(d: models.Daemon) -> daemon_pb2.Daemon:
+    return daemon_pb2.Daemon(
+        id=str(d.id),
+        name=d.name,
+        hostname=d.hostname,
+        create_time=ts(d.create_time),
+        last_heartbeat_time=ts(d.last_heartbeat_time),
     )
 
 

@@ -1,29 +1,40 @@
-"""DaemonService: what daemons call to record history (the work loop RPCs come with the resume issue)."""
+"""DaemonService: the daemon work loop (register, claim, heartbeat, report) and what daemons record."""
 
 from __future__ import annotations
 
 import functools
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format
 from grpc import aio
 
+from makima.server.api import convert
 from makima.server.api.base import Servicer
 from makima.server.api.convert import enum_from_pb
 from makima.server.api.interceptor import current_principal
-from makima.server.api.validate import uuid_field
-from makima.server.domain import recording
-from makima.server.domain.enums import MessageRole, TaskEventKind
+from makima.server.api.paging import kinds
+from makima.server.api.validate import text_field, uuid_field
+from makima.server.domain import recording, work
+from makima.server.domain.enums import MessageRole, TaskEventKind, TaskStatus
 from makima.server.domain.errors import InvalidArgument
-from makima.server.domain.runtime import Tx
+from makima.server.domain.runtime import Runtime, Tx
+from makima.server.timeline.hub import TimelineHub
 from makima.v1 import daemon_pb2 as pb
 from makima.v1 import daemon_pb2_grpc, resources_pb2
 
 MAX_EVENTS_PER_MESSAGE = 10_000
 MAX_MESSAGES_PER_APPEND = 1_000
+MAX_DAEMON_NAME = 200
+MAX_HOSTNAME = 255
+MAX_HEARTBEAT_TASKS = 1_000
+MAX_STATUS_MESSAGE = 10_000
+# A longer ClaimTask wait is shortened to this (no call holds the server longer; the daemon claims again).
+MAX_CLAIM_WAIT_SECONDS = 60.0
+# A long-poll ends this long before the call's deadline, so that a claimed task reaches the daemon.
+DEADLINE_MARGIN_SECONDS = 0.5
 
 
 def _struct(message: Any, field: str) -> dict[str, Any] | None:
@@ -59,7 +70,101 @@ def _conversation_target(request: Any) -> dict[str, uuid.UUID]:
     return {which: uuid_field(getattr(request, which), which)}
 
 
+def _claim_wait(request: pb.ClaimTaskRequest, context: aio.ServicerContext) -> float:
+    """Seconds the claim may wait: the requested wait, bounded by the maximum and the call deadline."""
+    wait = request.wait
+    if wait.seconds < 0 or not 0 <= wait.nanos < 1_000_000_000:
+        raise InvalidArgument.of("wait", "must be a non-negative duration")
+    seconds = min(wait.seconds + wait.nanos / 1e9, MAX_CLAIM_WAIT_SECONDS)
+    remaining = context.time_remaining()
+    if remaining is not None:
+        seconds = min(seconds, max(0.0, remaining - DEADLINE_MARGIN_SECONDS))
+    return seconds
+
+
+def _final_status(request: pb.ReportTaskStatusRequest) -> TaskStatus:
+    status = enum_from_pb(resources_pb2.TaskStatus, "TASK_STATUS", request.status, TaskStatus)
+    if status is None or status not in work.FINAL_STATUSES:
+        raise InvalidArgument.of("status", f"must be COMPLETED, FAILED or INTERRUPTED ({request.status})")
+    return status
+
+
+def _claimed(claimed: work.ClaimedTask | None) -> pb.ClaimTaskResponse:
+    if claimed is None:
+        return pb.ClaimTaskResponse()
+    return pb.ClaimTaskResponse(
+        claimed=pb.ClaimedTask(
+            task=convert.task(claimed.task),
+            phase=claimed.phase or "",
+            conversation=[convert.message(row) for row in claimed.conversation],
+            last_event_sequence=claimed.last_event_sequence,
+        ),
+        lease_expire_time=convert.ts(claimed.task.lease_expire_time),
+    )
+
+
 class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
+    def __init__(self, rt: Runtime, hub: TimelineHub, *, lease_seconds: float, recheck: float) -> None:
+        super().__init__(rt)
+        self.hub = hub
+        self.lease = timedelta(seconds=lease_seconds)
+        self.recheck = recheck
+
+    async def RegisterDaemon(
+        self, request: pb.RegisterDaemonRequest, context: aio.ServicerContext
+    ) -> pb.RegisterDaemonResponse:
+        inp = work.RegisterDaemonInput(
+            name=text_field(request.name, "name", max_length=MAX_DAEMON_NAME),
+            hostname=text_field(request.hostname, "hostname", max_length=MAX_HOSTNAME, required=False),
+        )
+        lease = duration_pb2.Duration()
+        lease.FromTimedelta(self.lease)
+
+        async def body(tx: Tx) -> pb.RegisterDaemonResponse:
+            daemon = await work.register_daemon(tx, inp)
+            return pb.RegisterDaemonResponse(daemon=convert.daemon(daemon), lease_duration=lease)
+
+        return await self.mutate(request, pb.RegisterDaemonResponse, body)
+
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext) -> pb.HeartbeatResponse:
+        if len(request.task_ids) > MAX_HEARTBEAT_TASKS:
+            raise InvalidArgument.of("task_ids", f"at most {MAX_HEARTBEAT_TASKS} tasks per heartbeat")
+        inp = work.HeartbeatInput(
+            daemon_id=uuid_field(request.daemon_id, "daemon_id"),
+            task_ids=tuple(uuid_field(t, f"task_ids[{i}]") for i, t in enumerate(request.task_ids)),
+            lease=self.lease,
+        )
+        renewal = await self.rt.mutate(current_principal(), functools.partial(work.heartbeat, inp=inp))
+        return pb.HeartbeatResponse(
+            lease_expire_time=convert.ts(renewal.lease_expire_time),
+            lost_task_ids=[str(t) for t in renewal.lost_task_ids],
+        )
+
+    async def ClaimTask(self, request: pb.ClaimTaskRequest, context: aio.ServicerContext) -> pb.ClaimTaskResponse:
+        """Not idempotent (the request has no request_id): a retried claim may take a second task."""
+        inp = work.ClaimTaskInput(
+            daemon_id=uuid_field(request.daemon_id, "daemon_id"),
+            kinds=kinds(request.kinds, resources_pb2.TaskKind, "TASK_KIND"),
+            lease=self.lease,
+            wait=_claim_wait(request, context),
+        )
+        return _claimed(await work.claim_task(self.rt, self.hub, current_principal(), inp, recheck=self.recheck))
+
+    async def ReportTaskStatus(
+        self, request: pb.ReportTaskStatusRequest, context: aio.ServicerContext
+    ) -> pb.ReportTaskStatusResponse:
+        inp = work.ReportTaskStatusInput(
+            daemon_id=uuid_field(request.daemon_id, "daemon_id"),
+            task_id=uuid_field(request.task_id, "task_id"),
+            status=_final_status(request),
+            message=text_field(request.message, "message", max_length=MAX_STATUS_MESSAGE, required=False),
+        )
+
+        async def body(tx: Tx) -> pb.ReportTaskStatusResponse:
+            return pb.ReportTaskStatusResponse(task=convert.task(await work.report_task_status(tx, inp)))
+
+        return await self.mutate(request, pb.ReportTaskStatusResponse, body)
+
     async def RecordTaskEvents(
         self, request_iterator: AsyncIterator[pb.RecordTaskEventsRequest], context: aio.ServicerContext
     ) -> pb.RecordTaskEventsResponse:

@@ -1,0 +1,70 @@
+"""The lease sweeper: running tasks whose lease ran out become INTERRUPTED, and so resumable.
+
+Every server process runs one. Each owner's expired tasks are swept in one transaction of that owner
+(their timeline events need the owner's cursor); on PostgreSQL the rows are locked with SKIP LOCKED,
+so sweepers of several processes share the work instead of doing it twice or waiting on each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+
+from makima.server.domain import work
+from makima.server.domain.runtime import Runtime
+from makima.server.store import work as store
+from makima.server.store.types import utcnow
+
+log = logging.getLogger(__name__)
+
+# Tasks per owner transaction, and owners per round, so that no transaction grows without bound.
+BATCH = 500
+OWNERS_PER_ROUND = 100
+
+
+class LeaseSweeper:
+    """A background task sweeping expired leases every `interval` seconds until stopped."""
+
+    def __init__(self, rt: Runtime, *, interval: float) -> None:
+        self.rt = rt
+        self.interval = interval
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="makima-lease-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+
+    async def sweep(self) -> int:
+        """One pass over every owner; returns how many tasks it interrupted."""
+        swept = 0
+        while True:
+            async with self.rt.read() as session:
+                owners = await store.owners_with_expired_leases(session, now=utcnow(), limit=OWNERS_PER_ROUND)
+            interrupt = functools.partial(work.interrupt_expired, limit=BATCH)
+            counts = [await self.rt.mutate_for_owner(owner, interrupt) for owner in owners]
+            swept += sum(counts)
+            # Go on only while there may be more and this round made progress: rows that another
+            # process holds locked are its to sweep.
+            more = len(owners) == OWNERS_PER_ROUND or BATCH in counts
+            if not (more and sum(counts)):
+                return swept
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                if swept := await self.sweep():
+                    log.info("interrupted tasks whose lease expired", extra={"count": swept})
+            except Exception:
+                # Most likely the database is unreachable: try again at the next interval.
+                log.warning("lease sweep failed", exc_info=True)
+            await asyncio.sleep(self.interval)
