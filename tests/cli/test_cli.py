@@ -13,6 +13,7 @@ from makima.client import AsyncClient
 from makima.server.app import App
 from makima.v1 import daemon_pb2, resources_pb2
 from tests.cli.conftest import MAKIMA, Makima, run_makima
+from tests.client.net import server_without_makima
 from tests.helpers import Api
 
 
@@ -133,7 +134,6 @@ async def test_task_lineage_is_an_indented_tree(makima: Makima) -> None:
     [
         (("contract-get", "not-a-uuid"), 64 + 3, "error: INVALID_ARGUMENT INVALID_ARGUMENT: contract_id: "),
         (("contract-get", str(uuid.uuid4())), 64 + 5, "error: NOT_FOUND NOT_FOUND: contract "),
-        (("resume", str(uuid.uuid4())), 64 + 12, "error: UNIMPLEMENTED UNIMPLEMENTED: "),
     ],
 )
 async def test_a_failed_call_is_one_line_and_a_distinct_exit_code(
@@ -144,6 +144,13 @@ async def test_a_failed_call_is_one_line_and_a_distinct_exit_code(
     assert result.err.startswith(line)
     assert result.err.count("\n") == 1
     assert result.out == ""
+
+
+async def test_a_server_without_makima_is_unimplemented(makima: Makima) -> None:
+    async with server_without_makima() as port:
+        result = await makima("contract-get", str(uuid.uuid4()), "--address", f"127.0.0.1:{port}")
+    assert result.code == 64 + 12
+    assert result.err.startswith("error: UNIMPLEMENTED UNIMPLEMENTED: ")
 
 
 async def test_missing_key_is_unauthenticated(makima: Makima) -> None:

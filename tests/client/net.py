@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+
+from grpc import aio
 
 from makima.server.app import App, start
 from makima.server.config import Settings
@@ -32,6 +36,19 @@ async def start_server(database_url: str, port: int, workspace: Path) -> App:
             timeline_recheck_seconds=0.2,
         )
     )
+
+
+@asynccontextmanager
+async def server_without_makima() -> AsyncIterator[int]:
+    """A real gRPC server that offers no makima service (like an older or a different server on the
+    address); yields its port."""
+    server = aio.server()
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(None)
 
 
 class AnswerDroppingProxy:

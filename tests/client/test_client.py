@@ -19,6 +19,7 @@ from makima.client import (
 )
 from makima.server.app import App
 from makima.v1 import history_pb2, resources_pb2, supervisor_pb2
+from tests.client.net import server_without_makima
 from tests.helpers import Api
 from tests.test_contracts import timeline_of
 
@@ -144,11 +145,12 @@ async def test_concurrency_and_state_errors_are_typed(client: AsyncClient) -> No
     assert isinstance(precondition.value, MakimaError)
 
 
-async def test_unimplemented_rpc_is_typed(client: AsyncClient) -> None:
-    contract = (await client.create_contract(name="no supervisor yet")).contract
-    with pytest.raises(UnimplementedError) as caught:
-        await client.start_supervisor(contract_id=contract.id)
-    assert (caught.value.code, caught.value.reason) == (grpc.StatusCode.UNIMPLEMENTED, "UNIMPLEMENTED")
+async def test_an_rpc_the_server_does_not_offer_is_unimplemented() -> None:
+    async with server_without_makima() as port, AsyncClient(f"127.0.0.1:{port}", "mk_any") as client:
+        with pytest.raises(UnimplementedError) as caught:
+            await client.get_contract(contract_id=str(uuid.uuid4()))
+    assert caught.value.code == grpc.StatusCode.UNIMPLEMENTED
+    assert caught.value.reason == "UNIMPLEMENTED"  # no ErrorInfo from a foreign server: the code's name
 
 
 async def test_task_lineage(client: AsyncClient) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from makima.client import AsyncClient, InvalidArgumentError, NotFoundError
@@ -11,6 +13,7 @@ from tests.helpers import Api
 KIND = resources_pb2.TimelineEventKind
 OUTPUT = resources_pb2.TASK_EVENT_KIND_OUTPUT
 TOOL_CALL = resources_pb2.TASK_EVENT_KIND_TOOL_CALL
+EMPTY_WORKTREE = resources_pb2.WorktreeSpec(source=resources_pb2.WorktreeSpec.SOURCE_EMPTY)
 
 
 async def test_timeline_pages_follow_the_token_to_the_end(client: AsyncClient) -> None:
@@ -110,3 +113,21 @@ async def test_errors_surface_from_the_iterators(client: AsyncClient, address: s
         with pytest.raises(NotFoundError):
             [e async for e in theirs.list_task_events.items(task_id=task.id)]
     assert [v.field for v in bad.value.field_violations] == ["page_size"]
+
+
+async def test_checkpoints_and_snapshots_page_newest_first(client: AsyncClient) -> None:
+    task = (await client.create_task(name="coder", worktree=EMPTY_WORKTREE)).task
+    initial = [c async for c in client.list_checkpoints.items(task_id=task.id)]
+    worktree = Path(task.worktree_path)
+    made = []
+    for n in range(3):
+        (worktree / "notes.txt").write_text(f"version {n}")
+        made.append((await client.create_checkpoint(task_id=task.id, message=f"v{n}")).checkpoint)
+
+    listed = [c async for c in client.list_checkpoints.items(task_id=task.id, page_size=2)]
+    pages = [p async for p in client.list_checkpoints.pages(task_id=task.id, page_size=3)]
+    snapshots = [s async for s in client.list_conversation_snapshots.items(task_id=task.id, page_size=1)]
+
+    assert [c.id for c in listed] == [c.id for c in [*reversed(made), *initial]]
+    assert [len(p.checkpoints) for p in pages] == ([3, len(initial)] if initial else [3])
+    assert {c.conversation_snapshot_id for c in listed} <= {s.id for s in snapshots}
