@@ -18,6 +18,9 @@ from grpc import aio
 from makima.server.app import App, start
 from makima.server.config import Settings
 from makima.server.domain.auth import create_api_key
+from makima.server.domain.runtime import Runtime
+from makima.server.domain.sweeper import LeaseSweeper
+from makima.server.store.engine import Database
 from makima.v1 import daemon_pb2, resources_pb2, task_fork_pb2
 from tests.helpers import Api, append_messages, create_contract, create_task, fails, record_events
 from tests.test_contracts import timeline_of
@@ -327,3 +330,34 @@ async def test_shutdown_ends_a_waiting_claim_with_no_task(empty_database_url: st
         await app.stop(5)
         assert not (await asyncio.wait_for(waiting, 10)).HasField("claimed")
         assert time.monotonic() - began < 3
+
+
+async def test_concurrent_sweepers_interrupt_each_task_once(empty_database_url: str, tmp_path: Path) -> None:
+    """Two more sweepers, each with its own engine as another server process would have, race on 60 tasks."""
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database_url=empty_database_url,
+        workspace_root=tmp_path,
+        lease_seconds=0.5,
+        sweep_seconds=3600,  # the server's own sweeper ran once at start and now sleeps
+    )
+    app = await start(settings)
+    sweepers = [LeaseSweeper(Runtime(Database(empty_database_url)), interval=3600) for _ in range(2)]
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            api = await owner_api(app, channel)
+            daemon = (await register(api)).daemon.id
+            tasks = [await create_task(api, f"t{i}") for i in range(60)]
+            while (await claim(api, daemon)).HasField("claimed"):
+                pass
+            await asyncio.sleep(0.6)
+            counts = await asyncio.gather(*(s.sweep() for s in sweepers))
+            assert sum(counts) == 60
+            assert {(await get_task(api, t.id)).status for t in tasks} == {INTERRUPTED}
+            events = await timeline_of(app, api)
+            interrupted = [str(e.task_id) for e in events if e.data and e.data.get("to") == "interrupted"]
+            assert sorted(interrupted) == sorted(t.id for t in tasks)
+    finally:
+        for s in sweepers:
+            await s.rt.db.dispose()
+        await app.stop(1)
