@@ -131,3 +131,22 @@ async def test_checkpoints_and_snapshots_page_newest_first(client: AsyncClient) 
     assert [c.id for c in listed] == [c.id for c in [*reversed(made), *initial]]
     assert [len(p.checkpoints) for p in pages] == ([3, len(initial)] if initial else [3])
     assert {c.conversation_snapshot_id for c in listed} <= {s.id for s in snapshots}
+
+
+async def test_supervisor_conversation_pages(client: AsyncClient) -> None:
+    contract = (await client.create_contract(name="supervised")).contract
+    await client.start_supervisor(contract_id=contract.id, instructions="plan it")
+    await client.append_messages(
+        contract_id=contract.id,
+        expected_next_index=0,
+        messages=[
+            resources_pb2.NewConversationMessage(role=resources_pb2.MESSAGE_ROLE_ASSISTANT, content=f"step {i}")
+            for i in range(5)
+        ],
+    )
+
+    pages = [p async for p in client.get_supervisor_conversation.pages(contract_id=contract.id, page_size=2)]
+    messages = [m async for m in client.get_supervisor_conversation.items(contract_id=contract.id, page_size=2)]
+
+    assert [len(p.messages) for p in pages] == [2, 2, 1]
+    assert [m.content for m in messages] == [f"step {i}" for i in range(5)]

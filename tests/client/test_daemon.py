@@ -1,0 +1,38 @@
+"""A daemon's work loop through the client: register, claim, heartbeat, report; then resume the task."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import duration_pb2
+
+from makima.client import AsyncClient, FailedPreconditionError
+from makima.v1 import resources_pb2
+
+WORKER = resources_pb2.TASK_KIND_WORKER
+
+
+async def test_claim_heartbeat_report_and_resume(client: AsyncClient) -> None:
+    daemon = (await client.register_daemon(name="laptop", hostname="box")).daemon
+    other = (await client.register_daemon(name="other")).daemon
+    nothing = await client.claim_task(daemon_id=daemon.id, kinds=[WORKER])
+    task = (await client.create_task(name="job")).task
+
+    claimed = await client.claim_task(daemon_id=daemon.id, kinds=[WORKER], wait=duration_pb2.Duration(seconds=5))
+    beat = await client.heartbeat(daemon_id=daemon.id, task_ids=[task.id])
+    with pytest.raises(FailedPreconditionError) as not_held:
+        await client.report_task_status(daemon_id=other.id, task_id=task.id, status=resources_pb2.TASK_STATUS_FAILED)
+    failed = await client.report_task_status(
+        daemon_id=daemon.id, task_id=task.id, status=resources_pb2.TASK_STATUS_FAILED, message="boom"
+    )
+    resumed = await client.resume_task(task_id=task.id)
+
+    assert not nothing.HasField("claimed")
+    assert (claimed.claimed.task.id, claimed.claimed.task.status) == (task.id, resources_pb2.TASK_STATUS_RUNNING)
+    assert list(beat.lost_task_ids) == []
+    assert not_held.value.reason == "LEASE_NOT_HELD"
+    assert (failed.task.status, failed.task.status_message) == (resources_pb2.TASK_STATUS_FAILED, "boom")
+    assert resumed.task.status == resources_pb2.TASK_STATUS_PENDING
+    assert (resumed.resumed_from.previous_status, resumed.resumed_from.daemon_id) == (
+        resources_pb2.TASK_STATUS_FAILED,
+        daemon.id,
+    )
