@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 from google.protobuf import duration_pb2
 
 from makima.client import AsyncClient, FailedPreconditionError
-from makima.v1 import resources_pb2
+from makima.v1 import daemon_pb2, resources_pb2
 
 WORKER = resources_pb2.TASK_KIND_WORKER
 
@@ -36,3 +38,18 @@ async def test_claim_heartbeat_report_and_resume(client: AsyncClient) -> None:
         resources_pb2.TASK_STATUS_FAILED,
         daemon.id,
     )
+
+
+async def test_record_task_events_from_a_stream(client: AsyncClient) -> None:
+    task = (await client.create_task(name="streaming")).task
+
+    async def batches() -> AsyncIterator[daemon_pb2.RecordTaskEventsRequest]:
+        for sequence in (1, 2, 4):
+            yield daemon_pb2.RecordTaskEventsRequest(
+                task_id=task.id,
+                events=[resources_pb2.NewTaskEvent(sequence=sequence, kind=resources_pb2.TASK_EVENT_KIND_OUTPUT)],
+            )
+
+    recorded = await client.record_task_events(batches())
+    assert (recorded.stored_count, recorded.last_sequence) == (3, 4)
+    assert [(g.from_sequence, g.to_sequence) for g in recorded.gaps] == [(3, 3)]
