@@ -130,6 +130,17 @@ async def test_claim_heartbeat_and_report(api: Api, server: App) -> None:
     ]
 
 
+async def test_a_claim_carries_the_conversation_up_to_3_mib(api: Api) -> None:
+    """Past the bound the daemon sees message_count > len(conversation) and reads the rest through history."""
+    task = await create_task(api)
+    for i in range(4):
+        await append_messages(api, task.id, i, str(i) * 1024 * 1024)
+    daemon = (await register(api)).daemon
+    got = (await claim(api, daemon.id)).claimed
+    assert got.task.message_count == 4
+    assert [m.index for m in got.conversation] == [0, 1, 2]
+
+
 async def test_claims_oldest_first_and_filters_by_kind(api: Api, other_api: Api) -> None:
     await create_task(other_api, "someone else's")
     first, second = await create_task(api, "first"), await create_task(api, "second")
