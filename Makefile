@@ -33,8 +33,8 @@ $(BUF):
 lint: $(STAMP) $(BUF)
 	$(BUF) lint
 	$(BIN)/python scripts/gen_protos.py --check
-	$(BIN)/ruff check server clients/python/makima/cli scripts tests bench
-	$(BIN)/ruff format --check server clients/python/makima/cli scripts tests bench
+	$(BIN)/ruff check server clients/python scripts tests bench
+	$(BIN)/ruff format --check server clients/python scripts tests bench
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

@@ -30,3 +30,5 @@ def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # Alembic narrates every plugin and migration step at INFO; only its warnings are worth a line.
+    logging.getLogger("alembic").setLevel(max(root.level, logging.WARNING))
