@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -25,6 +26,13 @@ from makima.v1 import (
 )
 
 T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now, for a server started as another process."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -20,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from makima.server.api.errors import status_for
 from makima.server.app import SERVICE_NAMES, App
-from tests.helpers import Api, create_contract
+from tests.helpers import Api, create_contract, free_port
 
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
 
@@ -98,15 +97,9 @@ def test_unimplemented_rpc_says_so() -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_serve_command_logs_each_rpc_and_stops_on_sigterm(tmp_path: Path, empty_database_url: str) -> None:
     """`makima-server serve` configured by MAKIMA_* variables; SIGTERM ends it cleanly."""
-    port = _free_port()
+    port = free_port()
     env = os.environ | {
         "MAKIMA_LISTEN": f"127.0.0.1:{port}",
         "MAKIMA_DATABASE_URL": empty_database_url,

@@ -21,8 +21,7 @@ from makima.server.domain.auth import create_api_key
 from makima.server.domain.runtime import Principal, Runtime
 from makima.server.store.engine import Database
 from makima.v1 import history_pb2, resources_pb2
-from tests.helpers import Api, append_messages, create_contract, create_task, fails
-from tests.test_server import _free_port
+from tests.helpers import Api, append_messages, create_contract, create_task, fails, free_port
 
 
 def stream(api: Api, **fields: object) -> aio.UnaryStreamCall:
@@ -147,7 +146,7 @@ async def test_a_commit_on_one_process_wakes_streams_on_another(database_url: st
     The second process re-checks the database only every 60 s, so delivery within seconds proves the
     notification path.
     """
-    port = _free_port()
+    port = free_port()
     env = os.environ | {
         "MAKIMA_LISTEN": f"127.0.0.1:{port}",
         "MAKIMA_DATABASE_URL": database_url,

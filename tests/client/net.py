@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,13 +13,6 @@ from makima.server.app import App, start
 from makima.server.config import Settings
 
 _HEADERS_FRAME = 0x1
-
-
-def free_port() -> int:
-    """A port nothing listens on (yet)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def start_server(database_url: str, port: int, workspace: Path) -> App:

@@ -11,8 +11,8 @@ import pytest
 from makima.client import AsyncClient, InvalidArgumentError, NotFoundError, RetryPolicy
 from makima.server.app import App
 from makima.v1 import resources_pb2
-from tests.client.net import free_port, start_server
-from tests.helpers import Api, create_contract, create_task
+from tests.client.net import start_server
+from tests.helpers import Api, create_contract, create_task, free_port
 
 KIND = resources_pb2.TimelineEventKind
 

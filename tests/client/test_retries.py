@@ -11,8 +11,8 @@ import pytest
 from makima.client import AsyncClient, Client, RetryPolicy, UnavailableError
 from makima.server.app import App
 from tests.client.conftest import FAST_RETRY
-from tests.client.net import AnswerDroppingProxy, free_port, start_server
-from tests.helpers import Api, create_contract
+from tests.client.net import AnswerDroppingProxy, start_server
+from tests.helpers import Api, create_contract, free_port
 from tests.test_contracts import timeline_of
 
 

@@ -102,7 +102,9 @@ class TaskForkServiceServicer:
     """
 
     def CreateTask(self, request, context):
-        """Creates a task (pending), with a worktree when asked, and records TASK_CREATED.
+        """Creates a task (pending), with a worktree when asked, and records TASK_CREATED. A worktree
+        starts with a checkpoint of its initial state (message "initial state"), the point that forks
+        and rewinds to "before any work" use.
         Errors: INVALID_ARGUMENT (empty name, bad ids, worktree repository outside the workspace root),
         NOT_FOUND (contract or parent task).
         """

@@ -40,7 +40,9 @@ class TaskForkServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TaskForkServiceAsyncStub: ...
     CreateTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.CreateTaskRequest, _task_fork_pb2.CreateTaskResponse]
-    """Creates a task (pending), with a worktree when asked, and records TASK_CREATED.
+    """Creates a task (pending), with a worktree when asked, and records TASK_CREATED. A worktree
+    starts with a checkpoint of its initial state (message "initial state"), the point that forks
+    and rewinds to "before any work" use.
     Errors: INVALID_ARGUMENT (empty name, bad ids, worktree repository outside the workspace root),
     NOT_FOUND (contract or parent task).
     """
@@ -96,7 +98,9 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.CreateTaskRequest, _task_fork_pb2.CreateTaskResponse]  # type: ignore[assignment]
-    """Creates a task (pending), with a worktree when asked, and records TASK_CREATED.
+    """Creates a task (pending), with a worktree when asked, and records TASK_CREATED. A worktree
+    starts with a checkpoint of its initial state (message "initial state"), the point that forks
+    and rewinds to "before any work" use.
     Errors: INVALID_ARGUMENT (empty name, bad ids, worktree repository outside the workspace root),
     NOT_FOUND (contract or parent task).
     """
@@ -155,7 +159,9 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_fork_pb2.CreateTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.CreateTaskResponse, _abc.Awaitable[_task_fork_pb2.CreateTaskResponse]]:
-        """Creates a task (pending), with a worktree when asked, and records TASK_CREATED.
+        """Creates a task (pending), with a worktree when asked, and records TASK_CREATED. A worktree
+        starts with a checkpoint of its initial state (message "initial state"), the point that forks
+        and rewinds to "before any work" use.
         Errors: INVALID_ARGUMENT (empty name, bad ids, worktree repository outside the workspace root),
         NOT_FOUND (contract or parent task).
         """
