@@ -14,6 +14,14 @@ from makima.server.config import DEFAULT_LISTEN, Settings
 from makima.server.store.engine import DEFAULT_DATABASE_URL
 
 
+def _positive(text: str) -> float:
+    """A number of seconds above zero (zero would make a loop spin or a grace period vanish)."""
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
 def _database_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--database-url",
@@ -52,36 +60,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--shutdown-grace",
-        type=float,
-        default=float(os.environ.get("MAKIMA_SHUTDOWN_GRACE", "10")),
+        type=_positive,
+        default=os.environ.get("MAKIMA_SHUTDOWN_GRACE", "10"),
         help="seconds in-flight calls get to finish on shutdown (default %(default)s)",
     )
 
     serve.add_argument(
         "--keep-alive-seconds",
-        type=float,
-        default=float(os.environ.get("MAKIMA_KEEP_ALIVE_SECONDS", "15")),
+        type=_positive,
+        default=os.environ.get("MAKIMA_KEEP_ALIVE_SECONDS", "15"),
         help="seconds between keep-alives on idle timeline streams (default %(default)s)",
     )
 
     serve.add_argument(
         "--timeline-recheck-seconds",
-        type=float,
-        default=float(os.environ.get("MAKIMA_TIMELINE_RECHECK_SECONDS", "1")),
+        type=_positive,
+        default=os.environ.get("MAKIMA_TIMELINE_RECHECK_SECONDS", "1"),
         help="seconds between database re-checks of idle timeline streams (default %(default)s)",
     )
 
     serve.add_argument(
         "--lease-seconds",
-        type=float,
-        default=float(os.environ.get("MAKIMA_LEASE_SECONDS", "30")),
+        type=_positive,
+        default=os.environ.get("MAKIMA_LEASE_SECONDS", "30"),
         help="seconds a claimed task's lease lasts without a heartbeat (env MAKIMA_LEASE_SECONDS; default %(default)s)",
     )
 
     serve.add_argument(
         "--sweep-seconds",
-        type=float,
-        default=float(os.environ.get("MAKIMA_SWEEP_SECONDS", "5")),
+        type=_positive,
+        default=os.environ.get("MAKIMA_SWEEP_SECONDS", "5"),
         help="seconds between sweeps that interrupt tasks whose lease expired "
         "(env MAKIMA_SWEEP_SECONDS; default %(default)s)",
     )

@@ -102,8 +102,8 @@ class Task(SQLModel, table=True):
     __tablename__ = "tasks"
     __table_args__ = (
         Index("ix_tasks_owner_contract", "owner_id", "contract_id", "create_time"),
-        # The claim queue: oldest pending first.
-        Index("ix_tasks_status_create", "status", "create_time"),
+        # The claim queue: an owner's oldest pending task first.
+        Index("ix_tasks_owner_status_create", "owner_id", "status", "create_time"),
         # The lease sweeper: running tasks by lease end.
         Index("ix_tasks_status_lease", "status", "lease_expire_time"),
         Index("ix_tasks_parent", "parent_task_id"),
