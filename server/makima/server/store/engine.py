@@ -42,11 +42,13 @@ def dialect_of(session: AsyncSession) -> str:
 class Database:
     """The engine plus two session factories: one for read transactions, one for write ones."""
 
-    def __init__(self, url: str = DEFAULT_DATABASE_URL, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str = DEFAULT_DATABASE_URL, *, pool_size: int = 20) -> None:
         self.url = make_url(url)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
-        if self.url.get_backend_name() == "postgresql":
-            kwargs |= {"pool_size": pool_size, "max_overflow": pool_size * 2}
+        # A fixed pool: under load, overflow connections would be opened and closed on every call
+        # (measured: 10x fewer calls/s); callers wait for a pooled connection instead.
+        kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0}
+        if self.dialect == "postgresql":
+            kwargs["pool_pre_ping"] = True  # a server restart must not hand out dead connections
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             _tune_sqlite(self.engine)
