@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -129,3 +130,46 @@ async def test_serve_command_logs_each_rpc_and_stops_on_sigterm(tmp_path: Path, 
     assert any(r["rpc_method"] == "/makima.v1.SupervisorService/CreateContract" and r["rpc_code"] == "OK" for r in rpcs)
     assert all(isinstance(r["duration_ms"], float) for r in rpcs)
     assert [line["msg"] for line in lines][-2:] == ["shutting down", "stopped"]
+
+
+@pytest.mark.postgresql_only
+async def test_serve_with_several_workers_on_one_port(empty_database_url: str, tmp_path: Path) -> None:
+    """`serve --workers 2`: two processes answer on one port over one PostgreSQL; SIGTERM stops both."""
+    port = free_port()
+    env = os.environ | {"MAKIMA_DATABASE_URL": empty_database_url, "MAKIMA_WORKSPACE_ROOT": str(tmp_path / "ws")}
+    server_bin = str(Path(sys.executable).parent / "makima-server")
+    code, key, err = await run(server_bin, "create-api-key", "--owner", str(uuid.uuid4()), env=env)
+    assert code == 0, err
+    proc = await asyncio.create_subprocess_exec(
+        server_bin,
+        "serve",
+        "--workers",
+        "2",
+        "--listen",
+        f"127.0.0.1:{port}",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+            api = Api(channel=channel, owner_id=uuid.uuid4(), key=key.strip())
+            made = [await create_contract(api, f"c{i}") for i in range(5)]
+            assert len({c.id for c in made}) == 5
+        children = (await run("pgrep", "-P", str(proc.pid)))[1].split()
+        assert len(children) >= 2  # the two workers (spawn may add its resource tracker)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err_bytes = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err_bytes.decode()[-2000:]
+    serving = [line for line in err_bytes.decode().splitlines() if '"msg": "serving"' in line]
+    assert len(serving) == 2
+
+
+async def test_several_workers_need_postgresql(tmp_path: Path) -> None:
+    server_bin = str(Path(sys.executable).parent / "makima-server")
+    code, _, err = await run(
+        server_bin, "serve", "--workers", "2", "--database-url", f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"
+    )
+    assert code == 2 and "needs a PostgreSQL" in err

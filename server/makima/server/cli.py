@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
+import signal
 import sys
 import uuid
 from pathlib import Path
@@ -94,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(env MAKIMA_SWEEP_SECONDS; default %(default)s)",
     )
 
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=int(os.environ.get("MAKIMA_WORKERS", "1")),
+        help="server processes sharing the port (SO_REUSEPORT); more than 1 needs PostgreSQL "
+        "(env MAKIMA_WORKERS; default %(default)s)",
+    )
+
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
     _database_option(migrate)
 
@@ -129,6 +139,47 @@ async def _create_api_key(database_url: str, owner: uuid.UUID, name: str) -> str
         await db.dispose()
 
 
+def _serve_worker(settings: Settings, log_level: str) -> None:
+    from makima.server.app import serve
+
+    logs.configure(log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into one SIGTERM each
+    asyncio.run(serve(settings))
+
+
+def _serve_workers(settings: Settings, workers: int, log_level: str) -> int:
+    """Several server processes on one port (gRPC binds with SO_REUSEPORT), over one PostgreSQL.
+
+    SQLite is refused: its timeline wake-ups do not cross processes. Migrations run once here, so
+    the workers start on an up-to-date schema; SIGTERM or SIGINT is passed on to every worker.
+    """
+    if not settings.database_url.startswith("postgresql"):
+        print("makima-server: --workers > 1 needs a PostgreSQL --database-url", file=sys.stderr)
+        return 2
+    if settings.listen.rsplit(":", 1)[-1] == "0":
+        print("makima-server: --workers > 1 needs a fixed port in --listen", file=sys.stderr)
+        return 2
+    asyncio.run(_migrate(settings.database_url))
+    context = multiprocessing.get_context("spawn")
+    children = [
+        context.Process(target=_serve_worker, args=(settings, log_level), name=f"makima-worker-{i}")
+        for i in range(workers)
+    ]
+    for child in children:
+        child.start()
+
+    def stop(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.pid is not None and child.is_alive():
+                os.kill(child.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for child in children:
+        child.join()
+    return max((child.exitcode or 0) for child in children)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_level)
@@ -145,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
             lease_seconds=args.lease_seconds,
             sweep_seconds=args.sweep_seconds,
         )
+        if args.workers > 1:
+            return _serve_workers(settings, args.workers, args.log_level)
         asyncio.run(serve(settings))
     elif args.command == "migrate":
         asyncio.run(_migrate(args.database_url))
