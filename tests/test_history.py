@@ -9,7 +9,7 @@ import json
 import grpc
 import pytest
 
-from makima.v1 import history_pb2, resources_pb2, supervisor_pb2
+from makima.v1 import history_pb2, resources_pb2, supervisor_pb2, task_fork_pb2
 from tests.helpers import Api, append_messages, create_contract, create_task, fails, record_events
 
 KIND = resources_pb2.TimelineEventKind
@@ -205,3 +205,27 @@ async def test_task_reads_are_owner_scoped(api: Api, other_api: Api, rpc: str) -
         getattr(api.history, rpc)(request_type(task_id="x"), metadata=api.md), grpc.StatusCode.INVALID_ARGUMENT
     )
     assert failure.fields == ["task_id"]
+
+
+async def test_every_event_of_a_contract_is_filed_under_its_phase(api: Api) -> None:
+    """Events whose use case names no phase (checkpoints, rewinds...) still carry the contract's phase."""
+    contract = await create_contract(api, initial_phase="build")
+    task = await create_task(
+        api,
+        contract_id=contract.id,
+        worktree=resources_pb2.WorktreeSpec(source=resources_pb2.WorktreeSpec.SOURCE_EMPTY),
+    )
+    await api.tasks.CreateCheckpoint(task_fork_pb2.CreateCheckpointRequest(task_id=task.id), metadata=api.md)
+    await api.supervisor.AdvancePhase(
+        supervisor_pb2.AdvancePhaseRequest(contract_id=contract.id, phase="review"), metadata=api.md
+    )
+    await api.tasks.CreateCheckpoint(task_fork_pb2.CreateCheckpointRequest(task_id=task.id), metadata=api.md)
+    checkpoints = [KIND.TIMELINE_EVENT_KIND_CHECKPOINT_CREATED]
+    counts = {}
+    for phase in ("build", "review"):
+        history = await api.history.GetContractHistory(
+            history_pb2.GetContractHistoryRequest(contract_id=contract.id, phase=phase, kinds=checkpoints),
+            metadata=api.md,
+        )
+        counts[phase] = len(history.events)
+    assert counts == {"build": 2, "review": 1}  # the initial and the first checkpoint, then the second

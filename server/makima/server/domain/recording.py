@@ -43,12 +43,6 @@ class EventsSummary:
     gaps: list[tuple[int, int]]
 
 
-async def _phase(session: AsyncSession, task: Task) -> str | None:
-    if task.contract_id is None:
-        return None
-    return (await load_contract(session, task.owner_id, task.contract_id)).phase
-
-
 async def record_task_events(tx: Tx, task_id: uuid.UUID, batch: list[NewEvent]) -> EventsRecorded:
     """Store a batch of events once each (a resent sequence is skipped) with one timeline event."""
     task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
@@ -77,7 +71,6 @@ async def record_task_events(tx: Tx, task_id: uuid.UUID, batch: list[NewEvent]) 
             f"{len(stored)} event(s) recorded for task {task.name!r}",
             contract_id=task.contract_id,
             task_id=task.id,
-            phase=await _phase(tx.session, task),
             data={"count": len(stored), "first_sequence": min(stored), "last_sequence": max(stored), "kinds": kinds},
         )
     return EventsRecorded(stored=len(stored), duplicates=len(batch) - len(stored))
@@ -180,7 +173,6 @@ async def append_messages(tx: Tx, inp: AppendMessagesInput) -> MessagesAppended:
         f"{len(inp.messages)} message(s) appended to task {task.name!r}",
         contract_id=task.contract_id,
         task_id=task.id,
-        phase=await _phase(tx.session, task),
         data={"count": len(inp.messages), "first_index": first, "next_index": task.message_count},
     )
     return MessagesAppended(task_id=task.id, first_index=first, next_index=task.message_count)

@@ -12,7 +12,7 @@ from sqlalchemy import Row, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
-from makima.server.store.models import HistoryEvent, Owner
+from makima.server.store.models import Contract, HistoryEvent, Owner
 
 NOTIFY_CHANNEL = "makima_timeline"
 
@@ -38,7 +38,11 @@ async def append(
     writers of one owner commit one after the other, so commit order equals cursor order and a
     reader paging by cursor can never skip a row that commits later (DESIGN.md section 4). Call it
     last in a transaction to hold that lock as briefly as possible.
+
+    An event of a contract that names no phase gets the contract's phase as this transaction sees it,
+    so that every event of a contract can be filtered by the phase it happened in.
     """
+    phases = await _contract_phases(session, {e.contract_id for e in events if e.phase is None and e.contract_id})
     table = Owner.__table__
     result = await session.execute(
         update(table)
@@ -57,7 +61,7 @@ async def append(
                 "kind": e.kind,
                 "contract_id": e.contract_id,
                 "task_id": e.task_id,
-                "phase": e.phase,
+                "phase": e.phase if e.phase is not None or e.contract_id is None else phases.get(e.contract_id),
                 "summary": e.summary,
                 "data": e.data,
                 "create_time": now,
@@ -71,6 +75,14 @@ async def append(
             text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": f"{owner_id}:{last}"}
         )
     return last
+
+
+async def _contract_phases(session: AsyncSession, contract_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+    if not contract_ids:
+        return {}
+    contracts = Contract.__table__
+    rows = await session.execute(select(contracts.c.id, contracts.c.phase).where(contracts.c.id.in_(contract_ids)))
+    return {row.id: row.phase for row in rows}
 
 
 @dataclass(frozen=True)
