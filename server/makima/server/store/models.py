@@ -66,6 +66,22 @@ class ApiKey(SQLModel, table=True):
     revoke_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class ServerSecret(SQLModel, table=True):
+    """A server-wide secret (e.g. the page-token signing key), shared by every process on the database.
+
+    Rotating one adds a newer row of the same purpose; older rows stay valid for verification until
+    removed, so tokens handed out before a rotation keep working for a while.
+    """
+
+    __tablename__ = "server_secrets"
+    __table_args__ = (Index("ix_server_secrets_purpose_create", "purpose", "create_time"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    purpose: str = Field(sa_type=String(64))
+    secret: bytes = Field(sa_type=LargeBinary)
+    create_time: datetime = _time()
+
+
 class Contract(SQLModel, table=True):
     """A unit of work of one owner, moving through free-form phases."""
 
@@ -135,6 +151,9 @@ class Task(SQLModel, table=True):
     create_time: datetime = _time()
     update_time: datetime = _time()
     version: int = Field(default=1, sa_type=BigInteger)
+    # Bumped by every claim: the fencing token of the current lease. A daemon's write carries the
+    # epoch its claim handed out; a write under an older epoch comes from a daemon that lost the task.
+    lease_epoch: int = Field(default=0, sa_type=BigInteger)
 
 
 class SupervisorState(SQLModel, table=True):
