@@ -18,6 +18,7 @@ from makima.server.api.supervisor import SupervisorServicer
 from makima.server.api.task_fork import TaskForkServicer
 from makima.server.config import Settings
 from makima.server.domain.auth import Authenticator
+from makima.server.domain.page_tokens import PageTokenKeys
 from makima.server.domain.runtime import Runtime
 from makima.server.domain.sweeper import LeaseSweeper
 from makima.server.domain.workspace import Workspace
@@ -58,6 +59,7 @@ class App:
     hub: TimelineHub
     listener: PostgresListener | None
     sweeper: LeaseSweeper
+    page_tokens: PageTokenKeys
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, end live streams, let in-flight calls finish within `grace`, release the rest."""
@@ -76,13 +78,15 @@ async def start(settings: Settings) -> App:
     await migrate.upgrade(db)
     hub = TimelineHub()
     runtime = Runtime(db, on_commit=hub.publish)
+    page_tokens = PageTokenKeys(runtime)
+    await page_tokens.load()
     listener = PostgresListener(db.url, hub) if db.dialect == "postgresql" else None
     if listener is not None:
         listener.start()
     workspace = Workspace(settings.workspace_root)
     server = aio.server(interceptors=[ServiceInterceptor(Authenticator(runtime))])
     history = HistoryServicer(
-        runtime, hub, keep_alive=settings.keep_alive_seconds, recheck=settings.timeline_recheck_seconds
+        runtime, hub, page_tokens, keep_alive=settings.keep_alive_seconds, recheck=settings.timeline_recheck_seconds
     )
     history_pb2_grpc.add_HistoryServiceServicer_to_server(history, server)
     supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime, workspace), server)
@@ -114,6 +118,7 @@ async def start(settings: Settings) -> App:
         hub=hub,
         listener=listener,
         sweeper=sweeper,
+        page_tokens=page_tokens,
     )
 
 

@@ -1,4 +1,4 @@
-"""`makima-server`: serve, migrate, create-api-key."""
+"""`makima-server`: serve, migrate, create-api-key, rotate-page-token-key."""
 
 from __future__ import annotations
 
@@ -111,6 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     _database_option(key)
     key.add_argument("--owner", required=True, type=uuid.UUID, help="owner UUID (created if new)")
     key.add_argument("--name", default="", help="a label for the key")
+
+    rotate = commands.add_parser(
+        "rotate-page-token-key",
+        help="add a new page-token signing key; older keys still verify tokens until dropped with --keep",
+    )
+    _database_option(rotate)
+    rotate.add_argument(
+        "--keep",
+        type=_keep_count,
+        default=None,
+        help="then drop every key but the newest KEEP (at least 1); tokens signed by a dropped key stop "
+        "working, and running servers notice within 5 minutes",
+    )
     return parser
 
 
@@ -135,6 +148,29 @@ async def _create_api_key(database_url: str, owner: uuid.UUID, name: str) -> str
     try:
         await migrate.upgrade(db)
         return (await create_api_key(Runtime(db), owner_id=owner, name=name)).secret
+    finally:
+        await db.dispose()
+
+
+def _keep_count(text: str) -> int:
+    """How many page-token keys to keep: the new one always stays."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (the new key is always kept), not {text}")
+    return value
+
+
+async def _rotate_page_token_key(database_url: str, keep: int | None) -> str:
+    from makima.server.domain.page_tokens import rotate
+    from makima.server.domain.runtime import Runtime
+    from makima.server.store import migrate
+    from makima.server.store.engine import Database
+
+    db = Database(database_url)
+    try:
+        await migrate.upgrade(db)
+        done = await rotate(Runtime(db), keep=keep)
+        return f"new page-token key {done.key_id}; {done.removed} older key(s) dropped, {done.remaining} kept"
     finally:
         await db.dispose()
 
@@ -202,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "migrate":
         asyncio.run(_migrate(args.database_url))
         print("database is up to date")
+    elif args.command == "rotate-page-token-key":
+        print(asyncio.run(_rotate_page_token_key(args.database_url, args.keep)))
     else:
         secret = asyncio.run(_create_api_key(args.database_url, args.owner, args.name))
         print(secret)

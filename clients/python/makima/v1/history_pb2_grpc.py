@@ -30,9 +30,10 @@ class HistoryServiceStub:
 
     Every RPC needs an API key, else UNAUTHENTICATED; resources of another owner are NOT_FOUND.
     Lists are paginated: `page_size` defaults to 100 and is clamped to 1000 (negative is
-    INVALID_ARGUMENT); `page_token` is the opaque `next_page_token` of the previous page (a malformed
-    token, or one from another list or filter, is INVALID_ARGUMENT); an empty `next_page_token` ends
-    the list. Time ranges are half-open [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+    INVALID_ARGUMENT); `page_token` is the opaque, signed `next_page_token` of the previous page (a
+    malformed or altered token, or one from another list, owner or filter, is INVALID_ARGUMENT on
+    `page_token`); an empty `next_page_token` ends the list. Time ranges are half-open
+    [start_time, end_time); an inverted range is INVALID_ARGUMENT.
     """
 
     def __init__(self, channel):
@@ -93,9 +94,10 @@ class HistoryServiceServicer:
 
     Every RPC needs an API key, else UNAUTHENTICATED; resources of another owner are NOT_FOUND.
     Lists are paginated: `page_size` defaults to 100 and is clamped to 1000 (negative is
-    INVALID_ARGUMENT); `page_token` is the opaque `next_page_token` of the previous page (a malformed
-    token, or one from another list or filter, is INVALID_ARGUMENT); an empty `next_page_token` ends
-    the list. Time ranges are half-open [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+    INVALID_ARGUMENT); `page_token` is the opaque, signed `next_page_token` of the previous page (a
+    malformed or altered token, or one from another list, owner or filter, is INVALID_ARGUMENT on
+    `page_token`); an empty `next_page_token` ends the list. Time ranges are half-open
+    [start_time, end_time); an inverted range is INVALID_ARGUMENT.
     """
 
     def GetContractHistory(self, request, context):
@@ -233,9 +235,10 @@ class HistoryService:
 
     Every RPC needs an API key, else UNAUTHENTICATED; resources of another owner are NOT_FOUND.
     Lists are paginated: `page_size` defaults to 100 and is clamped to 1000 (negative is
-    INVALID_ARGUMENT); `page_token` is the opaque `next_page_token` of the previous page (a malformed
-    token, or one from another list or filter, is INVALID_ARGUMENT); an empty `next_page_token` ends
-    the list. Time ranges are half-open [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+    INVALID_ARGUMENT); `page_token` is the opaque, signed `next_page_token` of the previous page (a
+    malformed or altered token, or one from another list, owner or filter, is INVALID_ARGUMENT on
+    `page_token`); an empty `next_page_token` ends the list. Time ranges are half-open
+    [start_time, end_time); an inverted range is INVALID_ARGUMENT.
     """
 
     @staticmethod

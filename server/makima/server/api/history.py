@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 from google.protobuf.message import Message
@@ -13,12 +12,20 @@ from grpc import aio
 from makima.server.api import convert
 from makima.server.api.base import Servicer
 from makima.server.api.interceptor import current_principal
-from makima.server.api.paging import decode_token, encode_token, kinds, page_size, time_range, token_int
+from makima.server.api.paging import (
+    decode_token,
+    encode_token,
+    kinds,
+    page_size,
+    time_range,
+    token_newest,
+    token_position,
+)
 from makima.server.api.validate import MAX_PHASE, optional_uuid, text_field, uuid_field
 from makima.server.domain import history, streaming
 from makima.server.domain.errors import InvalidArgument
-from makima.server.domain.runtime import Principal, Runtime
-from makima.server.store.checkpoints import NewestKey
+from makima.server.domain.page_tokens import PageTokenKeys
+from makima.server.domain.runtime import Runtime
 from makima.server.store.timeline import TimelineFilter
 from makima.server.timeline.hub import TimelineHub
 from makima.v1 import history_pb2 as pb
@@ -31,33 +38,31 @@ def _timeline_kinds(request: Any) -> tuple[str, ...]:
     return kinds(request.kinds, resources_pb2.TimelineEventKind, "TIMELINE_EVENT_KIND")
 
 
-def _newest_key(key: list[Any] | None) -> NewestKey | None:
-    if key is None:
-        return None
-    try:
-        time, row_id = key
-        return datetime.fromisoformat(time), uuid.UUID(row_id)
-    except (TypeError, ValueError):
-        raise InvalidArgument.of("page_token", "is malformed") from None
-
-
-def _next_newest(request: Message, principal: Principal, page: history.Page[Any]) -> str:
-    if not page.more:
-        return ""
-    last = page.items[-1]
-    return encode_token(request, principal, [last.create_time.isoformat(), str(last.id)])
-
-
-def _next_cursor(request: Message, principal: Principal, page: history.Page[Any], attr: str) -> str:
-    return encode_token(request, principal, [getattr(page.items[-1], attr)]) if page.more else ""
-
-
 class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
-    def __init__(self, rt: Runtime, hub: TimelineHub, *, keep_alive: float, recheck: float) -> None:
+    def __init__(
+        self, rt: Runtime, hub: TimelineHub, tokens: PageTokenKeys, *, keep_alive: float, recheck: float
+    ) -> None:
         super().__init__(rt)
         self.hub = hub
+        self.tokens = tokens
         self.keep_alive = keep_alive
         self.recheck = recheck
+
+    async def _key(self, request: Message) -> list[Any] | None:
+        """The verified key of the request's page token (None on the first page)."""
+        return await decode_token(self.tokens, request, current_principal())
+
+    async def _token(self, request: Message, key: list[Any]) -> str:
+        return await encode_token(self.tokens, request, current_principal(), key)
+
+    async def _next_cursor(self, request: Message, page: history.Page[Any], attr: str) -> str:
+        return await self._token(request, [getattr(page.items[-1], attr)]) if page.more else ""
+
+    async def _next_newest(self, request: Message, page: history.Page[Any]) -> str:
+        if not page.more:
+            return ""
+        last = page.items[-1]
+        return await self._token(request, [last.create_time.isoformat(), str(last.id)])
 
     async def GetContractHistory(
         self, request: pb.GetContractHistoryRequest, context: aio.ServicerContext
@@ -72,7 +77,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
             end_time=end,
         )
         limit = page_size(request.page_size)
-        after = token_int(decode_token(request, principal), 0)
+        after = token_position(await self._key(request), 0)
         result = await history.contract_history(self.rt, principal, contract_id, where=where, after=after, limit=limit)
         return pb.GetContractHistoryResponse(
             contract=convert.contract(result.view),
@@ -81,13 +86,13 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
                 for p in result.phases
             ],
             events=[convert.timeline_event(e) for e in result.events.items],
-            next_page_token=_next_cursor(request, principal, result.events, "cursor"),
+            next_page_token=await self._next_cursor(request, result.events, "cursor"),
         )
 
     async def _conversation(self, request: Any, **target: uuid.UUID) -> history.ConversationPage:
         principal = current_principal()
         limit = page_size(request.page_size)
-        start = token_int(decode_token(request, principal), 0)
+        start = token_position(await self._key(request), 0)
         return await history.conversation(
             self.rt,
             principal,
@@ -97,10 +102,10 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
             **target,
         )
 
-    def _conversation_token(self, request: Any, page: history.ConversationPage) -> str:
+    async def _conversation_token(self, request: Any, page: history.ConversationPage) -> str:
         if not page.messages.more:
             return ""
-        return encode_token(request, current_principal(), [page.messages.items[-1].position + 1])
+        return await self._token(request, [page.messages.items[-1].position + 1])
 
     async def GetSupervisorConversation(
         self, request: pb.GetSupervisorConversationRequest, context: aio.ServicerContext
@@ -110,7 +115,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
             task_id=str(page.task_id),
             messages=[convert.message(m) for m in page.messages.items],
             message_count=page.message_count,
-            next_page_token=self._conversation_token(request, page),
+            next_page_token=await self._conversation_token(request, page),
         )
 
     async def GetTaskConversation(
@@ -121,7 +126,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
             task_id=str(page.task_id),
             messages=[convert.message(m) for m in page.messages.items],
             message_count=page.message_count,
-            next_page_token=self._conversation_token(request, page),
+            next_page_token=await self._conversation_token(request, page),
         )
 
     async def ListConversationSnapshots(
@@ -131,11 +136,11 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         task_id = uuid_field(request.task_id, "task_id")
         limit = page_size(request.page_size)
         page = await history.list_snapshots(
-            self.rt, principal, task_id, before=_newest_key(decode_token(request, principal)), limit=limit
+            self.rt, principal, task_id, before=token_newest(await self._key(request)), limit=limit
         )
         return pb.ListConversationSnapshotsResponse(
             snapshots=[convert.snapshot(s) for s in page.items],
-            next_page_token=_next_newest(request, principal, page),
+            next_page_token=await self._next_newest(request, page),
         )
 
     async def ListTaskEvents(
@@ -153,12 +158,12 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
             kinds=event_kinds,
             start_time=start,
             end_time=end,
-            after=token_int(decode_token(request, principal), 0),
+            after=token_position(await self._key(request), 0),
             limit=limit,
         )
         return pb.ListTaskEventsResponse(
             events=[convert.task_event(e) for e in page.items],
-            next_page_token=_next_cursor(request, principal, page, "sequence"),
+            next_page_token=await self._next_cursor(request, page, "sequence"),
         )
 
     async def ListCheckpoints(
@@ -168,11 +173,11 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         task_id = uuid_field(request.task_id, "task_id")
         limit = page_size(request.page_size)
         page = await history.list_checkpoints(
-            self.rt, principal, task_id, before=_newest_key(decode_token(request, principal)), limit=limit
+            self.rt, principal, task_id, before=token_newest(await self._key(request)), limit=limit
         )
         return pb.ListCheckpointsResponse(
             checkpoints=[convert.checkpoint(c) for c in page.items],
-            next_page_token=_next_newest(request, principal, page),
+            next_page_token=await self._next_newest(request, page),
         )
 
     def _filter(self, request: Any) -> TimelineFilter:
@@ -193,11 +198,11 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         if request.after_cursor < 0:
             raise InvalidArgument.of("after_cursor", "must not be negative")
         limit = page_size(request.page_size)
-        after = token_int(decode_token(request, principal), request.after_cursor)
+        after = token_position(await self._key(request), request.after_cursor)
         page = await history.list_timeline(self.rt, principal, where=where, after=after, limit=limit)
         return pb.ListTimelineResponse(
             events=[convert.timeline_event(e) for e in page.items],
-            next_page_token=_next_cursor(request, principal, page, "cursor"),
+            next_page_token=await self._next_cursor(request, page, "cursor"),
         )
 
     async def StreamTimeline(

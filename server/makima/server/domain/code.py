@@ -265,7 +265,9 @@ async def fork_task(tx: Tx, ws: Workspace, inp: ForkInput) -> Forked:
             )
         assert source.conversation_id is not None
         version, count = source.conversation_id, inp.message_index + 1
-        point = await checkpoints.newest_at_or_before(tx.session, task_id=source.id, message_count=count)
+        point = await checkpoints.newest_at_or_before(
+            tx.session, owner_id=tx.owner_id, task_id=source.id, message_count=count
+        )
     task = await new_task(
         tx,
         name=inp.name or f"{source.name} (fork)",

@@ -129,7 +129,9 @@ async def conversation(
                 raise NotFound.resource("snapshot", snapshot_id)
             version, count = snapshot.conversation_id, snapshot.message_count
         assert version is not None
-        rows = await conversations.read(session, conversation_id=version, count=count, start=start, limit=limit)
+        rows = await conversations.read(
+            session, owner_id=owner, conversation_id=version, count=count, start=start, limit=limit
+        )
     return ConversationPage(task_id=task.id, message_count=count, messages=Page(rows, start + len(rows) < count))
 
 
@@ -138,7 +140,9 @@ async def list_snapshots(
 ) -> Page[Row[Any]]:
     async with rt.read() as session:
         task = await load_task(session, principal.owner_id, task_id)
-        rows = await checkpoints.snapshot_page(session, task_id=task.id, before=before, limit=limit + 1)
+        rows = await checkpoints.snapshot_page(
+            session, owner_id=principal.owner_id, task_id=task.id, before=before, limit=limit + 1
+        )
     return _page(rows, limit)
 
 
@@ -147,7 +151,9 @@ async def list_checkpoints(
 ) -> Page[Row[Any]]:
     async with rt.read() as session:
         task = await load_task(session, principal.owner_id, task_id)
-        rows = await checkpoints.checkpoint_page(session, task_id=task.id, before=before, limit=limit + 1)
+        rows = await checkpoints.checkpoint_page(
+            session, owner_id=principal.owner_id, task_id=task.id, before=before, limit=limit + 1
+        )
     return _page(rows, limit)
 
 
@@ -166,6 +172,7 @@ async def list_task_events(
         task = await load_task(session, principal.owner_id, task_id)
         rows = await events.page(
             session,
+            owner_id=principal.owner_id,
             task_id=task.id,
             after=after,
             limit=limit + 1,

@@ -81,8 +81,8 @@ async def summarize_task_events(rt: Runtime, principal: Principal, task_id: uuid
     async with rt.read() as session:
         task = await load_task(session, principal.owner_id, task_id)
         return EventsSummary(
-            last_sequence=await events.last_sequence(session, task_id=task.id),
-            gaps=await events.gaps(session, task_id=task.id),
+            last_sequence=await events.last_sequence(session, owner_id=principal.owner_id, task_id=task.id),
+            gaps=await events.gaps(session, owner_id=principal.owner_id, task_id=task.id),
         )
 
 

@@ -210,7 +210,9 @@ async def rewind_conversation(tx: Tx, ws: Workspace, inp: RewindConversationInpu
         if not task.worktree_path:
             reason = "the task has no worktree"
         else:
-            code_checkpoint = await checkpoints.newest_at_or_before(tx.session, task_id=task.id, message_count=keep)
+            code_checkpoint = await checkpoints.newest_at_or_before(
+                tx.session, owner_id=tx.owner_id, task_id=task.id, message_count=keep
+            )
             if code_checkpoint is None:
                 reason = f"no checkpoint was taken at or before message {keep}"
             else:

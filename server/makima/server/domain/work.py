@@ -176,7 +176,7 @@ async def _take_next(tx: Tx, *, daemon_id: uuid.UUID, kinds: tuple[str, ...], le
         task=task,
         phase=phase,
         conversation=await _conversation(tx.session, task),
-        last_event_sequence=await events.last_sequence(tx.session, task_id=task.id),
+        last_event_sequence=await events.last_sequence(tx.session, owner_id=tx.owner_id, task_id=task.id),
     )
 
 
@@ -184,7 +184,12 @@ async def _conversation(session: AsyncSession, task: Task) -> list[Row[Any]]:
     """The first messages of the task's current conversation, within the claim's bounds."""
     assert task.conversation_id is not None
     rows = await conversations.read(
-        session, conversation_id=task.conversation_id, count=task.message_count, start=0, limit=MAX_CLAIM_MESSAGES
+        session,
+        owner_id=task.owner_id,
+        conversation_id=task.conversation_id,
+        count=task.message_count,
+        start=0,
+        limit=MAX_CLAIM_MESSAGES,
     )
     size = 0
     for i, row in enumerate(rows):

@@ -83,7 +83,7 @@ async def checkpoint_locked(
         kind=kind.value,
         conversation_snapshot_id=conversation.id,
         message_count=task.message_count,
-        event_sequence=await events.last_sequence(tx.session, task_id=task.id),
+        event_sequence=await events.last_sequence(tx.session, owner_id=tx.owner_id, task_id=task.id),
         create_time=tx.now,
     )
     tx.session.add(checkpoint)

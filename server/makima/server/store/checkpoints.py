@@ -1,4 +1,4 @@
-"""Checkpoints and conversation snapshots of a task, listed newest first by keyset."""
+"""Checkpoints and conversation snapshots of a task, listed newest first by keyset; always scoped by owner."""
 
 from __future__ import annotations
 
@@ -15,9 +15,15 @@ NewestKey = tuple[datetime, uuid.UUID]
 
 
 async def _newest_first(
-    session: AsyncSession, table: Table, *, task_id: uuid.UUID, before: NewestKey | None, limit: int
+    session: AsyncSession,
+    table: Table,
+    *,
+    owner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    before: NewestKey | None,
+    limit: int,
 ) -> list[Row[Any]]:
-    stmt = select(table).where(table.c.task_id == task_id)
+    stmt = select(table).where(table.c.owner_id == owner_id, table.c.task_id == task_id)
     if before is not None:
         time, row_id = before
         stmt = stmt.where(or_(table.c.create_time < time, and_(table.c.create_time == time, table.c.id < row_id)))
@@ -26,15 +32,19 @@ async def _newest_first(
 
 
 async def checkpoint_page(
-    session: AsyncSession, *, task_id: uuid.UUID, before: NewestKey | None, limit: int
+    session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, before: NewestKey | None, limit: int
 ) -> list[Row[Any]]:
-    return await _newest_first(session, TaskCheckpoint.__table__, task_id=task_id, before=before, limit=limit)
+    return await _newest_first(
+        session, TaskCheckpoint.__table__, owner_id=owner_id, task_id=task_id, before=before, limit=limit
+    )
 
 
 async def snapshot_page(
-    session: AsyncSession, *, task_id: uuid.UUID, before: NewestKey | None, limit: int
+    session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, before: NewestKey | None, limit: int
 ) -> list[Row[Any]]:
-    return await _newest_first(session, ConversationSnapshot.__table__, task_id=task_id, before=before, limit=limit)
+    return await _newest_first(
+        session, ConversationSnapshot.__table__, owner_id=owner_id, task_id=task_id, before=before, limit=limit
+    )
 
 
 async def get_snapshot(
@@ -60,12 +70,16 @@ async def get_checkpoint(
 
 
 async def newest_at_or_before(
-    session: AsyncSession, *, task_id: uuid.UUID, message_count: int
+    session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, message_count: int
 ) -> TaskCheckpoint | None:
     """The newest checkpoint of a task taken when its conversation had at most `message_count` messages."""
     stmt = (
         select(TaskCheckpoint)
-        .where(TaskCheckpoint.task_id == task_id, TaskCheckpoint.message_count <= message_count)
+        .where(
+            TaskCheckpoint.owner_id == owner_id,
+            TaskCheckpoint.task_id == task_id,
+            TaskCheckpoint.message_count <= message_count,
+        )
         .order_by(TaskCheckpoint.create_time.desc(), TaskCheckpoint.id.desc())
         .limit(1)
     )

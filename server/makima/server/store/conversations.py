@@ -25,17 +25,23 @@ class Segment:
     stop: int
 
 
-async def segments(session: AsyncSession, *, conversation_id: uuid.UUID, count: int) -> list[Segment]:
+async def segments(
+    session: AsyncSession, *, owner_id: uuid.UUID, conversation_id: uuid.UUID, count: int
+) -> list[Segment]:
     """Where each position of the first `count` messages of a version is stored, newest version first.
 
     One recursive query walks the parent pointers; its length is the number of rewinds and forks in
-    the version's ancestry, never the number of messages.
+    the version's ancestry, never the number of messages. Every step stays within the owner's rows.
     """
     c = _conversations
-    walk = select(c.c.id, c.c.parent_conversation_id, c.c.base_count).where(c.c.id == conversation_id)
+    walk = select(c.c.id, c.c.parent_conversation_id, c.c.base_count).where(
+        c.c.owner_id == owner_id, c.c.id == conversation_id
+    )
     chain = walk.cte("chain", recursive=True)
     chain = chain.union_all(
-        select(c.c.id, c.c.parent_conversation_id, c.c.base_count).join(chain, c.c.id == chain.c.parent_conversation_id)
+        select(c.c.id, c.c.parent_conversation_id, c.c.base_count)
+        .join(chain, c.c.id == chain.c.parent_conversation_id)
+        .where(c.c.owner_id == owner_id)
     )
     rows = (await session.execute(select(chain.c.id, chain.c.base_count))).all()
     out: list[Segment] = []
@@ -51,9 +57,12 @@ async def segments(session: AsyncSession, *, conversation_id: uuid.UUID, count: 
 
 
 async def read(
-    session: AsyncSession, *, conversation_id: uuid.UUID, count: int, start: int, limit: int
+    session: AsyncSession, *, owner_id: uuid.UUID, conversation_id: uuid.UUID, count: int, start: int, limit: int
 ) -> list[Row[Any]]:
-    """Messages at positions [start, min(count, start + limit)) of a version, in order."""
+    """Messages at positions [start, min(count, start + limit)) of a version, in order.
+
+    No stored segment in that range means no messages: never a query without a WHERE.
+    """
     stop = min(count, start + limit)
     if start >= stop:
         return []
@@ -63,10 +72,12 @@ async def read(
             _messages.c.position >= max(s.start, start),
             _messages.c.position < min(s.stop, stop),
         )
-        for s in await segments(session, conversation_id=conversation_id, count=count)
+        for s in await segments(session, owner_id=owner_id, conversation_id=conversation_id, count=count)
         if s.start < stop and s.stop > start
     ]
-    stmt = select(_messages).where(or_(*parts)).order_by(_messages.c.position)
+    if not parts:
+        return []
+    stmt = select(_messages).where(_messages.c.owner_id == owner_id, or_(*parts)).order_by(_messages.c.position)
     return list((await session.execute(stmt)).all())
 
 

@@ -29,15 +29,23 @@ async def insert_new(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> l
     return [int(s) for s in result.scalars()]
 
 
-async def last_sequence(session: AsyncSession, *, task_id: uuid.UUID) -> int:
-    result = await session.execute(select(func.max(_table.c.sequence)).where(_table.c.task_id == task_id))
+async def last_sequence(session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID) -> int:
+    result = await session.execute(
+        select(func.max(_table.c.sequence)).where(_table.c.owner_id == owner_id, _table.c.task_id == task_id)
+    )
     return int(result.scalar_one_or_none() or 0)
 
 
-async def gaps(session: AsyncSession, *, task_id: uuid.UUID, limit: int = 100) -> list[tuple[int, int]]:
+async def gaps(
+    session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, limit: int = 100
+) -> list[tuple[int, int]]:
     """Runs of missing sequences (from, to) below the highest stored one, oldest first."""
     lag = func.lag(_table.c.sequence, 1, 0).over(order_by=_table.c.sequence)
-    steps = select(_table.c.sequence, lag.label("prev")).where(_table.c.task_id == task_id).subquery()
+    steps = (
+        select(_table.c.sequence, lag.label("prev"))
+        .where(_table.c.owner_id == owner_id, _table.c.task_id == task_id)
+        .subquery()
+    )
     result = await session.execute(
         select(steps.c.prev + 1, steps.c.sequence - 1)
         .where(steps.c.sequence - steps.c.prev > 1)
@@ -50,6 +58,7 @@ async def gaps(session: AsyncSession, *, task_id: uuid.UUID, limit: int = 100) -
 async def page(
     session: AsyncSession,
     *,
+    owner_id: uuid.UUID,
     task_id: uuid.UUID,
     after: int,
     limit: int,
@@ -58,7 +67,7 @@ async def page(
     end_time: datetime | None = None,
 ) -> list[Row[Any]]:
     """Events with sequence > after, in sequence order (keyset page)."""
-    stmt = select(_table).where(_table.c.task_id == task_id, _table.c.sequence > after)
+    stmt = select(_table).where(_table.c.owner_id == owner_id, _table.c.task_id == task_id, _table.c.sequence > after)
     if kinds:
         stmt = stmt.where(_table.c.kind.in_(kinds))
     if start_time is not None:

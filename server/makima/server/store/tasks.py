@@ -21,6 +21,8 @@ async def get(
 
 async def related(session: AsyncSession, *, owner_id: uuid.UUID, task_ids: set[uuid.UUID]) -> list[Task]:
     """Tasks forked from, continuing, or spawned by any of `task_ids`."""
+    if not task_ids:
+        return []
     stmt = select(Task).where(
         Task.owner_id == owner_id,
         or_(

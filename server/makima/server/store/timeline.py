@@ -42,7 +42,9 @@ async def append(
     An event of a contract that names no phase gets the contract's phase as this transaction sees it,
     so that every event of a contract can be filtered by the phase it happened in.
     """
-    phases = await _contract_phases(session, {e.contract_id for e in events if e.phase is None and e.contract_id})
+    phases = await _contract_phases(
+        session, owner_id=owner_id, contract_ids={e.contract_id for e in events if e.phase is None and e.contract_id}
+    )
     table = Owner.__table__
     result = await session.execute(
         update(table)
@@ -77,11 +79,17 @@ async def append(
     return last
 
 
-async def _contract_phases(session: AsyncSession, contract_ids: set[uuid.UUID]) -> dict[uuid.UUID, str]:
+async def _contract_phases(
+    session: AsyncSession, *, owner_id: uuid.UUID, contract_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, str]:
     if not contract_ids:
         return {}
     contracts = Contract.__table__
-    rows = await session.execute(select(contracts.c.id, contracts.c.phase).where(contracts.c.id.in_(contract_ids)))
+    rows = await session.execute(
+        select(contracts.c.id, contracts.c.phase).where(
+            contracts.c.owner_id == owner_id, contracts.c.id.in_(contract_ids)
+        )
+    )
     return {row.id: row.phase for row in rows}
 
 
