@@ -42,17 +42,21 @@ async def fleet(empty_database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
 
 
 class Worker:
-    """A daemon written as a test client: appends messages and records events for the tasks it holds."""
+    """A daemon written as a test client: appends messages and records events for the tasks it holds,
+    under the lease token of its claim."""
 
     def __init__(self, api: Api, daemon_id: str) -> None:
         self.api = api
         self.daemon_id = daemon_id
 
-    async def step(self, claimed: daemon_pb2.ClaimedTask, label: str, *, resend_last: bool = False) -> None:
+    async def step(self, claimed: daemon_pb2.ClaimedTask, label: str, *, resend: bool = False) -> None:
+        """Append two messages and record two events; with `resend`, the events go twice, as after a lost
+        acknowledgement."""
         task = claimed.task
         await self.api.daemon.AppendMessages(
             daemon_pb2.AppendMessagesRequest(
                 task_id=task.id,
+                lease_token=claimed.lease_token,
                 expected_next_index=len(claimed.conversation),
                 messages=[
                     resources_pb2.NewConversationMessage(
@@ -64,16 +68,20 @@ class Worker:
             metadata=self.api.md,
         )
         first = claimed.last_event_sequence + 1
-        sequences = ([claimed.last_event_sequence] if resend_last else []) + [first, first + 1]
+        batch = daemon_pb2.RecordTaskEventsRequest(
+            task_id=task.id,
+            lease_token=claimed.lease_token,
+            events=[
+                resources_pb2.NewTaskEvent(sequence=s, kind=OUTPUT, text=f"{label} {s}") for s in (first, first + 1)
+            ],
+        )
 
         async def stream() -> AsyncIterator[daemon_pb2.RecordTaskEventsRequest]:
-            yield daemon_pb2.RecordTaskEventsRequest(
-                task_id=task.id,
-                events=[resources_pb2.NewTaskEvent(sequence=s, kind=OUTPUT, text=f"{label} {s}") for s in sequences],
-            )
+            for _ in range(2 if resend else 1):
+                yield batch
 
         recorded = await self.api.daemon.RecordTaskEvents(stream(), metadata=self.api.md)
-        assert recorded.duplicate_count == (1 if resend_last else 0)
+        assert (recorded.stored_count, recorded.duplicate_count) == (2, 2 if resend else 0)
 
 
 async def test_a_dead_daemons_work_is_resumed_by_another_with_nothing_lost(fleet: Api) -> None:
@@ -126,8 +134,10 @@ async def test_a_dead_daemons_work_is_resumed_by_another_with_nothing_lost(fleet
         assert [m.content for m in claimed.conversation] == ["a0", "a1"]
         assert claimed.last_event_sequence == 2
         assert claimed.phase == "execute"
-        await b.step(claimed, "b", resend_last=True)
-        done = await report(api, b.daemon_id, claimed.task.id, resources_pb2.TASK_STATUS_COMPLETED)
+        await b.step(claimed, "b", resend=True)
+        done = await report(
+            api, b.daemon_id, claimed.task.id, resources_pb2.TASK_STATUS_COMPLETED, lease_token=claimed.lease_token
+        )
         assert done.task.status == resources_pb2.TASK_STATUS_COMPLETED
     assert not (await claim(api, b.daemon_id)).HasField("claimed")
 

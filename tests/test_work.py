@@ -102,6 +102,7 @@ async def test_claim_heartbeat_and_report(api: Api, server: App) -> None:
     assert got.phase == "execute"
     assert [(m.index, m.content) for m in got.conversation] == [(0, "first"), (1, "second")]
     assert got.last_event_sequence == 2
+    assert got.lease_token
     assert claimed.lease_expire_time == got.task.lease_expire_time
     assert near(claimed.lease_expire_time, datetime.now(UTC) + timedelta(seconds=server.settings.lease_seconds))
     assert (await claim(api, daemon.id)).HasField("claimed") is False  # it was the only pending task
@@ -111,7 +112,7 @@ async def test_claim_heartbeat_and_report(api: Api, server: App) -> None:
     assert renewed.lease_expire_time.ToDatetime() >= claimed.lease_expire_time.ToDatetime()
     assert (await get_task(api, task.id)).lease_expire_time == renewed.lease_expire_time
 
-    done = (await report(api, daemon.id, task.id, COMPLETED, "all tests pass")).task
+    done = (await report(api, daemon.id, task.id, COMPLETED, "all tests pass", lease_token=got.lease_token)).task
     assert (done.status, done.status_message, done.daemon_id) == (COMPLETED, "all tests pass", daemon.id)
     assert not done.HasField("lease_expire_time")
     assert done.version == got.task.version + 1
@@ -156,10 +157,10 @@ async def test_claims_oldest_first_and_filters_by_kind(api: Api, other_api: Api)
 async def test_report_is_idempotent_with_request_id(api: Api, server: App) -> None:
     task = await create_task(api)
     daemon = (await register(api)).daemon
-    await claim(api, daemon.id)
+    token = (await claim(api, daemon.id)).claimed.lease_token
     request_id = str(uuid.uuid4())
-    first = await report(api, daemon.id, task.id, FAILED, "boom", request_id=request_id)
-    again = await report(api, daemon.id, task.id, FAILED, "boom", request_id=request_id)
+    first = await report(api, daemon.id, task.id, FAILED, "boom", request_id=request_id, lease_token=token)
+    again = await report(api, daemon.id, task.id, FAILED, "boom", request_id=request_id, lease_token=token)
     assert again == first
     assert first.task.status == FAILED
     changes = [e for e in await timeline_of(server, api) if e.kind == "task_status_changed"]
@@ -207,6 +208,9 @@ async def test_bad_requests_are_invalid_arguments(api: Api) -> None:
         (report(api, daemon, task, resources_pb2.TASK_STATUS_PENDING), "status"),
         (report(api, daemon, task, 42), "status"),
         (report(api, daemon, "", COMPLETED), "task_id"),
+        (report(api, daemon, task, COMPLETED, lease_token="nope"), "lease_token"),
+        (report(api, daemon, task, COMPLETED, lease_token=f"{task}.0"), "lease_token"),
+        (report(api, daemon, task, COMPLETED, lease_token=f"{task}.01"), "lease_token"),
     ]
     for call, field in calls:
         assert (await fails(call, grpc.StatusCode.INVALID_ARGUMENT)).fields == [field]

@@ -57,9 +57,13 @@ async def test_task_resume_puts_a_failed_task_back(makima: Makima, server: App, 
     async with AsyncClient(f"127.0.0.1:{server.port}", api.key) as client:
         task = (await client.create_task(name="job")).task
         daemon = (await client.register_daemon(name="worker")).daemon
-        await client.claim_task(daemon_id=daemon.id)
+        token = (await client.claim_task(daemon_id=daemon.id)).claimed.lease_token
         await client.report_task_status(
-            daemon_id=daemon.id, task_id=task.id, status=resources_pb2.TASK_STATUS_FAILED, message="oom"
+            daemon_id=daemon.id,
+            task_id=task.id,
+            status=resources_pb2.TASK_STATUS_FAILED,
+            message="oom",
+            lease_token=token,
         )
 
     resumed = await makima("task-resume", task.id)

@@ -168,6 +168,11 @@ class Client:
     per logical call), are retried on UNAVAILABLE as `retry` says; ClaimTask never is: after a lost
     answer a retry would claim a second task while the first waits for its lease to run out.
 
+    A daemon passes the `lease_token` of its claim (`claim_task(...).claimed.lease_token`) to every
+    append_messages, record_task_events and report_task_status of the task. FailedPreconditionError
+    with reason LEASE_LOST then means the task is not the daemon's any more (it was interrupted or
+    claimed again): stop working on it, nothing of the refused write was stored.
+
         with Client() as client:
             contract = client.create_contract(name="login page").contract
             for event in client.list_timeline.items(contract_id=contract.id):
@@ -317,7 +322,8 @@ class Client:
         """Stream task events to the server (DaemonService.RecordTaskEvents).
 
         A list or tuple of requests is resent whole on UNAVAILABLE, which is safe because the server
-        stores each (task, sequence) once; a one-shot iterator is sent once.
+        acknowledges an unchanged resend of a (task, sequence) as a duplicate; a one-shot iterator is
+        sent once. A daemon puts its claim's `lease_token` on every request.
         """
         result: daemon_pb2.RecordTaskEventsResponse = self._invoke(
             lambda remaining: self._daemon.RecordTaskEvents(

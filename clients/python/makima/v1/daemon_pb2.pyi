@@ -225,10 +225,17 @@ class ClaimedTask(_message.Message):
     PHASE_FIELD_NUMBER: _builtins.int
     CONVERSATION_FIELD_NUMBER: _builtins.int
     LAST_EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
     """The contract's current phase; empty for a task without contract."""
     last_event_sequence: _builtins.int
     """Highest event sequence already recorded for the task (0 if none); continue after it."""
+    lease_token: _builtins.str
+    """Fencing token of this claim's lease: send it with every RecordTaskEvents, AppendMessages and
+    ReportTaskStatus of the task. Opaque (do not parse it): it names the task and the claim, so a
+    token is never taken for a lease of another task, and a later claim of the same task makes it
+    stale. A string rather than a bare epoch number so that its form can change without a new field.
+    """
     @_builtins.property
     def task(self) -> _resources_pb2.Task:
         """The task, now running on this daemon."""
@@ -244,10 +251,11 @@ class ClaimedTask(_message.Message):
         phase: _builtins.str = ...,
         conversation: _abc.Iterable[_resources_pb2.ConversationMessage] | None = ...,
         last_event_sequence: _builtins.int = ...,
+        lease_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "last_event_sequence", b"last_event_sequence", "phase", b"phase", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "last_event_sequence", b"last_event_sequence", "lease_token", b"lease_token", "phase", b"phase", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -291,8 +299,13 @@ class RecordTaskEventsRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """UUID of the task; every message of one stream must name the same task."""
+    lease_token: _builtins.str
+    """`lease_token` of the claim the daemon runs the task under; every message of one stream must
+    carry the same one. Empty for a tool, which may record only while no lease is held on the task.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.NewTaskEvent]:
         """Events to record."""
@@ -302,10 +315,11 @@ class RecordTaskEventsRequest(_message.Message):
         *,
         task_id: _builtins.str = ...,
         events: _abc.Iterable[_resources_pb2.NewTaskEvent] | None = ...,
+        lease_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "lease_token", b"lease_token", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -350,7 +364,9 @@ class RecordTaskEventsResponse(_message.Message):
     stored_count: _builtins.int
     """Number of events newly stored."""
     duplicate_count: _builtins.int
-    """Number of events already stored before (resends), acknowledged again."""
+    """Number of events already stored before, or repeated in the call, with the same content (resends),
+    acknowledged again.
+    """
     last_sequence: _builtins.int
     """Highest sequence stored for the task."""
     @_builtins.property
@@ -384,6 +400,7 @@ class AppendMessagesRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     EXPECTED_NEXT_INDEX_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID, optional)."""
     contract_id: _builtins.str
@@ -392,6 +409,10 @@ class AppendMessagesRequest(_message.Message):
     """The conversation of this task."""
     expected_next_index: _builtins.int
     """Index the first new message must get (the current message count); else ABORTED."""
+    lease_token: _builtins.str
+    """`lease_token` of the claim the daemon runs the conversation's task under (the supervisor task for
+    `contract_id`). Empty for a tool, which may append only while no lease is held on that task.
+    """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.NewConversationMessage]:
         """Messages to append, in order; at least one."""
@@ -404,10 +425,11 @@ class AppendMessagesRequest(_message.Message):
         task_id: _builtins.str = ...,
         expected_next_index: _builtins.int = ...,
         messages: _abc.Iterable[_resources_pb2.NewConversationMessage] | None = ...,
+        lease_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contract_id", b"contract_id", "conversation", b"conversation", "task_id", b"task_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_id", b"contract_id", "conversation", b"conversation", "expected_next_index", b"expected_next_index", "messages", b"messages", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contract_id", b"contract_id", "conversation", b"conversation", "expected_next_index", b"expected_next_index", "lease_token", b"lease_token", "messages", b"messages", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_conversation: _TypeAlias = _typing.Literal["contract_id", "task_id"]  # noqa: Y015
     _WhichOneofArgType_conversation: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
@@ -456,6 +478,7 @@ class ReportTaskStatusRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID, optional)."""
     daemon_id: _builtins.str
@@ -466,6 +489,8 @@ class ReportTaskStatusRequest(_message.Message):
     """COMPLETED, FAILED or INTERRUPTED."""
     message: _builtins.str
     """Detail, e.g. the error of a failed task."""
+    lease_token: _builtins.str
+    """`lease_token` of the claim the daemon ran the task under. Empty: only `daemon_id` is checked."""
     def __init__(
         self,
         *,
@@ -474,10 +499,11 @@ class ReportTaskStatusRequest(_message.Message):
         task_id: _builtins.str = ...,
         status: _resources_pb2.TaskStatus.ValueType = ...,
         message: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["daemon_id", b"daemon_id", "message", b"message", "request_id", b"request_id", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["daemon_id", b"daemon_id", "lease_token", b"lease_token", "message", b"message", "request_id", b"request_id", "status", b"status", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

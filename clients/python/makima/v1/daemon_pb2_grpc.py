@@ -30,6 +30,26 @@ class DaemonServiceStub:
     lease, record events and messages while running, and report how the task ended. A task whose lease
     expires becomes INTERRUPTED and can be resumed.
 
+    Leases fence daemon writes. Every ClaimTask of a task starts a new lease and hands out its
+    `lease_token`; a later claim of the same task (after it was interrupted and resumed) starts another
+    lease with another token, so a daemon that went silent can never write over the daemon that took
+    the task over. A lease is held while the task is RUNNING under that claim and its
+    `lease_expire_time` is ahead: a lease that ran out is lost at once, before the task is marked
+    INTERRUPTED. The writes RecordTaskEvents, AppendMessages and ReportTaskStatus take a `lease_token`:
+    - with a token (a daemon), the write succeeds only while that lease is held; else it fails with
+    FAILED_PRECONDITION reason LEASE_LOST and writes nothing (no event, message, status change,
+    timeline entry or idempotency record): the daemon must stop working on the task;
+    - without a token (a tool, not a daemon), RecordTaskEvents and AppendMessages write only to a task
+    on which no lease is held (not RUNNING, or its lease ran out), else FAILED_PRECONDITION reason
+    LEASE_REQUIRED, so a tool never interleaves its writes with a live daemon's; ReportTaskStatus
+    without a token only checks that `daemon_id` holds the task's lease (else FAILED_PRECONDITION
+    reason LEASE_NOT_HELD), which cannot tell two claims of one task by the same daemon apart, so
+    daemons send the token.
+    The lease is checked in the transaction of the write, under the task's row lock: a claim cannot
+    slip between the check and the write. A retry with the same `request_id` of a write that succeeded
+    answers as the first time even once the lease is lost: it repeats no effect. Heartbeat extends
+    leases by daemon and writes no history, so it takes no token.
+
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
     """
@@ -77,6 +97,26 @@ class DaemonServiceServicer:
     lease, record events and messages while running, and report how the task ended. A task whose lease
     expires becomes INTERRUPTED and can be resumed.
 
+    Leases fence daemon writes. Every ClaimTask of a task starts a new lease and hands out its
+    `lease_token`; a later claim of the same task (after it was interrupted and resumed) starts another
+    lease with another token, so a daemon that went silent can never write over the daemon that took
+    the task over. A lease is held while the task is RUNNING under that claim and its
+    `lease_expire_time` is ahead: a lease that ran out is lost at once, before the task is marked
+    INTERRUPTED. The writes RecordTaskEvents, AppendMessages and ReportTaskStatus take a `lease_token`:
+    - with a token (a daemon), the write succeeds only while that lease is held; else it fails with
+    FAILED_PRECONDITION reason LEASE_LOST and writes nothing (no event, message, status change,
+    timeline entry or idempotency record): the daemon must stop working on the task;
+    - without a token (a tool, not a daemon), RecordTaskEvents and AppendMessages write only to a task
+    on which no lease is held (not RUNNING, or its lease ran out), else FAILED_PRECONDITION reason
+    LEASE_REQUIRED, so a tool never interleaves its writes with a live daemon's; ReportTaskStatus
+    without a token only checks that `daemon_id` holds the task's lease (else FAILED_PRECONDITION
+    reason LEASE_NOT_HELD), which cannot tell two claims of one task by the same daemon apart, so
+    daemons send the token.
+    The lease is checked in the transaction of the write, under the task's row lock: a claim cannot
+    slip between the check and the write. A retry with the same `request_id` of a write that succeeded
+    answers as the first time even once the lease is lost: it repeats no effect. Heartbeat extends
+    leases by daemon and writes no history, so it takes no token.
+
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
     """
@@ -90,7 +130,8 @@ class DaemonServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Extends the leases of the tasks the daemon runs; reports the tasks it no longer holds.
+        """Extends the leases of the tasks the daemon runs; reports the tasks it no longer holds. It names the
+        daemon rather than lease tokens: it writes no history, only keeps the daemon's current leases.
         Errors: INVALID_ARGUMENT, NOT_FOUND (daemon).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -98,8 +139,9 @@ class DaemonServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ClaimTask(self, request, context):
-        """Hands one pending task to this daemon with a lease, waiting up to `wait` for one to appear.
-        Each pending task is handed to exactly one daemon. Returns no task when none became available.
+        """Hands one pending task to this daemon with a new lease and its `lease_token`, waiting up to `wait`
+        for one to appear. Each pending task is handed to exactly one daemon. Returns no task when none
+        became available.
         Errors: INVALID_ARGUMENT (negative wait), NOT_FOUND (daemon).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -107,17 +149,25 @@ class DaemonServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordTaskEvents(self, request_iterator, context):
-        """Records a stream of task events. A resend of an already stored sequence is stored once and
-        acknowledged again; gaps in the sequence are accepted and reported.
-        Errors: INVALID_ARGUMENT (bad sequence or kind), NOT_FOUND (task).
+        """Records a stream of task events. Each message of the stream is stored in its own transaction, all
+        or nothing: a failure ends the call with nothing of that message written, and the messages before
+        it stay stored. A resend of an already stored sequence with the same content (kind, text, data,
+        and event_time when the resend gives one) is stored once and acknowledged again as a duplicate;
+        gaps in the sequence are accepted and reported. Fenced by `lease_token` (see the service).
+        Errors: INVALID_ARGUMENT (bad sequence, kind or lease_token; a stream naming two tasks or two
+        tokens), NOT_FOUND (task), FAILED_PRECONDITION reason LEASE_LOST or LEASE_REQUIRED,
+        ABORTED reason EVENT_CONFLICT (a sequence already stored, or repeated in the message, with other
+        content; metadata `sequence` names the first such sequence).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def AppendMessages(self, request, context):
-        """Appends messages to a conversation at `expected_next_index`.
-        Errors: INVALID_ARGUMENT (no messages, bad role), NOT_FOUND,
+        """Appends messages to a conversation at `expected_next_index`. Fenced by `lease_token` on the task
+        owning the conversation (see the service); the lease is checked before the index.
+        Errors: INVALID_ARGUMENT (no messages, bad role, bad lease_token), NOT_FOUND,
+        FAILED_PRECONDITION reason LEASE_LOST or LEASE_REQUIRED,
         ABORTED reason CONVERSATION_CHANGED (the conversation does not end where expected; nothing
         written).
         """
@@ -126,9 +176,12 @@ class DaemonServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReportTaskStatus(self, request, context):
-        """Reports how a task ended (completed, failed or interrupted) and releases its lease.
-        Errors: INVALID_ARGUMENT (status not final), NOT_FOUND,
-        FAILED_PRECONDITION reason LEASE_NOT_HELD (the task is not running on this daemon).
+        """Reports how a task ended (completed, failed or interrupted) and releases its lease. With a
+        `lease_token`, only while that lease is held by `daemon_id`; without one, while `daemon_id` holds
+        the task's lease (see the service).
+        Errors: INVALID_ARGUMENT (status not final, bad lease_token), NOT_FOUND,
+        FAILED_PRECONDITION reason LEASE_LOST (with a token: that lease is not held by this daemon any
+        more) or LEASE_NOT_HELD (without a token: the task is not running on this daemon).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -179,6 +232,26 @@ class DaemonService:
     """The work loop of a daemon: register, claim a pending task with a lease, heartbeat to keep the
     lease, record events and messages while running, and report how the task ended. A task whose lease
     expires becomes INTERRUPTED and can be resumed.
+
+    Leases fence daemon writes. Every ClaimTask of a task starts a new lease and hands out its
+    `lease_token`; a later claim of the same task (after it was interrupted and resumed) starts another
+    lease with another token, so a daemon that went silent can never write over the daemon that took
+    the task over. A lease is held while the task is RUNNING under that claim and its
+    `lease_expire_time` is ahead: a lease that ran out is lost at once, before the task is marked
+    INTERRUPTED. The writes RecordTaskEvents, AppendMessages and ReportTaskStatus take a `lease_token`:
+    - with a token (a daemon), the write succeeds only while that lease is held; else it fails with
+    FAILED_PRECONDITION reason LEASE_LOST and writes nothing (no event, message, status change,
+    timeline entry or idempotency record): the daemon must stop working on the task;
+    - without a token (a tool, not a daemon), RecordTaskEvents and AppendMessages write only to a task
+    on which no lease is held (not RUNNING, or its lease ran out), else FAILED_PRECONDITION reason
+    LEASE_REQUIRED, so a tool never interleaves its writes with a live daemon's; ReportTaskStatus
+    without a token only checks that `daemon_id` holds the task's lease (else FAILED_PRECONDITION
+    reason LEASE_NOT_HELD), which cannot tell two claims of one task by the same daemon apart, so
+    daemons send the token.
+    The lease is checked in the transaction of the write, under the task's row lock: a claim cannot
+    slip between the check and the write. A retry with the same `request_id` of a write that succeeded
+    answers as the first time even once the lease is lost: it repeats no effect. Heartbeat extends
+    leases by daemon and writes no history, so it takes no token.
 
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.

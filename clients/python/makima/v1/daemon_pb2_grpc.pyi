@@ -31,6 +31,26 @@ class DaemonServiceStub:
     lease, record events and messages while running, and report how the task ended. A task whose lease
     expires becomes INTERRUPTED and can be resumed.
 
+    Leases fence daemon writes. Every ClaimTask of a task starts a new lease and hands out its
+    `lease_token`; a later claim of the same task (after it was interrupted and resumed) starts another
+    lease with another token, so a daemon that went silent can never write over the daemon that took
+    the task over. A lease is held while the task is RUNNING under that claim and its
+    `lease_expire_time` is ahead: a lease that ran out is lost at once, before the task is marked
+    INTERRUPTED. The writes RecordTaskEvents, AppendMessages and ReportTaskStatus take a `lease_token`:
+    - with a token (a daemon), the write succeeds only while that lease is held; else it fails with
+      FAILED_PRECONDITION reason LEASE_LOST and writes nothing (no event, message, status change,
+      timeline entry or idempotency record): the daemon must stop working on the task;
+    - without a token (a tool, not a daemon), RecordTaskEvents and AppendMessages write only to a task
+      on which no lease is held (not RUNNING, or its lease ran out), else FAILED_PRECONDITION reason
+      LEASE_REQUIRED, so a tool never interleaves its writes with a live daemon's; ReportTaskStatus
+      without a token only checks that `daemon_id` holds the task's lease (else FAILED_PRECONDITION
+      reason LEASE_NOT_HELD), which cannot tell two claims of one task by the same daemon apart, so
+      daemons send the token.
+    The lease is checked in the transaction of the write, under the task's row lock: a claim cannot
+    slip between the check and the write. A retry with the same `request_id` of a write that succeeded
+    answers as the first time even once the lease is lost: it repeats no effect. Heartbeat extends
+    leases by daemon and writes no history, so it takes no token.
+
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
     """
@@ -44,29 +64,42 @@ class DaemonServiceStub:
     Errors: INVALID_ARGUMENT (empty name).
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_daemon_pb2.HeartbeatRequest, _daemon_pb2.HeartbeatResponse]
-    """Extends the leases of the tasks the daemon runs; reports the tasks it no longer holds.
+    """Extends the leases of the tasks the daemon runs; reports the tasks it no longer holds. It names the
+    daemon rather than lease tokens: it writes no history, only keeps the daemon's current leases.
     Errors: INVALID_ARGUMENT, NOT_FOUND (daemon).
     """
     ClaimTask: _grpc.UnaryUnaryMultiCallable[_daemon_pb2.ClaimTaskRequest, _daemon_pb2.ClaimTaskResponse]
-    """Hands one pending task to this daemon with a lease, waiting up to `wait` for one to appear.
-    Each pending task is handed to exactly one daemon. Returns no task when none became available.
+    """Hands one pending task to this daemon with a new lease and its `lease_token`, waiting up to `wait`
+    for one to appear. Each pending task is handed to exactly one daemon. Returns no task when none
+    became available.
     Errors: INVALID_ARGUMENT (negative wait), NOT_FOUND (daemon).
     """
     RecordTaskEvents: _grpc.StreamUnaryMultiCallable[_daemon_pb2.RecordTaskEventsRequest, _daemon_pb2.RecordTaskEventsResponse]
-    """Records a stream of task events. A resend of an already stored sequence is stored once and
-    acknowledged again; gaps in the sequence are accepted and reported.
-    Errors: INVALID_ARGUMENT (bad sequence or kind), NOT_FOUND (task).
+    """Records a stream of task events. Each message of the stream is stored in its own transaction, all
+    or nothing: a failure ends the call with nothing of that message written, and the messages before
+    it stay stored. A resend of an already stored sequence with the same content (kind, text, data,
+    and event_time when the resend gives one) is stored once and acknowledged again as a duplicate;
+    gaps in the sequence are accepted and reported. Fenced by `lease_token` (see the service).
+    Errors: INVALID_ARGUMENT (bad sequence, kind or lease_token; a stream naming two tasks or two
+    tokens), NOT_FOUND (task), FAILED_PRECONDITION reason LEASE_LOST or LEASE_REQUIRED,
+    ABORTED reason EVENT_CONFLICT (a sequence already stored, or repeated in the message, with other
+    content; metadata `sequence` names the first such sequence).
     """
     AppendMessages: _grpc.UnaryUnaryMultiCallable[_daemon_pb2.AppendMessagesRequest, _daemon_pb2.AppendMessagesResponse]
-    """Appends messages to a conversation at `expected_next_index`.
-    Errors: INVALID_ARGUMENT (no messages, bad role), NOT_FOUND,
+    """Appends messages to a conversation at `expected_next_index`. Fenced by `lease_token` on the task
+    owning the conversation (see the service); the lease is checked before the index.
+    Errors: INVALID_ARGUMENT (no messages, bad role, bad lease_token), NOT_FOUND,
+    FAILED_PRECONDITION reason LEASE_LOST or LEASE_REQUIRED,
     ABORTED reason CONVERSATION_CHANGED (the conversation does not end where expected; nothing
     written).
     """
     ReportTaskStatus: _grpc.UnaryUnaryMultiCallable[_daemon_pb2.ReportTaskStatusRequest, _daemon_pb2.ReportTaskStatusResponse]
-    """Reports how a task ended (completed, failed or interrupted) and releases its lease.
-    Errors: INVALID_ARGUMENT (status not final), NOT_FOUND,
-    FAILED_PRECONDITION reason LEASE_NOT_HELD (the task is not running on this daemon).
+    """Reports how a task ended (completed, failed or interrupted) and releases its lease. With a
+    `lease_token`, only while that lease is held by `daemon_id`; without one, while `daemon_id` holds
+    the task's lease (see the service).
+    Errors: INVALID_ARGUMENT (status not final, bad lease_token), NOT_FOUND,
+    FAILED_PRECONDITION reason LEASE_LOST (with a token: that lease is not held by this daemon any
+    more) or LEASE_NOT_HELD (without a token: the task is not running on this daemon).
     """
 
 @_typing.type_check_only
@@ -74,6 +107,26 @@ class DaemonServiceAsyncStub(DaemonServiceStub):
     """The work loop of a daemon: register, claim a pending task with a lease, heartbeat to keep the
     lease, record events and messages while running, and report how the task ended. A task whose lease
     expires becomes INTERRUPTED and can be resumed.
+
+    Leases fence daemon writes. Every ClaimTask of a task starts a new lease and hands out its
+    `lease_token`; a later claim of the same task (after it was interrupted and resumed) starts another
+    lease with another token, so a daemon that went silent can never write over the daemon that took
+    the task over. A lease is held while the task is RUNNING under that claim and its
+    `lease_expire_time` is ahead: a lease that ran out is lost at once, before the task is marked
+    INTERRUPTED. The writes RecordTaskEvents, AppendMessages and ReportTaskStatus take a `lease_token`:
+    - with a token (a daemon), the write succeeds only while that lease is held; else it fails with
+      FAILED_PRECONDITION reason LEASE_LOST and writes nothing (no event, message, status change,
+      timeline entry or idempotency record): the daemon must stop working on the task;
+    - without a token (a tool, not a daemon), RecordTaskEvents and AppendMessages write only to a task
+      on which no lease is held (not RUNNING, or its lease ran out), else FAILED_PRECONDITION reason
+      LEASE_REQUIRED, so a tool never interleaves its writes with a live daemon's; ReportTaskStatus
+      without a token only checks that `daemon_id` holds the task's lease (else FAILED_PRECONDITION
+      reason LEASE_NOT_HELD), which cannot tell two claims of one task by the same daemon apart, so
+      daemons send the token.
+    The lease is checked in the transaction of the write, under the task's row lock: a claim cannot
+    slip between the check and the write. A retry with the same `request_id` of a write that succeeded
+    answers as the first time even once the lease is lost: it repeats no effect. Heartbeat extends
+    leases by daemon and writes no history, so it takes no token.
 
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
@@ -85,35 +138,68 @@ class DaemonServiceAsyncStub(DaemonServiceStub):
     Errors: INVALID_ARGUMENT (empty name).
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_daemon_pb2.HeartbeatRequest, _daemon_pb2.HeartbeatResponse]  # type: ignore[assignment]
-    """Extends the leases of the tasks the daemon runs; reports the tasks it no longer holds.
+    """Extends the leases of the tasks the daemon runs; reports the tasks it no longer holds. It names the
+    daemon rather than lease tokens: it writes no history, only keeps the daemon's current leases.
     Errors: INVALID_ARGUMENT, NOT_FOUND (daemon).
     """
     ClaimTask: _aio.UnaryUnaryMultiCallable[_daemon_pb2.ClaimTaskRequest, _daemon_pb2.ClaimTaskResponse]  # type: ignore[assignment]
-    """Hands one pending task to this daemon with a lease, waiting up to `wait` for one to appear.
-    Each pending task is handed to exactly one daemon. Returns no task when none became available.
+    """Hands one pending task to this daemon with a new lease and its `lease_token`, waiting up to `wait`
+    for one to appear. Each pending task is handed to exactly one daemon. Returns no task when none
+    became available.
     Errors: INVALID_ARGUMENT (negative wait), NOT_FOUND (daemon).
     """
     RecordTaskEvents: _aio.StreamUnaryMultiCallable[_daemon_pb2.RecordTaskEventsRequest, _daemon_pb2.RecordTaskEventsResponse]  # type: ignore[assignment]
-    """Records a stream of task events. A resend of an already stored sequence is stored once and
-    acknowledged again; gaps in the sequence are accepted and reported.
-    Errors: INVALID_ARGUMENT (bad sequence or kind), NOT_FOUND (task).
+    """Records a stream of task events. Each message of the stream is stored in its own transaction, all
+    or nothing: a failure ends the call with nothing of that message written, and the messages before
+    it stay stored. A resend of an already stored sequence with the same content (kind, text, data,
+    and event_time when the resend gives one) is stored once and acknowledged again as a duplicate;
+    gaps in the sequence are accepted and reported. Fenced by `lease_token` (see the service).
+    Errors: INVALID_ARGUMENT (bad sequence, kind or lease_token; a stream naming two tasks or two
+    tokens), NOT_FOUND (task), FAILED_PRECONDITION reason LEASE_LOST or LEASE_REQUIRED,
+    ABORTED reason EVENT_CONFLICT (a sequence already stored, or repeated in the message, with other
+    content; metadata `sequence` names the first such sequence).
     """
     AppendMessages: _aio.UnaryUnaryMultiCallable[_daemon_pb2.AppendMessagesRequest, _daemon_pb2.AppendMessagesResponse]  # type: ignore[assignment]
-    """Appends messages to a conversation at `expected_next_index`.
-    Errors: INVALID_ARGUMENT (no messages, bad role), NOT_FOUND,
+    """Appends messages to a conversation at `expected_next_index`. Fenced by `lease_token` on the task
+    owning the conversation (see the service); the lease is checked before the index.
+    Errors: INVALID_ARGUMENT (no messages, bad role, bad lease_token), NOT_FOUND,
+    FAILED_PRECONDITION reason LEASE_LOST or LEASE_REQUIRED,
     ABORTED reason CONVERSATION_CHANGED (the conversation does not end where expected; nothing
     written).
     """
     ReportTaskStatus: _aio.UnaryUnaryMultiCallable[_daemon_pb2.ReportTaskStatusRequest, _daemon_pb2.ReportTaskStatusResponse]  # type: ignore[assignment]
-    """Reports how a task ended (completed, failed or interrupted) and releases its lease.
-    Errors: INVALID_ARGUMENT (status not final), NOT_FOUND,
-    FAILED_PRECONDITION reason LEASE_NOT_HELD (the task is not running on this daemon).
+    """Reports how a task ended (completed, failed or interrupted) and releases its lease. With a
+    `lease_token`, only while that lease is held by `daemon_id`; without one, while `daemon_id` holds
+    the task's lease (see the service).
+    Errors: INVALID_ARGUMENT (status not final, bad lease_token), NOT_FOUND,
+    FAILED_PRECONDITION reason LEASE_LOST (with a token: that lease is not held by this daemon any
+    more) or LEASE_NOT_HELD (without a token: the task is not running on this daemon).
     """
 
 class DaemonServiceServicer(metaclass=_abc_1.ABCMeta):
     """The work loop of a daemon: register, claim a pending task with a lease, heartbeat to keep the
     lease, record events and messages while running, and report how the task ended. A task whose lease
     expires becomes INTERRUPTED and can be resumed.
+
+    Leases fence daemon writes. Every ClaimTask of a task starts a new lease and hands out its
+    `lease_token`; a later claim of the same task (after it was interrupted and resumed) starts another
+    lease with another token, so a daemon that went silent can never write over the daemon that took
+    the task over. A lease is held while the task is RUNNING under that claim and its
+    `lease_expire_time` is ahead: a lease that ran out is lost at once, before the task is marked
+    INTERRUPTED. The writes RecordTaskEvents, AppendMessages and ReportTaskStatus take a `lease_token`:
+    - with a token (a daemon), the write succeeds only while that lease is held; else it fails with
+      FAILED_PRECONDITION reason LEASE_LOST and writes nothing (no event, message, status change,
+      timeline entry or idempotency record): the daemon must stop working on the task;
+    - without a token (a tool, not a daemon), RecordTaskEvents and AppendMessages write only to a task
+      on which no lease is held (not RUNNING, or its lease ran out), else FAILED_PRECONDITION reason
+      LEASE_REQUIRED, so a tool never interleaves its writes with a live daemon's; ReportTaskStatus
+      without a token only checks that `daemon_id` holds the task's lease (else FAILED_PRECONDITION
+      reason LEASE_NOT_HELD), which cannot tell two claims of one task by the same daemon apart, so
+      daemons send the token.
+    The lease is checked in the transaction of the write, under the task's row lock: a claim cannot
+    slip between the check and the write. A retry with the same `request_id` of a write that succeeded
+    answers as the first time even once the lease is lost: it repeats no effect. Heartbeat extends
+    leases by daemon and writes no history, so it takes no token.
 
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
@@ -135,7 +221,8 @@ class DaemonServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _daemon_pb2.HeartbeatRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_daemon_pb2.HeartbeatResponse, _abc.Awaitable[_daemon_pb2.HeartbeatResponse]]:
-        """Extends the leases of the tasks the daemon runs; reports the tasks it no longer holds.
+        """Extends the leases of the tasks the daemon runs; reports the tasks it no longer holds. It names the
+        daemon rather than lease tokens: it writes no history, only keeps the daemon's current leases.
         Errors: INVALID_ARGUMENT, NOT_FOUND (daemon).
         """
 
@@ -145,8 +232,9 @@ class DaemonServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _daemon_pb2.ClaimTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_daemon_pb2.ClaimTaskResponse, _abc.Awaitable[_daemon_pb2.ClaimTaskResponse]]:
-        """Hands one pending task to this daemon with a lease, waiting up to `wait` for one to appear.
-        Each pending task is handed to exactly one daemon. Returns no task when none became available.
+        """Hands one pending task to this daemon with a new lease and its `lease_token`, waiting up to `wait`
+        for one to appear. Each pending task is handed to exactly one daemon. Returns no task when none
+        became available.
         Errors: INVALID_ARGUMENT (negative wait), NOT_FOUND (daemon).
         """
 
@@ -156,9 +244,15 @@ class DaemonServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_daemon_pb2.RecordTaskEventsRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_daemon_pb2.RecordTaskEventsResponse, _abc.Awaitable[_daemon_pb2.RecordTaskEventsResponse]]:
-        """Records a stream of task events. A resend of an already stored sequence is stored once and
-        acknowledged again; gaps in the sequence are accepted and reported.
-        Errors: INVALID_ARGUMENT (bad sequence or kind), NOT_FOUND (task).
+        """Records a stream of task events. Each message of the stream is stored in its own transaction, all
+        or nothing: a failure ends the call with nothing of that message written, and the messages before
+        it stay stored. A resend of an already stored sequence with the same content (kind, text, data,
+        and event_time when the resend gives one) is stored once and acknowledged again as a duplicate;
+        gaps in the sequence are accepted and reported. Fenced by `lease_token` (see the service).
+        Errors: INVALID_ARGUMENT (bad sequence, kind or lease_token; a stream naming two tasks or two
+        tokens), NOT_FOUND (task), FAILED_PRECONDITION reason LEASE_LOST or LEASE_REQUIRED,
+        ABORTED reason EVENT_CONFLICT (a sequence already stored, or repeated in the message, with other
+        content; metadata `sequence` names the first such sequence).
         """
 
     @_abc_1.abstractmethod
@@ -167,8 +261,10 @@ class DaemonServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _daemon_pb2.AppendMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_daemon_pb2.AppendMessagesResponse, _abc.Awaitable[_daemon_pb2.AppendMessagesResponse]]:
-        """Appends messages to a conversation at `expected_next_index`.
-        Errors: INVALID_ARGUMENT (no messages, bad role), NOT_FOUND,
+        """Appends messages to a conversation at `expected_next_index`. Fenced by `lease_token` on the task
+        owning the conversation (see the service); the lease is checked before the index.
+        Errors: INVALID_ARGUMENT (no messages, bad role, bad lease_token), NOT_FOUND,
+        FAILED_PRECONDITION reason LEASE_LOST or LEASE_REQUIRED,
         ABORTED reason CONVERSATION_CHANGED (the conversation does not end where expected; nothing
         written).
         """
@@ -179,9 +275,12 @@ class DaemonServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _daemon_pb2.ReportTaskStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_daemon_pb2.ReportTaskStatusResponse, _abc.Awaitable[_daemon_pb2.ReportTaskStatusResponse]]:
-        """Reports how a task ended (completed, failed or interrupted) and releases its lease.
-        Errors: INVALID_ARGUMENT (status not final), NOT_FOUND,
-        FAILED_PRECONDITION reason LEASE_NOT_HELD (the task is not running on this daemon).
+        """Reports how a task ended (completed, failed or interrupted) and releases its lease. With a
+        `lease_token`, only while that lease is held by `daemon_id`; without one, while `daemon_id` holds
+        the task's lease (see the service).
+        Errors: INVALID_ARGUMENT (status not final, bad lease_token), NOT_FOUND,
+        FAILED_PRECONDITION reason LEASE_LOST (with a token: that lease is not held by this daemon any
+        more) or LEASE_NOT_HELD (without a token: the task is not running on this daemon).
         """
 
 def add_DaemonServiceServicer_to_server(servicer: DaemonServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -63,6 +63,25 @@ def _events(request: pb.RecordTaskEventsRequest) -> list[recording.NewEvent]:
     return batch
 
 
+def _lease_token(lease: work.Lease) -> str:
+    """The wire form of a lease: opaque to callers, it names the task and the claim's epoch."""
+    return f"{lease.task_id}.{lease.epoch}"
+
+
+def _lease(token: str) -> work.Lease | None:
+    """The lease a request's `lease_token` names; None when it carries none (a tool)."""
+    if not token:
+        return None
+    task_id, _, epoch = token.partition(".")
+    try:
+        lease = work.Lease(task_id=uuid.UUID(task_id), epoch=int(epoch))
+    except ValueError:
+        lease = None
+    if lease is None or lease.epoch < 1 or token != _lease_token(lease):
+        raise InvalidArgument.of("lease_token", f"is not a lease token handed out by ClaimTask: {token[:100]!r}")
+    return lease
+
+
 def _conversation_target(request: Any) -> dict[str, uuid.UUID]:
     which = request.WhichOneof("conversation")
     if which is None:
@@ -98,6 +117,7 @@ def _claimed(claimed: work.ClaimedTask | None) -> pb.ClaimTaskResponse:
             phase=claimed.phase or "",
             conversation=[convert.message(row) for row in claimed.conversation],
             last_event_sequence=claimed.last_event_sequence,
+            lease_token=_lease_token(claimed.lease),
         ),
         lease_expire_time=convert.ts(claimed.task.lease_expire_time),
     )
@@ -158,6 +178,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             task_id=uuid_field(request.task_id, "task_id"),
             status=_final_status(request),
             message=text_field(request.message, "message", max_length=MAX_STATUS_MESSAGE, required=False),
+            lease=_lease(request.lease_token),
         )
 
         async def body(tx: Tx) -> pb.ReportTaskStatusResponse:
@@ -171,17 +192,22 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         """Each stream message is stored in its own transaction as it arrives."""
         principal = current_principal()
         task_id: uuid.UUID | None = None
+        token = ""
         stored = duplicates = 0
         async for request in request_iterator:
             this_task = uuid_field(request.task_id, "task_id")
             if task_id is not None and this_task != task_id:
                 raise InvalidArgument.of("task_id", "every message of one stream must name the same task")
-            task_id = this_task
+            if task_id is not None and request.lease_token != token:
+                raise InvalidArgument.of("lease_token", "every message of one stream must carry the same token")
+            task_id, token = this_task, request.lease_token
+            lease = _lease(token)
             batch = _events(request)
             if not batch:
                 continue
             outcome = await self.rt.mutate(
-                principal, functools.partial(recording.record_task_events, task_id=this_task, batch=batch)
+                principal,
+                functools.partial(recording.record_task_events, task_id=this_task, batch=batch, lease=lease),
             )
             stored += outcome.stored
             duplicates += outcome.duplicates
@@ -212,7 +238,10 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
                 raise InvalidArgument.of(f"messages[{i}].role", f"is not a valid role ({m.role})")
             messages.append(recording.NewMessage(role=role, content=m.content, metadata=_struct(m, "metadata")))
         inp = recording.AppendMessagesInput(
-            expected_next_index=request.expected_next_index, messages=messages, **target
+            expected_next_index=request.expected_next_index,
+            messages=messages,
+            lease=_lease(request.lease_token),
+            **target,
         )
 
         async def body(tx: Tx) -> pb.AppendMessagesResponse:

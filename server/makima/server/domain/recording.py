@@ -1,4 +1,8 @@
-"""What daemons record while a task runs: task events and conversation messages."""
+"""What daemons record while a task runs: task events and conversation messages.
+
+Both writes are fenced by the lease of the daemon that sends them (see `work.fence`), checked under
+the task's row lock before anything is written.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from makima.server.domain.enums import MessageRole, TaskEventKind, TimelineKind
 from makima.server.domain.errors import Aborted, NotFound
 from makima.server.domain.runtime import Principal, Runtime, Tx
 from makima.server.domain.tasks import load_task
+from makima.server.domain.work import Lease, fence
 from makima.server.store import contracts as contract_store
 from makima.server.store import conversations, events
 from makima.server.store.models import Task
@@ -43,9 +48,18 @@ class EventsSummary:
     gaps: list[tuple[int, int]]
 
 
-async def record_task_events(tx: Tx, task_id: uuid.UUID, batch: list[NewEvent]) -> EventsRecorded:
-    """Store a batch of events once each (a resent sequence is skipped) with one timeline event."""
+async def record_task_events(
+    tx: Tx, *, task_id: uuid.UUID, batch: list[NewEvent], lease: Lease | None
+) -> EventsRecorded:
+    """Store a batch of events once each with one timeline event, or nothing of it.
+
+    A resent sequence is a duplicate when its content equals what is stored, and EVENT_CONFLICT when
+    it differs: the insert is one statement that skips stored sequences, and only the skipped ones are
+    read back to compare, so a batch of new events costs no extra query.
+    """
     task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    fence(task, lease, tx.now)
+    first = _first_of_each_sequence(task.id, batch)
     stored = await events.insert_new(
         tx.session,
         [
@@ -59,9 +73,20 @@ async def record_task_events(tx: Tx, task_id: uuid.UUID, batch: list[NewEvent]) 
                 "event_time": e.event_time or tx.now,
                 "record_time": tx.now,
             }
-            for e in batch
+            for e in first.values()
         ],
     )
+    resent = first.keys() - set(stored)
+    if resent:
+        for row in await events.contents(tx.session, owner_id=tx.owner_id, task_id=task.id, sequences=resent):
+            kept = NewEvent(
+                sequence=row.sequence,
+                kind=TaskEventKind(row.kind),
+                text=row.text,
+                data=row.data,
+                event_time=row.event_time,
+            )
+            _check_resend(task.id, first[row.sequence], kept)
     if stored:
         task.last_activity_time = tx.now
         new = set(stored)
@@ -74,6 +99,41 @@ async def record_task_events(tx: Tx, task_id: uuid.UUID, batch: list[NewEvent]) 
             data={"count": len(stored), "first_sequence": min(stored), "last_sequence": max(stored), "kinds": kinds},
         )
     return EventsRecorded(stored=len(stored), duplicates=len(batch) - len(stored))
+
+
+def _first_of_each_sequence(task_id: uuid.UUID, batch: list[NewEvent]) -> dict[int, NewEvent]:
+    """The batch by sequence; a sequence repeated in the batch must repeat the same event."""
+    first: dict[int, NewEvent] = {}
+    for e in batch:
+        seen = first.setdefault(e.sequence, e)
+        if seen is not e:
+            _check_resend(task_id, e, seen)
+    return first
+
+
+def _check_resend(task_id: uuid.UUID, resent: NewEvent, stored: NewEvent) -> None:
+    """Refuse a resend whose content differs from the event already stored (or first in the batch).
+
+    The event time is compared only when the resend gives one: without it the service stamped the
+    first send with its own clock, which no resend can repeat.
+    """
+    differs = [
+        name
+        for name, same in (
+            ("kind", stored.kind == resent.kind),
+            ("text", stored.text == resent.text),
+            ("data", stored.data == resent.data),
+            ("event_time", resent.event_time is None or stored.event_time == resent.event_time),
+        )
+        if not same
+    ]
+    if differs:
+        raise Aborted(
+            f"event {resent.sequence} of task {task_id} was already recorded with another {', '.join(differs)}: "
+            "a resend must repeat the event unchanged (nothing of this batch was written)",
+            reason="EVENT_CONFLICT",
+            metadata={"task": str(task_id), "sequence": str(resent.sequence), "fields": ",".join(differs)},
+        )
 
 
 async def summarize_task_events(rt: Runtime, principal: Principal, task_id: uuid.UUID) -> EventsSummary:
@@ -101,6 +161,8 @@ class AppendMessagesInput:
     messages: list[NewMessage]
     task_id: uuid.UUID | None = None
     contract_id: uuid.UUID | None = None
+    # The sender's lease on the conversation's task; None for a tool (see work.fence).
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +198,7 @@ async def conversation_task(
 async def append_messages(tx: Tx, inp: AppendMessagesInput) -> MessagesAppended:
     """Append at `expected_next_index`, or refuse (ABORTED, nothing written) if the conversation moved."""
     task = await conversation_task(tx.session, tx.owner_id, task_id=inp.task_id, contract_id=inp.contract_id)
+    fence(task, inp.lease, tx.now)
     if inp.expected_next_index != task.message_count:
         raise Aborted(
             f"conversation of task {task.id} has {task.message_count} messages, "

@@ -3,6 +3,11 @@
 A daemon holds a task's lease while the task is RUNNING on it and `lease_expire_time` is still ahead.
 A lease that ran out is not held any more even before the sweeper marks the task INTERRUPTED, so what
 Heartbeat and ReportTaskStatus answer never depends on when the sweeper last ran.
+
+Every claim bumps the task's `lease_epoch`; the pair (task, epoch) is the fencing token of that
+claim's lease. A daemon's history writes carry it, so a daemon that went silent and lost the task
+cannot write once another claim took over, even if its late write arrives first: `fence` checks the
+token in the write's own transaction, under the task's row lock, before anything is written.
 """
 
 from __future__ import annotations
@@ -70,6 +75,14 @@ class ClaimTaskInput:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """The fencing token of one claim: the task and the epoch the claim gave it."""
+
+    task_id: uuid.UUID
+    epoch: int
+
+
+@dataclass(frozen=True)
 class ClaimedTask:
     """A task now running on the claiming daemon, with what the daemon needs to run it."""
 
@@ -77,6 +90,7 @@ class ClaimedTask:
     phase: str | None
     conversation: list[Row[Any]]
     last_event_sequence: int
+    lease: Lease
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,8 @@ class ReportTaskStatusInput:
     task_id: uuid.UUID
     status: TaskStatus
     message: str = ""
+    # None: a caller without a token, checked by daemon only (it cannot tell two claims apart).
+    lease: Lease | None = None
 
 
 async def load_daemon(session: AsyncSession, owner_id: uuid.UUID, daemon_id: uuid.UUID) -> Daemon:
@@ -171,12 +187,14 @@ async def _take_next(tx: Tx, *, daemon_id: uuid.UUID, kinds: tuple[str, ...], le
         daemon_id=daemon.id,
         lease_expire_time=tx.now + lease,
     )
+    task.lease_epoch += 1
     await tx.session.flush()
     return ClaimedTask(
         task=task,
         phase=phase,
         conversation=await _conversation(tx.session, task),
         last_event_sequence=await events.last_sequence(tx.session, owner_id=tx.owner_id, task_id=task.id),
+        lease=Lease(task_id=task.id, epoch=task.lease_epoch),
     )
 
 
@@ -203,7 +221,9 @@ async def report_task_status(tx: Tx, inp: ReportTaskStatusInput) -> Task:
     """End the daemon's run of a task (completed, failed or interrupted) and release its lease."""
     daemon = await load_daemon(tx.session, tx.owner_id, inp.daemon_id)
     task = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
-    if not _holds_lease(task, daemon.id, tx.now):
+    if inp.lease is not None:
+        fence(task, inp.lease, tx.now, daemon_id=daemon.id)
+    elif not _holds_lease(task, daemon.id, tx.now):
         raise FailedPrecondition(
             f"task {task.id} is not running on daemon {daemon.id}: its lease ended or was never held",
             reason="LEASE_NOT_HELD",
@@ -238,13 +258,53 @@ async def interrupt_expired(tx: Tx, *, limit: int) -> int:
     return len(expired)
 
 
+def fence(task: Task, lease: Lease | None, now: datetime, *, daemon_id: uuid.UUID | None = None) -> None:
+    """Refuse a history write to a locked `task` unless the lease rules allow it; nothing is written yet.
+
+    With a token the write needs that very lease (and, given `daemon_id`, held by that daemon):
+    else LEASE_LOST. Without one (a tool) it needs that no daemon holds a lease: else LEASE_REQUIRED,
+    so a tool never interleaves its writes with a live daemon's.
+    """
+    if lease is None:
+        if _leased(task, now):
+            raise FailedPrecondition(
+                f"task {task.id} is running on daemon {task.daemon_id}: only the holder of its lease writes to it "
+                "(send the lease_token of the claim)",
+                reason="LEASE_REQUIRED",
+                metadata={"task": str(task.id), "daemon": str(task.daemon_id)},
+            )
+        return
+    why = _lost_because(task, lease, now, daemon_id)
+    if why is not None:
+        raise FailedPrecondition(
+            f"task {task.id} is not leased under this token any more ({why}): stop working on it",
+            reason="LEASE_LOST",
+            metadata={"task": str(task.id), "status": task.status},
+        )
+
+
+def _lost_because(task: Task, lease: Lease, now: datetime, daemon_id: uuid.UUID | None) -> str | None:
+    """Why `lease` is not held on `task`, or None while it is."""
+    if lease.task_id != task.id:
+        return "the token is a lease of another task"
+    if lease.epoch != task.lease_epoch:
+        return "the task was claimed again since"
+    if task.status != TaskStatus.RUNNING:
+        return f"the task is {task.status}"
+    if not _leased(task, now):
+        return "the lease ran out"
+    if daemon_id is not None and task.daemon_id != daemon_id:
+        return "the lease is another daemon's"
+    return None
+
+
+def _leased(task: Task, now: datetime) -> bool:
+    """Whether some daemon holds a lease on the task: a lease that ran out is not held."""
+    return task.status == TaskStatus.RUNNING and task.lease_expire_time is not None and task.lease_expire_time > now
+
+
 def _holds_lease(task: Task, daemon_id: uuid.UUID, now: datetime) -> bool:
-    return (
-        task.status == TaskStatus.RUNNING
-        and task.daemon_id == daemon_id
-        and task.lease_expire_time is not None
-        and task.lease_expire_time > now
-    )
+    return _leased(task, now) and task.daemon_id == daemon_id
 
 
 def _set_status(

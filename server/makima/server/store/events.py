@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +27,21 @@ async def insert_new(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> l
     )
     result = await session.execute(stmt, list(rows))
     return [int(s) for s in result.scalars()]
+
+
+async def contents(
+    session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, sequences: Collection[int]
+) -> list[Row[Any]]:
+    """The stored content of the listed events of a task, in sequence order: to compare resends with."""
+    if not sequences:
+        return []
+    c = _table.c
+    stmt = (
+        select(c.sequence, c.kind, c.text, c.data, c.event_time)
+        .where(c.owner_id == owner_id, c.task_id == task_id, c.sequence.in_(sequences))
+        .order_by(c.sequence)
+    )
+    return list((await session.execute(stmt)).all())
 
 
 async def last_sequence(session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID) -> int:
