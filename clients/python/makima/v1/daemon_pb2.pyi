@@ -75,9 +75,9 @@ class RegisterDaemonRequest(_message.Message):
     request_id: _builtins.str
     """Idempotency key (UUID, optional)."""
     name: _builtins.str
-    """Name of the daemon; required."""
+    """Name of the daemon; required, at most 200 characters."""
     hostname: _builtins.str
-    """Host it runs on."""
+    """Host it runs on; at most 255 characters."""
     def __init__(
         self,
         *,
@@ -135,7 +135,7 @@ class HeartbeatRequest(_message.Message):
     """UUID of the daemon."""
     @_builtins.property
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """UUIDs of the tasks the daemon is running."""
+        """UUIDs of the tasks the daemon is running; at most 1000."""
 
     def __init__(
         self,
@@ -295,7 +295,7 @@ class RecordTaskEventsRequest(_message.Message):
     """UUID of the task; every message of one stream must name the same task."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.NewTaskEvent]:
-        """Events to record."""
+        """Events to record; at most 10000 per message."""
 
     def __init__(
         self,
@@ -394,7 +394,7 @@ class AppendMessagesRequest(_message.Message):
     """Index the first new message must get (the current message count); else ABORTED."""
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.NewConversationMessage]:
-        """Messages to append, in order; at least one."""
+        """Messages to append, in order; at least one, at most 1000."""
 
     def __init__(
         self,
@@ -465,7 +465,7 @@ class ReportTaskStatusRequest(_message.Message):
     status: _resources_pb2.TaskStatus.ValueType
     """COMPLETED, FAILED or INTERRUPTED."""
     message: _builtins.str
-    """Detail, e.g. the error of a failed task."""
+    """Detail, e.g. the error of a failed task; at most 10000 characters."""
     def __init__(
         self,
         *,
