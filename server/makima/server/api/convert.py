@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
+from makima.server import git
 from makima.server.domain.contracts import ContractView
 from makima.server.store import models
-from makima.v1 import daemon_pb2
+from makima.v1 import daemon_pb2, task_fork_pb2
 from makima.v1 import resources_pb2 as pb
 
 E = TypeVar("E", bound=StrEnum)
@@ -164,4 +165,21 @@ def snapshot(row: Any) -> pb.ConversationSnapshot:
         message_count=row.message_count,
         reason=enum_to_pb(pb.SnapshotReason, "SNAPSHOT_REASON", row.reason),
         create_time=ts(row.create_time),
+    )
+
+
+_CHANGE_TYPES = {
+    "added": task_fork_pb2.FILE_CHANGE_TYPE_ADDED,
+    "modified": task_fork_pb2.FILE_CHANGE_TYPE_MODIFIED,
+    "deleted": task_fork_pb2.FILE_CHANGE_TYPE_DELETED,
+}
+
+
+def file_change(change: git.FileChange) -> task_fork_pb2.FileChange:
+    """A changed file; a name that is not UTF-8 (held with surrogate escapes) travels exactly in
+    `path_bytes`, and `path` shows it with U+FFFD for each byte that does not decode."""
+    raw = change.path.encode("utf-8", "surrogateescape")
+    shown = raw.decode("utf-8", "replace")
+    return task_fork_pb2.FileChange(
+        path=shown, path_bytes=b"" if shown == change.path else raw, change_type=_CHANGE_TYPES[change.change]
     )

@@ -97,15 +97,10 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             uuid_field(request.base_checkpoint_id, "base_checkpoint_id"),
             optional_uuid(request.target_checkpoint_id, "target_checkpoint_id"),
         )
-        kinds = {
-            "added": pb.FILE_CHANGE_TYPE_ADDED,
-            "modified": pb.FILE_CHANGE_TYPE_MODIFIED,
-            "deleted": pb.FILE_CHANGE_TYPE_DELETED,
-        }
         return pb.CompareCheckpointsResponse(
             base_commit_sha=result.base.commit_sha,
             target_commit_sha=result.target.commit_sha if result.target else "",
-            changes=[pb.FileChange(path=c.path, change_type=kinds[c.change]) for c in result.changes],
+            changes=[convert.file_change(c) for c in result.changes],
         )
 
     async def RewindTask(self, request: pb.RewindTaskRequest, context: aio.ServicerContext) -> pb.RewindTaskResponse:
