@@ -7,15 +7,22 @@ or is gone (a real PostgreSQL). Each server-side failure is logged once with its
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
-from collections.abc import AsyncIterator
+import subprocess
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from grpc import aio
 
+from makima.server.app import App, start
+from makima.server.config import Settings
 from makima.v1 import daemon_pb2, history_pb2, resources_pb2, task_fork_pb2
+from tests.conftest import new_api
 from tests.helpers import Api, create_task, fails
 
 EMPTY = resources_pb2.WorktreeSpec(source=resources_pb2.WorktreeSpec.SOURCE_EMPTY)
@@ -124,3 +131,195 @@ async def test_a_file_name_that_is_not_utf8_is_carried_exactly(api: Api) -> None
         metadata=api.md,
     )
     assert list(back.changes) == expected
+
+
+# -- names that become paths ---------------------------------------------------------------------------
+
+
+async def _task_with_checkpoint(api: Api) -> tuple[resources_pb2.Task, resources_pb2.Checkpoint]:
+    task = await create_task(api, worktree=EMPTY)
+    await api.daemon.AppendMessages(
+        daemon_pb2.AppendMessagesRequest(
+            task_id=task.id, messages=[resources_pb2.NewConversationMessage(role=resources_pb2.MESSAGE_ROLE_USER)]
+        ),
+        metadata=api.md,
+    )
+    return task, await _initial_checkpoint(api, task.id)
+
+
+async def _timeline_length(api: Api) -> int:
+    return len((await api.history.ListTimeline(history_pb2.ListTimelineRequest(), metadata=api.md)).events)
+
+
+@pytest.mark.parametrize(
+    ("branch_name", "reason"),
+    [
+        pytest.param("b" * 10_000, "LIMIT_EXCEEDED", id="10000-characters"),
+        pytest.param("€" * 100, "INVALID_BRANCH_NAME", id="300-bytes-in-100-characters"),
+    ],
+)
+async def test_an_over_long_branch_name_is_invalid_argument_and_writes_nothing(
+    api: Api, branch_name: str, reason: str
+) -> None:
+    task, checkpoint = await _task_with_checkpoint(api)
+    before = await _timeline_length(api)
+    fork = task_fork_pb2.ForkTaskRequest(task_id=task.id, checkpoint_id=checkpoint.id, branch_name=branch_name)
+    failure = await fails(api.tasks.ForkTask(fork, metadata=api.md), grpc.StatusCode.INVALID_ARGUMENT, reason=reason)
+    assert failure.fields == ["branch_name"]
+    branch = task_fork_pb2.CreateBranchRequest(task_id=task.id, checkpoint_id=checkpoint.id, branch_name=branch_name)
+    failure = await fails(
+        api.tasks.CreateBranch(branch, metadata=api.md), grpc.StatusCode.INVALID_ARGUMENT, reason=reason
+    )
+    assert failure.fields == ["branch_name"]
+    assert await _timeline_length(api) == before
+
+
+async def test_a_branch_name_of_250_bytes_works(api: Api) -> None:
+    task, checkpoint = await _task_with_checkpoint(api)
+    name = "x/" + "y" * 248
+    made = await api.tasks.CreateBranch(
+        task_fork_pb2.CreateBranchRequest(task_id=task.id, checkpoint_id=checkpoint.id, branch_name=name),
+        metadata=api.md,
+    )
+    assert made.ref == f"refs/heads/{name}"
+    forked = await api.tasks.ForkTask(
+        task_fork_pb2.ForkTaskRequest(task_id=task.id, checkpoint_id=checkpoint.id, branch_name="z" * 250),
+        metadata=api.md,
+    )
+    assert forked.task.branch == "z" * 250
+
+
+async def test_a_repository_path_too_long_for_the_file_system_is_invalid_argument(api: Api) -> None:
+    source = await create_task(api, worktree=EMPTY)
+    for repository in ("r" * 300, f"{source.worktree_path}/{'d' * 256}", "/".join(["d" * 200] * 20)):
+        spec = resources_pb2.WorktreeSpec(source=resources_pb2.WorktreeSpec.SOURCE_REPOSITORY, repository=repository)
+        failure = await fails(
+            api.tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="t", worktree=spec), metadata=api.md),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert failure.fields == ["worktree.repository"]
+    spec = resources_pb2.WorktreeSpec(
+        source=resources_pb2.WorktreeSpec.SOURCE_REPOSITORY, repository=source.worktree_path, ref="€" * 250
+    )
+    failure = await fails(
+        api.tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="t", worktree=spec), metadata=api.md),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    assert failure.fields == ["worktree.ref"]
+
+
+# -- a full or read-only workspace (a real tmpfs) --------------------------------------------------------
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` mounted at `path` (needs root with CAP_SYS_ADMIN, as in CI here)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        message = f"cannot mount a tmpfs (needs root with CAP_SYS_ADMIN): {mounted.stderr.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)
+
+
+@contextlib.asynccontextmanager
+async def serving(database_url: str, workspace_root: Path) -> AsyncIterator[tuple[App, Api]]:
+    app = await start(
+        Settings(listen="127.0.0.1:0", database_url=database_url, workspace_root=workspace_root, shutdown_grace=1.0)
+    )
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            yield app, await new_api(app, channel)
+    finally:
+        await app.stop(1.0)
+
+
+async def _checkpoint_count(api: Api, task_id: str) -> int:
+    listed = await api.history.ListCheckpoints(history_pb2.ListCheckpointsRequest(task_id=task_id), metadata=api.md)
+    return len(listed.checkpoints)
+
+
+def _fill(directory: Path) -> Path:
+    """Write a file until the file system is full."""
+    filler = directory / "filler"
+    chunk = b"\0" * 65536
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(chunk)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC
+    return filler
+
+
+async def test_a_full_workspace_is_resource_exhausted_naming_it(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with tmpfs(tmp_path / "ws", "4m") as root:
+        async with serving(database_url, root) as (_, api):
+            task = await create_task(api, worktree=EMPTY)
+            Path(task.worktree_path, "data.bin").write_bytes(os.urandom(512 * 1024))
+            filler = _fill(root)
+            caplog.clear()
+            request = task_fork_pb2.CreateCheckpointRequest(task_id=task.id)
+            failure = await fails(
+                api.tasks.CreateCheckpoint(request, metadata=api.md),
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                reason="WORKSPACE_FULL",
+            )
+            assert failure.metadata["workspace_root"] == str(root.resolve())
+            assert str(root.resolve()) in failure.message
+            assert await _checkpoint_count(api, task.id) == 1  # nothing recorded
+            logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert [(r.name, r.exc_info is not None) for r in logged] == [("makima.server.domain.workspace", True)]
+
+            filler.unlink()
+            await api.tasks.CreateCheckpoint(request, metadata=api.md)
+            assert await _checkpoint_count(api, task.id) == 2
+
+
+async def test_a_read_only_workspace_is_failed_precondition_naming_the_path(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Root ignores file modes, so the workspace is made read-only the way root cannot bypass: EROFS.
+    (EACCES, for a server not running as root, takes the same path: it is mapped with EROFS.)"""
+    with tmpfs(tmp_path / "ws", "4m") as root:
+        async with serving(database_url, root) as (_, api):
+            task = await create_task(api, worktree=EMPTY)
+            before = await _timeline_length(api)
+            remount(root, "ro")
+            try:
+                caplog.clear()
+                failure = await fails(
+                    api.tasks.CreateCheckpoint(task_fork_pb2.CreateCheckpointRequest(task_id=task.id), metadata=api.md),
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    reason="WORKSPACE_NOT_WRITABLE",
+                )
+                assert failure.metadata["path"].startswith(task.worktree_path)
+                assert failure.metadata["path"] in failure.message
+                failure = await fails(
+                    api.tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="t", worktree=EMPTY), metadata=api.md),
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    reason="WORKSPACE_NOT_WRITABLE",
+                )
+                assert failure.metadata["path"].startswith(str(root.resolve()))
+                assert await _timeline_length(api) == before  # no task, no checkpoint
+                logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+                assert [r.name for r in logged] == ["makima.server.domain.workspace"] * 2
+                assert all(r.exc_info for r in logged)
+            finally:
+                remount(root, "rw")
+            await api.tasks.CreateCheckpoint(task_fork_pb2.CreateCheckpointRequest(task_id=task.id), metadata=api.md)
+            assert await _checkpoint_count(api, task.id) == 2
