@@ -7,23 +7,32 @@ or is gone (a real PostgreSQL). Each server-side failure is logged once with its
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
 import os
+import shutil
 import subprocess
+import tempfile
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from grpc import aio
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from makima.server.app import App, start
 from makima.server.config import Settings
-from makima.v1 import daemon_pb2, history_pb2, resources_pb2, task_fork_pb2
-from tests.conftest import new_api
-from tests.helpers import Api, create_task, fails
+from makima.server.domain.auth import create_api_key
+from makima.server.domain.errors import Unavailable
+from makima.server.domain.runtime import Principal, Tx
+from makima.v1 import daemon_pb2, history_pb2, resources_pb2, supervisor_pb2, task_fork_pb2
+from tests.conftest import new_api, postgres_base_url
+from tests.helpers import Api, create_contract, create_task, fails, free_port
 
 EMPTY = resources_pb2.WorktreeSpec(source=resources_pb2.WorktreeSpec.SOURCE_EMPTY)
 GARBAGE = [
@@ -323,3 +332,180 @@ async def test_a_read_only_workspace_is_failed_precondition_naming_the_path(
                 remount(root, "rw")
             await api.tasks.CreateCheckpoint(task_fork_pb2.CreateCheckpointRequest(task_id=task.id), metadata=api.md)
             assert await _checkpoint_count(api, task.id) == 2
+
+
+async def test_a_full_sqlite_database_is_resource_exhausted(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    if not database_url.startswith("sqlite"):
+        pytest.skip("the database file is on the test's own tmpfs only with SQLite")
+    with tmpfs(tmp_path / "db", "3m") as db_dir:
+        async with serving(f"sqlite+aiosqlite:///{db_dir}/makima.db", tmp_path / "ws") as (_, api):
+            await create_contract(api)
+            _fill(db_dir)
+            caplog.clear()
+            codes = []
+            for _ in range(50):
+                try:
+                    await create_contract(api, description="d" * 100_000)
+                except aio.AioRpcError as exc:
+                    codes.append(exc.code())
+                    break
+            assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED]
+            await fails(create_contract(api), grpc.StatusCode.RESOURCE_EXHAUSTED, reason="DATABASE_FULL")
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- a database that cannot serve (a real PostgreSQL) ------------------------------------------------------
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _get(api: Api, contract_id: str, key: str | None = None) -> supervisor_pb2.GetContractResponse:
+    metadata = (("authorization", f"Bearer {key or api.key}"),)
+    return await api.supervisor.GetContract(
+        supervisor_pb2.GetContractRequest(contract_id=contract_id), metadata=metadata
+    )
+
+
+@pytest.mark.postgresql_only
+async def test_a_database_refusing_connections_is_unavailable_then_recovers(
+    empty_database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """ALLOW_CONNECTIONS false and its sessions ended: reads, writes and key checks are UNAVAILABLE."""
+    name = empty_database_url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(_dsn(postgres_base_url()))
+    try:
+        async with serving(empty_database_url, tmp_path / "ws") as (app, api):
+            contract = await create_contract(api)
+            spare = await create_api_key(app.runtime, owner_id=api.owner_id)  # never used: checked in the database
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+                name,
+            )
+            caplog.clear()
+            await fails(_get(api, contract.id), grpc.StatusCode.UNAVAILABLE, reason="DATABASE_UNAVAILABLE")
+            await fails(create_contract(api), grpc.StatusCode.UNAVAILABLE, reason="DATABASE_UNAVAILABLE")
+            await fails(
+                _get(api, contract.id, spare.secret), grpc.StatusCode.UNAVAILABLE, reason="DATABASE_UNAVAILABLE"
+            )
+            assert not [r for r in caplog.records if r.name == "makima.server.api.errors"]  # no INTERNAL
+
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            assert (await _get(api, contract.id)).contract.id == contract.id
+            assert (await _get(api, contract.id, spare.secret)).contract.id == contract.id
+            await create_contract(api)
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+
+
+class PrivateCluster:
+    """A PostgreSQL cluster of the test's own (initdb + pg_ctl, run as the postgres user when root)."""
+
+    def __init__(self) -> None:
+        for tool in ("initdb", "pg_ctl"):
+            if shutil.which(tool) is None:
+                message = f"{tool} is not installed"
+                if os.environ.get("CI"):
+                    pytest.fail(message)
+                pytest.skip(message)
+        self.dir = Path(tempfile.mkdtemp(prefix="makima-pg-"))
+        self.port = free_port()
+        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres")
+        self._run("initdb", "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres", "--no-sync")
+
+    def _run(self, *argv: str) -> None:
+        subprocess.run([*self._as, *argv], check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-o", options, "-l", str(self.dir / "log"), "-w", "start")
+
+    def stop(self, mode: str, *, wait: bool = True) -> None:
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", mode, "-w" if wait else "-W", "stop")
+
+    def running(self) -> bool:
+        status = subprocess.run([*self._as, "pg_ctl", "-D", str(self.dir / "data"), "status"], capture_output=True)
+        return status.returncode == 0
+
+    def remove(self) -> None:
+        if self.running():
+            self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.mark.postgresql_only
+async def test_a_database_shutting_down_or_gone_is_unavailable_then_recovers(
+    database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """57P03 "the database system is shutting down" (CannotConnectNowError, a plain DBAPIError), then a
+    refused TCP connection (a bare OSError from the driver): UNAVAILABLE both, and the same server
+    answers again once PostgreSQL is back."""
+    cluster = PrivateCluster()
+    try:
+        cluster.start()
+        async with serving(cluster.url, tmp_path / "ws") as (_, api):
+            contract = await create_contract(api)
+            holder = await asyncpg.connect(_dsn(cluster.url))  # keeps a smart shutdown waiting
+            cluster.stop("smart", wait=False)
+            await holder.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+            )
+            caplog.clear()
+            await fails(_get(api, contract.id), grpc.StatusCode.UNAVAILABLE, reason="DATABASE_UNAVAILABLE")
+            await fails(create_contract(api), grpc.StatusCode.UNAVAILABLE, reason="DATABASE_UNAVAILABLE")
+            assert any("shutting down" in str(r.exc_info[1].__cause__ or "") for r in caplog.records if r.exc_info)
+
+            await holder.close()
+            for _ in range(100):
+                if not cluster.running():
+                    break
+                await asyncio.sleep(0.1)
+            assert not cluster.running()
+            await fails(_get(api, contract.id), grpc.StatusCode.UNAVAILABLE, reason="DATABASE_UNAVAILABLE")
+            await fails(create_contract(api), grpc.StatusCode.UNAVAILABLE, reason="DATABASE_UNAVAILABLE")
+            assert not [r for r in caplog.records if r.name == "makima.server.api.errors"]  # no INTERNAL
+
+            cluster.start()
+            assert (await _get(api, contract.id)).contract.id == contract.id
+            await create_contract(api)
+    finally:
+        cluster.remove()
+
+
+# -- what is and is not the database's fault --------------------------------------------------------------
+
+
+async def test_an_exhausted_connection_pool_is_unavailable(server: App, api: Api) -> None:
+    async def body(tx: Tx) -> None:
+        raise PoolTimeoutError("QueuePool limit of size 20 overflow 0 reached")
+
+    with pytest.raises(Unavailable):
+        await server.runtime.mutate(Principal(owner_id=api.owner_id, api_key_id=uuid.uuid4()), body)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(errno.EACCES, "Permission denied", "/somewhere"),
+        OSError(errno.ENAMETOOLONG, "File name too long"),
+        ConnectionRefusedError(errno.ECONNREFUSED, "refused by something that is not the database"),
+    ],
+    ids=["EACCES", "ENAMETOOLONG", "ECONNREFUSED-not-from-the-driver"],
+)
+async def test_an_os_error_of_our_own_code_is_not_the_database_being_unavailable(
+    server: App, api: Api, error: OSError
+) -> None:
+    async def body(tx: Tx) -> None:
+        raise error
+
+    with pytest.raises(type(error)):
+        await server.runtime.mutate(Principal(owner_id=api.owner_id, api_key_id=uuid.uuid4()), body)
