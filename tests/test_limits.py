@@ -370,6 +370,28 @@ async def test_values_at_their_limit_are_accepted(api: Api) -> None:
     assert appended.next_index == 1000
 
 
+async def test_names_derived_from_a_name_at_its_limit_still_fit(api: Api) -> None:
+    """A fork or continuation of a task named with 500 characters gets a name that the store holds."""
+    task = await create_task(api, "n" * 500)
+    await api.daemon.AppendMessages(
+        daemon_pb2.AppendMessagesRequest(
+            task_id=task.id, messages=[resources_pb2.NewConversationMessage(role=resources_pb2.MESSAGE_ROLE_USER)]
+        ),
+        metadata=api.md,
+    )
+    forked = await api.tasks.ForkTask(task_fork_pb2.ForkTaskRequest(task_id=task.id, message_index=0), metadata=api.md)
+    assert len(forked.task.name) == 500 and forked.task.name.endswith("n (fork)")
+    continued = await api.tasks.ContinueTask(task_fork_pb2.ContinueTaskRequest(task_id=task.id), metadata=api.md)
+    assert len(continued.task.name) == 500 and continued.task.name.endswith("n (continued)")
+    contract = await api.supervisor.CreateContract(
+        supervisor_pb2.CreateContractRequest(name="c" * 500), metadata=api.md
+    )
+    started = await api.supervisor.StartSupervisor(
+        supervisor_pb2.StartSupervisorRequest(contract_id=contract.contract.id), metadata=api.md
+    )
+    assert len(started.supervisor_task.name) == 500 and started.supervisor_task.name.startswith("supervisor of ccc")
+
+
 # -- the limits are documented where they are declared -------------------------------------------------
 
 
