@@ -6,15 +6,20 @@ jsonb, protobuf refuses Timestamps outside years 1-9999 and NaN in a Struct when
 serializes them, and every size is bounded by the limit declared on its field (or the file's
 default). A new proto field is covered without a code change. Each failure is INVALID_ARGUMENT
 naming the field path (`messages[2].content`, `events[0].data.foo[1]`).
+
+The walk runs on every event a daemon records, so it builds no path while all is well: a problem
+comes back up as the path segments below it, innermost first, and the error to raise for the path.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
+from google.protobuf import struct_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
@@ -28,11 +33,12 @@ MAX_TIMESTAMP_SECONDS = 253_402_300_799
 MAX_DURATION_SECONDS = 315_576_000_000
 _NANOS = 1_000_000_000
 
-_STRUCT = "google.protobuf.Struct"
-_VALUE = "google.protobuf.Value"
-_LIST = "google.protobuf.ListValue"
+_STRUCTS = ("google.protobuf.Struct", "google.protobuf.Value", "google.protobuf.ListValue")
 _TIMESTAMP = "google.protobuf.Timestamp"
 _DURATION = "google.protobuf.Duration"
+
+# The path segments below the failing field, innermost first, and the error for the full path.
+_Problem = tuple[list[str], Callable[[str], InvalidArgument]]
 
 
 @dataclass(frozen=True)
@@ -50,115 +56,137 @@ class _Rule:
 
 def check_request(message: Message) -> None:
     """Raise InvalidArgument for the first field of `message` that breaks a rule."""
-    _check_message(message, "")
+    problem = _message_problem(message)
+    if problem is not None:
+        segments, error = problem
+        raise error("".join(reversed(segments)).removeprefix("."))
 
 
-def _check_message(message: Message, prefix: str) -> None:
+def _message_problem(message: Message) -> _Problem | None:
     for field, value in message.ListFields():
         rule = _rule(field)
-        path = prefix + rule.name
-        if not rule.repeated:
-            _check_value(rule, value, path)
-            continue
-        if len(value) > rule.max_items:
-            raise _limit(path, "max_items", rule.max_items, f"must have at most {rule.max_items} elements")
-        if rule.is_map:
-            for key, item in value.items():
-                item_path = f"{path}[{_shown(key)}]"
-                if isinstance(key, str):
-                    _check_text(key, item_path, DEFAULT_LIMITS.max_string_length)
-                _check_value(rule, item, item_path)
-        elif rule.kind != "other":
-            for i, item in enumerate(value):
-                _check_value(rule, item, f"{path}[{i}]")
+        problem = _field_problem(rule, value)
+        if problem is not None:
+            problem[0].append(f".{rule.name}")
+            return problem
+    return None
 
 
-def _check_value(rule: _Rule, value: Any, path: str) -> None:
+def _field_problem(rule: _Rule, value: Any) -> _Problem | None:
+    if not rule.repeated:
+        return _value_problem(rule, value)
+    if len(value) > rule.max_items:
+        return [], _limit("max_items", rule.max_items, f"must have at most {rule.max_items} elements")
+    if rule.kind == "other":
+        return None
+    items = value.items() if rule.is_map else enumerate(value)
+    for key, item in items:
+        problem = _text_problem(key, DEFAULT_LIMITS.max_string_length) if isinstance(key, str) else None
+        problem = problem or _value_problem(rule, item)
+        if problem is not None:
+            problem[0].append(f"[{_shown(key)}]")
+            return problem
+    return None
+
+
+def _value_problem(rule: _Rule, value: Any) -> _Problem | None:
     kind = rule.kind
     if kind == "string":
-        _check_text(value, path, rule.max_length)
-    elif kind == "bytes":
-        if len(value) > rule.max_length:
-            raise _limit(path, "max_length", rule.max_length, f"must be at most {rule.max_length} bytes")
-    elif kind == "float":
-        if not math.isfinite(value):
-            raise InvalidArgument.of(path, "must be a finite number", reason="NOT_FINITE")
-    elif kind == "message":
-        _check_message(value, path + ".")
-    elif kind == "struct":
+        return _text_problem(value, rule.max_length)
+    if kind == "message":
+        return _message_problem(value)
+    if kind == "struct":
         size = value.ByteSize()
         if size > rule.max_bytes:
-            raise _limit(
-                path, "max_bytes", rule.max_bytes, f"must be at most {rule.max_bytes} bytes serialized ({size})"
+            return [], _limit(
+                "max_bytes", rule.max_bytes, f"must be at most {rule.max_bytes} bytes serialized ({size})"
             )
-        _check_struct_value(value, path, 0)
-    elif kind == "timestamp":
-        if not MIN_TIMESTAMP_SECONDS <= value.seconds <= MAX_TIMESTAMP_SECONDS or not 0 <= value.nanos < _NANOS:
-            raise InvalidArgument.of(
-                path,
-                "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999999Z with nanos in [0, 999999999]",
-                reason="TIMESTAMP_OUT_OF_RANGE",
-            )
-    elif kind == "duration":
+        return _struct_problem(value, 0)
+    if kind == "timestamp":
+        if MIN_TIMESTAMP_SECONDS <= value.seconds <= MAX_TIMESTAMP_SECONDS and 0 <= value.nanos < _NANOS:
+            return None
+        return [], _error(
+            "must be between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999999Z with nanos in [0, 999999999]",
+            "TIMESTAMP_OUT_OF_RANGE",
+        )
+    if kind == "duration":
         seconds, nanos = value.seconds, value.nanos
-        if (
-            abs(seconds) > MAX_DURATION_SECONDS
-            or not -_NANOS < nanos < _NANOS
-            or (seconds > 0 and nanos < 0)
-            or (seconds < 0 and nanos > 0)
-        ):
-            raise InvalidArgument.of(
-                path,
-                f"must be within +-{MAX_DURATION_SECONDS} seconds, with nanos of the same sign below 1e9",
-                reason="DURATION_OUT_OF_RANGE",
-            )
+        if abs(seconds) <= MAX_DURATION_SECONDS and -_NANOS < nanos < _NANOS and seconds * nanos >= 0:
+            return None
+        return [], _error(
+            f"must be within +-{MAX_DURATION_SECONDS} seconds, with nanos of the same sign below 1e9",
+            "DURATION_OUT_OF_RANGE",
+        )
+    if kind == "bytes":
+        if len(value) <= rule.max_length:
+            return None
+        return [], _limit("max_length", rule.max_length, f"must be at most {rule.max_length} bytes")
+    if kind == "float":
+        return None if math.isfinite(value) else ([], _NOT_FINITE)
+    return None
 
 
-def _check_text(value: str, path: str, max_length: int) -> None:
+def _text_problem(value: str, max_length: int) -> _Problem | None:
     if "\x00" in value:
-        raise InvalidArgument.of(path, "must not contain a NUL character", reason="NUL_CHARACTER")
+        return [], _NUL
     if len(value) > max_length:
-        raise _limit(path, "max_length", max_length, f"must be at most {max_length} characters ({len(value)})")
+        return [], _limit("max_length", max_length, f"must be at most {max_length} characters ({len(value)})")
+    return None
 
 
-def _check_struct_value(value: Message, path: str, depth: int) -> None:
-    """A Struct, ListValue or Value: depth, NUL in keys and strings, finite numbers."""
-    name = value.DESCRIPTOR.full_name
-    if name == _VALUE:
-        which = value.WhichOneof("kind")  # type: ignore[attr-defined]
+def _struct_problem(value: Message, depth: int) -> _Problem | None:
+    """A Struct, ListValue or Value: nesting depth, NUL in keys and strings, NaN and infinities."""
+    if isinstance(value, struct_pb2.Value):
+        which = value.WhichOneof("kind")
         if which == "number_value":
-            if not math.isfinite(value.number_value):  # type: ignore[attr-defined]
-                raise InvalidArgument.of(path, "must be a finite number", reason="NOT_FINITE")
-        elif which == "string_value":
-            if "\x00" in value.string_value:  # type: ignore[attr-defined]
-                raise InvalidArgument.of(path, "must not contain a NUL character", reason="NUL_CHARACTER")
-        elif which in ("struct_value", "list_value"):
-            _check_struct_value(getattr(value, which), path, depth)
-        return
+            return None if math.isfinite(value.number_value) else ([], _NOT_FINITE)
+        if which == "string_value":
+            return None if "\x00" not in value.string_value else ([], _NUL)
+        if which in ("struct_value", "list_value"):
+            return _struct_problem(getattr(value, which), depth)
+        return None
     depth += 1
     if depth > DEFAULT_LIMITS.max_struct_depth:
         limit = DEFAULT_LIMITS.max_struct_depth
-        raise _limit(path, "max_struct_depth", limit, f"must be nested at most {limit} deep")
-    if name == _STRUCT:
-        for key, item in value.fields.items():  # type: ignore[attr-defined]
+        return [], _limit("max_struct_depth", limit, f"must be nested at most {limit} deep")
+    if isinstance(value, struct_pb2.Struct):
+        for key, item in value.fields.items():
             if "\x00" in key:
-                raise InvalidArgument.of(path, "must not have a key with a NUL character", reason="NUL_CHARACTER")
-            _check_struct_value(item, f"{path}.{_shown(key)}", depth)
-    else:
-        for i, item in enumerate(value.values):  # type: ignore[attr-defined]
-            _check_struct_value(item, f"{path}[{i}]", depth)
+                return [], _error("must not have a key with a NUL character", "NUL_CHARACTER")
+            problem = _struct_problem(item, depth)
+            if problem is not None:
+                problem[0].append(f".{_shown(key)}")
+                return problem
+        return None
+    for i, item in enumerate(value.values):  # type: ignore[attr-defined]
+        problem = _struct_problem(item, depth)
+        if problem is not None:
+            problem[0].append(f"[{i}]")
+            return problem
+    return None
+
+
+def _error(description: str, reason: str) -> Callable[[str], InvalidArgument]:
+    return lambda path: InvalidArgument.of(path, description, reason=reason)
+
+
+def _limit(limit: str, value: int, description: str) -> Callable[[str], InvalidArgument]:
+    def error(path: str) -> InvalidArgument:
+        out = InvalidArgument.of(path, description, reason="LIMIT_EXCEEDED")
+        out.metadata.update(limit=limit, max=str(value))
+        return out
+
+    return error
+
+
+_NUL = _error("must not contain a NUL character", "NUL_CHARACTER")
+_NOT_FINITE = _error("must be a finite number", "NOT_FINITE")
 
 
 def _shown(key: object) -> str:
-    """A map or Struct key as it appears in a field path: as is when short and printable."""
+    """An index, map key or Struct key as it appears in a field path: as is when short and printable."""
     text = str(key)
     return text if len(text) <= 64 and text.isprintable() and text else repr(text[:64])
-
-
-def _limit(path: str, limit: str, value: int, description: str) -> InvalidArgument:
-    error = InvalidArgument.of(path, description, reason="LIMIT_EXCEEDED")
-    error.metadata.update(limit=limit, max=str(value))
-    return error
 
 
 @cache
@@ -172,11 +200,8 @@ def _rule(field: FieldDescriptor) -> _Rule:
             ("max_bytes", limits_pb2.max_bytes),
         )
     }
-    target = field
     is_map = bool(field.message_type and field.message_type.GetOptions().map_entry)
-    if is_map:
-        target = field.message_type.fields_by_name["value"]
-    kind = _kind(target)
+    kind = _kind(field.message_type.fields_by_name["value"] if is_map else field)
     default_length = DEFAULT_LIMITS.max_bytes_length if kind == "bytes" else DEFAULT_LIMITS.max_string_length
     return _Rule(
         name=field.name,
@@ -199,7 +224,7 @@ def _kind(field: FieldDescriptor) -> str:
     if field.type != FieldDescriptor.TYPE_MESSAGE:
         return "other"
     name = field.message_type.full_name
-    if name in (_STRUCT, _VALUE, _LIST):
+    if name in _STRUCTS:
         return "struct"
     if name == _TIMESTAMP:
         return "timestamp"
