@@ -392,6 +392,14 @@ async def test_names_derived_from_a_name_at_its_limit_still_fit(api: Api) -> Non
     assert len(started.supervisor_task.name) == 500 and started.supervisor_task.name.startswith("supervisor of ccc")
 
 
+async def test_a_request_over_4_mib_is_resource_exhausted(api: Api) -> None:
+    """gRPC's own bound on a received message, documented in limits.proto."""
+    request = supervisor_pb2.CreateContractRequest(name="big", description="d" * (5 * 1024 * 1024))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await api.supervisor.CreateContract(request, metadata=api.md)
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 # -- the limits are documented where they are declared -------------------------------------------------
 
 

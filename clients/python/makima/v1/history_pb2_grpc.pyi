@@ -36,6 +36,10 @@ class HistoryServiceStub:
     INVALID_ARGUMENT); `page_token` is the opaque `next_page_token` of the previous page (a malformed
     token, or one from another list or filter, is INVALID_ARGUMENT); an empty `next_page_token` ends
     the list. Time ranges are half-open [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     @_typing.overload
@@ -90,6 +94,10 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     INVALID_ARGUMENT); `page_token` is the opaque `next_page_token` of the previous page (a malformed
     token, or one from another list or filter, is INVALID_ARGUMENT); an empty `next_page_token` ends
     the list. Time ranges are half-open [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -140,6 +148,10 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     INVALID_ARGUMENT); `page_token` is the opaque `next_page_token` of the previous page (a malformed
     token, or one from another list or filter, is INVALID_ARGUMENT); an empty `next_page_token` ends
     the list. Time ranges are half-open [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     @_abc_1.abstractmethod
