@@ -22,13 +22,15 @@ from pathlib import Path
 import asyncpg
 import grpc
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from makima.server.api.errors import status_for
 from makima.server.app import App, start
 from makima.server.config import Settings
 from makima.server.domain.auth import create_api_key
-from makima.server.domain.errors import Unavailable
+from makima.server.domain.errors import FailedPrecondition, Unavailable
 from makima.server.domain.runtime import Principal, Tx
 from makima.v1 import daemon_pb2, history_pb2, resources_pb2, supervisor_pb2, task_fork_pb2
 from tests.conftest import new_api, postgres_base_url
@@ -140,6 +142,18 @@ async def test_a_file_name_that_is_not_utf8_is_carried_exactly(api: Api) -> None
         metadata=api.md,
     )
     assert list(back.changes) == expected
+
+
+def test_an_error_naming_a_path_that_is_not_utf8_is_still_answered() -> None:
+    path = os.fsdecode(b"/workspace/caf\xe9")  # as os.fsdecode hands it over: with a surrogate escape
+    error = FailedPrecondition(f"cannot write {path}", reason="WORKSPACE_NOT_WRITABLE", metadata={"path": path})
+    code, status = status_for(error, "/makima.v1.TaskForkService/CreateCheckpoint")
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    details = status_pb2.Status.FromString(dict(status.trailing_metadata)["grpc-status-details-bin"])
+    assert details.message == "cannot write /workspace/caf\ufffd"
+    info = error_details_pb2.ErrorInfo()
+    details.details[0].Unpack(info)
+    assert info.metadata["path"] == "/workspace/caf\ufffd"
 
 
 # -- names that become paths ---------------------------------------------------------------------------

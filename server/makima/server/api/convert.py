@@ -175,11 +175,17 @@ _CHANGE_TYPES = {
 }
 
 
+def valid_text(value: str) -> str:
+    """`value` as a proto string takes it: bytes that were not UTF-8 (a file name, held with surrogate
+    escapes) become U+FFFD each."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def file_change(change: git.FileChange) -> task_fork_pb2.FileChange:
-    """A changed file; a name that is not UTF-8 (held with surrogate escapes) travels exactly in
-    `path_bytes`, and `path` shows it with U+FFFD for each byte that does not decode."""
-    raw = change.path.encode("utf-8", "surrogateescape")
-    shown = raw.decode("utf-8", "replace")
-    return task_fork_pb2.FileChange(
-        path=shown, path_bytes=b"" if shown == change.path else raw, change_type=_CHANGE_TYPES[change.change]
-    )
+    """A changed file; a name that is not UTF-8 travels exactly in `path_bytes`, `path` shows it."""
+    shown = valid_text(change.path)
+    raw = b"" if shown == change.path else change.path.encode("utf-8", "surrogateescape")
+    return task_fork_pb2.FileChange(path=shown, path_bytes=raw, change_type=_CHANGE_TYPES[change.change])

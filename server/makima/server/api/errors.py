@@ -9,6 +9,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from makima.server.api.convert import valid_text
 from makima.server.domain import errors
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, grpc.S
         log.error("unexpected error in %s", method, exc_info=exc)
         exc = errors.DomainError("internal error", reason="INTERNAL")
     code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
-    metadata = {_text(k): _text(v) for k, v in exc.metadata.items()}
+    metadata = {valid_text(k): valid_text(v) for k, v in exc.metadata.items()}
     details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=metadata))]
     if isinstance(exc, errors.InvalidArgument) and exc.violations:
         details.append(
@@ -49,21 +50,12 @@ def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, grpc.S
                 error_details_pb2.BadRequest(
                     field_violations=[
                         error_details_pb2.BadRequest.FieldViolation(
-                            field=_text(v.field), description=_text(v.description)
+                            field=valid_text(v.field), description=valid_text(v.description)
                         )
                         for v in exc.violations
                     ]
                 )
             )
         )
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=_text(exc.message), details=details)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=valid_text(exc.message), details=details)
     return code, rpc_status.to_status(status)
-
-
-def _text(value: str) -> str:
-    """`value` as valid UTF-8 for a proto string: a file name that is not UTF-8 (held with surrogate
-    escapes) is shown with U+FFFD in place of its undecodable bytes."""
-    try:
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    except UnicodeEncodeError:
-        return value.encode("utf-8", "replace").decode("utf-8")
