@@ -69,7 +69,9 @@ BRANCH_NAMES = [
     "..",
 ]
 # git takes '@' as a branch name, but in revision syntax it means HEAD: we refuse it on purpose.
-STRICTER_THAN_GIT = {"@"}
+# check-ref-format has no length rule, but a ref's file "<part>.lock" must fit a 255-byte file name:
+# we refuse names over 250 bytes of UTF-8 (here 251 and 252 bytes).
+STRICTER_THAN_GIT = {"@", "y" * 251, "é" * 126}
 
 
 def git_accepts_branch(name: str, cwd: Path) -> bool:
@@ -100,6 +102,12 @@ def test_branch_names_we_refuse_although_git_accepts(name: str, tmp_path: Path) 
     with pytest.raises(InvalidRefNameError) as info:
         validate_branch_name(name)
     assert info.value.metadata == {"name": name}
+
+
+def test_branch_names_of_250_bytes_are_accepted() -> None:
+    assert ours_accepts("y" * 250)
+    assert ours_accepts("é" * 125)
+    assert ours_accepts("a/" + "y" * 248)
 
 
 def test_branch_name_that_is_not_utf8_is_refused() -> None:

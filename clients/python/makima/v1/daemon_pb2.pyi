@@ -75,9 +75,9 @@ class RegisterDaemonRequest(_message.Message):
     request_id: _builtins.str
     """Idempotency key (UUID, optional)."""
     name: _builtins.str
-    """Name of the daemon; required."""
+    """Name of the daemon; required, at most 200 characters."""
     hostname: _builtins.str
-    """Host it runs on."""
+    """Host it runs on; at most 255 characters."""
     def __init__(
         self,
         *,
@@ -135,7 +135,7 @@ class HeartbeatRequest(_message.Message):
     """UUID of the daemon."""
     @_builtins.property
     def task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """UUIDs of the tasks the daemon is running."""
+        """UUIDs of the tasks the daemon is running; at most 1000."""
 
     def __init__(
         self,
@@ -308,7 +308,7 @@ class RecordTaskEventsRequest(_message.Message):
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.NewTaskEvent]:
-        """Events to record."""
+        """Events to record; at most 10000 per message."""
 
     def __init__(
         self,
@@ -415,7 +415,7 @@ class AppendMessagesRequest(_message.Message):
     """
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.NewConversationMessage]:
-        """Messages to append, in order; at least one."""
+        """Messages to append, in order; at least one, at most 1000."""
 
     def __init__(
         self,
@@ -488,7 +488,7 @@ class ReportTaskStatusRequest(_message.Message):
     status: _resources_pb2.TaskStatus.ValueType
     """COMPLETED, FAILED or INTERRUPTED."""
     message: _builtins.str
-    """Detail, e.g. the error of a failed task."""
+    """Detail, e.g. the error of a failed task; at most 10000 characters."""
     lease_token: _builtins.str
     """`lease_token` of the claim the daemon ran the task under. Empty: only `daemon_id` is checked."""
     def __init__(

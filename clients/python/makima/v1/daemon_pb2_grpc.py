@@ -52,6 +52,10 @@ class DaemonServiceStub:
 
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     def __init__(self, channel):
@@ -119,6 +123,10 @@ class DaemonServiceServicer:
 
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     def RegisterDaemon(self, request, context):
@@ -255,6 +263,10 @@ class DaemonService:
 
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     @staticmethod

@@ -53,6 +53,10 @@ class DaemonServiceStub:
 
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     @_typing.overload
@@ -130,6 +134,10 @@ class DaemonServiceAsyncStub(DaemonServiceStub):
 
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -203,6 +211,10 @@ class DaemonServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Every RPC needs the owner's API key, else UNAUTHENTICATED; resources of another owner are
     NOT_FOUND.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     @_abc_1.abstractmethod

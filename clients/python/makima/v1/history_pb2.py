@@ -23,60 +23,63 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from makima.v1 import limits_pb2 as makima_dot_v1_dot_limits__pb2
 from makima.v1 import resources_pb2 as makima_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17makima/v1/history.proto\x12\tmakima.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19makima/v1/resources.proto\"\xf1\x01\n\x19GetContractHistoryRequest\x12\x13\n\x0b\x63ontract_id\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12+\n\x05kinds\x18\x03 \x03(\x0e\x32\x1c.makima.v1.TimelineEventKind\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"x\n\tPhaseSpan\x12\r\n\x05phase\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xac\x01\n\x1aGetContractHistoryResponse\x12%\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x13.makima.v1.Contract\x12$\n\x06phases\x18\x02 \x03(\x0b\x32\x14.makima.v1.PhaseSpan\x12(\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x18.makima.v1.TimelineEvent\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"s\n GetSupervisorConversationRequest\x12\x13\n\x0b\x63ontract_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x96\x01\n!GetSupervisorConversationResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.makima.v1.ConversationMessage\x12\x15\n\rmessage_count\x18\x03 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"i\n\x1aGetTaskConversationRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x90\x01\n\x1bGetTaskConversationResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.makima.v1.ConversationMessage\x12\x15\n\rmessage_count\x18\x03 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"Z\n ListConversationSnapshotsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"p\n!ListConversationSnapshotsResponse\x12\x32\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1f.makima.v1.ConversationSnapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd6\x01\n\x15ListTaskEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x05kinds\x18\x02 \x03(\x0e\x32\x18.makima.v1.TaskEventKind\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"W\n\x16ListTaskEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.makima.v1.TaskEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x16ListCheckpointsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x17ListCheckpointsResponse\x12*\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x15.makima.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x02\n\x13ListTimelineRequest\x12\x13\n\x0b\x63ontract_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12+\n\x05kinds\x18\x03 \x03(\x0e\x32\x1c.makima.v1.TimelineEventKind\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x66ter_cursor\x18\x06 \x01(\x03\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"Y\n\x14ListTimelineResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.makima.v1.TimelineEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9c\x01\n\x15StreamTimelineRequest\x12\x13\n\x0b\x63ontract_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12+\n\x05kinds\x18\x03 \x03(\x0e\x32\x1c.makima.v1.TimelineEventKind\x12\x14\n\x0c\x61\x66ter_cursor\x18\x04 \x01(\x03\x12\x1a\n\x12keep_alive_seconds\x18\x05 \x01(\x05\"w\n\x16StreamTimelineResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.makima.v1.TimelineEventH\x00\x12*\n\nkeep_alive\x18\x02 \x01(\x0b\x32\x14.makima.v1.KeepAliveH\x00\x42\x06\n\x04item\"L\n\tKeepAlive\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x15GetTaskLineageRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x81\x01\n\x0bLineageNode\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.makima.v1.Task\x12\x16\n\x0eparent_task_id\x18\x02 \x01(\t\x12,\n\x08relation\x18\x03 \x01(\x0e\x32\x1a.makima.v1.LineageRelation\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\x05\"U\n\x16GetTaskLineageResponse\x12\x14\n\x0croot_task_id\x18\x01 \x01(\t\x12%\n\x05nodes\x18\x02 \x03(\x0b\x32\x16.makima.v1.LineageNode*\xaa\x01\n\x0fLineageRelation\x12 \n\x1cLINEAGE_RELATION_UNSPECIFIED\x10\x00\x12\x19\n\x15LINEAGE_RELATION_ROOT\x10\x01\x12\x19\n\x15LINEAGE_RELATION_FORK\x10\x02\x12!\n\x1dLINEAGE_RELATION_CONTINUATION\x10\x03\x12\x1c\n\x18LINEAGE_RELATION_SUBTASK\x10\x04\x32\xfb\x06\n\x0eHistoryService\x12\x61\n\x12GetContractHistory\x12$.makima.v1.GetContractHistoryRequest\x1a%.makima.v1.GetContractHistoryResponse\x12v\n\x19GetSupervisorConversation\x12+.makima.v1.GetSupervisorConversationRequest\x1a,.makima.v1.GetSupervisorConversationResponse\x12\x64\n\x13GetTaskConversation\x12%.makima.v1.GetTaskConversationRequest\x1a&.makima.v1.GetTaskConversationResponse\x12v\n\x19ListConversationSnapshots\x12+.makima.v1.ListConversationSnapshotsRequest\x1a,.makima.v1.ListConversationSnapshotsResponse\x12U\n\x0eListTaskEvents\x12 .makima.v1.ListTaskEventsRequest\x1a!.makima.v1.ListTaskEventsResponse\x12X\n\x0fListCheckpoints\x12!.makima.v1.ListCheckpointsRequest\x1a\".makima.v1.ListCheckpointsResponse\x12O\n\x0cListTimeline\x12\x1e.makima.v1.ListTimelineRequest\x1a\x1f.makima.v1.ListTimelineResponse\x12W\n\x0eStreamTimeline\x12 .makima.v1.StreamTimelineRequest\x1a!.makima.v1.StreamTimelineResponse0\x01\x12U\n\x0eGetTaskLineage\x12 .makima.v1.GetTaskLineageRequest\x1a!.makima.v1.GetTaskLineageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17makima/v1/history.proto\x12\tmakima.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16makima/v1/limits.proto\x1a\x19makima/v1/resources.proto\"\xf8\x01\n\x19GetContractHistoryRequest\x12\x13\n\x0b\x63ontract_id\x18\x01 \x01(\t\x12\x14\n\x05phase\x18\x02 \x01(\tB\x05\x88\xb5\x18\xc8\x01\x12+\n\x05kinds\x18\x03 \x03(\x0e\x32\x1c.makima.v1.TimelineEventKind\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x06 \x01(\x05\x12\x12\n\npage_token\x18\x07 \x01(\t\"x\n\tPhaseSpan\x12\r\n\x05phase\x18\x01 \x01(\t\x12.\n\nstart_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xac\x01\n\x1aGetContractHistoryResponse\x12%\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x13.makima.v1.Contract\x12$\n\x06phases\x18\x02 \x03(\x0b\x32\x14.makima.v1.PhaseSpan\x12(\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x18.makima.v1.TimelineEvent\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"s\n GetSupervisorConversationRequest\x12\x13\n\x0b\x63ontract_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x96\x01\n!GetSupervisorConversationResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.makima.v1.ConversationMessage\x12\x15\n\rmessage_count\x18\x03 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"i\n\x1aGetTaskConversationRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"\x90\x01\n\x1bGetTaskConversationResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x30\n\x08messages\x18\x02 \x03(\x0b\x32\x1e.makima.v1.ConversationMessage\x12\x15\n\rmessage_count\x18\x03 \x01(\x03\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\"Z\n ListConversationSnapshotsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"p\n!ListConversationSnapshotsResponse\x12\x32\n\tsnapshots\x18\x01 \x03(\x0b\x32\x1f.makima.v1.ConversationSnapshot\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xd6\x01\n\x15ListTaskEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x05kinds\x18\x02 \x03(\x0e\x32\x18.makima.v1.TaskEventKind\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tpage_size\x18\x05 \x01(\x05\x12\x12\n\npage_token\x18\x06 \x01(\t\"W\n\x16ListTaskEventsResponse\x12$\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x14.makima.v1.TaskEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"P\n\x16ListCheckpointsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"^\n\x17ListCheckpointsResponse\x12*\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x15.makima.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x83\x02\n\x13ListTimelineRequest\x12\x13\n\x0b\x63ontract_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12+\n\x05kinds\x18\x03 \x03(\x0e\x32\x1c.makima.v1.TimelineEventKind\x12.\n\nstart_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0c\x61\x66ter_cursor\x18\x06 \x01(\x03\x12\x11\n\tpage_size\x18\x07 \x01(\x05\x12\x12\n\npage_token\x18\x08 \x01(\t\"Y\n\x14ListTimelineResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.makima.v1.TimelineEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9c\x01\n\x15StreamTimelineRequest\x12\x13\n\x0b\x63ontract_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12+\n\x05kinds\x18\x03 \x03(\x0e\x32\x1c.makima.v1.TimelineEventKind\x12\x14\n\x0c\x61\x66ter_cursor\x18\x04 \x01(\x03\x12\x1a\n\x12keep_alive_seconds\x18\x05 \x01(\x05\"w\n\x16StreamTimelineResponse\x12)\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x18.makima.v1.TimelineEventH\x00\x12*\n\nkeep_alive\x18\x02 \x01(\x0b\x32\x14.makima.v1.KeepAliveH\x00\x42\x06\n\x04item\"L\n\tKeepAlive\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"(\n\x15GetTaskLineageRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"\x81\x01\n\x0bLineageNode\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.makima.v1.Task\x12\x16\n\x0eparent_task_id\x18\x02 \x01(\t\x12,\n\x08relation\x18\x03 \x01(\x0e\x32\x1a.makima.v1.LineageRelation\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\x05\"U\n\x16GetTaskLineageResponse\x12\x14\n\x0croot_task_id\x18\x01 \x01(\t\x12%\n\x05nodes\x18\x02 \x03(\x0b\x32\x16.makima.v1.LineageNode*\xaa\x01\n\x0fLineageRelation\x12 \n\x1cLINEAGE_RELATION_UNSPECIFIED\x10\x00\x12\x19\n\x15LINEAGE_RELATION_ROOT\x10\x01\x12\x19\n\x15LINEAGE_RELATION_FORK\x10\x02\x12!\n\x1dLINEAGE_RELATION_CONTINUATION\x10\x03\x12\x1c\n\x18LINEAGE_RELATION_SUBTASK\x10\x04\x32\xfb\x06\n\x0eHistoryService\x12\x61\n\x12GetContractHistory\x12$.makima.v1.GetContractHistoryRequest\x1a%.makima.v1.GetContractHistoryResponse\x12v\n\x19GetSupervisorConversation\x12+.makima.v1.GetSupervisorConversationRequest\x1a,.makima.v1.GetSupervisorConversationResponse\x12\x64\n\x13GetTaskConversation\x12%.makima.v1.GetTaskConversationRequest\x1a&.makima.v1.GetTaskConversationResponse\x12v\n\x19ListConversationSnapshots\x12+.makima.v1.ListConversationSnapshotsRequest\x1a,.makima.v1.ListConversationSnapshotsResponse\x12U\n\x0eListTaskEvents\x12 .makima.v1.ListTaskEventsRequest\x1a!.makima.v1.ListTaskEventsResponse\x12X\n\x0fListCheckpoints\x12!.makima.v1.ListCheckpointsRequest\x1a\".makima.v1.ListCheckpointsResponse\x12O\n\x0cListTimeline\x12\x1e.makima.v1.ListTimelineRequest\x1a\x1f.makima.v1.ListTimelineResponse\x12W\n\x0eStreamTimeline\x12 .makima.v1.StreamTimelineRequest\x1a!.makima.v1.StreamTimelineResponse0\x01\x12U\n\x0eGetTaskLineage\x12 .makima.v1.GetTaskLineageRequest\x1a!.makima.v1.GetTaskLineageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'makima.v1.history_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LINEAGERELATION']._serialized_start=2826
-  _globals['_LINEAGERELATION']._serialized_end=2996
-  _globals['_GETCONTRACTHISTORYREQUEST']._serialized_start=99
-  _globals['_GETCONTRACTHISTORYREQUEST']._serialized_end=340
-  _globals['_PHASESPAN']._serialized_start=342
-  _globals['_PHASESPAN']._serialized_end=462
-  _globals['_GETCONTRACTHISTORYRESPONSE']._serialized_start=465
-  _globals['_GETCONTRACTHISTORYRESPONSE']._serialized_end=637
-  _globals['_GETSUPERVISORCONVERSATIONREQUEST']._serialized_start=639
-  _globals['_GETSUPERVISORCONVERSATIONREQUEST']._serialized_end=754
-  _globals['_GETSUPERVISORCONVERSATIONRESPONSE']._serialized_start=757
-  _globals['_GETSUPERVISORCONVERSATIONRESPONSE']._serialized_end=907
-  _globals['_GETTASKCONVERSATIONREQUEST']._serialized_start=909
-  _globals['_GETTASKCONVERSATIONREQUEST']._serialized_end=1014
-  _globals['_GETTASKCONVERSATIONRESPONSE']._serialized_start=1017
-  _globals['_GETTASKCONVERSATIONRESPONSE']._serialized_end=1161
-  _globals['_LISTCONVERSATIONSNAPSHOTSREQUEST']._serialized_start=1163
-  _globals['_LISTCONVERSATIONSNAPSHOTSREQUEST']._serialized_end=1253
-  _globals['_LISTCONVERSATIONSNAPSHOTSRESPONSE']._serialized_start=1255
-  _globals['_LISTCONVERSATIONSNAPSHOTSRESPONSE']._serialized_end=1367
-  _globals['_LISTTASKEVENTSREQUEST']._serialized_start=1370
-  _globals['_LISTTASKEVENTSREQUEST']._serialized_end=1584
-  _globals['_LISTTASKEVENTSRESPONSE']._serialized_start=1586
-  _globals['_LISTTASKEVENTSRESPONSE']._serialized_end=1673
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1675
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1755
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1757
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1851
-  _globals['_LISTTIMELINEREQUEST']._serialized_start=1854
-  _globals['_LISTTIMELINEREQUEST']._serialized_end=2113
-  _globals['_LISTTIMELINERESPONSE']._serialized_start=2115
-  _globals['_LISTTIMELINERESPONSE']._serialized_end=2204
-  _globals['_STREAMTIMELINEREQUEST']._serialized_start=2207
-  _globals['_STREAMTIMELINEREQUEST']._serialized_end=2363
-  _globals['_STREAMTIMELINERESPONSE']._serialized_start=2365
-  _globals['_STREAMTIMELINERESPONSE']._serialized_end=2484
-  _globals['_KEEPALIVE']._serialized_start=2486
-  _globals['_KEEPALIVE']._serialized_end=2562
-  _globals['_GETTASKLINEAGEREQUEST']._serialized_start=2564
-  _globals['_GETTASKLINEAGEREQUEST']._serialized_end=2604
-  _globals['_LINEAGENODE']._serialized_start=2607
-  _globals['_LINEAGENODE']._serialized_end=2736
-  _globals['_GETTASKLINEAGERESPONSE']._serialized_start=2738
-  _globals['_GETTASKLINEAGERESPONSE']._serialized_end=2823
-  _globals['_HISTORYSERVICE']._serialized_start=2999
-  _globals['_HISTORYSERVICE']._serialized_end=3890
+  _globals['_GETCONTRACTHISTORYREQUEST'].fields_by_name['phase']._loaded_options = None
+  _globals['_GETCONTRACTHISTORYREQUEST'].fields_by_name['phase']._serialized_options = b'\210\265\030\310\001'
+  _globals['_LINEAGERELATION']._serialized_start=2857
+  _globals['_LINEAGERELATION']._serialized_end=3027
+  _globals['_GETCONTRACTHISTORYREQUEST']._serialized_start=123
+  _globals['_GETCONTRACTHISTORYREQUEST']._serialized_end=371
+  _globals['_PHASESPAN']._serialized_start=373
+  _globals['_PHASESPAN']._serialized_end=493
+  _globals['_GETCONTRACTHISTORYRESPONSE']._serialized_start=496
+  _globals['_GETCONTRACTHISTORYRESPONSE']._serialized_end=668
+  _globals['_GETSUPERVISORCONVERSATIONREQUEST']._serialized_start=670
+  _globals['_GETSUPERVISORCONVERSATIONREQUEST']._serialized_end=785
+  _globals['_GETSUPERVISORCONVERSATIONRESPONSE']._serialized_start=788
+  _globals['_GETSUPERVISORCONVERSATIONRESPONSE']._serialized_end=938
+  _globals['_GETTASKCONVERSATIONREQUEST']._serialized_start=940
+  _globals['_GETTASKCONVERSATIONREQUEST']._serialized_end=1045
+  _globals['_GETTASKCONVERSATIONRESPONSE']._serialized_start=1048
+  _globals['_GETTASKCONVERSATIONRESPONSE']._serialized_end=1192
+  _globals['_LISTCONVERSATIONSNAPSHOTSREQUEST']._serialized_start=1194
+  _globals['_LISTCONVERSATIONSNAPSHOTSREQUEST']._serialized_end=1284
+  _globals['_LISTCONVERSATIONSNAPSHOTSRESPONSE']._serialized_start=1286
+  _globals['_LISTCONVERSATIONSNAPSHOTSRESPONSE']._serialized_end=1398
+  _globals['_LISTTASKEVENTSREQUEST']._serialized_start=1401
+  _globals['_LISTTASKEVENTSREQUEST']._serialized_end=1615
+  _globals['_LISTTASKEVENTSRESPONSE']._serialized_start=1617
+  _globals['_LISTTASKEVENTSRESPONSE']._serialized_end=1704
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1706
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1786
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1788
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1882
+  _globals['_LISTTIMELINEREQUEST']._serialized_start=1885
+  _globals['_LISTTIMELINEREQUEST']._serialized_end=2144
+  _globals['_LISTTIMELINERESPONSE']._serialized_start=2146
+  _globals['_LISTTIMELINERESPONSE']._serialized_end=2235
+  _globals['_STREAMTIMELINEREQUEST']._serialized_start=2238
+  _globals['_STREAMTIMELINEREQUEST']._serialized_end=2394
+  _globals['_STREAMTIMELINERESPONSE']._serialized_start=2396
+  _globals['_STREAMTIMELINERESPONSE']._serialized_end=2515
+  _globals['_KEEPALIVE']._serialized_start=2517
+  _globals['_KEEPALIVE']._serialized_end=2593
+  _globals['_GETTASKLINEAGEREQUEST']._serialized_start=2595
+  _globals['_GETTASKLINEAGEREQUEST']._serialized_end=2635
+  _globals['_LINEAGENODE']._serialized_start=2638
+  _globals['_LINEAGENODE']._serialized_end=2767
+  _globals['_GETTASKLINEAGERESPONSE']._serialized_start=2769
+  _globals['_GETTASKLINEAGERESPONSE']._serialized_end=2854
+  _globals['_HISTORYSERVICE']._serialized_start=3030
+  _globals['_HISTORYSERVICE']._serialized_end=3921
 # @@protoc_insertion_point(module_scope)

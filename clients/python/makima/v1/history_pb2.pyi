@@ -71,7 +71,9 @@ class GetContractHistoryRequest(_message.Message):
     contract_id: _builtins.str
     """UUID of the contract."""
     phase: _builtins.str
-    """Only events recorded while the contract was in this phase; empty for all phases."""
+    """Only events recorded while the contract was in this phase; empty for all phases. At most 200
+    characters.
+    """
     page_size: _builtins.int
     """Maximum number of events to return (default 100, maximum 1000)."""
     page_token: _builtins.str

@@ -34,6 +34,10 @@ class HistoryServiceStub:
     malformed or altered token, or one from another list, owner or filter, is INVALID_ARGUMENT on
     `page_token`); an empty `next_page_token` ends the list. Time ranges are half-open
     [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     def __init__(self, channel):
@@ -98,6 +102,10 @@ class HistoryServiceServicer:
     malformed or altered token, or one from another list, owner or filter, is INVALID_ARGUMENT on
     `page_token`); an empty `next_page_token` ends the list. Time ranges are half-open
     [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     def GetContractHistory(self, request, context):
@@ -239,6 +247,10 @@ class HistoryService:
     malformed or altered token, or one from another list, owner or filter, is INVALID_ARGUMENT on
     `page_token`); an empty `next_page_token` ends the list. Time ranges are half-open
     [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     @staticmethod

@@ -37,6 +37,10 @@ class HistoryServiceStub:
     malformed or altered token, or one from another list, owner or filter, is INVALID_ARGUMENT on
     `page_token`); an empty `next_page_token` ends the list. Time ranges are half-open
     [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     @_typing.overload
@@ -92,6 +96,10 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     malformed or altered token, or one from another list, owner or filter, is INVALID_ARGUMENT on
     `page_token`); an empty `next_page_token` ends the list. Time ranges are half-open
     [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -143,6 +151,10 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     malformed or altered token, or one from another list, owner or filter, is INVALID_ARGUMENT on
     `page_token`); an empty `next_page_token` ends the list. Time ranges are half-open
     [start_time, end_time); an inverted range is INVALID_ARGUMENT.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
     """
 
     @_abc_1.abstractmethod

@@ -24,53 +24,66 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from makima.v1 import limits_pb2 as makima_dot_v1_dot_limits__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19makima/v1/resources.proto\x12\tmakima.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x82\x02\n\x08\x43ontract\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.makima.v1.ContractStatus\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12supervisor_task_id\x18\t \x01(\t\"\xe2\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontract_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12!\n\x04kind\x18\x05 \x01(\x0e\x32\x13.makima.v1.TaskKind\x12%\n\x06status\x18\x06 \x01(\x0e\x32\x15.makima.v1.TaskStatus\x12\x11\n\tdaemon_id\x18\x07 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rworktree_path\x18\t \x01(\t\x12\x0e\n\x06\x62ranch\x18\n \x01(\t\x12\x15\n\rmessage_count\x18\x0b \x01(\x03\x12\x16\n\x0eparent_task_id\x18\x0c \x01(\t\x12\x1b\n\x13\x66orked_from_task_id\x18\r \x01(\t\x12!\n\x19\x66orked_from_checkpoint_id\x18\x0e \x01(\t\x12$\n\x17\x66orked_at_message_index\x18\x0f \x01(\x03H\x00\x88\x01\x01\x12\x1e\n\x16\x63ontinued_from_task_id\x18\x10 \x01(\t\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x13 \x01(\x03\x12\x16\n\x0estatus_message\x18\x14 \x01(\tB\x1a\n\x18_forked_at_message_index\"\xb7\x01\n\x13\x43onversationMessage\x12\r\n\x05index\x18\x01 \x01(\x03\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.makima.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x16NewConversationMessage\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.makima.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12)\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xec\x01\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.makima.v1.TaskEventKind\x12\x0c\n\x04text\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecord_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xad\x01\n\x0cNewTaskEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.makima.v1.TaskEventKind\x12\x0c\n\x04text\x18\x03 \x01(\t\x12%\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x02\n\nCheckpoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x12\n\ncommit_sha\x18\x03 \x01(\t\x12\x19\n\x11parent_commit_sha\x18\x04 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\'\n\x04kind\x18\x07 \x01(\x0e\x32\x19.makima.v1.CheckpointKind\x12 \n\x18\x63onversation_snapshot_id\x18\x08 \x01(\t\x12\x15\n\rmessage_count\x18\t \x01(\x03\x12\x16\n\x0e\x65vent_sequence\x18\n \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\x14\x43onversationSnapshot\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rmessage_count\x18\x03 \x01(\x03\x12)\n\x06reason\x18\x04 \x01(\x0e\x32\x19.makima.v1.SnapshotReason\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xda\x01\n\rTimelineEvent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.makima.v1.TimelineEventKind\x12\x13\n\x0b\x63ontract_id\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaa\x01\n\x0cWorktreeSpec\x12.\n\x06source\x18\x01 \x01(\x0e\x32\x1e.makima.v1.WorktreeSpec.Source\x12\x12\n\nrepository\x18\x02 \x01(\t\x12\x0b\n\x03ref\x18\x03 \x01(\t\"I\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_EMPTY\x10\x01\x12\x15\n\x11SOURCE_REPOSITORY\x10\x02\"\xc5\x01\n\x0bResumedFrom\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x36\n\x12last_activity_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x03 \x01(\x03\x12\x11\n\tdaemon_id\x18\x04 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12.\n\x0fprevious_status\x18\x06 \x01(\x0e\x32\x15.makima.v1.TaskStatus*\x8b\x01\n\x0e\x43ontractStatus\x12\x1f\n\x1b\x43ONTRACT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONTRACT_STATUS_ACTIVE\x10\x01\x12\x1d\n\x19\x43ONTRACT_STATUS_COMPLETED\x10\x02\x12\x1d\n\x19\x43ONTRACT_STATUS_CANCELLED\x10\x03*\xc6\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x02\x12\x19\n\x15TASK_STATUS_COMPLETED\x10\x03\x12\x16\n\x12TASK_STATUS_FAILED\x10\x04\x12\x1b\n\x17TASK_STATUS_INTERRUPTED\x10\x05\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x06*U\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_KIND_SUPERVISOR\x10\x01\x12\x14\n\x10TASK_KIND_WORKER\x10\x02*\x8e\x01\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x03\x12\x15\n\x11MESSAGE_ROLE_TOOL\x10\x04*\xc3\x01\n\rTaskEventKind\x12\x1f\n\x1bTASK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_EVENT_KIND_OUTPUT\x10\x01\x12\x1d\n\x19TASK_EVENT_KIND_TOOL_CALL\x10\x02\x12\x1f\n\x1bTASK_EVENT_KIND_TOOL_RESULT\x10\x03\x12\x1a\n\x16TASK_EVENT_KIND_STATUS\x10\x04\x12\x19\n\x15TASK_EVENT_KIND_ERROR\x10\x05*\x8b\x01\n\x0e\x43heckpointKind\x12\x1f\n\x1b\x43HECKPOINT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43HECKPOINT_KIND_MANUAL\x10\x01\x12\x1a\n\x16\x43HECKPOINT_KIND_SAFETY\x10\x02\x12 \n\x1c\x43HECKPOINT_KIND_CONTINUATION\x10\x03*\xad\x01\n\x0eSnapshotReason\x12\x1f\n\x1bSNAPSHOT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSNAPSHOT_REASON_CHECKPOINT\x10\x01\x12\x1a\n\x16SNAPSHOT_REASON_REWIND\x10\x02\x12!\n\x1dSNAPSHOT_REASON_RESTART_PHASE\x10\x03\x12\x1b\n\x17SNAPSHOT_REASON_RESTORE\x10\x04*\x83\x06\n\x11TimelineEventKind\x12#\n\x1fTIMELINE_EVENT_KIND_UNSPECIFIED\x10\x00\x12(\n$TIMELINE_EVENT_KIND_CONTRACT_CREATED\x10\x01\x12&\n\"TIMELINE_EVENT_KIND_PHASE_ADVANCED\x10\x02\x12$\n TIMELINE_EVENT_KIND_TASK_CREATED\x10\x03\x12+\n\'TIMELINE_EVENT_KIND_TASK_STATUS_CHANGED\x10\x04\x12*\n&TIMELINE_EVENT_KIND_SUPERVISOR_STARTED\x10\x05\x12*\n&TIMELINE_EVENT_KIND_SUPERVISOR_RESUMED\x10\x06\x12$\n TIMELINE_EVENT_KIND_TASK_RESUMED\x10\x07\x12)\n%TIMELINE_EVENT_KIND_MESSAGES_APPENDED\x10\x08\x12,\n(TIMELINE_EVENT_KIND_TASK_EVENTS_RECORDED\x10\t\x12*\n&TIMELINE_EVENT_KIND_CHECKPOINT_CREATED\x10\n\x12$\n TIMELINE_EVENT_KIND_TASK_REWOUND\x10\x0b\x12,\n(TIMELINE_EVENT_KIND_CONVERSATION_REWOUND\x10\x0c\x12-\n)TIMELINE_EVENT_KIND_CONVERSATION_RESTORED\x10\r\x12&\n\"TIMELINE_EVENT_KIND_BRANCH_CREATED\x10\x0e\x12#\n\x1fTIMELINE_EVENT_KIND_TASK_FORKED\x10\x0f\x12&\n\"TIMELINE_EVENT_KIND_TASK_CONTINUED\x10\x10\x12)\n%TIMELINE_EVENT_KIND_DAEMON_REGISTERED\x10\x11\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19makima/v1/resources.proto\x12\tmakima.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16makima/v1/limits.proto\"\x82\x02\n\x08\x43ontract\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\r\n\x05phase\x18\x04 \x01(\t\x12)\n\x06status\x18\x05 \x01(\x0e\x32\x19.makima.v1.ContractStatus\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12supervisor_task_id\x18\t \x01(\t\"\xe2\x04\n\x04Task\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontract_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x14\n\x0cinstructions\x18\x04 \x01(\t\x12!\n\x04kind\x18\x05 \x01(\x0e\x32\x13.makima.v1.TaskKind\x12%\n\x06status\x18\x06 \x01(\x0e\x32\x15.makima.v1.TaskStatus\x12\x11\n\tdaemon_id\x18\x07 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rworktree_path\x18\t \x01(\t\x12\x0e\n\x06\x62ranch\x18\n \x01(\t\x12\x15\n\rmessage_count\x18\x0b \x01(\x03\x12\x16\n\x0eparent_task_id\x18\x0c \x01(\t\x12\x1b\n\x13\x66orked_from_task_id\x18\r \x01(\t\x12!\n\x19\x66orked_from_checkpoint_id\x18\x0e \x01(\t\x12$\n\x17\x66orked_at_message_index\x18\x0f \x01(\x03H\x00\x88\x01\x01\x12\x1e\n\x16\x63ontinued_from_task_id\x18\x10 \x01(\t\x12/\n\x0b\x63reate_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07version\x18\x13 \x01(\x03\x12\x16\n\x0estatus_message\x18\x14 \x01(\tB\x1a\n\x18_forked_at_message_index\"\xb7\x01\n\x13\x43onversationMessage\x12\r\n\x05index\x18\x01 \x01(\x03\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.makima.v1.MessageRole\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\t\x12)\n\x08metadata\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8b\x01\n\x16NewConversationMessage\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.makima.v1.MessageRole\x12\x18\n\x07\x63ontent\x18\x02 \x01(\tB\x07\x88\xb5\x18\x80\x80\x80\x01\x12\x31\n\x08metadata\x18\x03 \x01(\x0b\x32\x17.google.protobuf.StructB\x06\x98\xb5\x18\x80\x80\x10\"\xec\x01\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.makima.v1.TaskEventKind\x12\x0c\n\x04text\x18\x04 \x01(\t\x12%\n\x04\x64\x61ta\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\nevent_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0brecord_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbe\x01\n\x0cNewTaskEvent\x12\x10\n\x08sequence\x18\x01 \x01(\x03\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.makima.v1.TaskEventKind\x12\x15\n\x04text\x18\x03 \x01(\tB\x07\x88\xb5\x18\x80\x80\x80\x01\x12-\n\x04\x64\x61ta\x18\x04 \x01(\x0b\x32\x17.google.protobuf.StructB\x06\x98\xb5\x18\x80\x80\x10\x12.\n\nevent_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa4\x02\n\nCheckpoint\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x12\n\ncommit_sha\x18\x03 \x01(\t\x12\x19\n\x11parent_commit_sha\x18\x04 \x01(\t\x12\x0e\n\x06\x62ranch\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\'\n\x04kind\x18\x07 \x01(\x0e\x32\x19.makima.v1.CheckpointKind\x12 \n\x18\x63onversation_snapshot_id\x18\x08 \x01(\t\x12\x15\n\rmessage_count\x18\t \x01(\x03\x12\x16\n\x0e\x65vent_sequence\x18\n \x01(\x03\x12/\n\x0b\x63reate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa6\x01\n\x14\x43onversationSnapshot\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x15\n\rmessage_count\x18\x03 \x01(\x03\x12)\n\x06reason\x18\x04 \x01(\x0e\x32\x19.makima.v1.SnapshotReason\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xda\x01\n\rTimelineEvent\x12\x0e\n\x06\x63ursor\x18\x01 \x01(\x03\x12*\n\x04kind\x18\x02 \x01(\x0e\x32\x1c.makima.v1.TimelineEventKind\x12\x13\n\x0b\x63ontract_id\x18\x03 \x01(\t\x12\x0f\n\x07task_id\x18\x04 \x01(\t\x12\x0f\n\x07summary\x18\x05 \x01(\t\x12%\n\x04\x64\x61ta\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb8\x01\n\x0cWorktreeSpec\x12.\n\x06source\x18\x01 \x01(\x0e\x32\x1e.makima.v1.WorktreeSpec.Source\x12\x19\n\nrepository\x18\x02 \x01(\tB\x05\x88\xb5\x18\x80 \x12\x12\n\x03ref\x18\x03 \x01(\tB\x05\x88\xb5\x18\xfa\x01\"I\n\x06Source\x12\x16\n\x12SOURCE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSOURCE_EMPTY\x10\x01\x12\x15\n\x11SOURCE_REPOSITORY\x10\x02\"\xc5\x01\n\x0bResumedFrom\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x36\n\x12last_activity_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x03 \x01(\x03\x12\x11\n\tdaemon_id\x18\x04 \x01(\t\x12\x15\n\rcheckpoint_id\x18\x05 \x01(\t\x12.\n\x0fprevious_status\x18\x06 \x01(\x0e\x32\x15.makima.v1.TaskStatus*\x8b\x01\n\x0e\x43ontractStatus\x12\x1f\n\x1b\x43ONTRACT_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43ONTRACT_STATUS_ACTIVE\x10\x01\x12\x1d\n\x19\x43ONTRACT_STATUS_COMPLETED\x10\x02\x12\x1d\n\x19\x43ONTRACT_STATUS_CANCELLED\x10\x03*\xc6\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x17\n\x13TASK_STATUS_PENDING\x10\x01\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x02\x12\x19\n\x15TASK_STATUS_COMPLETED\x10\x03\x12\x16\n\x12TASK_STATUS_FAILED\x10\x04\x12\x1b\n\x17TASK_STATUS_INTERRUPTED\x10\x05\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x06*U\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_KIND_SUPERVISOR\x10\x01\x12\x14\n\x10TASK_KIND_WORKER\x10\x02*\x8e\x01\n\x0bMessageRole\x12\x1c\n\x18MESSAGE_ROLE_UNSPECIFIED\x10\x00\x12\x15\n\x11MESSAGE_ROLE_USER\x10\x01\x12\x1a\n\x16MESSAGE_ROLE_ASSISTANT\x10\x02\x12\x17\n\x13MESSAGE_ROLE_SYSTEM\x10\x03\x12\x15\n\x11MESSAGE_ROLE_TOOL\x10\x04*\xc3\x01\n\rTaskEventKind\x12\x1f\n\x1bTASK_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_EVENT_KIND_OUTPUT\x10\x01\x12\x1d\n\x19TASK_EVENT_KIND_TOOL_CALL\x10\x02\x12\x1f\n\x1bTASK_EVENT_KIND_TOOL_RESULT\x10\x03\x12\x1a\n\x16TASK_EVENT_KIND_STATUS\x10\x04\x12\x19\n\x15TASK_EVENT_KIND_ERROR\x10\x05*\x8b\x01\n\x0e\x43heckpointKind\x12\x1f\n\x1b\x43HECKPOINT_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43HECKPOINT_KIND_MANUAL\x10\x01\x12\x1a\n\x16\x43HECKPOINT_KIND_SAFETY\x10\x02\x12 \n\x1c\x43HECKPOINT_KIND_CONTINUATION\x10\x03*\xad\x01\n\x0eSnapshotReason\x12\x1f\n\x1bSNAPSHOT_REASON_UNSPECIFIED\x10\x00\x12\x1e\n\x1aSNAPSHOT_REASON_CHECKPOINT\x10\x01\x12\x1a\n\x16SNAPSHOT_REASON_REWIND\x10\x02\x12!\n\x1dSNAPSHOT_REASON_RESTART_PHASE\x10\x03\x12\x1b\n\x17SNAPSHOT_REASON_RESTORE\x10\x04*\x83\x06\n\x11TimelineEventKind\x12#\n\x1fTIMELINE_EVENT_KIND_UNSPECIFIED\x10\x00\x12(\n$TIMELINE_EVENT_KIND_CONTRACT_CREATED\x10\x01\x12&\n\"TIMELINE_EVENT_KIND_PHASE_ADVANCED\x10\x02\x12$\n TIMELINE_EVENT_KIND_TASK_CREATED\x10\x03\x12+\n\'TIMELINE_EVENT_KIND_TASK_STATUS_CHANGED\x10\x04\x12*\n&TIMELINE_EVENT_KIND_SUPERVISOR_STARTED\x10\x05\x12*\n&TIMELINE_EVENT_KIND_SUPERVISOR_RESUMED\x10\x06\x12$\n TIMELINE_EVENT_KIND_TASK_RESUMED\x10\x07\x12)\n%TIMELINE_EVENT_KIND_MESSAGES_APPENDED\x10\x08\x12,\n(TIMELINE_EVENT_KIND_TASK_EVENTS_RECORDED\x10\t\x12*\n&TIMELINE_EVENT_KIND_CHECKPOINT_CREATED\x10\n\x12$\n TIMELINE_EVENT_KIND_TASK_REWOUND\x10\x0b\x12,\n(TIMELINE_EVENT_KIND_CONVERSATION_REWOUND\x10\x0c\x12-\n)TIMELINE_EVENT_KIND_CONVERSATION_RESTORED\x10\r\x12&\n\"TIMELINE_EVENT_KIND_BRANCH_CREATED\x10\x0e\x12#\n\x1fTIMELINE_EVENT_KIND_TASK_FORKED\x10\x0f\x12&\n\"TIMELINE_EVENT_KIND_TASK_CONTINUED\x10\x10\x12)\n%TIMELINE_EVENT_KIND_DAEMON_REGISTERED\x10\x11\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'makima.v1.resources_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTRACTSTATUS']._serialized_start=2761
-  _globals['_CONTRACTSTATUS']._serialized_end=2900
-  _globals['_TASKSTATUS']._serialized_start=2903
-  _globals['_TASKSTATUS']._serialized_end=3101
-  _globals['_TASKKIND']._serialized_start=3103
-  _globals['_TASKKIND']._serialized_end=3188
-  _globals['_MESSAGEROLE']._serialized_start=3191
-  _globals['_MESSAGEROLE']._serialized_end=3333
-  _globals['_TASKEVENTKIND']._serialized_start=3336
-  _globals['_TASKEVENTKIND']._serialized_end=3531
-  _globals['_CHECKPOINTKIND']._serialized_start=3534
-  _globals['_CHECKPOINTKIND']._serialized_end=3673
-  _globals['_SNAPSHOTREASON']._serialized_start=3676
-  _globals['_SNAPSHOTREASON']._serialized_end=3849
-  _globals['_TIMELINEEVENTKIND']._serialized_start=3852
-  _globals['_TIMELINEEVENTKIND']._serialized_end=4623
-  _globals['_CONTRACT']._serialized_start=104
-  _globals['_CONTRACT']._serialized_end=362
-  _globals['_TASK']._serialized_start=365
-  _globals['_TASK']._serialized_end=975
-  _globals['_CONVERSATIONMESSAGE']._serialized_start=978
-  _globals['_CONVERSATIONMESSAGE']._serialized_end=1161
-  _globals['_NEWCONVERSATIONMESSAGE']._serialized_start=1163
-  _globals['_NEWCONVERSATIONMESSAGE']._serialized_end=1285
-  _globals['_TASKEVENT']._serialized_start=1288
-  _globals['_TASKEVENT']._serialized_end=1524
-  _globals['_NEWTASKEVENT']._serialized_start=1527
-  _globals['_NEWTASKEVENT']._serialized_end=1700
-  _globals['_CHECKPOINT']._serialized_start=1703
-  _globals['_CHECKPOINT']._serialized_end=1995
-  _globals['_CONVERSATIONSNAPSHOT']._serialized_start=1998
-  _globals['_CONVERSATIONSNAPSHOT']._serialized_end=2164
-  _globals['_TIMELINEEVENT']._serialized_start=2167
-  _globals['_TIMELINEEVENT']._serialized_end=2385
-  _globals['_WORKTREESPEC']._serialized_start=2388
-  _globals['_WORKTREESPEC']._serialized_end=2558
-  _globals['_WORKTREESPEC_SOURCE']._serialized_start=2485
-  _globals['_WORKTREESPEC_SOURCE']._serialized_end=2558
-  _globals['_RESUMEDFROM']._serialized_start=2561
-  _globals['_RESUMEDFROM']._serialized_end=2758
+  _globals['_NEWCONVERSATIONMESSAGE'].fields_by_name['content']._loaded_options = None
+  _globals['_NEWCONVERSATIONMESSAGE'].fields_by_name['content']._serialized_options = b'\210\265\030\200\200\200\001'
+  _globals['_NEWCONVERSATIONMESSAGE'].fields_by_name['metadata']._loaded_options = None
+  _globals['_NEWCONVERSATIONMESSAGE'].fields_by_name['metadata']._serialized_options = b'\230\265\030\200\200\020'
+  _globals['_NEWTASKEVENT'].fields_by_name['text']._loaded_options = None
+  _globals['_NEWTASKEVENT'].fields_by_name['text']._serialized_options = b'\210\265\030\200\200\200\001'
+  _globals['_NEWTASKEVENT'].fields_by_name['data']._loaded_options = None
+  _globals['_NEWTASKEVENT'].fields_by_name['data']._serialized_options = b'\230\265\030\200\200\020'
+  _globals['_WORKTREESPEC'].fields_by_name['repository']._loaded_options = None
+  _globals['_WORKTREESPEC'].fields_by_name['repository']._serialized_options = b'\210\265\030\200 '
+  _globals['_WORKTREESPEC'].fields_by_name['ref']._loaded_options = None
+  _globals['_WORKTREESPEC'].fields_by_name['ref']._serialized_options = b'\210\265\030\372\001'
+  _globals['_CONTRACTSTATUS']._serialized_start=2834
+  _globals['_CONTRACTSTATUS']._serialized_end=2973
+  _globals['_TASKSTATUS']._serialized_start=2976
+  _globals['_TASKSTATUS']._serialized_end=3174
+  _globals['_TASKKIND']._serialized_start=3176
+  _globals['_TASKKIND']._serialized_end=3261
+  _globals['_MESSAGEROLE']._serialized_start=3264
+  _globals['_MESSAGEROLE']._serialized_end=3406
+  _globals['_TASKEVENTKIND']._serialized_start=3409
+  _globals['_TASKEVENTKIND']._serialized_end=3604
+  _globals['_CHECKPOINTKIND']._serialized_start=3607
+  _globals['_CHECKPOINTKIND']._serialized_end=3746
+  _globals['_SNAPSHOTREASON']._serialized_start=3749
+  _globals['_SNAPSHOTREASON']._serialized_end=3922
+  _globals['_TIMELINEEVENTKIND']._serialized_start=3925
+  _globals['_TIMELINEEVENTKIND']._serialized_end=4696
+  _globals['_CONTRACT']._serialized_start=128
+  _globals['_CONTRACT']._serialized_end=386
+  _globals['_TASK']._serialized_start=389
+  _globals['_TASK']._serialized_end=999
+  _globals['_CONVERSATIONMESSAGE']._serialized_start=1002
+  _globals['_CONVERSATIONMESSAGE']._serialized_end=1185
+  _globals['_NEWCONVERSATIONMESSAGE']._serialized_start=1188
+  _globals['_NEWCONVERSATIONMESSAGE']._serialized_end=1327
+  _globals['_TASKEVENT']._serialized_start=1330
+  _globals['_TASKEVENT']._serialized_end=1566
+  _globals['_NEWTASKEVENT']._serialized_start=1569
+  _globals['_NEWTASKEVENT']._serialized_end=1759
+  _globals['_CHECKPOINT']._serialized_start=1762
+  _globals['_CHECKPOINT']._serialized_end=2054
+  _globals['_CONVERSATIONSNAPSHOT']._serialized_start=2057
+  _globals['_CONVERSATIONSNAPSHOT']._serialized_end=2223
+  _globals['_TIMELINEEVENT']._serialized_start=2226
+  _globals['_TIMELINEEVENT']._serialized_end=2444
+  _globals['_WORKTREESPEC']._serialized_start=2447
+  _globals['_WORKTREESPEC']._serialized_end=2631
+  _globals['_WORKTREESPEC_SOURCE']._serialized_start=2558
+  _globals['_WORKTREESPEC_SOURCE']._serialized_end=2631
+  _globals['_RESUMEDFROM']._serialized_start=2634
+  _globals['_RESUMEDFROM']._serialized_end=2831
 # @@protoc_insertion_point(module_scope)

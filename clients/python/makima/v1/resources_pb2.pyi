@@ -543,10 +543,10 @@ class NewConversationMessage(_message.Message):
     role: Global___MessageRole.ValueType
     """Who wrote it; required."""
     content: _builtins.str
-    """The text of the message."""
+    """The text of the message; at most 2097152 characters."""
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
-        """Structured extras."""
+        """Structured extras; at most 262144 bytes serialized, nested at most 20 deep."""
 
     def __init__(
         self,
@@ -631,10 +631,10 @@ class NewTaskEvent(_message.Message):
     kind: Global___TaskEventKind.ValueType
     """What happened; required."""
     text: _builtins.str
-    """Text payload."""
+    """Text payload; at most 2097152 characters."""
     @_builtins.property
     def data(self) -> _struct_pb2.Struct:
-        """Structured payload."""
+        """Structured payload; at most 262144 bytes serialized, nested at most 20 deep."""
 
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
@@ -846,9 +846,11 @@ class WorktreeSpec(_message.Message):
     source: Global___WorktreeSpec.Source.ValueType
     """Where the content comes from."""
     repository: _builtins.str
-    """Path of a git repository under the workspace root; required for SOURCE_REPOSITORY."""
+    """Path of a git repository under the workspace root; required for SOURCE_REPOSITORY. At most 4096
+    characters; the resolved path must also fit the file system (4095 bytes, 255 per component).
+    """
     ref: _builtins.str
-    """Branch, tag or commit to start from; defaults to HEAD."""
+    """Branch, tag or commit to start from; defaults to HEAD. At most 250 characters."""
     def __init__(
         self,
         *,

@@ -22,46 +22,57 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from makima.v1 import limits_pb2 as makima_dot_v1_dot_limits__pb2
 from makima.v1 import resources_pb2 as makima_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amakima/v1/supervisor.proto\x12\tmakima.v1\x1a\x19makima/v1/resources.proto\"e\n\x15\x43reateContractRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x15\n\rinitial_phase\x18\x04 \x01(\t\"?\n\x16\x43reateContractResponse\x12%\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x13.makima.v1.Contract\")\n\x12GetContractRequest\x12\x13\n\x0b\x63ontract_id\x18\x01 \x01(\t\"<\n\x13GetContractResponse\x12%\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x13.makima.v1.Contract\"\x81\x01\n\x13\x41\x64vancePhaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontract_id\x18\x02 \x01(\t\x12\r\n\x05phase\x18\x03 \x01(\t\x12\x1d\n\x10\x65xpected_version\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"U\n\x14\x41\x64vancePhaseResponse\x12%\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x13.makima.v1.Contract\x12\x16\n\x0eprevious_phase\x18\x02 \x01(\t\"\x82\x01\n\x16StartSupervisorRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontract_id\x18\x02 \x01(\t\x12\x14\n\x0cinstructions\x18\x03 \x01(\t\x12)\n\x08worktree\x18\x04 \x01(\x0b\x32\x17.makima.v1.WorktreeSpec\"j\n\x17StartSupervisorResponse\x12%\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x13.makima.v1.Contract\x12(\n\x0fsupervisor_task\x18\x02 \x01(\x0b\x32\x0f.makima.v1.Task\"\x93\x01\n\x17ResumeSupervisorRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontract_id\x18\x02 \x01(\t\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.makima.v1.ResumeMode\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\x12\x13\n\x0brewind_code\x18\x05 \x01(\x08\"\xed\x01\n\x18ResumeSupervisorResponse\x12(\n\x0fsupervisor_task\x18\x01 \x01(\x0b\x32\x0f.makima.v1.Task\x12,\n\x0cresumed_from\x18\x02 \x01(\x0b\x32\x16.makima.v1.ResumedFrom\x12\x31\n\x08snapshot\x18\x03 \x01(\x0b\x32\x1f.makima.v1.ConversationSnapshot\x12\x14\n\x0c\x63ode_rewound\x18\x04 \x01(\x08\x12\x30\n\x11safety_checkpoint\x18\x05 \x01(\x0b\x32\x15.makima.v1.Checkpoint\"\xff\x01\n\x19RewindConversationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\x0b\x63ontract_id\x18\x02 \x01(\tH\x00\x12\x11\n\x07task_id\x18\x03 \x01(\tH\x00\x12\x1a\n\x10to_message_index\x18\x04 \x01(\x03H\x01\x12\x1a\n\x10\x62y_message_count\x18\x05 \x01(\x03H\x01\x12#\n\x16\x65xpected_message_count\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x13\n\x0brewind_code\x18\x07 \x01(\x08\x42\x0e\n\x0c\x63onversationB\x07\n\x05pointB\x19\n\x17_expected_message_count\"\xae\x02\n\x1aRewindConversationResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x18\n\x10messages_removed\x18\x02 \x01(\x03\x12\x19\n\x11new_message_count\x18\x03 \x01(\x03\x12\x31\n\x08snapshot\x18\x04 \x01(\x0b\x32\x1f.makima.v1.ConversationSnapshot\x12\x14\n\x0c\x63ode_rewound\x18\x05 \x01(\x08\x12.\n\x0f\x63ode_checkpoint\x18\x06 \x01(\x0b\x32\x15.makima.v1.Checkpoint\x12\x30\n\x11safety_checkpoint\x18\x07 \x01(\x0b\x32\x15.makima.v1.Checkpoint\x12\x1f\n\x17\x63ode_not_rewound_reason\x18\x08 \x01(\t\"\x85\x01\n\x1aRestoreConversationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12#\n\x16\x65xpected_message_count\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x19\n\x17_expected_message_count\"\x85\x01\n\x1bRestoreConversationResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x19\n\x11new_message_count\x18\x02 \x01(\x03\x12:\n\x11previous_snapshot\x18\x03 \x01(\x0b\x32\x1f.makima.v1.ConversationSnapshot*\x83\x01\n\nResumeMode\x12\x1b\n\x17RESUME_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14RESUME_MODE_CONTINUE\x10\x01\x12\x1d\n\x19RESUME_MODE_RESTART_PHASE\x10\x02\x12\x1f\n\x1bRESUME_MODE_FROM_CHECKPOINT\x10\x03\x32\x89\x05\n\x11SupervisorService\x12U\n\x0e\x43reateContract\x12 .makima.v1.CreateContractRequest\x1a!.makima.v1.CreateContractResponse\x12L\n\x0bGetContract\x12\x1d.makima.v1.GetContractRequest\x1a\x1e.makima.v1.GetContractResponse\x12O\n\x0c\x41\x64vancePhase\x12\x1e.makima.v1.AdvancePhaseRequest\x1a\x1f.makima.v1.AdvancePhaseResponse\x12X\n\x0fStartSupervisor\x12!.makima.v1.StartSupervisorRequest\x1a\".makima.v1.StartSupervisorResponse\x12[\n\x10ResumeSupervisor\x12\".makima.v1.ResumeSupervisorRequest\x1a#.makima.v1.ResumeSupervisorResponse\x12\x61\n\x12RewindConversation\x12$.makima.v1.RewindConversationRequest\x1a%.makima.v1.RewindConversationResponse\x12\x64\n\x13RestoreConversation\x12%.makima.v1.RestoreConversationRequest\x1a&.makima.v1.RestoreConversationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amakima/v1/supervisor.proto\x12\tmakima.v1\x1a\x16makima/v1/limits.proto\x1a\x19makima/v1/resources.proto\"{\n\x15\x43reateContractRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x04name\x18\x02 \x01(\tB\x05\x88\xb5\x18\xf4\x03\x12\x1b\n\x0b\x64\x65scription\x18\x03 \x01(\tB\x06\x88\xb5\x18\xa0\x8d\x06\x12\x1c\n\rinitial_phase\x18\x04 \x01(\tB\x05\x88\xb5\x18\xc8\x01\"?\n\x16\x43reateContractResponse\x12%\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x13.makima.v1.Contract\")\n\x12GetContractRequest\x12\x13\n\x0b\x63ontract_id\x18\x01 \x01(\t\"<\n\x13GetContractResponse\x12%\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x13.makima.v1.Contract\"\x88\x01\n\x13\x41\x64vancePhaseRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontract_id\x18\x02 \x01(\t\x12\x14\n\x05phase\x18\x03 \x01(\tB\x05\x88\xb5\x18\xc8\x01\x12\x1d\n\x10\x65xpected_version\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x13\n\x11_expected_version\"U\n\x14\x41\x64vancePhaseResponse\x12%\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x13.makima.v1.Contract\x12\x16\n\x0eprevious_phase\x18\x02 \x01(\t\"\x8a\x01\n\x16StartSupervisorRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontract_id\x18\x02 \x01(\t\x12\x1c\n\x0cinstructions\x18\x03 \x01(\tB\x06\x88\xb5\x18\xa0\x8d\x06\x12)\n\x08worktree\x18\x04 \x01(\x0b\x32\x17.makima.v1.WorktreeSpec\"j\n\x17StartSupervisorResponse\x12%\n\x08\x63ontract\x18\x01 \x01(\x0b\x32\x13.makima.v1.Contract\x12(\n\x0fsupervisor_task\x18\x02 \x01(\x0b\x32\x0f.makima.v1.Task\"\x93\x01\n\x17ResumeSupervisorRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0b\x63ontract_id\x18\x02 \x01(\t\x12#\n\x04mode\x18\x03 \x01(\x0e\x32\x15.makima.v1.ResumeMode\x12\x15\n\rcheckpoint_id\x18\x04 \x01(\t\x12\x13\n\x0brewind_code\x18\x05 \x01(\x08\"\xed\x01\n\x18ResumeSupervisorResponse\x12(\n\x0fsupervisor_task\x18\x01 \x01(\x0b\x32\x0f.makima.v1.Task\x12,\n\x0cresumed_from\x18\x02 \x01(\x0b\x32\x16.makima.v1.ResumedFrom\x12\x31\n\x08snapshot\x18\x03 \x01(\x0b\x32\x1f.makima.v1.ConversationSnapshot\x12\x14\n\x0c\x63ode_rewound\x18\x04 \x01(\x08\x12\x30\n\x11safety_checkpoint\x18\x05 \x01(\x0b\x32\x15.makima.v1.Checkpoint\"\xff\x01\n\x19RewindConversationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\x0b\x63ontract_id\x18\x02 \x01(\tH\x00\x12\x11\n\x07task_id\x18\x03 \x01(\tH\x00\x12\x1a\n\x10to_message_index\x18\x04 \x01(\x03H\x01\x12\x1a\n\x10\x62y_message_count\x18\x05 \x01(\x03H\x01\x12#\n\x16\x65xpected_message_count\x18\x06 \x01(\x03H\x02\x88\x01\x01\x12\x13\n\x0brewind_code\x18\x07 \x01(\x08\x42\x0e\n\x0c\x63onversationB\x07\n\x05pointB\x19\n\x17_expected_message_count\"\xae\x02\n\x1aRewindConversationResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x18\n\x10messages_removed\x18\x02 \x01(\x03\x12\x19\n\x11new_message_count\x18\x03 \x01(\x03\x12\x31\n\x08snapshot\x18\x04 \x01(\x0b\x32\x1f.makima.v1.ConversationSnapshot\x12\x14\n\x0c\x63ode_rewound\x18\x05 \x01(\x08\x12.\n\x0f\x63ode_checkpoint\x18\x06 \x01(\x0b\x32\x15.makima.v1.Checkpoint\x12\x30\n\x11safety_checkpoint\x18\x07 \x01(\x0b\x32\x15.makima.v1.Checkpoint\x12\x1f\n\x17\x63ode_not_rewound_reason\x18\x08 \x01(\t\"\x85\x01\n\x1aRestoreConversationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x0bsnapshot_id\x18\x02 \x01(\t\x12#\n\x16\x65xpected_message_count\x18\x03 \x01(\x03H\x00\x88\x01\x01\x42\x19\n\x17_expected_message_count\"\x85\x01\n\x1bRestoreConversationResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x19\n\x11new_message_count\x18\x02 \x01(\x03\x12:\n\x11previous_snapshot\x18\x03 \x01(\x0b\x32\x1f.makima.v1.ConversationSnapshot*\x83\x01\n\nResumeMode\x12\x1b\n\x17RESUME_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14RESUME_MODE_CONTINUE\x10\x01\x12\x1d\n\x19RESUME_MODE_RESTART_PHASE\x10\x02\x12\x1f\n\x1bRESUME_MODE_FROM_CHECKPOINT\x10\x03\x32\x89\x05\n\x11SupervisorService\x12U\n\x0e\x43reateContract\x12 .makima.v1.CreateContractRequest\x1a!.makima.v1.CreateContractResponse\x12L\n\x0bGetContract\x12\x1d.makima.v1.GetContractRequest\x1a\x1e.makima.v1.GetContractResponse\x12O\n\x0c\x41\x64vancePhase\x12\x1e.makima.v1.AdvancePhaseRequest\x1a\x1f.makima.v1.AdvancePhaseResponse\x12X\n\x0fStartSupervisor\x12!.makima.v1.StartSupervisorRequest\x1a\".makima.v1.StartSupervisorResponse\x12[\n\x10ResumeSupervisor\x12\".makima.v1.ResumeSupervisorRequest\x1a#.makima.v1.ResumeSupervisorResponse\x12\x61\n\x12RewindConversation\x12$.makima.v1.RewindConversationRequest\x1a%.makima.v1.RewindConversationResponse\x12\x64\n\x13RestoreConversation\x12%.makima.v1.RestoreConversationRequest\x1a&.makima.v1.RestoreConversationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'makima.v1.supervisor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RESUMEMODE']._serialized_start=2027
-  _globals['_RESUMEMODE']._serialized_end=2158
-  _globals['_CREATECONTRACTREQUEST']._serialized_start=68
-  _globals['_CREATECONTRACTREQUEST']._serialized_end=169
-  _globals['_CREATECONTRACTRESPONSE']._serialized_start=171
-  _globals['_CREATECONTRACTRESPONSE']._serialized_end=234
-  _globals['_GETCONTRACTREQUEST']._serialized_start=236
-  _globals['_GETCONTRACTREQUEST']._serialized_end=277
-  _globals['_GETCONTRACTRESPONSE']._serialized_start=279
-  _globals['_GETCONTRACTRESPONSE']._serialized_end=339
-  _globals['_ADVANCEPHASEREQUEST']._serialized_start=342
-  _globals['_ADVANCEPHASEREQUEST']._serialized_end=471
-  _globals['_ADVANCEPHASERESPONSE']._serialized_start=473
-  _globals['_ADVANCEPHASERESPONSE']._serialized_end=558
-  _globals['_STARTSUPERVISORREQUEST']._serialized_start=561
-  _globals['_STARTSUPERVISORREQUEST']._serialized_end=691
-  _globals['_STARTSUPERVISORRESPONSE']._serialized_start=693
-  _globals['_STARTSUPERVISORRESPONSE']._serialized_end=799
-  _globals['_RESUMESUPERVISORREQUEST']._serialized_start=802
-  _globals['_RESUMESUPERVISORREQUEST']._serialized_end=949
-  _globals['_RESUMESUPERVISORRESPONSE']._serialized_start=952
-  _globals['_RESUMESUPERVISORRESPONSE']._serialized_end=1189
-  _globals['_REWINDCONVERSATIONREQUEST']._serialized_start=1192
-  _globals['_REWINDCONVERSATIONREQUEST']._serialized_end=1447
-  _globals['_REWINDCONVERSATIONRESPONSE']._serialized_start=1450
-  _globals['_REWINDCONVERSATIONRESPONSE']._serialized_end=1752
-  _globals['_RESTORECONVERSATIONREQUEST']._serialized_start=1755
-  _globals['_RESTORECONVERSATIONREQUEST']._serialized_end=1888
-  _globals['_RESTORECONVERSATIONRESPONSE']._serialized_start=1891
-  _globals['_RESTORECONVERSATIONRESPONSE']._serialized_end=2024
-  _globals['_SUPERVISORSERVICE']._serialized_start=2161
-  _globals['_SUPERVISORSERVICE']._serialized_end=2810
+  _globals['_CREATECONTRACTREQUEST'].fields_by_name['name']._loaded_options = None
+  _globals['_CREATECONTRACTREQUEST'].fields_by_name['name']._serialized_options = b'\210\265\030\364\003'
+  _globals['_CREATECONTRACTREQUEST'].fields_by_name['description']._loaded_options = None
+  _globals['_CREATECONTRACTREQUEST'].fields_by_name['description']._serialized_options = b'\210\265\030\240\215\006'
+  _globals['_CREATECONTRACTREQUEST'].fields_by_name['initial_phase']._loaded_options = None
+  _globals['_CREATECONTRACTREQUEST'].fields_by_name['initial_phase']._serialized_options = b'\210\265\030\310\001'
+  _globals['_ADVANCEPHASEREQUEST'].fields_by_name['phase']._loaded_options = None
+  _globals['_ADVANCEPHASEREQUEST'].fields_by_name['phase']._serialized_options = b'\210\265\030\310\001'
+  _globals['_STARTSUPERVISORREQUEST'].fields_by_name['instructions']._loaded_options = None
+  _globals['_STARTSUPERVISORREQUEST'].fields_by_name['instructions']._serialized_options = b'\210\265\030\240\215\006'
+  _globals['_RESUMEMODE']._serialized_start=2088
+  _globals['_RESUMEMODE']._serialized_end=2219
+  _globals['_CREATECONTRACTREQUEST']._serialized_start=92
+  _globals['_CREATECONTRACTREQUEST']._serialized_end=215
+  _globals['_CREATECONTRACTRESPONSE']._serialized_start=217
+  _globals['_CREATECONTRACTRESPONSE']._serialized_end=280
+  _globals['_GETCONTRACTREQUEST']._serialized_start=282
+  _globals['_GETCONTRACTREQUEST']._serialized_end=323
+  _globals['_GETCONTRACTRESPONSE']._serialized_start=325
+  _globals['_GETCONTRACTRESPONSE']._serialized_end=385
+  _globals['_ADVANCEPHASEREQUEST']._serialized_start=388
+  _globals['_ADVANCEPHASEREQUEST']._serialized_end=524
+  _globals['_ADVANCEPHASERESPONSE']._serialized_start=526
+  _globals['_ADVANCEPHASERESPONSE']._serialized_end=611
+  _globals['_STARTSUPERVISORREQUEST']._serialized_start=614
+  _globals['_STARTSUPERVISORREQUEST']._serialized_end=752
+  _globals['_STARTSUPERVISORRESPONSE']._serialized_start=754
+  _globals['_STARTSUPERVISORRESPONSE']._serialized_end=860
+  _globals['_RESUMESUPERVISORREQUEST']._serialized_start=863
+  _globals['_RESUMESUPERVISORREQUEST']._serialized_end=1010
+  _globals['_RESUMESUPERVISORRESPONSE']._serialized_start=1013
+  _globals['_RESUMESUPERVISORRESPONSE']._serialized_end=1250
+  _globals['_REWINDCONVERSATIONREQUEST']._serialized_start=1253
+  _globals['_REWINDCONVERSATIONREQUEST']._serialized_end=1508
+  _globals['_REWINDCONVERSATIONRESPONSE']._serialized_start=1511
+  _globals['_REWINDCONVERSATIONRESPONSE']._serialized_end=1813
+  _globals['_RESTORECONVERSATIONREQUEST']._serialized_start=1816
+  _globals['_RESTORECONVERSATIONREQUEST']._serialized_end=1949
+  _globals['_RESTORECONVERSATIONRESPONSE']._serialized_start=1952
+  _globals['_RESTORECONVERSATIONRESPONSE']._serialized_end=2085
+  _globals['_SUPERVISORSERVICE']._serialized_start=2222
+  _globals['_SUPERVISORSERVICE']._serialized_end=2871
 # @@protoc_insertion_point(module_scope)

@@ -59,11 +59,11 @@ class CreateContractRequest(_message.Message):
     request_id: _builtins.str
     """Idempotency key (UUID, optional): a retry with the same id returns the first answer."""
     name: _builtins.str
-    """Name of the contract; required."""
+    """Name of the contract; required, at most 500 characters."""
     description: _builtins.str
-    """Free-form description."""
+    """Free-form description; at most 100000 characters."""
     initial_phase: _builtins.str
-    """Initial phase; defaults to "research"."""
+    """Initial phase; defaults to "research". At most 200 characters."""
     def __init__(
         self,
         *,
@@ -165,7 +165,7 @@ class AdvancePhaseRequest(_message.Message):
     contract_id: _builtins.str
     """UUID of the contract."""
     phase: _builtins.str
-    """The phase to move to; required."""
+    """The phase to move to; required, at most 200 characters."""
     expected_version: _builtins.int
     """If set, the change is made only if the contract's version equals it, else ABORTED."""
     def __init__(
@@ -229,7 +229,7 @@ class StartSupervisorRequest(_message.Message):
     contract_id: _builtins.str
     """UUID of the contract."""
     instructions: _builtins.str
-    """Instructions the supervisor agent starts from."""
+    """Instructions the supervisor agent starts from; at most 100000 characters."""
     @_builtins.property
     def worktree(self) -> _resources_pb2.WorktreeSpec:
         """Optional worktree for the supervisor task."""

@@ -32,6 +32,13 @@ class SupervisorServiceStub:
     Every RPC needs an API key (`authorization: Bearer <key>` or `x-api-key: <key>`), else
     UNAUTHENTICATED. A contract of another owner is NOT_FOUND. Errors carry a google.rpc.ErrorInfo
     (domain "makima") and, for bad fields, a google.rpc.BadRequest naming the field.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
+    Calls that write a worktree (a supervisor's, or a code rewind) answer RESOURCE_EXHAUSTED reason
+    WORKSPACE_FULL when the workspace's disk is full, and FAILED_PRECONDITION reason
+    WORKSPACE_NOT_WRITABLE (naming the path) when the server may not write there.
     """
 
     @_typing.overload
@@ -81,6 +88,13 @@ class SupervisorServiceAsyncStub(SupervisorServiceStub):
     Every RPC needs an API key (`authorization: Bearer <key>` or `x-api-key: <key>`), else
     UNAUTHENTICATED. A contract of another owner is NOT_FOUND. Errors carry a google.rpc.ErrorInfo
     (domain "makima") and, for bad fields, a google.rpc.BadRequest naming the field.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
+    Calls that write a worktree (a supervisor's, or a code rewind) answer RESOURCE_EXHAUSTED reason
+    WORKSPACE_FULL when the workspace's disk is full, and FAILED_PRECONDITION reason
+    WORKSPACE_NOT_WRITABLE (naming the path) when the server may not write there.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -126,6 +140,13 @@ class SupervisorServiceServicer(metaclass=_abc_1.ABCMeta):
     Every RPC needs an API key (`authorization: Bearer <key>` or `x-api-key: <key>`), else
     UNAUTHENTICATED. A contract of another owner is NOT_FOUND. Errors carry a google.rpc.ErrorInfo
     (domain "makima") and, for bad fields, a google.rpc.BadRequest naming the field.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
+    Calls that write a worktree (a supervisor's, or a code rewind) answer RESOURCE_EXHAUSTED reason
+    WORKSPACE_FULL when the workspace's disk is full, and FAILED_PRECONDITION reason
+    WORKSPACE_NOT_WRITABLE (naming the path) when the server may not write there.
     """
 
     @_abc_1.abstractmethod

@@ -93,9 +93,9 @@ class CreateTaskRequest(_message.Message):
     contract_id: _builtins.str
     """UUID of the contract the task belongs to; optional."""
     name: _builtins.str
-    """Name of the task; required."""
+    """Name of the task; required, at most 500 characters."""
     instructions: _builtins.str
-    """Instructions the agent starts from."""
+    """Instructions the agent starts from; at most 100000 characters."""
     parent_task_id: _builtins.str
     """UUID of the task that spawns this one; optional."""
     @_builtins.property
@@ -204,7 +204,7 @@ class CreateCheckpointRequest(_message.Message):
     task_id: _builtins.str
     """UUID of the task."""
     message: _builtins.str
-    """Commit message; defaults to "checkpoint"."""
+    """Commit message; defaults to "checkpoint". At most 10000 characters."""
     def __init__(
         self,
         *,
@@ -282,19 +282,28 @@ class FileChange(_message.Message):
 
     PATH_FIELD_NUMBER: _builtins.int
     CHANGE_TYPE_FIELD_NUMBER: _builtins.int
+    PATH_BYTES_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """Path relative to the worktree root, '/'-separated."""
+    """Path relative to the worktree root, '/'-separated. Git allows any bytes in a file name: when the
+    name is not valid UTF-8, this is a lossy rendering (each byte that does not decode becomes
+    U+FFFD) and `path_bytes` holds the exact name.
+    """
     change_type: Global___FileChangeType.ValueType
     """How it changed."""
+    path_bytes: _builtins.bytes
+    """The exact path as bytes, set only when it is not valid UTF-8; empty otherwise (then `path` is
+    exact).
+    """
     def __init__(
         self,
         *,
         path: _builtins.str = ...,
         change_type: Global___FileChangeType.ValueType = ...,
+        path_bytes: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_type", b"change_type", "path", b"path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["change_type", b"change_type", "path", b"path", "path_bytes", b"path_bytes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -555,7 +564,9 @@ class CreateBranchRequest(_message.Message):
     checkpoint_id: _builtins.str
     """UUID of the checkpoint to branch at."""
     branch_name: _builtins.str
-    """Branch name (without refs/heads/); must follow git's ref rules."""
+    """Branch name (without refs/heads/); must follow git's ref rules. At most 250 characters, and at
+    most 250 bytes in UTF-8 (the longest file name git can lock a ref with).
+    """
     def __init__(
         self,
         *,
@@ -621,9 +632,11 @@ class ForkTaskRequest(_message.Message):
     newest checkpoint at or before that message (or the source's initial state).
     """
     name: _builtins.str
-    """Name of the new task; defaults to "<source name> (fork)"."""
+    """Name of the new task; defaults to "<source name> (fork)". At most 500 characters."""
     branch_name: _builtins.str
-    """Branch of the new task; defaults to "makima/<new task id>"."""
+    """Branch of the new task; defaults to "makima/<new task id>". Must follow git's ref rules; at most
+    250 characters, and at most 250 bytes in UTF-8.
+    """
     def __init__(
         self,
         *,
@@ -687,9 +700,9 @@ class ContinueTaskRequest(_message.Message):
     task_id: _builtins.str
     """UUID of the task to continue from."""
     name: _builtins.str
-    """Name of the new task; defaults to "<source name> (continued)"."""
+    """Name of the new task; defaults to "<source name> (continued)". At most 500 characters."""
     instructions: _builtins.str
-    """Instructions of the new task."""
+    """Instructions of the new task; at most 100000 characters."""
     def __init__(
         self,
         *,

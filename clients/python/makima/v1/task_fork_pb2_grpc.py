@@ -32,6 +32,13 @@ class TaskForkServiceStub:
     Every RPC needs an API key, else UNAUTHENTICATED. A task or checkpoint of another owner is
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
+    Calls that write a worktree answer RESOURCE_EXHAUSTED reason WORKSPACE_FULL when the workspace's
+    disk is full, and FAILED_PRECONDITION reason WORKSPACE_NOT_WRITABLE (naming the path) when the server
+    may not write there.
     """
 
     def __init__(self, channel):
@@ -99,6 +106,13 @@ class TaskForkServiceServicer:
     Every RPC needs an API key, else UNAUTHENTICATED. A task or checkpoint of another owner is
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
+    Calls that write a worktree answer RESOURCE_EXHAUSTED reason WORKSPACE_FULL when the workspace's
+    disk is full, and FAILED_PRECONDITION reason WORKSPACE_NOT_WRITABLE (naming the path) when the server
+    may not write there.
     """
 
     def CreateTask(self, request, context):
@@ -130,7 +144,8 @@ class TaskForkServiceServicer:
 
     def CompareCheckpoints(self, request, context):
         """Lists the files added, modified and deleted between two checkpoints (or a checkpoint and the
-        live worktree). Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+        live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`.
+        Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,7 +179,8 @@ class TaskForkServiceServicer:
 
     def CreateBranch(self, request, context):
         """Creates a git branch at a checkpoint's commit in the task's repository.
-        Errors: INVALID_ARGUMENT (name breaks git's ref rules), NOT_FOUND, ALREADY_EXISTS.
+        Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
+        250 bytes), NOT_FOUND, ALREADY_EXISTS.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,7 +189,7 @@ class TaskForkServiceServicer:
     def ForkTask(self, request, context):
         """Creates a new task from a point of another task's history (a checkpoint or a message index):
         new worktree at the source commit on a new branch, conversation up to the fork point.
-        Errors: INVALID_ARGUMENT (no point, index out of range), NOT_FOUND.
+        Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -255,6 +271,13 @@ class TaskForkService:
     Every RPC needs an API key, else UNAUTHENTICATED. A task or checkpoint of another owner is
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
+    Calls that write a worktree answer RESOURCE_EXHAUSTED reason WORKSPACE_FULL when the workspace's
+    disk is full, and FAILED_PRECONDITION reason WORKSPACE_NOT_WRITABLE (naming the path) when the server
+    may not write there.
     """
 
     @staticmethod

@@ -33,6 +33,13 @@ class TaskForkServiceStub:
     Every RPC needs an API key, else UNAUTHENTICATED. A task or checkpoint of another owner is
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
+    Calls that write a worktree answer RESOURCE_EXHAUSTED reason WORKSPACE_FULL when the workspace's
+    disk is full, and FAILED_PRECONDITION reason WORKSPACE_NOT_WRITABLE (naming the path) when the server
+    may not write there.
     """
 
     @_typing.overload
@@ -56,7 +63,8 @@ class TaskForkServiceStub:
     """
     CompareCheckpoints: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.CompareCheckpointsRequest, _task_fork_pb2.CompareCheckpointsResponse]
     """Lists the files added, modified and deleted between two checkpoints (or a checkpoint and the
-    live worktree). Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+    live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`.
+    Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
     """
     RewindTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.RewindTaskRequest, _task_fork_pb2.RewindTaskResponse]
     """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
@@ -74,12 +82,13 @@ class TaskForkServiceStub:
     """
     CreateBranch: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.CreateBranchRequest, _task_fork_pb2.CreateBranchResponse]
     """Creates a git branch at a checkpoint's commit in the task's repository.
-    Errors: INVALID_ARGUMENT (name breaks git's ref rules), NOT_FOUND, ALREADY_EXISTS.
+    Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
+    250 bytes), NOT_FOUND, ALREADY_EXISTS.
     """
     ForkTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.ForkTaskRequest, _task_fork_pb2.ForkTaskResponse]
     """Creates a new task from a point of another task's history (a checkpoint or a message index):
     new worktree at the source commit on a new branch, conversation up to the fork point.
-    Errors: INVALID_ARGUMENT (no point, index out of range), NOT_FOUND.
+    Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch), NOT_FOUND.
     """
     ContinueTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.ContinueTaskRequest, _task_fork_pb2.ContinueTaskResponse]
     """Creates a new task that inherits a previous task's latest state (its worktree as it is now,
@@ -94,6 +103,13 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     Every RPC needs an API key, else UNAUTHENTICATED. A task or checkpoint of another owner is
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
+    Calls that write a worktree answer RESOURCE_EXHAUSTED reason WORKSPACE_FULL when the workspace's
+    disk is full, and FAILED_PRECONDITION reason WORKSPACE_NOT_WRITABLE (naming the path) when the server
+    may not write there.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -114,7 +130,8 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     """
     CompareCheckpoints: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.CompareCheckpointsRequest, _task_fork_pb2.CompareCheckpointsResponse]  # type: ignore[assignment]
     """Lists the files added, modified and deleted between two checkpoints (or a checkpoint and the
-    live worktree). Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+    live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`.
+    Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
     """
     RewindTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.RewindTaskRequest, _task_fork_pb2.RewindTaskResponse]  # type: ignore[assignment]
     """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
@@ -132,12 +149,13 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     """
     CreateBranch: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.CreateBranchRequest, _task_fork_pb2.CreateBranchResponse]  # type: ignore[assignment]
     """Creates a git branch at a checkpoint's commit in the task's repository.
-    Errors: INVALID_ARGUMENT (name breaks git's ref rules), NOT_FOUND, ALREADY_EXISTS.
+    Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
+    250 bytes), NOT_FOUND, ALREADY_EXISTS.
     """
     ForkTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.ForkTaskRequest, _task_fork_pb2.ForkTaskResponse]  # type: ignore[assignment]
     """Creates a new task from a point of another task's history (a checkpoint or a message index):
     new worktree at the source commit on a new branch, conversation up to the fork point.
-    Errors: INVALID_ARGUMENT (no point, index out of range), NOT_FOUND.
+    Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch), NOT_FOUND.
     """
     ContinueTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.ContinueTaskRequest, _task_fork_pb2.ContinueTaskResponse]  # type: ignore[assignment]
     """Creates a new task that inherits a previous task's latest state (its worktree as it is now,
@@ -151,6 +169,13 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
     Every RPC needs an API key, else UNAUTHENTICATED. A task or checkpoint of another owner is
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
+
+    Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
+    characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
+    DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
+    Calls that write a worktree answer RESOURCE_EXHAUSTED reason WORKSPACE_FULL when the workspace's
+    disk is full, and FAILED_PRECONDITION reason WORKSPACE_NOT_WRITABLE (naming the path) when the server
+    may not write there.
     """
 
     @_abc_1.abstractmethod
@@ -193,7 +218,8 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.CompareCheckpointsResponse, _abc.Awaitable[_task_fork_pb2.CompareCheckpointsResponse]]:
         """Lists the files added, modified and deleted between two checkpoints (or a checkpoint and the
-        live worktree). Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+        live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`.
+        Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
         """
 
     @_abc_1.abstractmethod
@@ -235,7 +261,8 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.CreateBranchResponse, _abc.Awaitable[_task_fork_pb2.CreateBranchResponse]]:
         """Creates a git branch at a checkpoint's commit in the task's repository.
-        Errors: INVALID_ARGUMENT (name breaks git's ref rules), NOT_FOUND, ALREADY_EXISTS.
+        Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
+        250 bytes), NOT_FOUND, ALREADY_EXISTS.
         """
 
     @_abc_1.abstractmethod
@@ -246,7 +273,7 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_fork_pb2.ForkTaskResponse, _abc.Awaitable[_task_fork_pb2.ForkTaskResponse]]:
         """Creates a new task from a point of another task's history (a checkpoint or a message index):
         new worktree at the source commit on a new branch, conversation up to the fork point.
-        Errors: INVALID_ARGUMENT (no point, index out of range), NOT_FOUND.
+        Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch), NOT_FOUND.
         """
 
     @_abc_1.abstractmethod

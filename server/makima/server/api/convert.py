@@ -10,9 +10,10 @@ from typing import Any, TypeVar
 from google.protobuf import struct_pb2, timestamp_pb2
 from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
+from makima.server import git
 from makima.server.domain.contracts import ContractView
 from makima.server.store import models
-from makima.v1 import daemon_pb2
+from makima.v1 import daemon_pb2, task_fork_pb2
 from makima.v1 import resources_pb2 as pb
 
 E = TypeVar("E", bound=StrEnum)
@@ -165,3 +166,26 @@ def snapshot(row: Any) -> pb.ConversationSnapshot:
         reason=enum_to_pb(pb.SnapshotReason, "SNAPSHOT_REASON", row.reason),
         create_time=ts(row.create_time),
     )
+
+
+_CHANGE_TYPES = {
+    "added": task_fork_pb2.FILE_CHANGE_TYPE_ADDED,
+    "modified": task_fork_pb2.FILE_CHANGE_TYPE_MODIFIED,
+    "deleted": task_fork_pb2.FILE_CHANGE_TYPE_DELETED,
+}
+
+
+def valid_text(value: str) -> str:
+    """`value` as a proto string takes it: bytes that were not UTF-8 (a file name, held with surrogate
+    escapes) become U+FFFD each."""
+    try:
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:  # a surrogate that is no escaped byte
+        return value.encode("utf-8", "replace").decode("utf-8")
+
+
+def file_change(change: git.FileChange) -> task_fork_pb2.FileChange:
+    """A changed file; a name that is not UTF-8 travels exactly in `path_bytes`, `path` shows it."""
+    shown = valid_text(change.path)
+    raw = b"" if shown == change.path else change.path.encode("utf-8", "surrogateescape")
+    return task_fork_pb2.FileChange(path=shown, path_bytes=raw, change_type=_CHANGE_TYPES[change.change])

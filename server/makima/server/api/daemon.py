@@ -25,12 +25,6 @@ from makima.server.timeline.hub import TimelineHub
 from makima.v1 import daemon_pb2 as pb
 from makima.v1 import daemon_pb2_grpc, resources_pb2
 
-MAX_EVENTS_PER_MESSAGE = 10_000
-MAX_MESSAGES_PER_APPEND = 1_000
-MAX_DAEMON_NAME = 200
-MAX_HOSTNAME = 255
-MAX_HEARTBEAT_TASKS = 1_000
-MAX_STATUS_MESSAGE = 10_000
 # A longer ClaimTask wait is shortened to this (no call holds the server longer; the daemon claims again).
 MAX_CLAIM_WAIT_SECONDS = 60.0
 # A long-poll ends this long before the call's deadline, so that a claimed task reaches the daemon.
@@ -42,8 +36,6 @@ def _struct(message: Any, field: str) -> dict[str, Any] | None:
 
 
 def _events(request: pb.RecordTaskEventsRequest) -> list[recording.NewEvent]:
-    if len(request.events) > MAX_EVENTS_PER_MESSAGE:
-        raise InvalidArgument.of("events", f"at most {MAX_EVENTS_PER_MESSAGE} events per message")
     batch = []
     for i, e in enumerate(request.events):
         if e.sequence < 1:
@@ -134,8 +126,8 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         self, request: pb.RegisterDaemonRequest, context: aio.ServicerContext
     ) -> pb.RegisterDaemonResponse:
         inp = work.RegisterDaemonInput(
-            name=text_field(request.name, "name", max_length=MAX_DAEMON_NAME),
-            hostname=text_field(request.hostname, "hostname", max_length=MAX_HOSTNAME, required=False),
+            name=text_field(request.name, "name"),
+            hostname=text_field(request.hostname, "hostname", required=False),
         )
         lease = duration_pb2.Duration()
         lease.FromTimedelta(self.lease)
@@ -147,8 +139,6 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         return await self.mutate(request, pb.RegisterDaemonResponse, body)
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext) -> pb.HeartbeatResponse:
-        if len(request.task_ids) > MAX_HEARTBEAT_TASKS:
-            raise InvalidArgument.of("task_ids", f"at most {MAX_HEARTBEAT_TASKS} tasks per heartbeat")
         inp = work.HeartbeatInput(
             daemon_id=uuid_field(request.daemon_id, "daemon_id"),
             task_ids=tuple(uuid_field(t, f"task_ids[{i}]") for i, t in enumerate(request.task_ids)),
@@ -177,7 +167,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             daemon_id=uuid_field(request.daemon_id, "daemon_id"),
             task_id=uuid_field(request.task_id, "task_id"),
             status=_final_status(request),
-            message=text_field(request.message, "message", max_length=MAX_STATUS_MESSAGE, required=False),
+            message=text_field(request.message, "message", required=False),
             lease=_lease(request.lease_token),
         )
 
@@ -229,8 +219,6 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             raise InvalidArgument.of("expected_next_index", "must not be negative")
         if not request.messages:
             raise InvalidArgument.of("messages", "at least one message is required")
-        if len(request.messages) > MAX_MESSAGES_PER_APPEND:
-            raise InvalidArgument.of("messages", f"at most {MAX_MESSAGES_PER_APPEND} messages per call")
         messages = []
         for i, m in enumerate(request.messages):
             role = enum_from_pb(resources_pb2.MessageRole, "MESSAGE_ROLE", m.role, MessageRole)

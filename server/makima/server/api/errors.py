@@ -9,6 +9,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from makima.server.api.convert import valid_text
 from makima.server.domain import errors
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,7 @@ _CODES: dict[type[errors.DomainError], grpc.StatusCode] = {
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
     errors.Aborted: grpc.StatusCode.ABORTED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
 }
@@ -40,17 +42,20 @@ def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, grpc.S
         log.error("unexpected error in %s", method, exc_info=exc)
         exc = errors.DomainError("internal error", reason="INTERNAL")
     code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
-    details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=exc.metadata))]
+    metadata = {valid_text(k): valid_text(v) for k, v in exc.metadata.items()}
+    details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=metadata))]
     if isinstance(exc, errors.InvalidArgument) and exc.violations:
         details.append(
             _pack(
                 error_details_pb2.BadRequest(
                     field_violations=[
-                        error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                        error_details_pb2.BadRequest.FieldViolation(
+                            field=valid_text(v.field), description=valid_text(v.description)
+                        )
                         for v in exc.violations
                     ]
                 )
             )
         )
-    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=exc.message, details=details)
+    status = status_pb2.Status(code=getattr(code_pb2, code.name), message=valid_text(exc.message), details=details)
     return code, rpc_status.to_status(status)

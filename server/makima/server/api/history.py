@@ -21,7 +21,7 @@ from makima.server.api.paging import (
     token_newest,
     token_position,
 )
-from makima.server.api.validate import MAX_PHASE, optional_uuid, text_field, uuid_field
+from makima.server.api.validate import optional_uuid, text_field, uuid_field
 from makima.server.domain import history, streaming
 from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.page_tokens import PageTokenKeys
@@ -72,7 +72,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         start, end = time_range(request)
         where = TimelineFilter(
             kinds=_timeline_kinds(request),
-            phase=text_field(request.phase, "phase", max_length=MAX_PHASE, required=False) or None,
+            phase=text_field(request.phase, "phase", required=False) or None,
             start_time=start,
             end_time=end,
         )

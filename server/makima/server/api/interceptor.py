@@ -1,8 +1,11 @@
-"""One server interceptor for every RPC: authentication, error mapping and the access log.
+"""One server interceptor for every RPC: authentication, request checks, error mapping and the access log.
 
 It wraps each method handler rather than only inspecting the call, so that the principal it sets
-is visible to the servicer (same task and context) and every exception a servicer raises goes
-through `errors.status_for` before it reaches the client.
+is visible to the servicer (same task and context), every request message (each one of a client
+stream too) passes `checks.check_request` before the servicer sees it, and every exception a
+servicer raises goes through `errors.status_for` before it reaches the client. It also replaces the
+request deserializer: bytes that do not parse become INVALID_ARGUMENT (reason MALFORMED_REQUEST)
+instead of grpc's UNKNOWN with a logged traceback.
 """
 
 from __future__ import annotations
@@ -13,19 +16,46 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from grpc import aio
 
+from makima.server.api.checks import check_request
 from makima.server.api.errors import status_for
 from makima.server.domain.auth import Authenticator
+from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.runtime import Principal
 
 access_log = logging.getLogger("makima.server.access")
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("makima_principal")
 # Health checks and reflection are open: load balancers and grpcurl call them without a key.
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+# grpc's factory of each handler kind, by (request streaming, response streaming).
+_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, False): grpc.stream_unary_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
+@dataclass(frozen=True)
+class _Route:
+    """What the wrapper of one method needs to know about it."""
+
+    method: str
+    secured: bool  # needs an API key
+    request_streaming: bool
+
+
+class _Undecodable:
+    """What the deserializer hands over in place of a request whose bytes do not parse."""
+
+
+_UNDECODABLE = _Undecodable()
 
 
 def current_principal() -> Principal:
@@ -59,74 +89,98 @@ class ServiceInterceptor(aio.ServerInterceptor):
         if handler is None:
             return None
         method: str = handler_call_details.method
-        secured = not method.startswith(_OPEN_PREFIXES)
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, secured),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, secured),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, secured),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.stream_stream_rpc_method_handler(
-            self._stream(handler.stream_stream, method, secured),
-            request_deserializer=handler.request_deserializer,
+        route = _Route(method, not method.startswith(_OPEN_PREFIXES), handler.request_streaming)
+        shape = (handler.request_streaming, handler.response_streaming)
+        behavior = getattr(handler, ("stream" if shape[0] else "unary") + "_" + ("stream" if shape[1] else "unary"))
+        wrap = self._stream if handler.response_streaming else self._unary
+        return _FACTORIES[shape](
+            wrap(behavior, route),
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
 
-    async def _begin(self, context: aio.ServicerContext, secured: bool) -> None:
-        if secured:
+    async def _begin(self, request: Any, context: aio.ServicerContext, route: _Route) -> Any:
+        """Authenticate, then hand over the request checked (a client stream: each message as it comes)."""
+        if route.secured:
             _principal.set(await self._auth.authenticate(api_key_from(context.invocation_metadata())))
+        if route.request_streaming:
+            return _checked_stream(request, route.method)
+        return _checked(request, route.method)
 
-    def _unary(self, behavior: Callable[..., Any], method: str, secured: bool) -> Callable[..., Any]:
+    def _unary(self, behavior: Callable[..., Any], route: _Route) -> Callable[..., Any]:
         async def handle(request: Any, context: aio.ServicerContext) -> Any:
             started = time.perf_counter()
             peer = context.peer()  # read now: grpc may crash reading it after a cancellation
             code = grpc.StatusCode.OK
             try:
-                await self._begin(context, secured)
+                request = await self._begin(request, context, route)
                 result = behavior(request, context)
                 return await result if inspect.isawaitable(result) else result
             except BaseException as exc:
                 code = _code_of(exc, context)
                 if code is None:
-                    code, status = status_for(exc, method)
+                    code, status = status_for(exc, route.method)
                     await context.abort_with_status(status)
                 raise
             finally:
-                _log(method, code, started, peer)
+                _log(route.method, code, started, peer)
 
         return handle
 
-    def _stream(self, behavior: Callable[..., Any], method: str, secured: bool) -> Callable[..., Any]:
+    def _stream(self, behavior: Callable[..., Any], route: _Route) -> Callable[..., Any]:
         async def handle(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             peer = context.peer()  # read now: grpc may crash reading it after a cancellation
             code = grpc.StatusCode.OK
             try:
-                await self._begin(context, secured)
+                request = await self._begin(request, context, route)
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
                 code = _code_of(exc, context)
                 if code is None:
-                    code, status = status_for(exc, method)
+                    code, status = status_for(exc, route.method)
                     await context.abort_with_status(status)
                 raise
             finally:
-                _log(method, code, started, peer)
+                _log(route.method, code, started, peer)
 
         return handle
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """`deserializer` that never raises: undecodable bytes become `_UNDECODABLE`, refused by `_checked`.
+
+    grpc answers UNKNOWN and logs a traceback when its deserializer raises; the call must instead end
+    as an INVALID_ARGUMENT through the interceptor, like any other bad request.
+    """
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # DecodeError, or upb's depth and UTF-8 checks: all mean "not this message"
+            return _UNDECODABLE
+
+    return deserialize
+
+
+def _checked(request: Any, method: str) -> Any:
+    if request is _UNDECODABLE:
+        raise InvalidArgument(
+            f"the request bytes are not a valid request message of {method}",
+            reason="MALFORMED_REQUEST",
+            metadata={"method": method},
+        )
+    if isinstance(request, Message):
+        check_request(request)
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any], method: str) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request, method)
 
 
 def _code_of(exc: BaseException, context: aio.ServicerContext) -> grpc.StatusCode | None:

@@ -11,7 +11,7 @@ from makima.server.api import convert
 from makima.server.api.base import Servicer
 from makima.server.api.interceptor import current_principal
 from makima.server.api.task_fork import worktree_request
-from makima.server.api.validate import MAX_NAME, MAX_PHASE, text_field, uuid_field
+from makima.server.api.validate import text_field, uuid_field
 from makima.server.domain import contracts, supervisor
 from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.runtime import Runtime, Tx
@@ -50,10 +50,9 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         self, request: pb.CreateContractRequest, context: aio.ServicerContext
     ) -> pb.CreateContractResponse:
         inp = contracts.CreateContractInput(
-            name=text_field(request.name, "name", max_length=MAX_NAME),
+            name=text_field(request.name, "name"),
             description=request.description,
-            initial_phase=text_field(request.initial_phase, "initial_phase", max_length=MAX_PHASE, required=False)
-            or contracts.DEFAULT_PHASE,
+            initial_phase=text_field(request.initial_phase, "initial_phase", required=False) or contracts.DEFAULT_PHASE,
         )
 
         async def body(tx: Tx) -> pb.CreateContractResponse:
@@ -71,7 +70,7 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
     ) -> pb.AdvancePhaseResponse:
         inp = contracts.AdvancePhaseInput(
             contract_id=uuid_field(request.contract_id, "contract_id"),
-            phase=text_field(request.phase, "phase", max_length=MAX_PHASE),
+            phase=text_field(request.phase, "phase"),
             expected_version=request.expected_version if request.HasField("expected_version") else None,
         )
 

@@ -7,7 +7,7 @@ from grpc import aio
 from makima.server.api import convert
 from makima.server.api.base import Servicer
 from makima.server.api.interceptor import current_principal
-from makima.server.api.validate import MAX_NAME, optional_uuid, text_field, uuid_field
+from makima.server.api.validate import optional_uuid, text_field, uuid_field
 from makima.server.domain import code, tasks
 from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.runtime import Runtime, Tx
@@ -17,8 +17,6 @@ from makima.server.store.models import Task
 from makima.v1 import resources_pb2, task_fork_pb2_grpc
 from makima.v1 import task_fork_pb2 as pb
 
-MAX_MESSAGE = 10_000
-
 
 def worktree_request(spec: resources_pb2.WorktreeSpec) -> WorktreeRequest | None:
     if spec.source == resources_pb2.WorktreeSpec.SOURCE_UNSPECIFIED:
@@ -27,7 +25,7 @@ def worktree_request(spec: resources_pb2.WorktreeSpec) -> WorktreeRequest | None
         return WorktreeRequest()
     if spec.source != resources_pb2.WorktreeSpec.SOURCE_REPOSITORY:
         raise InvalidArgument.of("worktree.source", f"unknown source {spec.source}")
-    repository = text_field(spec.repository, "worktree.repository", max_length=4096)
+    repository = text_field(spec.repository, "worktree.repository")
     return WorktreeRequest(repository=repository, ref=spec.ref or None)
 
 
@@ -60,7 +58,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
 
     async def CreateTask(self, request: pb.CreateTaskRequest, context: aio.ServicerContext) -> pb.CreateTaskResponse:
         inp = tasks.CreateTaskInput(
-            name=text_field(request.name, "name", max_length=MAX_NAME),
+            name=text_field(request.name, "name"),
             instructions=request.instructions,
             contract_id=optional_uuid(request.contract_id, "contract_id"),
             parent_task_id=optional_uuid(request.parent_task_id, "parent_task_id"),
@@ -80,7 +78,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         self, request: pb.CreateCheckpointRequest, context: aio.ServicerContext
     ) -> pb.CreateCheckpointResponse:
         task_id = uuid_field(request.task_id, "task_id")
-        message = text_field(request.message, "message", max_length=MAX_MESSAGE, required=False) or "checkpoint"
+        message = text_field(request.message, "message", required=False) or "checkpoint"
 
         async def body(tx: Tx) -> pb.CreateCheckpointResponse:
             checkpoint = await code.create_checkpoint(tx, self.ws, task_id, message)
@@ -99,15 +97,10 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             uuid_field(request.base_checkpoint_id, "base_checkpoint_id"),
             optional_uuid(request.target_checkpoint_id, "target_checkpoint_id"),
         )
-        kinds = {
-            "added": pb.FILE_CHANGE_TYPE_ADDED,
-            "modified": pb.FILE_CHANGE_TYPE_MODIFIED,
-            "deleted": pb.FILE_CHANGE_TYPE_DELETED,
-        }
         return pb.CompareCheckpointsResponse(
             base_commit_sha=result.base.commit_sha,
             target_commit_sha=result.target.commit_sha if result.target else "",
-            changes=[pb.FileChange(path=c.path, change_type=kinds[c.change]) for c in result.changes],
+            changes=[convert.file_change(c) for c in result.changes],
         )
 
     async def RewindTask(self, request: pb.RewindTaskRequest, context: aio.ServicerContext) -> pb.RewindTaskResponse:
@@ -163,7 +156,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
     ) -> pb.CreateBranchResponse:
         task_id = uuid_field(request.task_id, "task_id")
         checkpoint_id = uuid_field(request.checkpoint_id, "checkpoint_id")
-        name = text_field(request.branch_name, "branch_name", max_length=255)
+        name = text_field(request.branch_name, "branch_name")
         code.git_name_ok(name)
 
         async def body(tx: Tx) -> pb.CreateBranchResponse:
@@ -182,7 +175,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             task_id=uuid_field(request.task_id, "task_id"),
             checkpoint_id=uuid_field(request.checkpoint_id, "checkpoint_id") if point == "checkpoint_id" else None,
             message_index=request.message_index if point == "message_index" else None,
-            name=text_field(request.name, "name", max_length=MAX_NAME, required=False),
+            name=text_field(request.name, "name", required=False),
             branch_name=request.branch_name,
         )
 
@@ -196,7 +189,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         self, request: pb.ContinueTaskRequest, context: aio.ServicerContext
     ) -> pb.ContinueTaskResponse:
         task_id = uuid_field(request.task_id, "task_id")
-        name = text_field(request.name, "name", max_length=MAX_NAME, required=False)
+        name = text_field(request.name, "name", required=False)
 
         async def body(tx: Tx) -> pb.ContinueTaskResponse:
             done = await code.continue_task(tx, self.ws, task_id, name, request.instructions)

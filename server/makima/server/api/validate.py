@@ -1,13 +1,14 @@
-"""Request field checks; each failure is INVALID_ARGUMENT naming the field."""
+"""Request field checks of one servicer's fields; each failure is INVALID_ARGUMENT naming the field.
+
+Sizes, NUL characters and value ranges of every field are checked once for all by `checks` (limits
+declared in limits.proto), before a servicer runs; these are the checks of meaning.
+"""
 
 from __future__ import annotations
 
 import uuid
 
 from makima.server.domain.errors import InvalidArgument
-
-MAX_NAME = 500
-MAX_PHASE = 200
 
 
 def uuid_field(value: str, name: str) -> uuid.UUID:
@@ -25,11 +26,9 @@ def optional_uuid(value: str, name: str) -> uuid.UUID | None:
     return uuid_field(value, name) if value else None
 
 
-def text_field(value: str, name: str, *, max_length: int, required: bool = True) -> str:
-    """A text field: stripped, non-empty when required, bounded in length."""
+def text_field(value: str, name: str, *, required: bool = True) -> str:
+    """A text field: stripped, non-empty when required (its length limit is declared in the proto)."""
     text = value.strip()
     if required and not text:
         raise InvalidArgument.of(name, "must not be empty")
-    if len(text) > max_length:
-        raise InvalidArgument.of(name, f"must be at most {max_length} characters")
     return text

@@ -14,7 +14,7 @@ from makima.server.domain.contracts import load_contract
 from makima.server.domain.enums import CheckpointKind, SnapshotReason, TaskKind, TaskStatus, TimelineKind
 from makima.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from makima.server.domain.runtime import Principal, Runtime, Tx
-from makima.server.domain.tasks import load_task, new_task
+from makima.server.domain.tasks import derived_name, load_task, new_task
 from makima.server.domain.workspace import Workspace
 from makima.server.domain.worktrees import (
     WorktreeRequest,
@@ -270,7 +270,7 @@ async def fork_task(tx: Tx, ws: Workspace, inp: ForkInput) -> Forked:
         )
     task = await new_task(
         tx,
-        name=inp.name or f"{source.name} (fork)",
+        name=inp.name or derived_name(source.name, suffix=" (fork)"),
         instructions=source.instructions,
         kind=TaskKind.WORKER,
         contract_id=source.contract_id,
@@ -316,7 +316,7 @@ async def continue_task(tx: Tx, ws: Workspace, task_id: uuid.UUID, name: str, in
         )
     task = await new_task(
         tx,
-        name=name or f"{source.name} (continued)",
+        name=name or derived_name(source.name, suffix=" (continued)"),
         instructions=instructions or source.instructions,
         kind=TaskKind.WORKER,
         contract_id=source.contract_id,

@@ -80,6 +80,13 @@ class Unauthenticated(DomainError):
 
 
 @dataclass(eq=False)
+class ResourceExhausted(DomainError):
+    """Storage the call needs is full (a disk, a quota); retrying helps only once space is freed."""
+
+    reason: str = "RESOURCE_EXHAUSTED"
+
+
+@dataclass(eq=False)
 class Unavailable(DomainError):
     """The database cannot be reached; the call may be retried."""
 

@@ -10,18 +10,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.domain.enums import TimelineKind
-from makima.server.domain.errors import InvalidArgument, Unavailable
+from makima.server.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 from makima.server.store import idempotency, timeline
 from makima.server.store.engine import Database
 from makima.server.store.types import utcnow
@@ -105,19 +107,85 @@ def fingerprint(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
+# PostgreSQL SQLSTATEs of a server that cannot serve now (besides class 08, connection exceptions):
+# shutting down on request or after a crash, starting or stopping, out of connection slots.
+_PG_UNAVAILABLE = frozenset({"57P01", "57P02", "57P03", "53300"})
+_PG_DISK_FULL = "53100"
+# "database ... is not currently accepting connections" (ALLOW_CONNECTIONS false) is 55000
+# (object_not_in_prerequisite_state): a refusal only when the connection is being opened.
+_PG_NOT_ACCEPTING = "55000"
+# SQLite primary result codes: the database is locked by another connection or cannot be opened; full.
+_SQLITE_UNAVAILABLE = frozenset({5, 6, 14})  # SQLITE_BUSY, SQLITE_LOCKED, SQLITE_CANTOPEN
+_SQLITE_FULL = 13
+_DRIVER_PACKAGES = frozenset({"asyncpg", "sqlalchemy", "aiosqlite"})
+
+
 @asynccontextmanager
 async def _database_errors() -> AsyncIterator[None]:
-    """Turn a lost or unreachable database into Unavailable; other errors pass through."""
+    """Turn a database that cannot serve now into Unavailable (a full one into ResourceExhausted),
+    logged once with its cause; every other error passes through unchanged."""
     try:
         yield
     except IntegrityError:
         raise
-    except DBAPIError as exc:
-        if exc.connection_invalidated or type(exc).__name__ in {"OperationalError", "InterfaceError"}:
-            raise Unavailable("the database is unavailable, retry later") from exc
-        raise
-    except (OSError, ConnectionError) as exc:
-        raise Unavailable("the database is unavailable, retry later") from exc
+    except (DBAPIError, PoolTimeoutError, OSError) as exc:
+        error = _database_error(exc)
+        if error is None:
+            raise
+        log.warning("%s", error.message, exc_info=exc, extra={"reason": error.reason})
+        raise error from exc
+
+
+def _database_error(exc: BaseException) -> DomainError | None:
+    """What a failure of the database means for the caller, judged by exception types and codes."""
+    if isinstance(exc, PoolTimeoutError):  # every pooled connection stayed busy
+        return Unavailable("the database is unavailable (no free connection), retry later")
+    if isinstance(exc, OSError):  # the driver could not reach the server (refused, reset, timed out)
+        return Unavailable("the database is unavailable, retry later") if _raised_by_driver(exc) else None
+    assert isinstance(exc, DBAPIError)
+    if exc.connection_invalidated:  # SQLAlchemy's own disconnect detection
+        return Unavailable("the database is unavailable, retry later")
+    for cause in _causes(exc.orig):
+        sqlstate = getattr(cause, "sqlstate", None)
+        if isinstance(sqlstate, str):
+            if sqlstate.startswith("08") or sqlstate in _PG_UNAVAILABLE:
+                return Unavailable("the database is unavailable, retry later")
+            if sqlstate == _PG_NOT_ACCEPTING and exc.statement is None:
+                return Unavailable("the database is not accepting connections, retry later")
+            if sqlstate == _PG_DISK_FULL:
+                return ResourceExhausted("the database is out of disk space", reason="DATABASE_FULL")
+        code = getattr(cause, "sqlite_errorcode", None)
+        if isinstance(code, int):
+            if code & 0xFF in _SQLITE_UNAVAILABLE:
+                return Unavailable("the database is busy or cannot be opened, retry later")
+            if code & 0xFF == _SQLITE_FULL:
+                return ResourceExhausted("the database is out of disk space", reason="DATABASE_FULL")
+        if isinstance(cause, OSError):
+            return Unavailable("the database is unavailable, retry later")
+    return None
+
+
+def _causes(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc` and the exceptions it was raised from (the driver's error wraps the server's)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__
+
+
+def _raised_by_driver(exc: BaseException) -> bool:
+    """Whether the database driver raised `exc`, not file work: counting from where it was raised,
+    the first frame outside the standard library (asyncio's socket code) is the driver's."""
+    modules = []
+    tb = exc.__traceback__
+    while tb is not None:
+        modules.append(str(tb.tb_frame.f_globals.get("__name__", "")).partition(".")[0])
+        tb = tb.tb_next
+    for module in reversed(modules):
+        if module not in sys.stdlib_module_names:
+            return module in _DRIVER_PACKAGES
+    return False
 
 
 class Runtime:

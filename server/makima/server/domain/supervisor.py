@@ -15,7 +15,7 @@ from makima.server.domain.enums import SnapshotReason, TaskKind, TaskStatus, Tim
 from makima.server.domain.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from makima.server.domain.recording import conversation_task
 from makima.server.domain.runtime import Tx
-from makima.server.domain.tasks import load_task, new_task
+from makima.server.domain.tasks import derived_name, load_task, new_task
 from makima.server.domain.workspace import Workspace
 from makima.server.domain.worktrees import (
     WorktreeRequest,
@@ -54,7 +54,7 @@ async def start_supervisor(tx: Tx, ws: Workspace, inp: StartSupervisorInput) -> 
         )
     task = await new_task(
         tx,
-        name=f"supervisor of {contract.name}",
+        name=derived_name(contract.name, prefix="supervisor of "),
         instructions=inp.instructions,
         kind=TaskKind.SUPERVISOR,
         contract_id=contract.id,

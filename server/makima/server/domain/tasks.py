@@ -27,6 +27,15 @@ class CreateTaskInput:
     worktree: WorktreeRequest | None = None
 
 
+# The longest task name the tasks table holds (makima.v1 declares the same bound on every name field).
+NAME_LENGTH: int = Task.__table__.c.name.type.length  # type: ignore[attr-defined]
+
+
+def derived_name(source: str, *, prefix: str = "", suffix: str = "") -> str:
+    """A name made from another (e.g. "<name> (fork)"), `source` shortened so that the whole still fits."""
+    return prefix + source[: NAME_LENGTH - len(prefix) - len(suffix)] + suffix
+
+
 async def load_task(
     session: AsyncSession, owner_id: uuid.UUID, task_id: uuid.UUID, *, for_update: bool = False
 ) -> Task:

@@ -9,6 +9,11 @@ from makima.server.git.errors import InvalidRefNameError, PathEscapeError
 
 # Bytes git refuses anywhere in a ref name, besides ASCII control characters (see git-check-ref-format).
 _FORBIDDEN_REF_CHARS = frozenset(" ~^:?*[\\\x7f")
+# Longest branch name, in UTF-8 bytes. Each '/'-separated part of a ref is a file name, and git
+# writes a ref through "<part>.lock": a file name has at most 255 bytes, so a part at most 250. The
+# whole name gets the same bound, which also keeps its files far from PATH_MAX (makima.v1 documents it
+# on every branch_name field).
+MAX_BRANCH_NAME_BYTES = 250
 
 
 def resolve_inside(root: Path, candidate: str | Path) -> Path:
@@ -43,9 +48,11 @@ def _branch_name_problem(name: str) -> str | None:
     if not name:
         return "it is empty"
     try:
-        name.encode("utf-8")
+        size = len(name.encode("utf-8"))
     except UnicodeEncodeError:
         return "it is not valid UTF-8"
+    if size > MAX_BRANCH_NAME_BYTES:
+        return f"it is {size} bytes long in UTF-8, more than {MAX_BRANCH_NAME_BYTES}"
     if name in ("@", "HEAD"):
         return f"{name!r} names HEAD"
     if name.startswith("-"):
