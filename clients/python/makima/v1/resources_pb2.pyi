@@ -627,7 +627,9 @@ class NewTaskEvent(_message.Message):
     DATA_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
-    """Per-task sequence number (>= 1); a resend with the same sequence is stored once."""
+    """Per-task sequence number (>= 1). A resend of a stored sequence with the same content is stored
+    once (a duplicate); with other content it is refused with ABORTED reason EVENT_CONFLICT.
+    """
     kind: Global___TaskEventKind.ValueType
     """What happened; required."""
     text: _builtins.str
