@@ -214,13 +214,14 @@ async def test_a_branch_name_of_250_bytes_works(api: Api) -> None:
 
 async def test_a_repository_path_too_long_for_the_file_system_is_invalid_argument(api: Api) -> None:
     source = await create_task(api, worktree=EMPTY)
-    for repository in ("r" * 300, f"{source.worktree_path}/{'d' * 256}", "/".join(["d" * 200] * 20)):
+    for repository in ("r" * 300, f"{source.worktree_path}/{'d' * 256}", "/".join(["d" * 200] * 21)):
         spec = resources_pb2.WorktreeSpec(source=resources_pb2.WorktreeSpec.SOURCE_REPOSITORY, repository=repository)
         failure = await fails(
             api.tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="t", worktree=spec), metadata=api.md),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
         assert failure.fields == ["worktree.repository"]
+        assert "bytes" in failure.message or "at most" in failure.message, failure.message  # an up-front limit
     spec = resources_pb2.WorktreeSpec(
         source=resources_pb2.WorktreeSpec.SOURCE_REPOSITORY, repository=source.worktree_path, ref="€" * 250
     )

@@ -12,10 +12,11 @@ from makima.server.git import (
     GitError,
     InvalidRefNameError,
     RefNotFoundError,
-    clone_worktree,
     head_commit,
+    resolve_repository,
     restore,
 )
+from makima.server.git import clone_worktree as clone_checked
 from tests.git.gitcli import checkpoint, files_on_disk, git, ls_files, ls_tree, status, write
 
 
@@ -38,6 +39,11 @@ def source(tmp_path: Path) -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "two")
     return repo
+
+
+def clone_worktree(source: Path, dest: Path, *, ref: str | None, branch: str) -> str:
+    """Clone from `source`, checked with the directory holding it as the workspace root."""
+    return clone_checked(resolve_repository(source.parent, source), dest, ref=ref, branch=branch)
 
 
 def sha_of(repo: Path, rev: str) -> str:
@@ -165,3 +171,47 @@ def test_submodule_entries_survive_clone_checkpoint_and_restore(source: Path, tm
     assert status(dest) == ""
     restore(dest, commit_sha=start)
     assert ls_files(dest) == ls_tree(dest, start)
+
+
+def test_clone_of_a_bare_repository_or_a_linked_worktree(source: Path, tmp_path: Path) -> None:
+    git(tmp_path, "clone", "-q", "--bare", str(source), str(tmp_path / "bare.git"))
+    git(source, "worktree", "add", "-q", str(tmp_path / "linked"), "side")
+
+    from_bare = clone_worktree(tmp_path / "bare.git", tmp_path / "a", ref="v1", branch="a")
+    from_linked = clone_worktree(tmp_path / "linked", tmp_path / "b", ref=None, branch="b")
+
+    assert from_bare == sha_of(source, "v1")
+    assert from_linked == sha_of(source, "side")  # the linked worktree's own HEAD
+    assert_sound_clone(tmp_path / "a", branch="a", commit=from_bare)
+    assert_sound_clone(tmp_path / "b", branch="b", commit=from_linked)
+
+
+def test_a_clone_lists_the_whole_alternates_chain_of_its_source(source: Path, tmp_path: Path) -> None:
+    reference = tmp_path / "reference.git"
+    git(tmp_path, "clone", "-q", "--bare", str(source), str(reference))
+    middle = tmp_path / "middle"
+    git(tmp_path, "clone", "-q", "--shared", str(reference), str(middle))  # middle borrows from reference
+    dest = tmp_path / "dest"
+
+    clone_worktree(middle, dest, ref="main", branch="fork")
+
+    listed = (dest / ".git" / "objects" / "info" / "alternates").read_text().splitlines()
+    assert listed == [str((middle / ".git" / "objects").resolve()), str((reference / "objects").resolve())]
+    assert_sound_clone(dest, branch="fork", commit=sha_of(source, "main"))
+
+
+def test_a_fork_reads_only_the_alternates_checked_when_it_was_made(source: Path, tmp_path: Path) -> None:
+    """A source's alternates file edited after the fork cannot lead the fork's reads anywhere else."""
+    dest = tmp_path / "dest"
+    clone_worktree(source, dest, ref="main", branch="fork")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    git(elsewhere, "init", "-q", "-b", "main")
+    write(elsewhere / "secret.txt", "not for the fork\n")
+    git(elsewhere, "add", "-A")
+    git(elsewhere, "commit", "-q", "-m", "secret")
+    write(source / ".git" / "objects" / "info" / "alternates", f"{elsewhere / '.git' / 'objects'}\n")
+
+    with pytest.raises(RefNotFoundError):
+        restore(dest, commit_sha=sha_of(elsewhere, "main"))
+    assert not (dest / "secret.txt").exists()

@@ -1,14 +1,24 @@
-"""resolve_inside and validate_branch_name, the latter checked against `git check-ref-format --branch`."""
+"""resolve_inside, resolve_repository and validate_branch_name (checked against `git check-ref-format --branch`)."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from makima.server.git import InvalidRefNameError, PathEscapeError, resolve_inside, validate_branch_name
+from makima.server.git import (
+    InvalidRefNameError,
+    NotARepositoryError,
+    PathEscapeError,
+    SourceRepository,
+    resolve_inside,
+    resolve_repository,
+    validate_branch_name,
+)
+from tests.git.gitcli import git, write
 
 # Names git refuses as branches and names it accepts; each is checked against git itself below.
 BRANCH_NAMES = [
@@ -178,3 +188,184 @@ def test_resolve_inside_refuses_a_sibling_with_the_root_as_name_prefix(tmp_path:
     (tmp_path / "ws-other").mkdir()
     with pytest.raises(PathEscapeError):
         resolve_inside(root, "../ws-other")
+
+
+# -- resolve_repository: nothing git reads of a source repository may lie outside the root ---------
+
+
+def make_repo(path: Path, *, bare: bool = False, content: str = "inside\n") -> Path:
+    """A repository made by the git command line with one commit on main holding `secret.txt`."""
+    if bare:
+        git(path.parent, "init", "-q", "--bare", "-b", "main", str(path))
+        scratch = path.parent / f"{path.name}-scratch"
+        git(path.parent, "clone", "-q", str(path), str(scratch))
+        write(scratch / "secret.txt", content)
+        git(scratch, "add", "-A")
+        git(scratch, "commit", "-q", "-m", "one")
+        git(scratch, "push", "-q", "origin", "HEAD:main")
+        shutil.rmtree(scratch)
+        return path
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    write(path / "secret.txt", content)
+    git(path, "add", "-A")
+    git(path, "commit", "-q", "-m", "one")
+    return path
+
+
+@pytest.fixture
+def places(tmp_path: Path) -> tuple[Path, Path]:
+    """A workspace root with a legitimate repository `root/repos/good`, and a repository outside the root."""
+    root = tmp_path / "root"
+    make_repo(root / "repos" / "good")
+    return root, make_repo(tmp_path / "outside", content="outside\n")
+
+
+def refused(root: Path, candidate: str, part: str) -> None:
+    with pytest.raises(PathEscapeError) as info:
+        resolve_repository(root, candidate)
+    assert info.value.metadata["part"] == part, info.value.metadata
+
+
+def test_a_repository_inside_the_root_resolves_to_its_real_directories(places: tuple[Path, Path]) -> None:
+    root, _ = places
+    os.symlink("good", root / "repos" / "alias")  # a link that stays inside is fine
+
+    source = resolve_repository(root, "repos/alias")
+
+    good = (root / "repos" / "good").resolve()
+    assert source == SourceRepository(
+        git_dir=good / ".git", common_dir=good / ".git", objects_dir=good / ".git" / "objects", alternates=()
+    )
+
+
+def test_a_git_directory_linked_outside_is_refused(places: tuple[Path, Path]) -> None:
+    root, outside = places
+    (root / "repos" / "evil").mkdir()
+    os.symlink(outside / ".git", root / "repos" / "evil" / ".git")
+    refused(root, "repos/evil", ".git")
+
+
+def test_a_repository_directory_linked_outside_is_refused(places: tuple[Path, Path]) -> None:
+    root, outside = places
+    os.symlink(outside, root / "repos" / "evil")
+    refused(root, "repos/evil", "repository")
+
+
+@pytest.mark.parametrize("absolute", [True, False])
+def test_a_gitdir_file_pointing_outside_is_refused(places: tuple[Path, Path], absolute: bool) -> None:
+    root, outside = places
+    evil = root / "repos" / "evil"
+    evil.mkdir()
+    target = str(outside / ".git") if absolute else os.path.relpath(outside / ".git", evil)
+    write(evil / ".git", f"gitdir: {target}\n")
+    refused(root, "repos/evil", ".git file's gitdir")
+
+
+def test_a_linked_worktree_inside_the_root_resolves_through_gitdir_and_commondir(places: tuple[Path, Path]) -> None:
+    root, _ = places
+    good = root / "repos" / "good"
+    git(good, "worktree", "add", "-q", "-b", "side", str(root / "repos" / "linked"))
+
+    source = resolve_repository(root, "repos/linked")
+
+    assert source.git_dir == (good / ".git" / "worktrees" / "linked").resolve()
+    assert source.common_dir == (good / ".git").resolve()
+    assert source.objects_dir == (good / ".git" / "objects").resolve()
+
+
+def test_a_commondir_pointing_outside_is_refused(places: tuple[Path, Path]) -> None:
+    root, outside = places
+    good = root / "repos" / "good"
+    git(good, "worktree", "add", "-q", "-b", "side", str(root / "repos" / "linked"))
+    write(good / ".git" / "worktrees" / "linked" / "commondir", f"{outside / '.git'}\n")
+    refused(root, "repos/linked", "commondir")
+
+
+@pytest.mark.parametrize("relative", [False, True])
+def test_alternates_pointing_outside_are_refused(places: tuple[Path, Path], relative: bool) -> None:
+    root, outside = places
+    objects = root / "repos" / "good" / ".git" / "objects"
+    entry = os.path.relpath(outside / ".git" / "objects", objects) if relative else str(outside / ".git" / "objects")
+    assert entry.startswith("../..") or not relative
+    write(objects / "info" / "alternates", f"# a comment\n{entry}\n")
+    refused(root, "repos/good", "objects/info/alternates entry")
+
+
+def test_nested_alternates_are_followed_and_each_must_stay_inside(places: tuple[Path, Path]) -> None:
+    root, outside = places
+    good_objects = (root / "repos" / "good" / ".git" / "objects").resolve()
+    middle = make_repo(root / "repos" / "middle")
+    last = make_repo(root / "repos" / "last")
+    middle_objects, last_objects = (middle / ".git" / "objects").resolve(), (last / ".git" / "objects").resolve()
+    write(good_objects / "info" / "alternates", "../../../middle/.git/objects\n")  # relative to the objects dir
+    write(middle_objects / "info" / "alternates", f"{last_objects}\n{good_objects}\n")  # a cycle too
+
+    assert resolve_repository(root, "repos/good").alternates == (middle_objects, last_objects)
+
+    write(last_objects / "info" / "alternates", f"{outside / '.git' / 'objects'}\n")
+    refused(root, "repos/good", "objects/info/alternates entry")
+
+
+def test_an_objects_directory_linked_outside_is_refused(places: tuple[Path, Path]) -> None:
+    root, outside = places
+    objects = root / "repos" / "good" / ".git" / "objects"
+    shutil.rmtree(objects)
+    os.symlink(outside / ".git" / "objects", objects)
+    refused(root, "repos/good", "objects directory")
+
+
+@pytest.mark.parametrize("inner", ["objects/pack", "objects/loose", "refs/heads/main", "packed-refs", "HEAD"])
+def test_a_link_inside_the_git_directory_leading_outside_is_refused(places: tuple[Path, Path], inner: str) -> None:
+    root, outside = places
+    git_dir = root / "repos" / "good" / ".git"
+    if inner == "objects/loose":  # one loose object replaced by a link to the outside repository's copy
+        loose = next(p for p in (git_dir / "objects").glob("??/*"))
+        target = outside / ".git" / "objects" / loose.parent.name / loose.name
+        write(target, loose.read_bytes())
+        loose.unlink()
+        os.symlink(target, loose)
+    else:
+        if (git_dir / inner).is_dir():
+            shutil.rmtree(git_dir / inner)
+        elif (git_dir / inner).exists():
+            (git_dir / inner).unlink()
+        target = outside / ".git" / inner
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            target.mkdir() if inner.endswith("pack") else write(target, "")
+        os.symlink(target, git_dir / inner)
+
+    with pytest.raises(PathEscapeError):
+        resolve_repository(root, "repos/good")
+
+
+def test_a_bare_repository_inside_is_accepted_and_its_alternates_checked(places: tuple[Path, Path]) -> None:
+    root, outside = places
+    bare = make_repo(root / "repos" / "bare.git", bare=True)
+
+    assert resolve_repository(root, "repos/bare.git").git_dir == bare.resolve()
+
+    write(bare / "objects" / "info" / "alternates", f"{outside / '.git' / 'objects'}\n")
+    refused(root, "repos/bare.git", "objects/info/alternates entry")
+
+
+@pytest.mark.parametrize("setup", ["empty", "junk .git file", "missing"])
+def test_a_directory_without_a_repository_is_not_a_repository(places: tuple[Path, Path], setup: str) -> None:
+    root, _ = places
+    plain = root / "repos" / "plain"
+    if setup != "missing":
+        plain.mkdir()
+    if setup == "junk .git file":
+        write(plain / ".git", "not a pointer\n")
+    with pytest.raises(NotARepositoryError):
+        resolve_repository(root, "repos/plain")
+
+
+def test_a_repository_that_cannot_be_read_is_not_a_repository(places: tuple[Path, Path]) -> None:
+    root, _ = places
+    info = root / "repos" / "good" / ".git" / "objects" / "info"
+    shutil.rmtree(info)
+    (info / "alternates").mkdir(parents=True)  # a directory where git expects a file
+    with pytest.raises(NotARepositoryError):
+        resolve_repository(root, "repos/good")

@@ -5,25 +5,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+import sys
 from dataclasses import dataclass
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from sqlalchemy.exc import DBAPIError
 
 from makima.server.api.daemon import DaemonServicer
 from makima.server.api.history import HistoryServicer
 from makima.server.api.interceptor import ServiceInterceptor
 from makima.server.api.supervisor import SupervisorServicer
 from makima.server.api.task_fork import TaskForkServicer
-from makima.server.config import Settings
+from makima.server.config import EXIT_FAILURE, Address, SettingError, Settings, parse_listen
 from makima.server.domain.auth import Authenticator
 from makima.server.domain.page_tokens import PageTokenKeys
 from makima.server.domain.runtime import Runtime
 from makima.server.domain.sweeper import LeaseSweeper
 from makima.server.domain.workspace import Workspace
 from makima.server.store import migrate
-from makima.server.store.engine import Database
+from makima.server.store.engine import Database, DatabaseUnreachable, DatabaseUrlError, describe_database_error
 from makima.server.timeline.hub import TimelineHub
 from makima.server.timeline.listener import PostgresListener
 from makima.v1 import (
@@ -73,9 +76,21 @@ class App:
 
 
 async def start(settings: Settings) -> App:
-    """Migrate the database, then start serving on `settings.listen` (port 0 picks a free port)."""
-    db = Database(settings.database_url)
-    await migrate.upgrade(db)
+    """Migrate the database, then start serving on `settings.listen` (port 0 picks a free port).
+
+    SettingError names the setting at fault when the address, the database or the workspace root
+    cannot work; the port is checked first, so a taken one fails before the database is touched.
+    """
+    address = _address(settings.listen)
+    _check_bindable(address, reuse_port=settings.reuse_port)
+    db = await open_database(settings.database_url)
+    try:
+        workspace = Workspace(settings.workspace_root)
+    except OSError as exc:
+        await db.dispose()
+        raise SettingError(
+            "workspace_root", f"cannot create {settings.workspace_root}: {exc.strerror}", exit_code=EXIT_FAILURE
+        ) from exc
     hub = TimelineHub()
     runtime = Runtime(db, on_commit=hub.publish)
     page_tokens = PageTokenKeys(runtime)
@@ -83,8 +98,10 @@ async def start(settings: Settings) -> App:
     listener = PostgresListener(db.url, hub) if db.dialect == "postgresql" else None
     if listener is not None:
         listener.start()
-    workspace = Workspace(settings.workspace_root)
-    server = aio.server(interceptors=[ServiceInterceptor(Authenticator(runtime))])
+    server = aio.server(
+        interceptors=[ServiceInterceptor(Authenticator(runtime))],
+        options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)],
+    )
     history = HistoryServicer(
         runtime, hub, page_tokens, keep_alive=settings.keep_alive_seconds, recheck=settings.timeline_recheck_seconds
     )
@@ -104,11 +121,18 @@ async def start(settings: Settings) -> App:
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    port = server.add_insecure_port(settings.listen)
+    try:
+        port = server.add_insecure_port(str(address))
+    except RuntimeError as exc:  # grpc's whole report of a failed bind; the socket error says why
+        if listener is not None:
+            await listener.stop()
+        await db.dispose()
+        problem = _bind_problem(address, reuse_port=settings.reuse_port) or "cannot bind"
+        raise SettingError("listen", problem, exit_code=EXIT_FAILURE) from exc
     await server.start()
     sweeper = LeaseSweeper(runtime, interval=settings.sweep_seconds)
     sweeper.start()
-    log.info("serving", extra={"listen": settings.listen, "port": port, "database": db.url.render_as_string()})
+    log.info("serving", extra={"listen": settings.listen, "port": port, "database": db.shown_url})
     return App(
         server=server,
         port=port,
@@ -120,6 +144,94 @@ async def start(settings: Settings) -> App:
         sweeper=sweeper,
         page_tokens=page_tokens,
     )
+
+
+async def open_database(url: str) -> Database:
+    """Connect to the database at `url` and bring its schema up to date.
+
+    SettingError on `database_url` otherwise: EXIT_USAGE for a URL that cannot work anywhere,
+    EXIT_FAILURE for a database that cannot be reached, opened or migrated here.
+    """
+    try:
+        db = Database(url)
+    except DatabaseUrlError as exc:
+        raise SettingError("database_url", str(exc)) from exc
+    try:
+        await db.ping()
+        await migrate.upgrade(db)
+    except DatabaseUnreachable as exc:
+        await db.dispose()
+        raise SettingError("database_url", str(exc), exit_code=EXIT_FAILURE) from exc
+    except (DBAPIError, OSError) as exc:
+        await db.dispose()
+        problem = f"cannot migrate {db.shown_url}: {describe_database_error(exc)}"
+        raise SettingError("database_url", problem, exit_code=EXIT_FAILURE) from exc
+    return db
+
+
+def _address(listen: str) -> Address:
+    try:
+        return parse_listen(listen)
+    except ValueError as exc:
+        raise SettingError("listen", str(exc)) from None
+
+
+def _check_bindable(address: Address, *, reuse_port: bool) -> None:
+    problem = _bind_problem(address, reuse_port=reuse_port)
+    if problem is not None:
+        raise SettingError("listen", problem, exit_code=EXIT_FAILURE)
+
+
+def _bind_problem(address: Address, *, reuse_port: bool) -> str | None:
+    """Why grpc could not bind `address`, found by binding a plain socket the way it does; None if it can.
+
+    grpc binds every address the host resolves to and fails only if none binds; its own error says
+    nothing of the cause. SO_REUSEADDR as grpc sets it, so a port left in TIME_WAIT is no problem.
+    """
+    try:
+        infos = socket.getaddrinfo(address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot resolve host {address.host!r}: {exc.strerror}"
+    problems = []
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as exc:
+                problems.append(f"{address}: {(exc.strerror or str(exc)).lower()}")
+                continue
+        return None
+    return problems[0] if problems else f"{address.host!r} resolves to no address"
+
+
+def hold_port(listen: str) -> socket.socket | None:
+    """Claim `listen`'s port for the workers of one `serve --workers N`; keep the socket open while they run.
+
+    Workers share their port through SO_REUSEPORT, which any other process of the same user could
+    join as well. On Linux an abstract socket named after the port is held as a lock, so a second
+    `serve --workers` on the port fails instead of splitting its calls; elsewhere nothing is held.
+    Also checks that the workers will be able to bind. SettingError on `listen` otherwise.
+    """
+    address = _address(listen)
+    lock = None
+    if sys.platform == "linux":
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lock.bind(f"\0makima-server:{address.port}")
+        except OSError as exc:
+            lock.close()
+            problem = f"{address}: address already in use by another makima-server --workers"
+            raise SettingError("listen", problem, exit_code=EXIT_FAILURE) from exc
+    try:
+        _check_bindable(address, reuse_port=True)
+    except SettingError:
+        if lock is not None:
+            lock.close()
+        raise
+    return lock
 
 
 async def serve(settings: Settings) -> None:

@@ -1,35 +1,189 @@
-"""`makima-server`: serve, migrate, create-api-key, rotate-page-token-key."""
+"""`makima-server`: serve, migrate, create-api-key, rotate-page-token-key.
+
+Every setting is checked before anything starts, and a setting that cannot work ends the command
+with one line, `makima-server: <flag or MAKIMA_* variable>: <what is wrong>`, never a traceback
+(that is logged at DEBUG). Exit codes: 0 success, 2 a bad value or command line, 1 a failure of a
+well-formed setting (port taken, database unreachable or not writable) or an unexpected error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import math
 import multiprocessing
 import os
 import signal
 import sys
 import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from makima.server import logs
-from makima.server.config import DEFAULT_LISTEN, Settings
-from makima.server.store.engine import DEFAULT_DATABASE_URL
+from makima.server.config import DEFAULT_LISTEN, EXIT_FAILURE, SettingError, Settings, parse_listen
+from makima.server.store.engine import DEFAULT_DATABASE_URL, normalize_database_url
+
+log = logging.getLogger(__name__)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def _positive(text: str) -> float:
+def _seconds(text: str) -> float:
     """A number of seconds above zero (zero would make a loop spin or a grace period vanish)."""
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be more than 0 seconds, not {text!r}")
     return value
 
 
-def _database_option(parser: argparse.ArgumentParser) -> None:
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1, not {text!r}")
+    return value
+
+
+def _listen(text: str) -> str:
+    return str(parse_listen(text))
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)} (any case), not {text!r}")
+    return text.upper()
+
+
+def _keep(text: str) -> int | None:
+    """How many page-token keys to keep after a rotation (empty: keep them all); the new one always stays."""
+    if text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"must be a whole number, not {text!r}") from None
+    if value < 1:
+        raise ValueError(f"must be at least 1 (the new key is always kept), not {text!r}")
+    return value
+
+
+def _owner(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise ValueError(f"must be a UUID, not {text!r}") from None
+
+
+@dataclass(frozen=True)
+class _Option:
+    """A setting: its flag, the MAKIMA_* variable that gives its default, and how its text is read."""
+
+    flag: str
+    env: str | None
+    default: str | None
+    parse: Callable[[str], Any]
+    help: str
+
+    @property
+    def field(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+LOG_LEVEL = _Option("--log-level", "MAKIMA_LOG_LEVEL", "INFO", _log_level, "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+DATABASE_URL = _Option(
+    "--database-url",
+    "MAKIMA_DATABASE_URL",
+    DEFAULT_DATABASE_URL,
+    normalize_database_url,
+    "postgresql+asyncpg://user@host/db or sqlite+aiosqlite:///path; postgresql:// and postgres:// mean "
+    "postgresql+asyncpg://, sqlite:/// means sqlite+aiosqlite:///",
+)
+SERVE_OPTIONS = (
+    _Option(
+        "--listen",
+        "MAKIMA_LISTEN",
+        DEFAULT_LISTEN,
+        _listen,
+        "host:port to listen on: an IPv4 address, a host name or [IPv6 address], port 0-65535",
+    ),
+    DATABASE_URL,
+    _Option("--workspace-root", "MAKIMA_WORKSPACE_ROOT", "./workspace", Path, "directory holding every task worktree"),
+    _Option(
+        "--shutdown-grace", "MAKIMA_SHUTDOWN_GRACE", "10", _seconds, "seconds in-flight calls get to finish on shutdown"
+    ),
+    _Option(
+        "--keep-alive-seconds",
+        "MAKIMA_KEEP_ALIVE_SECONDS",
+        "15",
+        _seconds,
+        "seconds between keep-alives on idle timeline streams",
+    ),
+    _Option(
+        "--timeline-recheck-seconds",
+        "MAKIMA_TIMELINE_RECHECK_SECONDS",
+        "1",
+        _seconds,
+        "seconds between database re-checks of idle timeline streams",
+    ),
+    _Option(
+        "--lease-seconds",
+        "MAKIMA_LEASE_SECONDS",
+        "30",
+        _seconds,
+        "seconds a claimed task's lease lasts without a heartbeat",
+    ),
+    _Option(
+        "--sweep-seconds",
+        "MAKIMA_SWEEP_SECONDS",
+        "5",
+        _seconds,
+        "seconds between sweeps that interrupt tasks whose lease expired",
+    ),
+    _Option(
+        "--workers",
+        "MAKIMA_WORKERS",
+        "1",
+        _workers,
+        "server processes sharing the port (SO_REUSEPORT); more than 1 needs PostgreSQL and a fixed port",
+    ),
+)
+KEY_OPTIONS = (
+    DATABASE_URL,
+    _Option("--owner", None, None, _owner, "owner UUID (created if new)"),
+    _Option("--name", None, "", str, "a label for the key"),
+)
+ROTATE_OPTIONS = (
+    DATABASE_URL,
+    _Option(
+        "--keep",
+        None,
+        "",
+        _keep,
+        "then drop every key but the newest KEEP (at least 1); tokens signed by a dropped key stop working, "
+        "and running servers notice within 5 minutes",
+    ),
+)
+COMMAND_OPTIONS = {
+    "serve": SERVE_OPTIONS,
+    "migrate": (DATABASE_URL,),
+    "create-api-key": KEY_OPTIONS,
+    "rotate-page-token-key": ROTATE_OPTIONS,
+}
+
+
+def _add(parser: argparse.ArgumentParser, option: _Option) -> None:
+    source = f"env {option.env}; " if option.env else ""
+    default = "required" if option.default is None else f"default {option.default or 'empty'}"
     parser.add_argument(
-        "--database-url",
-        default=os.environ.get("MAKIMA_DATABASE_URL", DEFAULT_DATABASE_URL),
-        help="sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db "
-        "(env MAKIMA_DATABASE_URL; default %(default)s)",
+        option.flag, dest=option.field, metavar=option.field.upper(), help=f"{option.help} ({source}{default})"
     )
 
 
@@ -40,211 +194,217 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
         "  makima-server serve\n"
         "  makima-server serve --listen 0.0.0.0:50051 "
-        "--database-url postgresql+asyncpg://makima@db/makima\n"
-        "  makima-server create-api-key --owner 4f1c2e1a-0000-4000-8000-000000000001 --name laptop",
+        "--database-url postgresql://makima@db/makima\n"
+        "  makima-server create-api-key --owner 4f1c2e1a-0000-4000-8000-000000000001 --name laptop\n"
+        "\n"
+        "exit codes: 0 done; 2 a bad value of a flag or MAKIMA_* variable; 1 a setting the machine\n"
+        "refuses (port in use, database unreachable or not writable) or an unexpected failure.\n"
+        "Each problem is one line on stderr naming the flag or variable; --log-level DEBUG adds its trace.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--log-level", default=os.environ.get("MAKIMA_LOG_LEVEL", "INFO"))
+    _add(parser, LOG_LEVEL)
     commands = parser.add_subparsers(dest="command", required=True)
-
-    serve = commands.add_parser("serve", help="migrate the database, then serve gRPC until SIGTERM/SIGINT")
-    serve.add_argument(
-        "--listen",
-        default=os.environ.get("MAKIMA_LISTEN", DEFAULT_LISTEN),
-        help="host:port to listen on (env MAKIMA_LISTEN; default %(default)s)",
-    )
-    _database_option(serve)
-    serve.add_argument(
-        "--workspace-root",
-        type=Path,
-        default=Path(os.environ.get("MAKIMA_WORKSPACE_ROOT", "./workspace")),
-        help="directory holding every task worktree (env MAKIMA_WORKSPACE_ROOT; default %(default)s)",
-    )
-    serve.add_argument(
-        "--shutdown-grace",
-        type=_positive,
-        default=os.environ.get("MAKIMA_SHUTDOWN_GRACE", "10"),
-        help="seconds in-flight calls get to finish on shutdown (default %(default)s)",
-    )
-
-    serve.add_argument(
-        "--keep-alive-seconds",
-        type=_positive,
-        default=os.environ.get("MAKIMA_KEEP_ALIVE_SECONDS", "15"),
-        help="seconds between keep-alives on idle timeline streams (default %(default)s)",
-    )
-
-    serve.add_argument(
-        "--timeline-recheck-seconds",
-        type=_positive,
-        default=os.environ.get("MAKIMA_TIMELINE_RECHECK_SECONDS", "1"),
-        help="seconds between database re-checks of idle timeline streams (default %(default)s)",
-    )
-
-    serve.add_argument(
-        "--lease-seconds",
-        type=_positive,
-        default=os.environ.get("MAKIMA_LEASE_SECONDS", "30"),
-        help="seconds a claimed task's lease lasts without a heartbeat (env MAKIMA_LEASE_SECONDS; default %(default)s)",
-    )
-
-    serve.add_argument(
-        "--sweep-seconds",
-        type=_positive,
-        default=os.environ.get("MAKIMA_SWEEP_SECONDS", "5"),
-        help="seconds between sweeps that interrupt tasks whose lease expired "
-        "(env MAKIMA_SWEEP_SECONDS; default %(default)s)",
-    )
-
-    serve.add_argument(
-        "--workers",
-        type=int,
-        default=int(os.environ.get("MAKIMA_WORKERS", "1")),
-        help="server processes sharing the port (SO_REUSEPORT); more than 1 needs PostgreSQL "
-        "(env MAKIMA_WORKERS; default %(default)s)",
-    )
-
-    migrate = commands.add_parser("migrate", help="apply database migrations and exit")
-    _database_option(migrate)
-
-    key = commands.add_parser("create-api-key", help="create an API key for an owner and print it once")
-    _database_option(key)
-    key.add_argument("--owner", required=True, type=uuid.UUID, help="owner UUID (created if new)")
-    key.add_argument("--name", default="", help="a label for the key")
-
-    rotate = commands.add_parser(
-        "rotate-page-token-key",
-        help="add a new page-token signing key; older keys still verify tokens until dropped with --keep",
-    )
-    _database_option(rotate)
-    rotate.add_argument(
-        "--keep",
-        type=_keep_count,
-        default=None,
-        help="then drop every key but the newest KEEP (at least 1); tokens signed by a dropped key stop "
-        "working, and running servers notice within 5 minutes",
-    )
+    helps = {
+        "serve": "migrate the database, then serve gRPC until SIGTERM/SIGINT",
+        "migrate": "apply database migrations and exit",
+        "create-api-key": "create an API key for an owner and print it once",
+        "rotate-page-token-key": "add a new page-token signing key; older keys still verify tokens until "
+        "dropped with --keep",
+    }
+    for command, options in COMMAND_OPTIONS.items():
+        sub = commands.add_parser(command, help=helps[command])
+        for option in options:
+            _add(sub, option)
     return parser
 
 
-async def _migrate(database_url: str) -> None:
-    from makima.server.store import migrate
-    from makima.server.store.engine import Database
+class _Values:
+    """The settings of one command, each read from its flag, else its MAKIMA_* variable, else its default.
 
-    db = Database(database_url)
+    `labels` names each setting as the user gave it, so a problem is reported under that name;
+    `problem` is the first setting that cannot be read, if any.
+    """
+
+    def __init__(self, args: argparse.Namespace, options: tuple[_Option, ...]) -> None:
+        self.labels: dict[str, str] = {}
+        self._values: dict[str, Any] = {}
+        self.problem: SettingError | None = None
+        for option in options:
+            text = getattr(args, option.field)
+            label = option.flag
+            if text is None and option.env is not None and option.env in os.environ:
+                text, label = os.environ[option.env], option.env
+            self.labels[option.field] = label
+            if text is None:
+                text = option.default
+            try:
+                if text is None:
+                    raise ValueError("is required")
+                self._values[option.field] = option.parse(text)
+            except ValueError as exc:
+                self.problem = self.problem or SettingError(option.field, str(exc))
+
+    def __getitem__(self, field: str) -> Any:
+        return self._values[field]
+
+
+def _fail(labels: Mapping[str, str], exc: SettingError) -> int:
+    log.debug("start-up failed", exc_info=exc)
+    print(f"makima-server: {labels.get(exc.field, exc.field)}: {exc.problem}", file=sys.stderr)
+    return exc.exit_code
+
+
+def _reported(labels: Mapping[str, str], run: Callable[[], int]) -> int:
+    """`run()`, with a failure reported as one line and an exit code instead of a traceback."""
     try:
-        await migrate.upgrade(db)
-    finally:
-        await db.dispose()
+        return run()
+    except SettingError as exc:
+        return _fail(labels, exc)
+    except Exception as exc:
+        log.error("unexpected failure", exc_info=exc)
+        print(f"makima-server: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+async def _migrate(database_url: str) -> None:
+    from makima.server.app import open_database
+
+    db = await open_database(database_url)
+    await db.dispose()
 
 
 async def _create_api_key(database_url: str, owner: uuid.UUID, name: str) -> str:
+    from makima.server.app import open_database
     from makima.server.domain.auth import create_api_key
     from makima.server.domain.runtime import Runtime
-    from makima.server.store import migrate
-    from makima.server.store.engine import Database
 
-    db = Database(database_url)
+    db = await open_database(database_url)
     try:
-        await migrate.upgrade(db)
         return (await create_api_key(Runtime(db), owner_id=owner, name=name)).secret
     finally:
         await db.dispose()
 
 
-def _keep_count(text: str) -> int:
-    """How many page-token keys to keep: the new one always stays."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1 (the new key is always kept), not {text}")
-    return value
-
-
 async def _rotate_page_token_key(database_url: str, keep: int | None) -> str:
+    from makima.server.app import open_database
     from makima.server.domain.page_tokens import rotate
     from makima.server.domain.runtime import Runtime
-    from makima.server.store import migrate
-    from makima.server.store.engine import Database
 
-    db = Database(database_url)
+    db = await open_database(database_url)
     try:
-        await migrate.upgrade(db)
         done = await rotate(Runtime(db), keep=keep)
         return f"new page-token key {done.key_id}; {done.removed} older key(s) dropped, {done.remaining} kept"
     finally:
         await db.dispose()
 
 
-def _serve_worker(settings: Settings, log_level: str) -> None:
+def _serve_worker(settings: Settings, log_level: str, labels: Mapping[str, str]) -> None:
     from makima.server.app import serve
 
     logs.configure(log_level)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent turns Ctrl-C into one SIGTERM each
-    asyncio.run(serve(settings))
+
+    def run() -> int:
+        asyncio.run(serve(settings))
+        return 0
+
+    sys.exit(_reported(labels, run))
 
 
-def _serve_workers(settings: Settings, workers: int, log_level: str) -> int:
+def _serve_workers(settings: Settings, workers: int, log_level: str, labels: Mapping[str, str]) -> int:
     """Several server processes on one port (gRPC binds with SO_REUSEPORT), over one PostgreSQL.
 
-    SQLite is refused: its timeline wake-ups do not cross processes. Migrations run once here, so
-    the workers start on an up-to-date schema; SIGTERM or SIGINT is passed on to every worker.
+    SQLite is refused: its timeline wake-ups do not cross processes. The port is claimed for these
+    workers alone (`hold_port`) and migrations run once here, so the workers start on an
+    up-to-date schema; SIGTERM or SIGINT is passed on to every worker.
     """
+    from makima.server.app import hold_port
+
     if not settings.database_url.startswith("postgresql"):
-        print("makima-server: --workers > 1 needs a PostgreSQL --database-url", file=sys.stderr)
-        return 2
+        raise SettingError("workers", "more than 1 needs a PostgreSQL database URL")
     if settings.listen.rsplit(":", 1)[-1] == "0":
-        print("makima-server: --workers > 1 needs a fixed port in --listen", file=sys.stderr)
-        return 2
-    asyncio.run(_migrate(settings.database_url))
-    context = multiprocessing.get_context("spawn")
-    children = [
-        context.Process(target=_serve_worker, args=(settings, log_level), name=f"makima-worker-{i}")
-        for i in range(workers)
-    ]
-    for child in children:
-        child.start()
-
-    def stop(signum: int, _frame: object) -> None:
+        raise SettingError("workers", "more than 1 needs a fixed port in the listen address, not 0")
+    port_lock = hold_port(settings.listen)
+    try:
+        asyncio.run(_migrate(settings.database_url))
+        context = multiprocessing.get_context("spawn")
+        children = [
+            context.Process(target=_serve_worker, args=(settings, log_level, dict(labels)), name=f"makima-worker-{i}")
+            for i in range(workers)
+        ]
         for child in children:
-            if child.pid is not None and child.is_alive():
-                os.kill(child.pid, signal.SIGTERM)
+            child.start()
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for child in children:
-        child.join()
-    return max((child.exitcode or 0) for child in children)
+        def stop(signum: int, _frame: object) -> None:
+            for child in children:
+                if child.pid is not None and child.is_alive():
+                    os.kill(child.pid, signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        for child in children:
+            child.join()
+        return max((child.exitcode or 0) for child in children)
+    finally:
+        if port_lock is not None:
+            port_lock.close()
+
+
+def _serve(values: _Values, log_level: str) -> int:
+    from makima.server.app import serve
+
+    settings = Settings(
+        listen=values["listen"],
+        database_url=values["database_url"],
+        workspace_root=values["workspace_root"],
+        shutdown_grace=values["shutdown_grace"],
+        keep_alive_seconds=values["keep_alive_seconds"],
+        timeline_recheck_seconds=values["timeline_recheck_seconds"],
+        lease_seconds=values["lease_seconds"],
+        sweep_seconds=values["sweep_seconds"],
+    )
+    if values["workers"] > 1:
+        return _serve_workers(replace(settings, reuse_port=True), values["workers"], log_level, values.labels)
+    asyncio.run(serve(settings))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_level)
+    level = _Values(args, (LOG_LEVEL,))
+    if level.problem is not None:
+        return _fail(level.labels, level.problem)
+    log_level = level["log_level"]
+    logs.configure(log_level)
+    values = _Values(args, COMMAND_OPTIONS[args.command])
+    labels = values.labels
+    if values.problem is not None:
+        return _fail(labels, values.problem)
     if args.command == "serve":
-        from makima.server.app import serve
+        return _reported(labels, lambda: _serve(values, log_level))
+    if args.command == "migrate":
 
-        settings = Settings(
-            listen=args.listen,
-            database_url=args.database_url,
-            workspace_root=args.workspace_root,
-            shutdown_grace=args.shutdown_grace,
-            keep_alive_seconds=args.keep_alive_seconds,
-            timeline_recheck_seconds=args.timeline_recheck_seconds,
-            lease_seconds=args.lease_seconds,
-            sweep_seconds=args.sweep_seconds,
-        )
-        if args.workers > 1:
-            return _serve_workers(settings, args.workers, args.log_level)
-        asyncio.run(serve(settings))
-    elif args.command == "migrate":
-        asyncio.run(_migrate(args.database_url))
-        print("database is up to date")
-    elif args.command == "rotate-page-token-key":
-        print(asyncio.run(_rotate_page_token_key(args.database_url, args.keep)))
-    else:
-        secret = asyncio.run(_create_api_key(args.database_url, args.owner, args.name))
+        def migrate() -> int:
+            asyncio.run(_migrate(values["database_url"]))
+            print("database is up to date")
+            return 0
+
+        return _reported(labels, migrate)
+    if args.command == "rotate-page-token-key":
+
+        def rotate() -> int:
+            print(asyncio.run(_rotate_page_token_key(values["database_url"], values["keep"])))
+            return 0
+
+        return _reported(labels, rotate)
+
+    def create_key() -> int:
+        secret = asyncio.run(_create_api_key(values["database_url"], values["owner"], values["name"]))
         print(secret)
         print("store this key now: it cannot be shown again", file=sys.stderr)
-    return 0
+        return 0
+
+    return _reported(labels, create_key)
 
 
 if __name__ == "__main__":

@@ -50,20 +50,6 @@ class Workspace:
     def task_path(self, task_id: uuid.UUID) -> Path:
         return self.root / "tasks" / str(task_id)
 
-    def inside(self, candidate: str, *, field: str) -> Path:
-        """A path given by a caller, refused (INVALID_ARGUMENT on `field`) if it leaves the root or
-        is too long for the file system."""
-        try:
-            resolved = git.resolve_inside(self.root, candidate)
-        except git.PathEscapeError:
-            raise InvalidArgument.of(field, "must be a path inside the workspace root") from None
-        raw = os.fsencode(resolved)
-        if len(raw) > MAX_PATH_BYTES:
-            raise InvalidArgument.of(field, f"resolves to a path of more than {MAX_PATH_BYTES} bytes")
-        if any(len(part) > MAX_FILE_NAME_BYTES for part in raw.split(b"/")):
-            raise InvalidArgument.of(field, f"has a path component of more than {MAX_FILE_NAME_BYTES} bytes")
-        return resolved
-
     def lock(self, path: str | Path) -> asyncio.Lock:
         return self._locks.setdefault(str(path), asyncio.Lock())
 

@@ -8,6 +8,8 @@ it starts, so a failed transaction leaves the worktree as it was. The caller hol
 
 from __future__ import annotations
 
+import asyncio
+import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +19,7 @@ from makima.server.domain.conversation import take_snapshot
 from makima.server.domain.enums import CheckpointKind, SnapshotReason, TimelineKind
 from makima.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from makima.server.domain.runtime import Tx
-from makima.server.domain.workspace import Workspace
+from makima.server.domain.workspace import MAX_FILE_NAME_BYTES, MAX_PATH_BYTES, Workspace
 from makima.server.store import checkpoints, events
 from makima.server.store.models import Task, TaskCheckpoint
 
@@ -46,12 +48,16 @@ def worktree_of(task: Task) -> Path:
 async def create_worktree(
     tx: Tx, ws: Workspace, task: Task, request: WorktreeRequest, *, commit_sha: str | None = None
 ) -> TaskCheckpoint:
-    """Give `task` a worktree on its branch (empty, or cloned at a ref sharing objects) and its first checkpoint."""
+    """Give `task` a worktree on its branch (empty, or cloned at a ref sharing objects) and its first checkpoint.
+
+    With `commit_sha` the repository is another task's worktree (fork, continue), not one the caller
+    named: a source that reads outside the root is then that task's fault (FAILED_PRECONDITION).
+    """
     assert task.branch is not None
     path = ws.task_path(task.id)
-    source = ws.inside(request.repository, field="worktree.repository") if request.repository else None
-    if source is not None and not (source / ".git").is_dir():
-        raise InvalidArgument.of("worktree.repository", "is not a git repository (no .git directory)")
+    source = None
+    if request.repository:
+        source = await _source_repository(ws, request.repository, from_caller=commit_sha is None)
     await tx.hold(ws.lock(path))
     tx.undo.append(lambda: ws.discard(path))
     if source is None:
@@ -63,6 +69,42 @@ async def create_worktree(
             raise InvalidArgument.of("worktree.ref", f"unknown ref {request.ref!r}") from None
     task.worktree_path = str(path)
     return await checkpoint_locked(tx, ws, task, message="initial state", kind=CheckpointKind.MANUAL)
+
+
+async def _source_repository(ws: Workspace, repository: str, *, from_caller: bool) -> git.SourceRepository:
+    """The repository to clone, checked before any of its objects is read.
+
+    Refused with reason PATH_ESCAPES_WORKSPACE if anything git would read of it (.git, gitdir,
+    commondir, objects, alternates, links) lies outside the root: INVALID_ARGUMENT on
+    worktree.repository when the caller named it, FAILED_PRECONDITION for a task's own worktree.
+    """
+    raw = os.fsencode(repository if os.path.isabs(repository) else os.path.join(ws.root, repository))
+    if len(raw) > MAX_PATH_BYTES:
+        raise InvalidArgument.of("worktree.repository", f"makes a path of more than {MAX_PATH_BYTES} bytes")
+    if any(len(part) > MAX_FILE_NAME_BYTES for part in raw.split(b"/")):
+        raise InvalidArgument.of(
+            "worktree.repository", f"has a path component of more than {MAX_FILE_NAME_BYTES} bytes"
+        )
+    try:
+        return await asyncio.to_thread(git.resolve_repository, ws.root, repository)
+    except git.PathEscapeError as exc:
+        part = exc.metadata.get("part", "repository")
+        if not from_caller:
+            raise FailedPrecondition(
+                f"the source worktree's {part} leads outside the workspace root",
+                reason="PATH_ESCAPES_WORKSPACE",
+                metadata={"part": part},
+            ) from None
+        description = (
+            "must be a path inside the workspace root"
+            if part == "repository"
+            else f"must be a repository inside the workspace root: its {part} leads outside"
+        )
+        raise InvalidArgument.of("worktree.repository", description, reason="PATH_ESCAPES_WORKSPACE") from None
+    except git.NotARepositoryError:
+        if not from_caller:
+            raise FailedPrecondition("the source worktree is no longer a git repository", reason="GIT_ERROR") from None
+        raise InvalidArgument.of("worktree.repository", "is not a git repository") from None
 
 
 async def checkpoint_locked(

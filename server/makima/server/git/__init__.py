@@ -10,10 +10,11 @@ from makima.server.git.errors import (
     ConcurrentUpdateError,
     GitError,
     InvalidRefNameError,
+    NotARepositoryError,
     PathEscapeError,
     RefNotFoundError,
 )
-from makima.server.git.paths import resolve_inside, validate_branch_name
+from makima.server.git.paths import SourceRepository, resolve_inside, resolve_repository, validate_branch_name
 from makima.server.git.repo import (
     FileChange,
     Snapshot,
@@ -35,9 +36,11 @@ __all__ = [
     "FileChange",
     "GitError",
     "InvalidRefNameError",
+    "NotARepositoryError",
     "PathEscapeError",
     "RefNotFoundError",
     "Snapshot",
+    "SourceRepository",
     "clone_worktree",
     "compare",
     "create_branch",
@@ -46,6 +49,7 @@ __all__ = [
     "init_worktree",
     "publish",
     "resolve_inside",
+    "resolve_repository",
     "restore",
     "snapshot",
     "validate_branch_name",

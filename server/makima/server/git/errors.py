@@ -20,6 +20,10 @@ class PathEscapeError(GitError):
     """A path leaves the directory it must stay in (`..`, an absolute path elsewhere, a symlink)."""
 
 
+class NotARepositoryError(GitError):
+    """A directory given as a repository holds no git repository (no `.git`, nor a bare layout)."""
+
+
 class InvalidRefNameError(GitError):
     """A branch name breaks git's ref-name rules (`git check-ref-format --branch`)."""
 

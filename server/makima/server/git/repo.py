@@ -24,8 +24,8 @@ from dulwich.file import FileLocked
 from dulwich.object_store import BaseObjectStore, DiskObjectStore
 from dulwich.objects import Commit, ObjectID, ShaFile, Tag, Tree, TreeEntry, valid_hexsha
 from dulwich.pack import Pack
-from dulwich.refs import Ref, check_ref_format
-from dulwich.repo import Repo
+from dulwich.refs import DiskRefsContainer, Ref, check_ref_format
+from dulwich.repo import BaseRepo, Repo
 
 from makima.server.git import _fs, _index
 from makima.server.git._index import IndexEntry
@@ -36,7 +36,7 @@ from makima.server.git.errors import (
     GitError,
     RefNotFoundError,
 )
-from makima.server.git.paths import validate_branch_name
+from makima.server.git.paths import SourceRepository, read_alternates, validate_branch_name
 
 _IDENTITY = b"makima <makima@localhost>"
 _HEAD = Ref(b"HEAD")
@@ -87,21 +87,25 @@ def init_worktree(path: Path, *, branch: str) -> None:
         raise
 
 
-def clone_worktree(source: Path, path: Path, *, ref: str | None, branch: str) -> str:
-    """Check out `ref` of the repository at `source` into a new worktree at `path`, on a new `branch`.
+def clone_worktree(source: SourceRepository, path: Path, *, ref: str | None, branch: str) -> str:
+    """Check out `ref` of the repository `source` into a new worktree at `path`, on a new `branch`.
 
-    Objects are shared with the source through objects/info/alternates, never copied, so a fork of a
-    large repository costs only its checkout. Returns the commit sha; RefNotFoundError if `ref`
-    (branch, tag or full sha; None for the source's HEAD) is unknown. On failure `path` is left as
-    it was found.
+    `source` comes from `paths.resolve_repository`, which kept every directory it names inside the
+    workspace root; only those real paths are read. Objects are shared with the source through
+    objects/info/alternates, never copied, so a fork of a large repository costs only its checkout.
+    The alternates file lists the source's whole chain, flattened: git refuses alternates nested
+    more than five deep, and the service reads none beyond that file (see `_ObjectStore`). Returns the
+    commit sha; RefNotFoundError if `ref` (branch, tag or full sha; None for the source's HEAD) is
+    unknown. On failure `path` is left as it was found.
     """
     new_ref = _branch_ref(branch)
-    with _open(source) as src:
-        commit_sha = _resolve_commit(src, ref)
-        source_objects = os.path.abspath(os.fsdecode(src.object_store.path))
-    # The source's own alternates are listed too, so a chain of forks stays one level deep: git
-    # refuses alternates nested more than five deep.
-    alternates = _unique([source_objects, *_alternate_paths(source_objects)])
+    alternates = [os.fspath(p) for p in (source.objects_dir, *source.alternates)]
+    source_store = _ObjectStore(alternates[0], alternates[1:])
+    try:
+        refs = DiskRefsContainer(os.fspath(source.common_dir), os.fspath(source.git_dir))
+        commit_sha = _resolve_commit(BaseRepo(source_store, refs), ref)
+    finally:
+        source_store.close()
 
     created = _prepare_empty_dir(path)
     try:
@@ -275,10 +279,25 @@ def delete_branch(path: Path, *, name: str, commit_sha: str) -> None:
 # -- helpers -------------------------------------------------------------------------------------
 
 
+class _ObjectStore(DiskObjectStore):
+    """An object store on disk whose alternates are the given directories, each without alternates of its own.
+
+    dulwich would follow every alternates file it meets, recursively. A worktree made by
+    `clone_worktree` lists its source's whole chain, checked inside the workspace root, in its own
+    file; reading no further means a source whose alternates file is edited later cannot lead a
+    read of its forks outside the root.
+    """
+
+    def __init__(self, path: str, alternates: Iterable[str]) -> None:
+        super().__init__(path)
+        self._alternates = [_ObjectStore(alternate, ()) for alternate in alternates]
+
+
 def _open(path: Path) -> Repo:
+    objects_dir = os.path.join(path, ".git", "objects")
     try:
-        return Repo(os.fspath(path))
-    except NotGitRepository:
+        return Repo(os.fspath(path), object_store=_ObjectStore(objects_dir, read_alternates(objects_dir)))
+    except (NotGitRepository, NotADirectoryError):
         raise GitError(f"{os.fspath(path)!r} is not a git worktree", path=os.fspath(path)) from None
 
 
@@ -298,7 +317,7 @@ def _text(path: bytes) -> str:
     return path.decode("utf-8", "surrogateescape")
 
 
-def _read_ref(repo: Repo, ref: Ref) -> ObjectID | None:
+def _read_ref(repo: BaseRepo, ref: Ref) -> ObjectID | None:
     try:
         return repo.refs[ref]
     except KeyError:
@@ -315,7 +334,7 @@ def _commit(repo: Repo, sha: ObjectID) -> Commit:
     return obj
 
 
-def _resolve_commit(repo: Repo, ref: str | None) -> ObjectID:
+def _resolve_commit(repo: BaseRepo, ref: str | None) -> ObjectID:
     """Commit named by `ref` the way `git rev-parse` orders names: full sha, then tags, then branches."""
     if ref is None:
         candidates = [_HEAD]
@@ -335,7 +354,7 @@ def _resolve_commit(repo: Repo, ref: str | None) -> ObjectID:
     raise RefNotFoundError(f"unknown ref {ref or 'HEAD'!r}", ref=ref or "HEAD")
 
 
-def _peel(repo: Repo, sha: ObjectID, ref: str | None) -> ObjectID:
+def _peel(repo: BaseRepo, sha: ObjectID, ref: str | None) -> ObjectID:
     obj: ShaFile = repo.object_store[sha]
     while isinstance(obj, Tag):
         obj = repo.object_store[obj.object[1]]
@@ -521,23 +540,6 @@ def _diff(base: Mapping[bytes, tuple[int, ObjectID]], live: Mapping[bytes, FileS
         elif before != (state.mode, state.sha):
             changes.append(FileChange(_text(path), "modified"))
     return changes
-
-
-def _alternate_paths(objects_dir: str) -> list[str]:
-    try:
-        with open(os.path.join(objects_dir, "info", "alternates"), "rb") as f:
-            lines = f.read().splitlines()
-    except FileNotFoundError:
-        return []
-    paths = []
-    for line in lines:
-        if line and not line.startswith(b"#"):
-            paths.append(os.path.normpath(os.path.join(objects_dir, os.fsdecode(line))))
-    return paths
-
-
-def _unique(items: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(items))
 
 
 def _prepare_empty_dir(path: Path) -> bool:
