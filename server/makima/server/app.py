@@ -18,6 +18,7 @@ from makima.server.api.supervisor import SupervisorServicer
 from makima.server.api.task_fork import TaskForkServicer
 from makima.server.config import Settings
 from makima.server.domain.auth import Authenticator
+from makima.server.domain.objects import ObjectStores
 from makima.server.domain.page_tokens import PageTokenKeys
 from makima.server.domain.runtime import Runtime
 from makima.server.domain.sweeper import LeaseSweeper
@@ -60,6 +61,7 @@ class App:
     listener: PostgresListener | None
     sweeper: LeaseSweeper
     page_tokens: PageTokenKeys
+    objects: ObjectStores
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, end live streams, let in-flight calls finish within `grace`, release the rest."""
@@ -84,6 +86,7 @@ async def start(settings: Settings) -> App:
     if listener is not None:
         listener.start()
     workspace = Workspace(settings.workspace_root)
+    objects = ObjectStores.for_database(db, workspace_root=workspace.root, cache_dir=settings.object_cache_dir)
     server = aio.server(interceptors=[ServiceInterceptor(Authenticator(runtime))])
     history = HistoryServicer(
         runtime, hub, page_tokens, keep_alive=settings.keep_alive_seconds, recheck=settings.timeline_recheck_seconds
@@ -119,6 +122,7 @@ async def start(settings: Settings) -> App:
         listener=listener,
         sweeper=sweeper,
         page_tokens=page_tokens,
+        objects=objects,
     )
 
 
