@@ -253,7 +253,13 @@ class ObjectChecker:
         self._refs: list[tuple[ObjectID, int, ObjectID]] = []
 
     def add(self, obj: ShaFile) -> None:
-        """Check one object of the pack (its id was computed from its content by dulwich)."""
+        """Check one object of the pack (its id was computed from its content by dulwich).
+
+        Tree entries are checked before dulwich's own `check()`, which refuses some of the same
+        names without saying which: the error then names the path.
+        """
+        if isinstance(obj, Tree):
+            self._add_tree(obj)
         try:
             obj.check()
         except (ObjectFormatException, ValueError, AssertionError) as exc:
@@ -263,8 +269,6 @@ class ObjectChecker:
         if isinstance(obj, Commit):
             self._refs.append((obj.id, Tree.type_num, obj.tree))
             self._refs.extend((obj.id, Commit.type_num, parent) for parent in obj.parents)
-        elif isinstance(obj, Tree):
-            self._add_tree(obj)
         elif isinstance(obj, Tag):
             target_type, target = obj.object
             self._refs.append((obj.id, target_type.type_num, target))
