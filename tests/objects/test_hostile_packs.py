@@ -9,7 +9,9 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+from dulwich.object_format import DEFAULT_OBJECT_FORMAT
 from dulwich.objects import Blob, ShaFile
+from dulwich.pack import PackData
 
 from makima.server.domain.objects import ObjectStores
 from makima.server.git.errors import InvalidPackError
@@ -142,10 +144,7 @@ async def test_an_object_whose_size_lies_is_refused(stores: ObjectStores, owner_
 
 
 def inflated_size(pack: bytes) -> int:
-    """What the objects of a pack without deltas inflate to, by the git CLI's count."""
-    from dulwich.object_format import DEFAULT_OBJECT_FORMAT
-    from dulwich.pack import PackData
-
+    """What the objects of a pack without deltas inflate to, as dulwich reads them."""
     with PackData.from_file(BytesIO(pack), DEFAULT_OBJECT_FORMAT, len(pack)) as data:
         return sum(unpacked.decomp_len for unpacked in data.iter_unpacked())
 

@@ -191,15 +191,15 @@ class OwnerObjectStore(BucketBasedObjectStore):
     @contextlib.contextmanager
     def _scratch(self, suffix: str) -> Iterator[tuple[BinaryIO, str]]:
         """A temporary file in the incoming directory, removed (with its .idx sibling) afterwards."""
-        fd, path = tempfile.mkstemp(dir=self._incoming, prefix="tmp-", suffix=suffix)
-        f = os.fdopen(fd, "w+b")
+        f, path = self._new_scratch(suffix)
         try:
             yield f, path
         finally:
-            f.close()
-            for leftover in (path, path.removesuffix(".pack") + ".idx"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(leftover)
+            _discard(f, path)
+
+    def _new_scratch(self, suffix: str) -> tuple[BinaryIO, str]:
+        fd, path = tempfile.mkstemp(dir=self._incoming, prefix="tmp-", suffix=suffix)
+        return os.fdopen(fd, "w+b"), path
 
     # -- have / want -----------------------------------------------------------------------------
 
@@ -247,19 +247,15 @@ class OwnerObjectStore(BucketBasedObjectStore):
 
     def add_pack(self) -> tuple[BinaryIO, Callable[[], Pack | None], Callable[[], None]]:
         """dulwich's entry point for writing a pack (add_objects, add_pack_data): verified like any other."""
-        scratch = self._scratch(".pack")
-        f, path = scratch.__enter__()
+        f, path = self._new_scratch(".pack")
 
         def commit() -> Pack | None:
             try:
                 return self._ingest(f, path, commit=None, limits=self.limits, keep_duplicate=False)[1]
             finally:
-                scratch.__exit__(None, None, None)
+                _discard(f, path)
 
-        def abort() -> None:
-            scratch.__exit__(None, None, None)
-
-        return f, commit, abort
+        return f, commit, lambda: _discard(f, path)
 
     def add_object(self, obj: ShaFile) -> None:
         """Store one object; it must refer only to stored objects."""
@@ -386,7 +382,7 @@ class OwnerObjectStore(BucketBasedObjectStore):
             return set()
 
     def _reachable(self, start: Iterable[ObjectID]) -> set[ObjectID]:
-        """Every stored object reachable from `start`; blobs are recognised by mode, never read."""
+        """Every stored object reachable from `start`; blobs met in trees are known by mode, never read."""
         seen: set[ObjectID] = set()
         todo = list(start)
         while todo:
@@ -420,3 +416,11 @@ class OwnerObjectStore(BucketBasedObjectStore):
             for chunk in outgoing.chunks:
                 f.write(chunk)
             return self._ingest(f, path, commit=None, limits=self.limits, keep_duplicate=True)[1]
+
+
+def _discard(f: BinaryIO, path: str) -> None:
+    """Close and remove a scratch pack and the index written beside it."""
+    f.close()
+    for leftover in (path, path.removesuffix(".pack") + ".idx"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(leftover)

@@ -53,8 +53,8 @@ class PackLimits:
     # Objects the pack header declares.
     max_objects: int = 1_000_000
     # Bytes the objects inflate to, as their headers declare them: every object and every delta,
-    # plus the size of each delta's result.
-    max_inflated_bytes: int = 4 << 30
+    # plus the size of each delta's result. Each object is held whole in memory while checked.
+    max_inflated_bytes: int = 1 << 30
 
 
 def refuse(problem: str, message: str, **metadata: str) -> InvalidPackError:
