@@ -117,7 +117,7 @@ def materialize(path: Path, pack: bytes, *, branch_at: str) -> Path:
 def pack_bytes(objects: Iterable[ShaFile]) -> bytes:
     """A pack of exactly `objects`, full (no deltas), as a hostile or hand-made sender would write it."""
     out = BytesIO()
-    write_pack_objects(out.write, [(obj, None) for obj in objects], object_format=DEFAULT_OBJECT_FORMAT)
+    write_pack_objects(out, [(obj, None) for obj in objects], object_format=DEFAULT_OBJECT_FORMAT)
     return out.getvalue()
 
 
@@ -181,7 +181,5 @@ async def age_packs(db: Database, store_dir: Path | None, owner: uuid.UUID, name
     async with db.write() as session:
         for name in names:
             await session.execute(
-                update(ObjectPack)
-                .where(ObjectPack.owner_id == owner, ObjectPack.name == name)  # type: ignore[arg-type]
-                .values(create_time=then)
+                update(ObjectPack).where(ObjectPack.owner_id == owner, ObjectPack.name == name).values(create_time=then)
             )

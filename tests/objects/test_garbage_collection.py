@@ -7,7 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from makima.server.domain.objects import ObjectStores
-from makima.server.git.objects import LocalDirBucket, OwnerObjectStore
+from makima.server.git.objects import GarbageCollection, LocalDirBucket, OwnerObjectStore
 from makima.server.store.engine import Database
 from tests.objects.helpers import (
     History,
@@ -75,12 +75,12 @@ async def test_a_young_push_keeps_the_old_objects_it_builds_on(
     await age(stores, objects_db, owner_id, [first_pack.name], 2 * HOUR)
     thin = git_pack(history.path, [history.second, f"^{history.first}"], thin=True)
 
-    def push_then_collect(store: OwnerObjectStore) -> object:
+    def push_then_collect(store: OwnerObjectStore) -> GarbageCollection:
         push(store, thin, history.second)  # in flight: recorded by no checkpoint yet
         return store.collect_garbage([], grace=HOUR)
 
     result = await stores.run(owner_id, push_then_collect)
-    assert result.removed == []  # type: ignore[attr-defined]
+    assert result.removed == []
     # Everything the second commit reaches is still there: it materializes.
     pack = await stores.run(
         owner_id, lambda store: outgoing_bytes(store.outgoing_pack(wants=[history.second], haves=[]))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 
 from dulwich.object_format import DEFAULT_OBJECT_FORMAT
+from dulwich.objects import Commit
 from dulwich.pack import Pack, PackInflater
 from dulwich.repo import Repo
 
@@ -27,6 +29,17 @@ from tests.objects.helpers import (
 )
 
 
+class Exchange(NamedTuple):
+    """What a daemon sent (object count, bytes) and what the service would send back."""
+
+    full: tuple[int, int]
+    incremental: tuple[int, int]
+    stored: int
+    fetch_all: set[str]
+    fetch_new: set[str]
+    fetch_none: list[str]
+
+
 async def test_have_want_sends_only_what_is_missing(
     stores: ObjectStores, owner_id: uuid.UUID, history: History
 ) -> None:
@@ -34,7 +47,7 @@ async def test_have_want_sends_only_what_is_missing(
     first, second = history.first, history.second
     daemon = Repo(str(history.path))
 
-    def scenario(store: OwnerObjectStore) -> dict[str, object]:
+    def scenario(store: OwnerObjectStore) -> Exchange:
         # Upload, daemon to service: the daemon offers its commit and its parent; the service lacks both.
         assert store.lacking([second, first]) == [second, first]
         full = outgoing_pack(daemon.object_store, wants=[first], haves=[])
@@ -46,29 +59,29 @@ async def test_have_want_sends_only_what_is_missing(
         incremental = outgoing_pack(daemon.object_store, wants=[second], haves=haves)
         incremental_bytes = outgoing_bytes(incremental)
         stored = push(store, incremental_bytes, second)
-        return {
-            "full": (full.object_count, len(full_bytes)),
-            "incremental": (incremental.object_count, len(incremental_bytes)),
-            "stored": stored.object_count,
-            "fetch_all": set(store.missing(wants=[second], haves=[])),
-            "fetch_new": set(store.missing(wants=[second], haves=[first])),
-            "fetch_none": store.missing(wants=[second], haves=[second]),
-        }
+        return Exchange(
+            full=(full.object_count, len(full_bytes)),
+            incremental=(incremental.object_count, len(incremental_bytes)),
+            stored=stored.object_count,
+            fetch_all=set(store.missing(wants=[second], haves=[])),
+            fetch_new=set(store.missing(wants=[second], haves=[first])),
+            fetch_none=store.missing(wants=[second], haves=[second]),
+        )
 
     result = await stores.run(owner_id, scenario)
     new_objects = rev_list_objects(history.path, second, f"^{first}")
     # 100 blobs, the trees above them and the commit: what `git rev-list --objects C2 ^C1` lists.
     assert CHANGED < len(new_objects) < CHANGED + 60
-    full_count, full_size = result["full"]  # type: ignore[misc]
-    incremental_count, incremental_size = result["incremental"]  # type: ignore[misc]
+    full_count, full_size = result.full
+    incremental_count, incremental_size = result.incremental
     assert full_count == len(rev_list_objects(history.path, first))
-    assert incremental_count == result["stored"] == len(new_objects)
+    assert incremental_count == result.stored == len(new_objects)
     # Bytes grow with the change (blobs and the trees above them), not with the tree: a third here.
     assert incremental_size < full_size / 2
     # Fetch, service to daemon, answers the same way.
-    assert result["fetch_all"] == rev_list_objects(history.path, second)
-    assert result["fetch_new"] == new_objects
-    assert result["fetch_none"] == []
+    assert result.fetch_all == rev_list_objects(history.path, second)
+    assert result.fetch_new == new_objects
+    assert result.fetch_none == []
 
 
 async def test_fetched_packs_materialize_for_git(
@@ -158,6 +171,7 @@ async def test_objects_built_locally_are_stored(
     """The service's own snapshot objects go in through dulwich's add_objects, checked like any pack."""
     source = Repo(str(history.path))
     commit = source[history.first.encode()]
+    assert isinstance(commit, Commit)
     objects = [(source[sha], None) for sha in sorted(s.encode() for s in rev_list_objects(history.path, history.first))]
 
     def scenario(store: OwnerObjectStore) -> list[str]:

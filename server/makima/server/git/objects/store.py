@@ -27,11 +27,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from dulwich.errors import ChecksumMismatch, ObjectFormatException
+from dulwich.errors import ApplyDeltaError, ChecksumMismatch, ObjectFormatException
 from dulwich.object_store import BucketBasedObjectStore
 from dulwich.objects import Commit, ObjectID, ShaFile, Tag, Tree
 from dulwich.pack import (
-    ApplyDeltaError,
     Pack,
     PackData,
     PackFileDisappeared,
@@ -245,7 +244,8 @@ class OwnerObjectStore(BucketBasedObjectStore):
             stored, _pack = self._ingest(f, path, commit=commit, limits=limits, keep_duplicate=False)
             return stored
 
-    def add_pack(self) -> tuple[BinaryIO, Callable[[], Pack | None], Callable[[], None]]:
+    # dulwich annotates the commit callable as returning None, yet returns its Pack from add_pack_data.
+    def add_pack(self) -> tuple[BinaryIO, Callable[[], Pack | None], Callable[[], None]]:  # type: ignore[override]
         """dulwich's entry point for writing a pack (add_objects, add_pack_data): verified like any other."""
         f, path = self._new_scratch(".pack")
 

@@ -114,7 +114,7 @@ def scan_pack(f: BinaryIO, size: int, limits: PackLimits) -> int:
                 raise _inflates_too_much(inflated, limits)
     if reader.offset + _TRAILER != size:
         raise refuse("corrupt", "the pack does not end after its objects and checksum")
-    return count
+    return int(count)
 
 
 def _too_large(size: int, limit: int) -> InvalidPackError:
