@@ -11,6 +11,7 @@ import pytest
 
 from makima.server.app import App
 from makima.server.domain.objects import ObjectStores, PostgresBucket
+from makima.server.git.errors import InvalidPackError
 from makima.server.git.objects import LocalDirBucket, OwnerObjectStore, check_pack_name
 from makima.server.store.engine import Database
 from tests.objects.helpers import History, blob, git_pack, pack_files, push, push_first
@@ -56,6 +57,16 @@ async def test_owners_never_see_each_others_packs(stores: ObjectStores, owner_id
     await stores.run(owner_id, lambda store: push_first(store, history))
     assert await stores.run(other, lambda store: store.bucket.list_packs()) == []
     assert await stores.run(other, lambda store: store.lacking([history.first])) == [history.first]
+
+    # Nor build on them: a thin pack against the first owner's objects has no base for the other.
+    thin = git_pack(history.path, [history.second, f"^{history.first}"], thin=True)
+
+    def build_on_foreign_objects(store: OwnerObjectStore) -> str:
+        with pytest.raises(InvalidPackError) as caught:
+            push(store, thin, history.second)
+        return caught.value.metadata["problem"]
+
+    assert await stores.run(other, build_on_foreign_objects) == "missing_object"
 
 
 async def test_two_processes_with_their_own_caches_share_one_bucket(
