@@ -21,6 +21,7 @@ from makima.server.api.supervisor import SupervisorServicer
 from makima.server.api.task_fork import TaskForkServicer
 from makima.server.config import EXIT_FAILURE, Address, SettingError, Settings, parse_listen
 from makima.server.domain.auth import Authenticator
+from makima.server.domain.objects import ObjectStores
 from makima.server.domain.page_tokens import PageTokenKeys
 from makima.server.domain.runtime import Runtime
 from makima.server.domain.sweeper import LeaseSweeper
@@ -63,6 +64,7 @@ class App:
     listener: PostgresListener | None
     sweeper: LeaseSweeper
     page_tokens: PageTokenKeys
+    objects: ObjectStores
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, end live streams, let in-flight calls finish within `grace`, release the rest."""
@@ -98,6 +100,7 @@ async def start(settings: Settings) -> App:
     listener = PostgresListener(db.url, hub) if db.dialect == "postgresql" else None
     if listener is not None:
         listener.start()
+    objects = ObjectStores.for_database(db, workspace_root=workspace.root, cache_dir=settings.object_cache_dir)
     server = aio.server(
         interceptors=[ServiceInterceptor(Authenticator(runtime))],
         options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)],
@@ -143,6 +146,7 @@ async def start(settings: Settings) -> App:
         listener=listener,
         sweeper=sweeper,
         page_tokens=page_tokens,
+        objects=objects,
     )
 
 

@@ -92,6 +92,8 @@ class Settings:
     listen: str = DEFAULT_LISTEN
     database_url: str = DEFAULT_DATABASE_URL
     workspace_root: Path = Path("./workspace")
+    # Where a PostgreSQL-backed server caches the packs of the object store; None: under workspace_root.
+    object_cache_dir: Path | None = None
     # Seconds in-flight calls get to finish on SIGTERM/SIGINT before they are cancelled.
     shutdown_grace: float = 10.0
     # Seconds between keep-alives on an idle StreamTimeline.

@@ -38,3 +38,12 @@ class RefNotFoundError(GitError):
 
 class ConcurrentUpdateError(GitError):
     """A compare-and-swap of a ref lost against another writer, or a lock is held by one."""
+
+
+class InvalidPackError(GitError):
+    """A pack offered to the object store was refused before anything of it was stored.
+
+    `metadata["problem"]` says which check failed (`corrupt`, `too_large`, `too_many_objects`,
+    `bad_object`, `unsafe_path`, `bad_mode`, `missing_object`, `missing_commit`); the object, path
+    and limit involved are in `object`, `path`, `mode`, `limit` and `value` where they apply.
+    """

@@ -291,3 +291,21 @@ class IdempotencyKey(SQLModel, table=True):
     request_hash: str = Field(sa_type=String(64))
     response: bytes = Field(sa_type=LargeBinary)
     create_time: datetime = _time()
+
+
+class ObjectPack(SQLModel, table=True):
+    """One immutable git pack of an owner's object store (PostgreSQL bucket; see git/objects).
+
+    `name` is the SHA-1 over the pack's sorted object ids, so a pack put twice is stored once.
+    """
+
+    __tablename__ = "object_packs"
+
+    owner_id: uuid.UUID = Field(foreign_key="owners.id", primary_key=True)
+    name: str = Field(sa_type=String(64), primary_key=True)
+    pack: bytes = Field(sa_type=LargeBinary)
+    # The pack's .idx file, so a reader opens the pack without indexing it again.
+    pack_index: bytes = Field(sa_type=LargeBinary)
+    object_count: int = Field(sa_type=BigInteger)
+    byte_size: int = Field(sa_type=BigInteger)
+    create_time: datetime = _time()

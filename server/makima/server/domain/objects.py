@@ -1,0 +1,161 @@
+"""The git object store of every owner, on the backend the database URL calls for (DESIGN.md section 5).
+
+With SQLite (the embedded setup) packs are files beside the database, `<db file>.objects/<owner>/`.
+With PostgreSQL they are rows of `object_packs`, so every server process on every machine serves
+every checkpoint and there is one system to run and back up; each process keeps the packs it reads
+in a local cache, `<cache dir>/<owner>/` (by default under the workspace root).
+
+Store work is synchronous and runs in worker threads (`ObjectStores.run`). The PostgreSQL bucket
+hands each of its calls to the event loop as one short transaction and waits for the answer, so
+store work must never run on the event loop thread, and should not run while its caller holds a
+transaction: a thread waiting for a pooled connection that its own caller keeps busy can drain the
+pool. Store the objects first, then record what refers to them in the use case's transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from concurrent.futures import TimeoutError as FutureTimeout
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from makima.server.git.objects import (
+    LocalDirBucket,
+    OwnerObjectStore,
+    PackBucket,
+    PackInfo,
+    PackLimits,
+    index_object_count,
+)
+from makima.server.store import packs
+from makima.server.store.engine import Database
+from makima.server.store.types import utcnow
+
+T = TypeVar("T")
+
+# Seconds one bucket call may take, transfer of a large pack included.
+BUCKET_CALL_TIMEOUT = 300.0
+
+
+class PostgresBucket:
+    """The packs of one owner as rows of `object_packs`, for store code running in a worker thread."""
+
+    def __init__(
+        self,
+        db: Database,
+        owner_id: uuid.UUID,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        timeout: float = BUCKET_CALL_TIMEOUT,
+    ) -> None:
+        self._db = db
+        self._owner_id = owner_id
+        self._loop = loop
+        self._timeout = timeout
+
+    @property
+    def local_dir(self) -> Path | None:
+        return None
+
+    def list_packs(self) -> list[PackInfo]:
+        rows = self._call(lambda s: packs.list_packs(s, owner_id=self._owner_id), write=False)
+        return [
+            PackInfo(name=r.name, object_count=r.object_count, byte_size=r.byte_size, create_time=r.create_time)
+            for r in rows
+        ]
+
+    def get_pack(self, name: str, pack_out: BinaryIO, index_out: BinaryIO) -> None:
+        found = self._call(lambda s: packs.get_pack(s, owner_id=self._owner_id, name=name), write=False)
+        if found is None:
+            raise KeyError(name)
+        pack_out.write(found[0])
+        index_out.write(found[1])
+
+    def put_pack(self, name: str, pack: BinaryIO, index: BinaryIO) -> None:
+        pack.seek(0)
+        index.seek(0)
+        count = index_object_count(index)
+        index.seek(0)
+        pack_bytes, index_bytes = pack.read(), index.read()
+        self._call(
+            lambda s: packs.put_pack(
+                s,
+                owner_id=self._owner_id,
+                name=name,
+                pack=pack_bytes,
+                index=index_bytes,
+                object_count=count,
+                now=utcnow(),
+            ),
+            write=True,
+        )
+
+    def remove_pack(self, name: str) -> None:
+        self._call(lambda s: packs.remove_pack(s, owner_id=self._owner_id, name=name), write=True)
+
+    def _call(self, query: Callable[[AsyncSession], Awaitable[T]], *, write: bool) -> T:
+        """Run `query` in its own transaction on the event loop and wait for its result."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            raise RuntimeError("the PostgreSQL pack bucket was called on the event loop: run store work in a thread")
+
+        async def transaction() -> T:
+            async with self._db.write() if write else self._db.read() as session:
+                return await query(session)
+
+        future = asyncio.run_coroutine_threadsafe(transaction(), self._loop)
+        try:
+            return future.result(self._timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise
+
+
+class ObjectStores:
+    """Opens the object store of any owner; one per server process."""
+
+    def __init__(
+        self, bucket_for: Callable[[uuid.UUID], PackBucket], *, cache_root: Path | None, limits: PackLimits
+    ) -> None:
+        self._bucket_for = bucket_for
+        self._cache_root = cache_root
+        self.limits = limits
+
+    @classmethod
+    def for_database(
+        cls, db: Database, *, workspace_root: Path, cache_dir: Path | None = None, limits: PackLimits | None = None
+    ) -> ObjectStores:
+        """The stores that go with `db`; call it on the event loop that runs `db` (PostgreSQL)."""
+        limits = limits or PackLimits()
+        if db.dialect == "postgresql":
+            loop = asyncio.get_running_loop()
+            root = (cache_dir or workspace_root / ".object-cache").resolve()
+            return cls(lambda owner_id: PostgresBucket(db, owner_id, loop=loop), cache_root=root, limits=limits)
+        database = db.url.database
+        if database and database != ":memory:":
+            beside = Path(database).resolve()
+            directory = beside.with_name(beside.name + ".objects")
+        else:
+            directory = workspace_root.resolve() / ".objects"
+        return cls(lambda owner_id: LocalDirBucket(directory / str(owner_id)), cache_root=None, limits=limits)
+
+    def open(self, owner_id: uuid.UUID) -> OwnerObjectStore:
+        """The store of `owner_id`, for one operation in the calling (worker) thread; close it after."""
+        cache_dir = None if self._cache_root is None else self._cache_root / str(owner_id)
+        return OwnerObjectStore(self._bucket_for(owner_id), cache_dir=cache_dir, limits=self.limits)
+
+    async def run(self, owner_id: uuid.UUID, work: Callable[[OwnerObjectStore], T]) -> T:
+        """Run `work` on the owner's store in a worker thread, and close the store afterwards."""
+
+        def in_thread() -> T:
+            with self.open(owner_id) as store:
+                return work(store)
+
+        return await asyncio.to_thread(in_thread)

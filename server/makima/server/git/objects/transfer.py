@@ -1,0 +1,112 @@
+"""Have/want and outgoing packs over any dulwich object store, in chunks sized for a gRPC stream.
+
+The service answers FetchObjects from its object store, and a daemon answers the service's wants
+from its own repository for PushCheckpoint: both sides build their packs here, the way git does.
+The receiver names the commits it wants and the commits it has; what it has is never sent, and a
+delta may be sent against an object it has (a thin pack), which it resolves when storing the pack.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+from dulwich.object_store import BaseObjectStore, MissingObjectFinder, PackBasedObjectStore
+from dulwich.objects import ObjectID
+from dulwich.pack import PackChunkGenerator, PackHint, generate_unpacked_objects
+
+from makima.server.git.errors import RefNotFoundError
+
+# gRPC refuses messages over 4 MiB by default; a quarter of that leaves room for the other fields.
+DEFAULT_CHUNK_SIZE = 1 << 20
+_OBJECT_ID = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass(frozen=True)
+class OutgoingPack:
+    """A pack being written: its object count is known before its first byte."""
+
+    object_count: int
+    # Consecutive slices of the pack, each at most the chunk size asked for; iterate in a worker
+    # thread, since reading a store may read its bucket.
+    chunks: Iterator[bytes]
+
+
+def is_object_id(text: str) -> bool:
+    """Whether `text` is a full object id as the API carries it: 40 lowercase hex digits."""
+    return _OBJECT_ID.fullmatch(text) is not None
+
+
+def object_ids(texts: Iterable[str]) -> list[ObjectID]:
+    """Object ids from their text; ValueError on a malformed one (callers validate input first)."""
+    ids = []
+    for text in texts:
+        if not is_object_id(text):
+            raise ValueError(f"not an object id: {text!r}")
+        ids.append(ObjectID(text.encode("ascii")))
+    return ids
+
+
+def find_missing(
+    store: BaseObjectStore, *, wants: Iterable[str], haves: Iterable[str]
+) -> tuple[list[tuple[ObjectID, PackHint | None]], set[ObjectID]]:
+    """The objects reachable from `wants` but not from `haves`, and the objects the receiver has.
+
+    `haves` unknown to `store` are ignored (a receiver may have more than the sender); a want it
+    does not hold is RefNotFoundError.
+    """
+    want_ids, have_ids = object_ids(wants), object_ids(haves)
+    for want in want_ids:
+        if want not in store:
+            raise RefNotFoundError(f"commit {want.decode()} is not in the object store", commit=want.decode())
+    finder = MissingObjectFinder(store, haves=have_ids, wants=want_ids)
+    return list(finder), finder.get_remote_has()
+
+
+def outgoing_pack(
+    store: PackBasedObjectStore,
+    *,
+    wants: Iterable[str],
+    haves: Iterable[str],
+    thin: bool = True,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> OutgoingPack:
+    """A pack of what a receiver holding `haves` lacks to have `wants`, in chunks of `chunk_size`.
+
+    Deltas stored in `store` are reused as they are; with `thin` a delta may also be against an
+    object the receiver has, which keeps an incremental pack proportional to the change.
+    """
+    missing, remote_has = find_missing(store, wants=wants, haves=haves)
+    return pack_of(store, missing, other_haves=remote_has if thin else None, chunk_size=chunk_size)
+
+
+def pack_of(
+    store: PackBasedObjectStore,
+    objects: Sequence[tuple[ObjectID, PackHint | None]],
+    *,
+    other_haves: set[ObjectID] | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> OutgoingPack:
+    """A pack of exactly `objects` from `store`, reusing stored deltas (against `other_haves` too)."""
+    records = generate_unpacked_objects(store, objects, reuse_deltas=True, other_haves=other_haves)
+    generator = PackChunkGenerator(store.object_format, num_records=len(objects), records=records)
+    return OutgoingPack(object_count=len(objects), chunks=rechunk(generator, chunk_size))
+
+
+def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The same bytes as `chunks`, as slices of exactly `size` bytes (the last one shorter)."""
+    if size <= 0:
+        raise ValueError("chunk size must be positive")
+    pending = bytearray()
+    for chunk in chunks:
+        pending += chunk
+        if len(pending) >= size:
+            view = memoryview(pending)
+            cut = len(pending) - len(pending) % size
+            for start in range(0, cut, size):
+                yield bytes(view[start : start + size])
+            view.release()
+            del pending[:cut]
+    if pending:
+        yield bytes(pending)

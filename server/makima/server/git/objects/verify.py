@@ -1,0 +1,322 @@
+"""Checks a pack must pass before any of it is stored: limits, object syntax, safe trees, completeness.
+
+A pack comes from a daemon, which is not trusted with the service's disk or its other tasks. Two
+passes guard it. `scan_pack` walks the raw object headers first, inflating each object into nothing,
+so a pack that declares too many objects or inflates to too many bytes (a zip bomb) is refused
+before dulwich holds any object in memory. `ObjectChecker` then sees every parsed object: dulwich
+computes each id from the content itself, `check()` parses strictly, tree entries must be names git
+would check out safely with one of git's five modes, and every object a commit, tree or tag of the
+pack refers to must be in the pack or already stored.
+"""
+
+from __future__ import annotations
+
+import struct
+import unicodedata
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from dulwich.errors import ObjectFormatException
+from dulwich.objects import S_IFGITLINK, Blob, Commit, ObjectID, ShaFile, Tag, Tree
+
+from makima.server.git.errors import InvalidPackError
+
+MODE_FILE = 0o100644
+MODE_EXECUTABLE = 0o100755
+MODE_SYMLINK = 0o120000
+MODE_TREE = 0o040000
+MODE_GITLINK = S_IFGITLINK
+# The only modes git itself writes; fsck --strict flags any other (e.g. the legacy 100664).
+GIT_MODES = frozenset({MODE_FILE, MODE_EXECUTABLE, MODE_SYMLINK, MODE_TREE, MODE_GITLINK})
+
+_OFS_DELTA, _REF_DELTA = 6, 7
+_OBJECT_TYPES = frozenset({Commit.type_num, Tree.type_num, Blob.type_num, Tag.type_num})
+_TRAILER = 20
+_READ_STEP = 1 << 16
+# Input fed to zlib at once: small, since the unread rest of it is copied once per object.
+_FEED_STEP = 1 << 13
+_INFLATE_STEP = 1 << 16
+# Unicode code points HFS+ ignores in names (git's utf8.c), so `.g\u200cit` is `.git` on a Mac.
+_HFS_IGNORED = frozenset(
+    "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"
+)
+
+
+@dataclass(frozen=True)
+class PackLimits:
+    """Bounds on one incoming pack, chosen by the caller (per RPC, per owner)."""
+
+    # Bytes of the pack as sent.
+    max_pack_bytes: int = 512 << 20
+    # Objects the pack header declares.
+    max_objects: int = 1_000_000
+    # Bytes the objects inflate to, as their headers declare them: every object and every delta,
+    # plus the size of each delta's result. Each object is held whole in memory while checked.
+    max_inflated_bytes: int = 1 << 30
+
+
+def refuse(problem: str, message: str, **metadata: str) -> InvalidPackError:
+    """The error for a refused pack; `problem` is one of those listed on InvalidPackError."""
+    return InvalidPackError(message, problem=problem, **metadata)
+
+
+def scan_pack(f: BinaryIO, size: int, limits: PackLimits) -> int:
+    """Walk the pack in `f` (`size` bytes) header by header within `limits`; returns its object count.
+
+    Nothing is kept: each object is inflated into a counter, and its declared size must match what
+    it inflates to. The trailing checksum is left to dulwich.
+    """
+    if size > limits.max_pack_bytes:
+        raise _too_large(size, limits.max_pack_bytes)
+    reader = _Reader(f)
+    header = reader.read(12)
+    if header[:4] != b"PACK":
+        raise refuse("corrupt", "not a pack: no PACK signature")
+    version, count = struct.unpack(">LL", header[4:])
+    if version not in (2, 3):
+        raise refuse("corrupt", f"unsupported pack version {version}", value=str(version))
+    if count > limits.max_objects:
+        raise refuse(
+            "too_many_objects",
+            f"the pack holds {count} objects, more than the limit of {limits.max_objects}",
+            value=str(count),
+            limit=str(limits.max_objects),
+        )
+    inflated = 0
+    for _ in range(count):
+        byte = reader.byte()
+        type_num, declared, shift = (byte >> 4) & 7, byte & 0x0F, 4
+        while byte & 0x80:
+            byte = reader.byte()
+            declared |= (byte & 0x7F) << shift
+            shift += 7
+            if shift > 70:
+                raise refuse("corrupt", "object header too long")
+        if type_num == _OFS_DELTA:
+            for _length in range(10):
+                if not reader.byte() & 0x80:
+                    break
+            else:
+                raise refuse("corrupt", "delta offset too long")
+        elif type_num == _REF_DELTA:
+            reader.read(_TRAILER)
+        elif type_num not in _OBJECT_TYPES:
+            raise refuse("corrupt", f"unknown object type {type_num}", value=str(type_num))
+        inflated += declared
+        if inflated > limits.max_inflated_bytes:
+            raise _inflates_too_much(inflated, limits)
+        head = reader.inflate(declared)
+        if type_num in (_OFS_DELTA, _REF_DELTA):
+            inflated += _delta_result_size(head)
+            if inflated > limits.max_inflated_bytes:
+                raise _inflates_too_much(inflated, limits)
+    if reader.offset + _TRAILER != size:
+        raise refuse("corrupt", "the pack does not end after its objects and checksum")
+    return int(count)
+
+
+def _too_large(size: int, limit: int) -> InvalidPackError:
+    return refuse(
+        "too_large", f"the pack is {size} bytes, more than the limit of {limit}", value=str(size), limit=str(limit)
+    )
+
+
+def _inflates_too_much(inflated: int, limits: PackLimits) -> InvalidPackError:
+    return refuse(
+        "too_large",
+        f"the pack inflates to more than the limit of {limits.max_inflated_bytes} bytes",
+        value=str(inflated),
+        limit=str(limits.max_inflated_bytes),
+    )
+
+
+def _delta_result_size(head: bytes) -> int:
+    """The size of a delta's result: the second of the two varints that open a delta."""
+    pos = 0
+    for _ in range(2):
+        size, shift = 0, 0
+        while True:
+            if pos >= len(head) or shift > 63:
+                raise refuse("corrupt", "truncated delta header")
+            byte = head[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+    return size
+
+
+class _Reader:
+    """Sequential reads over a pack file with an offset, and zlib streams inflated in place."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._buf = b""
+        self._pos = 0
+        self._consumed = 0  # the file offset of _buf[0]
+
+    @property
+    def offset(self) -> int:
+        return self._consumed + self._pos
+
+    def _fill(self) -> None:
+        data = self._f.read(_READ_STEP)
+        if not data:
+            raise refuse("corrupt", "the pack is truncated")
+        self._consumed += self._pos
+        self._buf = self._buf[self._pos :] + data
+        self._pos = 0
+
+    def byte(self) -> int:
+        if self._pos >= len(self._buf):
+            self._fill()
+        value = self._buf[self._pos]
+        self._pos += 1
+        return value
+
+    def read(self, n: int) -> bytes:
+        while len(self._buf) - self._pos < n:
+            self._fill()
+        data = self._buf[self._pos : self._pos + n]
+        self._pos += n
+        return data
+
+    def inflate(self, declared: int) -> bytes:
+        """Inflate one zlib stream that must yield exactly `declared` bytes; returns its first 20."""
+        d = zlib.decompressobj()
+        head = b""
+        total = 0
+        try:
+            while not d.eof:
+                if self._pos >= len(self._buf):
+                    self._fill()
+                fed = self._buf[self._pos : self._pos + _FEED_STEP]
+                self._pos += len(fed)
+                out = d.decompress(fed, _INFLATE_STEP)
+                while True:
+                    total += len(out)
+                    if len(head) < 20:
+                        head += out[: 20 - len(head)]
+                    if total > declared:
+                        raise refuse("corrupt", "an object inflates beyond its declared size")
+                    if d.eof or (not d.unconsumed_tail and len(out) < _INFLATE_STEP):
+                        break
+                    out = d.decompress(d.unconsumed_tail, _INFLATE_STEP)
+                # Input fed past the end of the stream belongs to the next object.
+                self._pos -= len(d.unused_data)
+        except zlib.error as exc:
+            raise refuse("corrupt", f"an object does not inflate: {exc}") from None
+        if total != declared:
+            raise refuse("corrupt", "an object inflates to less than its declared size")
+        return head
+
+
+def check_name(name: bytes, mode: int) -> str | None:
+    """Why git would refuse to check out a tree entry `name`, or None if it is safe.
+
+    Besides `.`, `..`, separators and NUL, this refuses every spelling of `.git` that some
+    filesystem resolves to the repository itself (any case, trailing dots or spaces and NTFS
+    streams on Windows, the 8.3 name `git~1`, HFS+ ignored code points on a Mac), and a symlink
+    named `.gitmodules`, as git does since CVE-2018-11235.
+    """
+    if not name:
+        return "an empty name"
+    if name in (b".", b".."):
+        return f"the name {name.decode()!r}"
+    if b"/" in name or b"\x00" in name:
+        return "a name holding '/' or NUL"
+    base = name.split(b":", 1)[0].rstrip(b". ").lower()
+    if base in (b".git", b"git~1"):
+        return "a name git reads as .git"
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is not None:
+        folded = unicodedata.normalize("NFC", "".join(c for c in text if c not in _HFS_IGNORED)).lower()
+        if folded == ".git":
+            return "a name HFS+ reads as .git"
+        if mode == MODE_SYMLINK and folded.rstrip(". ") in (".gitmodules", "gitmod~1"):
+            return "a symlink named .gitmodules"
+    return None
+
+
+class ObjectChecker:
+    """Collects what the objects of one pack are and refer to, then checks the pack is complete."""
+
+    def __init__(self) -> None:
+        self.types: dict[ObjectID, int] = {}
+        # (referrer, what it expects, target): every target must be in the pack or already stored.
+        self._refs: list[tuple[ObjectID, int, ObjectID]] = []
+
+    def add(self, obj: ShaFile) -> None:
+        """Check one object of the pack (its id was computed from its content by dulwich).
+
+        Tree entries are checked before dulwich's own `check()`, which refuses some of the same
+        names without saying which: the error then names the path.
+        """
+        if isinstance(obj, Tree):
+            self._add_tree(obj)
+        try:
+            obj.check()
+        except (ObjectFormatException, ValueError, AssertionError) as exc:
+            sha = obj.id.decode()
+            raise refuse("bad_object", f"object {sha} is malformed: {exc}", object=sha) from None
+        self.types[obj.id] = obj.type_num
+        if isinstance(obj, Commit):
+            self._refs.append((obj.id, Tree.type_num, obj.tree))
+            self._refs.extend((obj.id, Commit.type_num, parent) for parent in obj.parents)
+        elif isinstance(obj, Tag):
+            target_type, target = obj.object
+            self._refs.append((obj.id, target_type.type_num, target))
+
+    def _add_tree(self, tree: Tree) -> None:
+        for entry in tree.iteritems():
+            name, mode, sha = entry.path, entry.mode, entry.sha
+            path = name.decode("utf-8", "surrogateescape")
+            if mode not in GIT_MODES:
+                raise refuse(
+                    "bad_mode",
+                    f"tree {tree.id.decode()} gives {path!r} the mode {mode:o}, which git does not write",
+                    object=tree.id.decode(),
+                    path=path,
+                    mode=f"{mode:o}",
+                )
+            problem = check_name(name, mode)
+            if problem is not None:
+                raise refuse(
+                    "unsafe_path", f"tree {tree.id.decode()} holds {problem}", object=tree.id.decode(), path=path
+                )
+            if mode == MODE_GITLINK:
+                continue  # a submodule's commit lives in another repository
+            self._refs.append((tree.id, Tree.type_num if mode == MODE_TREE else Blob.type_num, sha))
+
+    def check_complete(self, stored: Callable[[ObjectID], bool], *, commit: ObjectID | None) -> None:
+        """Every referenced object, and `commit`, is in the pack (with the right type) or `stored`.
+
+        The store only ever takes complete packs, so an object it holds brings everything it
+        reaches: checking each reference of the pack once proves the whole history complete.
+        References into the store are checked for presence only, which costs no inflation; the
+        stored objects themselves were checked when they arrived.
+        """
+        if commit is not None:
+            kind = self.types.get(commit)
+            sha = commit.decode()
+            if kind is None and not stored(commit):
+                raise refuse("missing_commit", f"commit {sha} is neither in the pack nor stored", object=sha)
+            if kind not in (None, Commit.type_num):
+                raise refuse("missing_commit", f"object {sha} is not a commit", object=sha)
+        for referrer, expected, target in self._refs:
+            kind = self.types.get(target)
+            if kind is None and stored(target):
+                continue
+            if kind != expected:
+                problem = "is missing" if kind is None else "has the wrong type"
+                raise refuse(
+                    "missing_object",
+                    f"object {target.decode()} that {referrer.decode()} refers to {problem}",
+                    object=target.decode(),
+                )
