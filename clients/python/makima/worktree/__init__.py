@@ -19,6 +19,7 @@ from makima.worktree.errors import (
     PathEscapeError,
     RefNotFoundError,
 )
+from makima.worktree.local import LocalWorktree, OutgoingObjects
 from makima.worktree.paths import MAX_BRANCH_NAME_BYTES, check_name, check_tree_path, validate_branch_name
 from makima.worktree.transfer import DEFAULT_CHUNK_SIZE, OutgoingPack
 from makima.worktree.trees import FileChange
@@ -34,7 +35,9 @@ __all__ = [
     "GitError",
     "InvalidPackError",
     "InvalidRefNameError",
+    "LocalWorktree",
     "NotARepositoryError",
+    "OutgoingObjects",
     "OutgoingPack",
     "PackLimits",
     "PathEscapeError",
