@@ -54,7 +54,9 @@ def check_name(name: bytes, mode: int) -> str | None:
     except UnicodeDecodeError:
         text = None
     if text is not None:
-        folded = unicodedata.normalize("NFC", "".join(c for c in text if c not in _HFS_IGNORED)).lower()
+        if not text.isascii():  # ASCII has no ignored code point and is its own NFC form
+            text = unicodedata.normalize("NFC", "".join(c for c in text if c not in _HFS_IGNORED))
+        folded = text.lower()
         if folded == ".git":
             return "a name HFS+ reads as .git"
         if mode == MODE_SYMLINK and folded.rstrip(". ") in (".gitmodules", "gitmod~1"):
