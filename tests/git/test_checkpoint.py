@@ -14,11 +14,11 @@ from makima.server.git import (
     GitError,
     InvalidRefNameError,
     Snapshot,
-    _worktree,
     head_commit,
     publish,
     snapshot,
 )
+from makima.worktree import _worktree
 from tests.git.gitcli import age, checkpoint, git, git_add_all_tree, git_ok, ls_files, ls_tree, status, write
 
 
@@ -390,7 +390,7 @@ def test_concurrent_publishers_without_a_lock_never_lose_a_commit(worktree: Path
 
 
 def test_packs_stay_few_and_sound_over_many_checkpoints(worktree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from makima.server.git import repo as git_repo
+    from makima.worktree import repository as git_repo
 
     monkeypatch.setattr(git_repo, "_PACK_THRESHOLD", 1)  # every checkpoint writes a pack
     monkeypatch.setattr(git_repo, "_MAX_PACKS", 4)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from makima.server.git._index import IndexEntry, read_index, write_index
+from makima.worktree._index import IndexEntry, read_index, write_index
 from tests.git.gitcli import checkpoint, git, status, write
 
 

@@ -1,4 +1,7 @@
-"""Checks that keep paths inside the workspace and branch names inside git's ref rules."""
+"""Checks that keep every path the service reads or writes inside its workspace root.
+
+The rules for what a tree may hold and for branch names are the daemon's too: `makima.worktree.paths`.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +9,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from makima.server.git.errors import InvalidRefNameError, NotARepositoryError, PathEscapeError
-
-# Bytes git refuses anywhere in a ref name, besides ASCII control characters (see git-check-ref-format).
-_FORBIDDEN_REF_CHARS = frozenset(" ~^:?*[\\\x7f")
-# Longest branch name, in UTF-8 bytes. Each '/'-separated part of a ref is a file name, and git
-# writes a ref through "<part>.lock": a file name has at most 255 bytes, so a part at most 250. The
-# whole name gets the same bound, which also keeps its files far from PATH_MAX (makima.v1 documents it
-# on every branch_name field).
-MAX_BRANCH_NAME_BYTES = 250
+from makima.worktree.errors import NotARepositoryError, PathEscapeError
 
 
 def resolve_inside(root: Path, candidate: str | Path) -> Path:
@@ -173,46 +168,3 @@ def _inside(root: Path, path: str | Path, *, part: str) -> Path:
         raise PathEscapeError(
             f"the repository's {part} ({text!r}) leads outside the root", part=part, path=text
         ) from None
-
-
-def validate_branch_name(name: str) -> None:
-    """Raise InvalidRefNameError unless `refs/heads/<name>` is a ref name git accepts for a branch.
-
-    The rules are those of `git check-ref-format --branch`, plus `@` alone, which git accepts but
-    which means HEAD in revision syntax and so would be a trap for anyone reading the repository.
-    """
-    problem = _branch_name_problem(name)
-    if problem is not None:
-        raise InvalidRefNameError(f"invalid branch name {name!r}: {problem}", name=name)
-
-
-def _branch_name_problem(name: str) -> str | None:
-    if not name:
-        return "it is empty"
-    try:
-        size = len(name.encode("utf-8"))
-    except UnicodeEncodeError:
-        return "it is not valid UTF-8"
-    if size > MAX_BRANCH_NAME_BYTES:
-        return f"it is {size} bytes long in UTF-8, more than {MAX_BRANCH_NAME_BYTES}"
-    if name in ("@", "HEAD"):
-        return f"{name!r} names HEAD"
-    if name.startswith("-"):
-        return "it starts with '-'"
-    if ".." in name:
-        return "it contains '..'"
-    if "@{" in name:
-        return "it contains '@{'"
-    for char in name:
-        if ord(char) < 0x20 or char in _FORBIDDEN_REF_CHARS:
-            return f"it contains {char!r}"
-    if name.endswith("/") or name.endswith("."):
-        return "it ends with '/' or '.'"
-    for component in name.split("/"):
-        if not component:
-            return "it has an empty component ('//' or a leading '/')"
-        if component.startswith("."):
-            return "a component starts with '.'"
-        if component.endswith(".lock"):
-            return "a component ends with '.lock'"
-    return None

@@ -20,31 +20,19 @@ import contextlib
 import os
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from dulwich.errors import ApplyDeltaError, ChecksumMismatch, ObjectFormatException
 from dulwich.object_store import BucketBasedObjectStore
 from dulwich.objects import Commit, ObjectID, ShaFile, Tag, Tree
-from dulwich.pack import (
-    Pack,
-    PackData,
-    PackFileDisappeared,
-    PackIndexer,
-    PackInflater,
-    UnresolvedDeltas,
-    extend_pack,
-    iter_sha1,
-    write_pack_index,
-)
+from dulwich.pack import Pack, PackFileDisappeared
 
-from makima.server.git.errors import InvalidPackError
 from makima.server.git.objects.bucket import PackBucket, PackInfo, install_files, names_in, pack_basename, remove_files
-from makima.server.git.objects.transfer import (
+from makima.worktree.paths import MODE_GITLINK, MODE_TREE
+from makima.worktree.transfer import (
     DEFAULT_CHUNK_SIZE,
     OutgoingPack,
     find_missing,
@@ -52,22 +40,10 @@ from makima.server.git.objects.transfer import (
     outgoing_pack,
     pack_of,
 )
-from makima.server.git.objects.verify import MODE_GITLINK, MODE_TREE, ObjectChecker, PackLimits, refuse, scan_pack
+from makima.worktree.verify import PackLimits, StoredPack, receive_pack_file, verify_pack
 
-# What dulwich raises on a pack whose bytes do not decode (beyond what scan_pack already refused).
-_UNREADABLE = (zlib.error, ChecksumMismatch, ApplyDeltaError, ObjectFormatException, AssertionError, ValueError)
 # Temporary files left in the incoming directory by a process that died are removed after this long.
 _STALE_INCOMING_SECONDS = 24 * 3600
-
-
-@dataclass(frozen=True)
-class StoredPack:
-    """The outcome of storing a pack."""
-
-    # None when every object of the pack was already stored: nothing was added.
-    name: str | None
-    object_count: int
-    byte_size: int
 
 
 @dataclass(frozen=True)
@@ -231,16 +207,7 @@ class OwnerObjectStore(BucketBasedObjectStore):
         object the pack refers to too. A pack whose objects are all stored already adds nothing.
         """
         with self._scratch(".pack") as (f, path):
-            size = 0
-            for chunk in chunks:
-                size += len(chunk)
-                if size > limits.max_pack_bytes:
-                    raise refuse(
-                        "too_large",
-                        f"the pack exceeds the limit of {limits.max_pack_bytes} bytes",
-                        limit=str(limits.max_pack_bytes),
-                    )
-                f.write(chunk)
+            receive_pack_file(f, chunks, limits)
             stored, _pack = self._ingest(f, path, commit=commit, limits=limits, keep_duplicate=False)
             return stored
 
@@ -268,63 +235,20 @@ class OwnerObjectStore(BucketBasedObjectStore):
 
         Unless `keep_duplicate` (a repack), a pack of objects that are all stored already is dropped.
         """
-        f.flush()
-        size = f.seek(0, os.SEEK_END)
-        f.seek(0)
-        scan_pack(f, size, limits)
-        commit_id = object_ids([commit])[0] if commit is not None else None
-        entries, pack_sha = self._index(f, path)
-        entries.sort()
-        name = iter_sha1(entry[0] for entry in entries).decode("ascii")
-        base = path.removesuffix(".pack")
-        with open(f"{base}.idx", "wb") as index_file:
-            write_pack_index(index_file, entries, pack_sha, version=2)
-        checker = self._check_objects(base, commit_id)
-        if not keep_duplicate and all(sha in self for sha in checker.types):
-            return StoredPack(name=None, object_count=len(entries), byte_size=0), None
+        verified = verify_pack(
+            f, path, self, commit=object_ids([commit])[0] if commit is not None else None, limits=limits
+        )
+        name = verified.name
+        if not keep_duplicate and all(sha in self for sha in verified.object_ids):
+            return StoredPack(name=None, object_count=verified.object_count, byte_size=0), None
         byte_size = os.path.getsize(path)
-        with open(path, "rb") as pack_file, open(f"{base}.idx", "rb") as index_file:
+        with open(path, "rb") as pack_file, open(verified.index_path, "rb") as index_file:
             self._upload_pack(name, pack_file, index_file)
             if self._caching:
                 install_files(self._dir, name, pack_file, index_file)
         pack = self._get_pack(name)
         self._add_cached_pack(name, pack)
-        return StoredPack(name=name, object_count=len(entries), byte_size=byte_size), pack
-
-    def _index(self, f: BinaryIO, path: str) -> tuple[list[tuple[bytes, int, int | None]], bytes]:
-        """Index the pack in `f`, completing it first if thin; returns its entries and checksum."""
-        try:
-            with PackData(path, file=f, object_format=self.object_format) as data:
-                data.check()
-                indexer = PackIndexer.for_pack_data(data, resolve_ext_ref=self.get_raw)
-                entries: list[tuple[bytes, int, int | None]] = list(indexer)
-                external = set(indexer.ext_refs())
-                pack_sha = data.get_stored_checksum()
-        except UnresolvedDeltas as exc:
-            base = exc.shas[0].decode("ascii") if exc.shas else ""
-            raise refuse(
-                "missing_object", f"the base {base} of a delta is neither in the pack nor stored", object=base
-            ) from None
-        except _UNREADABLE as exc:
-            raise refuse("corrupt", f"the pack does not decode: {exc}") from None
-        if external:
-            pack_sha, extra = extend_pack(f, external, get_raw=self.get_raw, object_format=self.object_format)
-            entries.extend(extra)
-            f.flush()
-        return entries, pack_sha
-
-    def _check_objects(self, base: str, commit: ObjectID | None) -> ObjectChecker:
-        checker = ObjectChecker()
-        with Pack(base, object_format=self.object_format) as pack:
-            try:
-                for obj in PackInflater.for_pack_data(pack.data):
-                    checker.add(obj)
-            except InvalidPackError:
-                raise
-            except _UNREADABLE as exc:
-                raise refuse("bad_object", f"an object of the pack is malformed: {exc}") from None
-        checker.check_complete(self.__contains__, commit=commit)
-        return checker
+        return StoredPack(name=name, object_count=verified.object_count, byte_size=byte_size), pack
 
     # -- garbage collection ----------------------------------------------------------------------
 

@@ -23,16 +23,12 @@ from dulwich.object_store import BaseObjectStore
 from dulwich.objects import Blob, ObjectID
 from dulwich.repo import Repo
 
-from makima.server.git import _fs
-from makima.server.git._index import IndexEntry, read_index
-from makima.server.git.errors import GitError
+from makima.worktree import _fs
+from makima.worktree._index import IndexEntry, read_index
+from makima.worktree.errors import RefNotFoundError
+from makima.worktree.paths import MODE_EXECUTABLE, MODE_FILE, MODE_GITLINK, MODE_SYMLINK, check_tree_path
 
 ChangeKind = Literal["added", "modified", "deleted"]
-
-MODE_FILE = 0o100644
-MODE_EXECUTABLE = 0o100755
-MODE_SYMLINK = 0o120000
-MODE_GITLINK = 0o160000
 
 _U32 = 0xFFFFFFFF
 _NS = 1_000_000_000
@@ -282,13 +278,6 @@ def scan(repo: Repo, root_fd: int, *, keep_blobs: bool) -> WorktreeState:
     return _Scanner(root_fd, cache, IgnoreRules.for_repo(repo), keep_blobs=keep_blobs).run()
 
 
-def check_tree_path(path: bytes) -> None:
-    """Refuse a tree path that would write outside the worktree or into .git (as git's checkout does)."""
-    for part in path.split(b"/"):
-        if part in (b"", b".", b"..") or part.lower() == b".git" or b"\x00" in part:
-            raise GitError(f"tree holds an unsafe path {path!r}", path=path.decode("utf-8", "surrogateescape"))
-
-
 @dataclass(slots=True)
 class Checkout:
     """What applying a tree did: the changes, and the index that now describes the worktree."""
@@ -308,7 +297,8 @@ def apply_tree(
 
     Files of `current` missing from `target` are removed (and directories they leave empty);
     different or missing ones are written. Anything not in `current` (ignored files) is left alone
-    unless it is in the way of a file to write.
+    unless it is in the way of a file to write. Nothing changes if a path to write is unsafe
+    (GitError) or a content to write is not in `store` (RefNotFoundError).
     """
     index: dict[bytes, IndexEntry] = {}
     to_write: list[bytes] = []
@@ -319,8 +309,16 @@ def apply_tree(
             index[path] = old.entry
         else:
             # Paths already in the worktree were found by walking it, so only new ones need the check.
-            check_tree_path(path)
+            check_tree_path(path, mode)
             to_write.append(path)
+    # Every content to write must be at hand before the first file changes: nothing half-written.
+    for path in to_write:
+        mode, sha = target[path]
+        if mode != MODE_GITLINK and sha not in store:
+            text = path.decode("utf-8", "surrogateescape")
+            raise RefNotFoundError(
+                f"object {sha.decode()} of {text!r} is not in the object store", object=sha.decode(), path=text
+            )
     deleted = sorted(path for path in current if path not in target)
     _remove_files(root_fd, deleted, current)
     changes: list[tuple[bytes, ChangeKind]] = [(path, "deleted") for path in deleted]

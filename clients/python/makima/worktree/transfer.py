@@ -16,7 +16,7 @@ from dulwich.object_store import BaseObjectStore, MissingObjectFinder, PackBased
 from dulwich.objects import ObjectID
 from dulwich.pack import PackChunkGenerator, PackHint, generate_unpacked_objects
 
-from makima.server.git.errors import RefNotFoundError
+from makima.worktree.errors import RefNotFoundError
 
 # gRPC refuses messages over 4 MiB by default; a quarter of that leaves room for the other fields.
 DEFAULT_CHUNK_SIZE = 1 << 20

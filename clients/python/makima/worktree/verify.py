@@ -1,35 +1,41 @@
 """Checks a pack must pass before any of it is stored: limits, object syntax, safe trees, completeness.
 
-A pack comes from a daemon, which is not trusted with the service's disk or its other tasks. Two
-passes guard it. `scan_pack` walks the raw object headers first, inflating each object into nothing,
-so a pack that declares too many objects or inflates to too many bytes (a zip bomb) is refused
-before dulwich holds any object in memory. `ObjectChecker` then sees every parsed object: dulwich
-computes each id from the content itself, `check()` parses strictly, tree entries must be names git
-would check out safely with one of git's five modes, and every object a commit, tree or tag of the
-pack refers to must be in the pack or already stored.
+Packs travel both ways: a daemon pushes checkpoints to the service, the service sends a daemon what
+it lacks to materialize a commit. Neither end trusts the other with its disk, so both receive
+through `receive_pack_file` and `verify_pack`. Two passes guard a pack. `scan_pack` walks the raw
+object headers first, inflating each object into nothing, so a pack that declares too many objects
+or inflates to too many bytes (a zip bomb) is refused before dulwich holds any object in memory.
+`ObjectChecker` then sees every parsed object: dulwich computes each id from the content itself,
+`check()` parses strictly, tree entries must be names git would check out safely with one of git's
+five modes, and every object a commit, tree or tag of the pack refers to must be in the pack or
+already stored.
 """
 
 from __future__ import annotations
 
+import os
 import struct
-import unicodedata
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from dulwich.errors import ObjectFormatException
-from dulwich.objects import S_IFGITLINK, Blob, Commit, ObjectID, ShaFile, Tag, Tree
+from dulwich.errors import ApplyDeltaError, ChecksumMismatch, ObjectFormatException
+from dulwich.object_store import BaseObjectStore
+from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tag, Tree
+from dulwich.pack import (
+    Pack,
+    PackData,
+    PackIndexer,
+    PackInflater,
+    UnresolvedDeltas,
+    extend_pack,
+    iter_sha1,
+    write_pack_index,
+)
 
-from makima.server.git.errors import InvalidPackError
-
-MODE_FILE = 0o100644
-MODE_EXECUTABLE = 0o100755
-MODE_SYMLINK = 0o120000
-MODE_TREE = 0o040000
-MODE_GITLINK = S_IFGITLINK
-# The only modes git itself writes; fsck --strict flags any other (e.g. the legacy 100664).
-GIT_MODES = frozenset({MODE_FILE, MODE_EXECUTABLE, MODE_SYMLINK, MODE_TREE, MODE_GITLINK})
+from makima.worktree.errors import InvalidPackError
+from makima.worktree.paths import GIT_MODES, MODE_GITLINK, MODE_TREE, check_name
 
 _OFS_DELTA, _REF_DELTA = 6, 7
 _OBJECT_TYPES = frozenset({Commit.type_num, Tree.type_num, Blob.type_num, Tag.type_num})
@@ -38,10 +44,8 @@ _READ_STEP = 1 << 16
 # Input fed to zlib at once: small, since the unread rest of it is copied once per object.
 _FEED_STEP = 1 << 13
 _INFLATE_STEP = 1 << 16
-# Unicode code points HFS+ ignores in names (git's utf8.c), so `.g\u200cit` is `.git` on a Mac.
-_HFS_IGNORED = frozenset(
-    "\u200c\u200d\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u206a\u206b\u206c\u206d\u206e\u206f\ufeff"
-)
+# What dulwich raises on a pack whose bytes do not decode (beyond what scan_pack already refused).
+_UNREADABLE = (zlib.error, ChecksumMismatch, ApplyDeltaError, ObjectFormatException, AssertionError, ValueError)
 
 
 @dataclass(frozen=True)
@@ -214,36 +218,6 @@ class _Reader:
         return head
 
 
-def check_name(name: bytes, mode: int) -> str | None:
-    """Why git would refuse to check out a tree entry `name`, or None if it is safe.
-
-    Besides `.`, `..`, separators and NUL, this refuses every spelling of `.git` that some
-    filesystem resolves to the repository itself (any case, trailing dots or spaces and NTFS
-    streams on Windows, the 8.3 name `git~1`, HFS+ ignored code points on a Mac), and a symlink
-    named `.gitmodules`, as git does since CVE-2018-11235.
-    """
-    if not name:
-        return "an empty name"
-    if name in (b".", b".."):
-        return f"the name {name.decode()!r}"
-    if b"/" in name or b"\x00" in name:
-        return "a name holding '/' or NUL"
-    base = name.split(b":", 1)[0].rstrip(b". ").lower()
-    if base in (b".git", b"git~1"):
-        return "a name git reads as .git"
-    try:
-        text = name.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is not None:
-        folded = unicodedata.normalize("NFC", "".join(c for c in text if c not in _HFS_IGNORED)).lower()
-        if folded == ".git":
-            return "a name HFS+ reads as .git"
-        if mode == MODE_SYMLINK and folded.rstrip(". ") in (".gitmodules", "gitmod~1"):
-            return "a symlink named .gitmodules"
-    return None
-
-
 class ObjectChecker:
     """Collects what the objects of one pack are and refer to, then checks the pack is complete."""
 
@@ -320,3 +294,101 @@ class ObjectChecker:
                     f"object {target.decode()} that {referrer.decode()} refers to {problem}",
                     object=target.decode(),
                 )
+
+
+@dataclass(frozen=True)
+class StoredPack:
+    """The outcome of storing a pack."""
+
+    # None when every object of the pack was already stored: nothing was added.
+    name: str | None
+    object_count: int
+    byte_size: int
+
+
+@dataclass(frozen=True)
+class VerifiedPack:
+    """A pack that passed every check, completed if it was thin, with its index written beside it."""
+
+    # The SHA-1 over its sorted object ids: what dulwich's `Pack.name()` returns and git names it by.
+    name: str
+    # Objects as the pack holds them (bases a thin pack lacked included).
+    object_count: int
+    object_ids: frozenset[ObjectID]
+    pack_path: str
+    index_path: str
+
+
+def receive_pack_file(f: BinaryIO, chunks: Iterable[bytes], limits: PackLimits) -> None:
+    """Write a pack sent in `chunks` to `f`, refusing it as soon as it outgrows `limits`."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > limits.max_pack_bytes:
+            raise refuse(
+                "too_large",
+                f"the pack exceeds the limit of {limits.max_pack_bytes} bytes",
+                limit=str(limits.max_pack_bytes),
+            )
+        f.write(chunk)
+
+
+def verify_pack(
+    f: BinaryIO, path: str, store: BaseObjectStore, *, commit: ObjectID | None, limits: PackLimits
+) -> VerifiedPack:
+    """Check the pack written to `f` (the file at `path`) against `store`, the objects it may rely on.
+
+    The pack is scanned within `limits`, indexed (a thin pack is completed with its bases from
+    `store`, so it stands alone), and every object checked; `commit`, and every object the pack
+    refers to, must be in the pack or in `store`. The index is written to `<path minus .pack>.idx`;
+    InvalidPackError otherwise, and the caller removes both files.
+    """
+    f.flush()
+    size = f.seek(0, os.SEEK_END)
+    f.seek(0)
+    scan_pack(f, size, limits)
+    entries, pack_sha = _index(f, path, store)
+    entries.sort()
+    base = path.removesuffix(".pack")
+    with open(f"{base}.idx", "wb") as index_file:
+        write_pack_index(index_file, entries, pack_sha, version=2)
+    checker = ObjectChecker()
+    with Pack(base, object_format=store.object_format) as pack:
+        try:
+            for obj in PackInflater.for_pack_data(pack.data):
+                checker.add(obj)
+        except InvalidPackError:
+            raise
+        except _UNREADABLE as exc:
+            raise refuse("bad_object", f"an object of the pack is malformed: {exc}") from None
+    checker.check_complete(store.__contains__, commit=commit)
+    return VerifiedPack(
+        name=iter_sha1(entry[0] for entry in entries).decode("ascii"),
+        object_count=len(entries),
+        object_ids=frozenset(checker.types),
+        pack_path=path,
+        index_path=f"{base}.idx",
+    )
+
+
+def _index(f: BinaryIO, path: str, store: BaseObjectStore) -> tuple[list[tuple[bytes, int, int | None]], bytes]:
+    """Index the pack in `f`, completing it first if thin; returns its entries and checksum."""
+    try:
+        with PackData(path, file=f, object_format=store.object_format) as data:
+            data.check()
+            indexer = PackIndexer.for_pack_data(data, resolve_ext_ref=store.get_raw)
+            entries: list[tuple[bytes, int, int | None]] = list(indexer)
+            external = set(indexer.ext_refs())
+            pack_sha = data.get_stored_checksum()
+    except UnresolvedDeltas as exc:
+        base = exc.shas[0].decode("ascii") if exc.shas else ""
+        raise refuse(
+            "missing_object", f"the base {base} of a delta is neither in the pack nor stored", object=base
+        ) from None
+    except _UNREADABLE as exc:
+        raise refuse("corrupt", f"the pack does not decode: {exc}") from None
+    if external:
+        pack_sha, extra = extend_pack(f, external, get_raw=store.get_raw, object_format=store.object_format)
+        entries.extend(extra)
+        f.flush()
+    return entries, pack_sha
