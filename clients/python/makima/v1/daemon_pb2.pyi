@@ -633,7 +633,9 @@ class PushCheckpointHeader(_message.Message):
     commit_sha: _builtins.str
     """Hex sha (40 lowercase hex digits) of the commit to record; in the pack or already stored."""
     parent_commit_sha: _builtins.str
-    """Hex sha of the commit's only parent, which must be the task's `head_commit_sha`."""
+    """Hex sha (40 lowercase hex digits) of the commit's only parent, which must be the task's
+    `head_commit_sha`.
+    """
     message: _builtins.str
     """Message of the checkpoint, e.g. why it was taken; at most 10000 characters. Defaults to
     "checkpoint".
@@ -668,11 +670,13 @@ class PushCheckpointResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHECKPOINT_FIELD_NUMBER: _builtins.int
-    STORED_OBJECT_COUNT_FIELD_NUMBER: _builtins.int
+    OBJECT_COUNT_FIELD_NUMBER: _builtins.int
     RECEIVED_BYTES_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
-    stored_object_count: _builtins.int
-    """Number of objects the call added to the object store (0 when it held them all already)."""
+    object_count: _builtins.int
+    """Number of objects the pack held (the count in its header): the objects the service lacked,
+    when the daemon sent what the have/want exchange calls for. 0 when no pack was sent.
+    """
     received_bytes: _builtins.int
     """Number of pack bytes received."""
     @_builtins.property
@@ -687,13 +691,13 @@ class PushCheckpointResponse(_message.Message):
         self,
         *,
         checkpoint: _resources_pb2.Checkpoint | None = ...,
-        stored_object_count: _builtins.int = ...,
+        object_count: _builtins.int = ...,
         received_bytes: _builtins.int = ...,
         task: _resources_pb2.Task | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "received_bytes", b"received_bytes", "stored_object_count", b"stored_object_count", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "object_count", b"object_count", "received_bytes", b"received_bytes", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -713,10 +717,14 @@ class FetchObjectsRequest(_message.Message):
     `head_commit_sha`. Optional when `want_commit_sha` is set.
     """
     want_commit_sha: _builtins.str
-    """Hex sha of the commit to materialize; any commit of the owner's object store."""
+    """Hex sha (40 lowercase hex digits) of the commit to materialize; any commit of the owner's
+    object store.
+    """
     @_builtins.property
     def have_commit_shas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Hex shas of commits the daemon already holds, with everything they reach; at most 256."""
+        """Hex shas (40 lowercase hex digits each) of commits the daemon already holds, with everything
+        they reach; at most 256.
+        """
 
     def __init__(
         self,
