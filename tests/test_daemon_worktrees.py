@@ -19,10 +19,12 @@ from typing import Any
 import grpc
 from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tree
 from dulwich.repo import Repo
+from grpc import aio
 
-from makima.server.app import App
+from makima.server.app import App, start
+from makima.server.config import Settings
 from makima.server.git.objects import outgoing_pack
-from makima.v1 import daemon_pb2, history_pb2, resources_pb2, task_fork_pb2
+from makima.v1 import daemon_pb2, history_pb2, resources_pb2, supervisor_pb2, task_fork_pb2
 from tests.helpers import Api, append_messages, create_task, fails
 from tests.objects.helpers import blob, git, ls_tree, pack_bytes, tree
 from tests.test_work import claim, get_task, register, report
@@ -126,8 +128,8 @@ async def push(
                 **header,
             )
         )
-        for start in range(0, len(pack), chunk):
-            yield daemon_pb2.PushCheckpointRequest(pack_chunk=pack[start : start + chunk])
+        for offset in range(0, len(pack), chunk):
+            yield daemon_pb2.PushCheckpointRequest(pack_chunk=pack[offset : offset + chunk])
 
     return await api.daemon.PushCheckpoint(messages(), metadata=api.md)
 
@@ -278,11 +280,12 @@ async def test_a_rewind_on_the_records_is_carried_out_by_the_next_claim(api: Api
     other = await run_on_daemon(api, tmp_path, "other", task=run.task)
 
     assert done.code_rewound and done.conversation_rewound
+    # The safety checkpoint is the one that recorded the head: the code before the rewind.
     assert (done.safety_checkpoint.commit_sha, done.safety_checkpoint.kind) == (
         c2,
-        resources_pb2.CHECKPOINT_KIND_SAFETY,
+        resources_pb2.CHECKPOINT_KIND_DAEMON,
     )
-    assert done.safety_checkpoint.message_count == 1  # the conversation before the rewind
+    assert done.conversation_snapshot.message_count == 1  # the conversation before the rewind
     assert (rewind.parent_commit_sha, rewind.kind) == (c2, resources_pb2.CHECKPOINT_KIND_REWIND)
     assert rewind.message_count == 0  # the conversation as the rewind left it
     assert done.task.head_commit_sha == rewind.commit_sha == other.start
@@ -555,6 +558,7 @@ async def test_garbage_collection_keeps_what_the_records_name(api: Api, server: 
     named = await packs_of(server, api)
 
     young = await server.collector.collect(api.owner_id)  # the default grace keeps everything
+    await server.collector.collect_round()  # the scheduled round, with the same grace
     done = await server.collector.collect(api.owner_id, grace=timedelta(0))
 
     assert young is not None and young.removed == []
@@ -564,3 +568,79 @@ async def test_garbage_collection_keeps_what_the_records_name(api: Api, server: 
     other = LocalRepo.create(tmp_path / "after-gc")
     other.take((await fetch(api, task_id=run.task.id))[1])
     assert other.checkout(c1) == {"a": b"kept\n"}
+
+
+async def test_a_daemon_held_task_can_start_from_a_repository_of_the_workspace(
+    api: Api, server: App, tmp_path: Path
+) -> None:
+    source = server.settings.workspace_root / "repos" / str(uuid.uuid4())
+    source.mkdir(parents=True)
+    git(source, "init", "-q", "-b", "main")
+    (source / "lib.py").write_text("v1\n")
+    git(source, "add", "-A")
+    git(source, "commit", "-q", "-m", "one")
+    git(source, "tag", "v1")
+    (source / "lib.py").write_text("v2\n")
+    git(source, "commit", "-q", "-a", "-m", "two")
+    tagged = git(source, "rev-parse", "v1").decode().strip()
+    spec = resources_pb2.WorktreeSpec(
+        source=resources_pb2.WorktreeSpec.SOURCE_REPOSITORY, repository=str(source), ref="v1", placement=DAEMON
+    )
+    task = await create_task(api, "job", worktree=spec)
+    run = await run_on_daemon(api, tmp_path, task=task)
+
+    assert run.start == task.head_commit_sha and task.worktree_path == ""
+    assert git(run.repo.path, "rev-list", "--topo-order", run.start).decode().split() == [run.start, tagged]
+    assert ls_tree(run.repo.path, run.start) == ls_tree(source, tagged)
+    assert run.repo.checkout(run.start) == {"lib.py": b"v1\n"}
+    assert not (server.settings.workspace_root / ".scratch").exists() or not any(
+        (server.settings.workspace_root / ".scratch").iterdir()
+    )
+    unknown = resources_pb2.WorktreeSpec(
+        source=resources_pb2.WorktreeSpec.SOURCE_REPOSITORY, repository=str(source), ref="nope", placement=DAEMON
+    )
+    failure = await fails(create_task(api, "bad", worktree=unknown), INVALID)
+    assert failure.fields == ["worktree.ref"]
+
+
+async def test_a_conversation_rewind_with_code_moves_the_head_on_the_records(api: Api, tmp_path: Path) -> None:
+    run, _c1, c2 = await done_after_two_pushes(api, tmp_path)  # one message, appended after c1
+    request = supervisor_pb2.RewindConversationRequest(task_id=run.task.id, to_message_index=0, rewind_code=True)
+    await append_messages(api, run.task.id, 1, "a second message")
+    done = await api.supervisor.RewindConversation(request, metadata=api.md)
+    task = await get_task(api, run.task.id)
+    newest = (await checkpoints_of(api, run.task.id))[-1]
+
+    assert done.code_rewound and done.code_checkpoint.commit_sha == c2  # the newest checkpoint at message 1
+    assert done.safety_checkpoint.commit_sha == c2
+    assert (newest.kind, newest.parent_commit_sha, newest.message_count) == (
+        resources_pb2.CHECKPOINT_KIND_REWIND,
+        c2,
+        1,
+    )
+    assert task.head_commit_sha == newest.commit_sha and task.message_count == 1
+
+
+async def test_two_server_processes_serve_each_others_uploads(api: Api, server: App, tmp_path: Path) -> None:
+    """A second server with its own workspace root on the same database, as on another machine."""
+    settings = Settings(
+        listen="127.0.0.1:0", database_url=server.settings.database_url, workspace_root=tmp_path / "elsewhere"
+    )
+    second = await start(settings)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{second.port}") as channel:
+            there = Api(channel=channel, owner_id=api.owner_id, key=api.key)
+            run = await run_on_daemon(api, tmp_path)
+            c1 = run.repo.commit({"a": b"pushed here\n"}, run.start)
+            await push(api, run.task.id, run.token, c1, run.start, run.repo.pack(c1, run.start))
+            c2 = run.repo.commit({"a": b"pushed there\n"}, c1)
+            await push(there, run.task.id, run.token, c2, c1, run.repo.pack(c2, c1))
+            fetched_there = LocalRepo.create(tmp_path / "there")
+            fetched_there.take((await fetch(there, want_commit_sha=c1))[1])
+            fetched_here = LocalRepo.create(tmp_path / "here")
+            fetched_here.take((await fetch(api, task_id=run.task.id))[1])
+    finally:
+        await second.stop(1)
+
+    assert fetched_there.checkout(c1) == {"a": b"pushed here\n"}
+    assert fetched_here.checkout(c2) == {"a": b"pushed there\n"}

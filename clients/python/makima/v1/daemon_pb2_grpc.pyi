@@ -133,8 +133,8 @@ class DaemonServiceStub:
     reason INVALID_PACK for a refused pack, metadata `problem` (corrupt, too_large,
     too_many_objects, bad_object, unsafe_path, bad_mode, missing_object, missing_commit) and, where
     they apply, `path`, `object`, `mode`, `limit`), NOT_FOUND (task), FAILED_PRECONDITION reason
-    LEASE_LOST or LEASE_REQUIRED, or WORKTREE_ON_SERVICE (the task's worktree is service-held: use
-    TaskForkService.CreateCheckpoint), ABORTED reason CHECKPOINT_CONFLICT (the task's head is not
+    LEASE_LOST or LEASE_REQUIRED, NO_WORKTREE, or WORKTREE_ON_SERVICE (the task's worktree is
+    service-held: use TaskForkService.CreateCheckpoint), ABORTED reason CHECKPOINT_CONFLICT (the task's head is not
     `parent_commit_sha`; metadata `head_commit_sha` and `parent_commit_sha`).
     """
     FetchObjects: _grpc.UnaryStreamMultiCallable[_daemon_pb2.FetchObjectsRequest, _daemon_pb2.FetchObjectsResponse]
@@ -254,8 +254,8 @@ class DaemonServiceAsyncStub(DaemonServiceStub):
     reason INVALID_PACK for a refused pack, metadata `problem` (corrupt, too_large,
     too_many_objects, bad_object, unsafe_path, bad_mode, missing_object, missing_commit) and, where
     they apply, `path`, `object`, `mode`, `limit`), NOT_FOUND (task), FAILED_PRECONDITION reason
-    LEASE_LOST or LEASE_REQUIRED, or WORKTREE_ON_SERVICE (the task's worktree is service-held: use
-    TaskForkService.CreateCheckpoint), ABORTED reason CHECKPOINT_CONFLICT (the task's head is not
+    LEASE_LOST or LEASE_REQUIRED, NO_WORKTREE, or WORKTREE_ON_SERVICE (the task's worktree is
+    service-held: use TaskForkService.CreateCheckpoint), ABORTED reason CHECKPOINT_CONFLICT (the task's head is not
     `parent_commit_sha`; metadata `head_commit_sha` and `parent_commit_sha`).
     """
     FetchObjects: _aio.UnaryStreamMultiCallable[_daemon_pb2.FetchObjectsRequest, _daemon_pb2.FetchObjectsResponse]  # type: ignore[assignment]
@@ -414,8 +414,8 @@ class DaemonServiceServicer(metaclass=_abc_1.ABCMeta):
         reason INVALID_PACK for a refused pack, metadata `problem` (corrupt, too_large,
         too_many_objects, bad_object, unsafe_path, bad_mode, missing_object, missing_commit) and, where
         they apply, `path`, `object`, `mode`, `limit`), NOT_FOUND (task), FAILED_PRECONDITION reason
-        LEASE_LOST or LEASE_REQUIRED, or WORKTREE_ON_SERVICE (the task's worktree is service-held: use
-        TaskForkService.CreateCheckpoint), ABORTED reason CHECKPOINT_CONFLICT (the task's head is not
+        LEASE_LOST or LEASE_REQUIRED, NO_WORKTREE, or WORKTREE_ON_SERVICE (the task's worktree is
+        service-held: use TaskForkService.CreateCheckpoint), ABORTED reason CHECKPOINT_CONFLICT (the task's head is not
         `parent_commit_sha`; metadata `head_commit_sha` and `parent_commit_sha`).
         """
 

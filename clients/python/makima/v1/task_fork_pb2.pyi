@@ -399,7 +399,9 @@ class RewindTaskResponse(_message.Message):
 
     @_builtins.property
     def safety_checkpoint(self) -> _resources_pb2.Checkpoint:
-        """Safety checkpoint of the code before the rewind; set when code_rewound."""
+        """Safety checkpoint of the code before the rewind; set when code_rewound. For a daemon-held task,
+        the checkpoint that recorded its head.
+        """
 
     @_builtins.property
     def conversation_snapshot(self) -> _resources_pb2.ConversationSnapshot:

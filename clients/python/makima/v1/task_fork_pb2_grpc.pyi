@@ -39,7 +39,8 @@ class TaskForkServiceStub:
     ContinueTask work on the service's records and object store: they move `Task.head_commit_sha`
     (or set the new task's), and the next daemon that claims the task materializes that commit. Calls
     that need the live worktree of a daemon-held task answer FAILED_PRECONDITION reason
-    WORKTREE_ON_DAEMON.
+    WORKTREE_ON_DAEMON. A call that finds a commit its records name missing from the object store
+    answers FAILED_PRECONDITION reason OBJECTS_MISSING (metadata `commit_sha`).
 
     Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
     characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
@@ -83,9 +84,9 @@ class TaskForkServiceStub:
     RewindTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.RewindTaskRequest, _task_fork_pb2.RewindTaskResponse]
     """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
     conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
-    records: the safety checkpoint names the task's head before the rewind, and a new commit with
-    the target's tree on top of it (`rewind_checkpoint`) becomes the head that the next daemon to
-    claim the task starts from.
+    records: the safety checkpoint is the task's existing checkpoint of its head (the code before
+    the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
+    (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
     Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
     NO_WORKTREE).
     """
@@ -136,7 +137,8 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     ContinueTask work on the service's records and object store: they move `Task.head_commit_sha`
     (or set the new task's), and the next daemon that claims the task materializes that commit. Calls
     that need the live worktree of a daemon-held task answer FAILED_PRECONDITION reason
-    WORKTREE_ON_DAEMON.
+    WORKTREE_ON_DAEMON. A call that finds a commit its records name missing from the object store
+    answers FAILED_PRECONDITION reason OBJECTS_MISSING (metadata `commit_sha`).
 
     Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
     characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
@@ -177,9 +179,9 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     RewindTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.RewindTaskRequest, _task_fork_pb2.RewindTaskResponse]  # type: ignore[assignment]
     """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
     conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
-    records: the safety checkpoint names the task's head before the rewind, and a new commit with
-    the target's tree on top of it (`rewind_checkpoint`) becomes the head that the next daemon to
-    claim the task starts from.
+    records: the safety checkpoint is the task's existing checkpoint of its head (the code before
+    the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
+    (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
     Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
     NO_WORKTREE).
     """
@@ -229,7 +231,8 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
     ContinueTask work on the service's records and object store: they move `Task.head_commit_sha`
     (or set the new task's), and the next daemon that claims the task materializes that commit. Calls
     that need the live worktree of a daemon-held task answer FAILED_PRECONDITION reason
-    WORKTREE_ON_DAEMON.
+    WORKTREE_ON_DAEMON. A call that finds a commit its records name missing from the object store
+    answers FAILED_PRECONDITION reason OBJECTS_MISSING (metadata `commit_sha`).
 
     Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
     characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
@@ -298,9 +301,9 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_fork_pb2.RewindTaskResponse, _abc.Awaitable[_task_fork_pb2.RewindTaskResponse]]:
         """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
         conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
-        records: the safety checkpoint names the task's head before the rewind, and a new commit with
-        the target's tree on top of it (`rewind_checkpoint`) becomes the head that the next daemon to
-        claim the task starts from.
+        records: the safety checkpoint is the task's existing checkpoint of its head (the code before
+        the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
+        (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
         Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
         NO_WORKTREE).
         """

@@ -35,6 +35,7 @@ from makima.server.domain.worktrees import (
     stored_commit,
     worktree_of,
 )
+from makima.server.git.objects import OwnerObjectStore
 from makima.server.store import checkpoints
 from makima.server.store.models import ConversationSnapshot, Task, TaskCheckpoint
 
@@ -94,7 +95,7 @@ async def compare_checkpoints(
         assert rt.objects is not None
         shas = (base.commit_sha, target.commit_sha)
 
-        def compare(store: commits.OwnerObjectStore) -> list[git.FileChange]:
+        def compare(store: OwnerObjectStore) -> list[git.FileChange]:
             infos = [commits.read_commit(store, sha) for sha in shas]
             if None in infos:
                 missing = shas[infos.index(None)]
@@ -287,6 +288,7 @@ class Forked:
 
 def _placement(source: Task, asked: WorktreePlacement | None) -> WorktreePlacement:
     """Where a fork's or a continuation's worktree lives: where asked, else where the source's does."""
+    assert source.placement is not None
     return asked or WorktreePlacement(source.placement)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from dulwich.diff_tree import CHANGE_ADD, CHANGE_DELETE, tree_changes
 from dulwich.object_store import DiskObjectStore
-from dulwich.objects import Commit, ObjectID, Tree
+from dulwich.objects import Commit, ObjectID, ShaFile, Tree
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
@@ -57,7 +57,7 @@ def make_commit(store: OwnerObjectStore, *, tree_sha: str | None, parent_sha: st
     How the service changes the code of a task whose worktree it does not hold: the next daemon
     that claims the task materializes the commit.
     """
-    new = []
+    new: list[ShaFile] = []
     if tree_sha is None:
         empty = Tree()
         new.append(empty)

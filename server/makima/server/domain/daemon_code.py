@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import BinaryIO
@@ -194,7 +194,7 @@ class Fetched:
 
     commit: CommitInfo
     object_count: int
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
 
 
 async def fetch_objects(rt: Runtime, principal: Principal, inp: FetchInput) -> Fetched:
@@ -231,7 +231,7 @@ async def fetch_objects(rt: Runtime, principal: Principal, inp: FetchInput) -> F
     return Fetched(commit=commit, object_count=count, chunks=_read_out(spool))
 
 
-async def _read_out(f: BinaryIO) -> AsyncIterator[bytes]:
+async def _read_out(f: BinaryIO) -> AsyncGenerator[bytes, None]:
     try:
         while chunk := await asyncio.to_thread(f.read, DEFAULT_CHUNK_SIZE):
             yield chunk

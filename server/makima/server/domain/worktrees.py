@@ -38,6 +38,7 @@ from makima.server.domain.workspace import MAX_FILE_NAME_BYTES, MAX_PATH_BYTES, 
 from makima.server.git.errors import InvalidPackError
 from makima.server.git.objects import OwnerObjectStore
 from makima.server.store import checkpoints, events
+from makima.server.store import commits as commit_records
 from makima.server.store.models import Task, TaskCheckpoint
 
 INITIAL_STATE = "initial state"
@@ -328,21 +329,24 @@ class CodeRewound:
 async def rewind_code(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint) -> CodeRewound:
     """Make the task's code the target's: safety checkpoint first, so the rewind can be undone.
 
-    Service-held: worktree and index = the target's tree. Daemon-held (not running): the safety
-    checkpoint names the current head, and a commit of the target's tree on top of it is made in the
-    object store, to become the head (see `record_rewind`).
+    Service-held: worktree and index = the target's tree. Daemon-held (not running): the code before
+    the rewind is the head, which a checkpoint of the task already records (every move of a
+    daemon-held head records one): that checkpoint is the safety checkpoint. A commit of the target's
+    tree on top of the head is made in the object store, to become the head (see `record_rewind`).
     """
     if not daemon_held(task):
         await tx.hold(ws.lock(worktree_of(task)))
         return await _rewind_worktree(tx, ws, task, target)
     head = await stored_commit(tx, head_of(task))
-    safety = await record_checkpoint(
-        tx,
-        task,
-        head,
-        message=f"safety checkpoint before rewinding to {target.commit_sha[:12]}",
-        kind=CheckpointKind.SAFETY,
+    safety = await commit_records.newest_checkpoint_of_commit(
+        tx.session, owner_id=tx.owner_id, task_id=task.id, commit_sha=head.sha
     )
+    if safety is None:
+        raise FailedPrecondition(
+            f"no checkpoint of task {task.id} records its head {head.sha}",
+            reason="HEAD_NOT_CHECKPOINTED",
+            metadata={"task": str(task.id), "head_commit_sha": head.sha},
+        )
     wanted = await stored_commit(tx, target.commit_sha)
     message = f"rewind to checkpoint {target.commit_sha[:12]}"
 
