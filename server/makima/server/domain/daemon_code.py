@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import BinaryIO
@@ -96,68 +96,55 @@ async def check_push(rt: Runtime, principal: Principal, inp: PushInput) -> None:
 async def receive_push(
     objects: ObjectStores, principal: Principal, inp: PushInput, chunks: AsyncIterator[bytes]
 ) -> Received:
-    """Verify and store the pack `chunks` carry, pulled by the store's worker thread as it reads them.
+    """Verify and store the pack `chunks` carry.
 
+    The stream is first spooled to a temporary file as it arrives, so a slow daemon holds no worker
+    thread (they run every git and store call of the process); the store then reads the file in one.
     INVALID_ARGUMENT reason INVALID_PACK for a pack the store refuses (nothing of it is kept), and
     INVALID_ARGUMENT naming the field when the stream does not match its header.
     """
-    loop = asyncio.get_running_loop()
-
-    async def next_chunk() -> bytes | None:
-        return await anext(chunks, None)
-
-    def pulled() -> Iterator[bytes]:
+    with tempfile.TemporaryFile() as spool:
         received = 0
-        while (chunk := asyncio.run_coroutine_threadsafe(next_chunk(), loop).result()) is not None:
+        async for chunk in chunks:
             received += len(chunk)
             if received > inp.pack_size:
                 raise InvalidArgument.of("header.pack_size", f"declares {inp.pack_size} bytes, the stream carries more")
-            yield chunk
+            await asyncio.to_thread(spool.write, chunk)
         if received != inp.pack_size:
             raise InvalidArgument.of(
                 "header.pack_size", f"declares {inp.pack_size} bytes, the stream carried {received}"
             )
+        limits = replace(objects.limits, max_pack_bytes=inp.pack_size)
 
-    limits = replace(objects.limits, max_pack_bytes=inp.pack_size)
-
-    def receive(store: OwnerObjectStore) -> Received:
-        count = 0
-        if inp.pack_size:
-            head = bytearray()
-
-            def counted() -> Iterator[bytes]:
-                for chunk in pulled():
-                    if len(head) < _PACK_HEADER:
-                        head.extend(chunk[: _PACK_HEADER - len(head)])
-                    yield chunk
-
-            store.receive_pack(counted(), commit=inp.commit_sha, limits=limits)
-            count = int.from_bytes(head[8:_PACK_HEADER], "big")  # verified by receive_pack
-        else:
-            for _ in pulled():
-                pass
-        commit = commits.read_commit(store, inp.commit_sha)
-        if commit is None:
-            raise _invalid_pack(
-                InvalidPackError(
+        def receive(store: OwnerObjectStore) -> Received:
+            count = 0
+            if inp.pack_size:
+                spool.seek(0)
+                count = int.from_bytes(spool.read(_PACK_HEADER)[8:], "big")  # verified by receive_pack
+                spool.seek(0)
+                store.receive_pack(
+                    iter(lambda: spool.read(DEFAULT_CHUNK_SIZE), b""), commit=inp.commit_sha, limits=limits
+                )
+            commit = commits.read_commit(store, inp.commit_sha)
+            if commit is None:
+                raise InvalidPackError(
                     f"commit {inp.commit_sha} is not stored and no pack was sent",
                     problem="missing_commit",
                     object=inp.commit_sha,
                 )
-            )
-        expected = (inp.parent_commit_sha,) if inp.parent_commit_sha else ()
-        if commit.parent_shas != expected:
-            shown = ", ".join(commit.parent_shas) or "none"
-            raise InvalidArgument.of(
-                "header.commit_sha",
-                f"has the parents ({shown}), not exactly parent_commit_sha {inp.parent_commit_sha!r}",
-            )
-        return Received(commit=commit, object_count=count, received_bytes=inp.pack_size)
+            expected = (inp.parent_commit_sha,) if inp.parent_commit_sha else ()
+            if commit.parent_shas != expected:
+                shown = ", ".join(commit.parent_shas) or "none"
+                raise InvalidArgument.of(
+                    "header.commit_sha",
+                    f"has the parents ({shown}), not exactly parent_commit_sha {inp.parent_commit_sha!r}",
+                )
+            return Received(commit=commit, object_count=count, received_bytes=received)
 
-    try:
-        return await objects.run(principal.owner_id, receive)
-    except InvalidPackError as exc:
-        raise _invalid_pack(exc) from None
+        try:
+            return await objects.run(principal.owner_id, receive)
+        except InvalidPackError as exc:
+            raise _invalid_pack(exc) from None
 
 
 def _invalid_pack(exc: InvalidPackError) -> InvalidArgument:
