@@ -96,17 +96,7 @@ async def compare_checkpoints(
         shas = (base.commit_sha, target.commit_sha)
 
         def compare(store: OwnerObjectStore) -> list[git.FileChange]:
-            infos = [commits.read_commit(store, sha) for sha in shas]
-            if None in infos:
-                missing = shas[infos.index(None)]
-                raise FailedPrecondition(
-                    f"commit {missing} is not in the object store",
-                    reason="OBJECTS_MISSING",
-                    metadata={"commit_sha": missing},
-                )
-            base_info, target_info = infos
-            assert base_info is not None and target_info is not None
-            return commits.changes_between(store, base_info, target_info)
+            return commits.changes_between(store, *(commits.required_commit(store, sha) for sha in shas))
 
         return Comparison(base=base, target=target, changes=await rt.objects.run(principal.owner_id, compare))
     path = worktree_of(task)

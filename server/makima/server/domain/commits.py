@@ -23,6 +23,7 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from makima.server import git
+from makima.server.domain.errors import FailedPrecondition
 from makima.server.git.objects import OwnerObjectStore, outgoing_pack
 
 # The identity of every commit the service writes (the git layer's snapshots use the same).
@@ -49,6 +50,16 @@ def read_commit(store: OwnerObjectStore, sha: str) -> CommitInfo | None:
     return CommitInfo(
         sha=sha, tree_sha=obj.tree.decode("ascii"), parent_shas=tuple(p.decode("ascii") for p in obj.parents)
     )
+
+
+def required_commit(store: OwnerObjectStore, sha: str) -> CommitInfo:
+    """A commit the records name; FAILED_PRECONDITION OBJECTS_MISSING if the store lacks it (it never should)."""
+    commit = read_commit(store, sha)
+    if commit is None:
+        raise FailedPrecondition(
+            f"commit {sha} is not in the object store", reason="OBJECTS_MISSING", metadata={"commit_sha": sha}
+        )
+    return commit
 
 
 def make_commit(store: OwnerObjectStore, *, tree_sha: str | None, parent_sha: str | None, message: str) -> CommitInfo:

@@ -78,7 +78,7 @@ def worktree_of(task: Task) -> Path:
 
 
 def head_of(task: Task) -> str:
-    """The commit a daemon-held task's code is at; FAILED_PRECONDITION NO_WORKTREE if it has none."""
+    """The commit the task's code is at on the records; FAILED_PRECONDITION NO_WORKTREE if it has none."""
     if not task.head_commit_sha:
         raise FailedPrecondition(
             f"task {task.id} has no code on the service's records",
@@ -247,15 +247,8 @@ async def _store_from(tx: Tx, source: git.SourceRepository, commit_sha: str) -> 
 
 
 async def stored_commit(tx: Tx, commit_sha: str) -> CommitInfo:
-    """A commit of the owner's object store that a record names; FAILED_PRECONDITION if it is missing."""
-    info = await tx.in_store(lambda store: commits.read_commit(store, commit_sha))
-    if info is None:
-        raise FailedPrecondition(
-            f"commit {commit_sha} is not in the object store",
-            reason="OBJECTS_MISSING",
-            metadata={"commit_sha": commit_sha},
-        )
-    return info
+    """A commit of the owner's object store that a record names (see `commits.required_commit`)."""
+    return await tx.in_store(lambda store: commits.required_commit(store, commit_sha))
 
 
 async def checkpoint_locked(
