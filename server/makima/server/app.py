@@ -21,6 +21,7 @@ from makima.server.api.supervisor import SupervisorServicer
 from makima.server.api.task_fork import TaskForkServicer
 from makima.server.config import EXIT_FAILURE, Address, SettingError, Settings, parse_listen
 from makima.server.domain.auth import Authenticator
+from makima.server.domain.collector import GC_GRACE, GC_INTERVAL_SECONDS, ObjectCollector
 from makima.server.domain.objects import ObjectStores
 from makima.server.domain.page_tokens import PageTokenKeys
 from makima.server.domain.runtime import Runtime
@@ -65,6 +66,7 @@ class App:
     sweeper: LeaseSweeper
     page_tokens: PageTokenKeys
     objects: ObjectStores
+    collector: ObjectCollector
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, end live streams, let in-flight calls finish within `grace`, release the rest."""
@@ -72,8 +74,10 @@ class App:
         self.hub.close()
         await self.server.stop(grace)
         await self.sweeper.stop()
+        await self.collector.stop()
         if self.listener is not None:
             await self.listener.stop()
+        await self.objects.close()
         await self.runtime.db.dispose()
 
 
@@ -94,13 +98,13 @@ async def start(settings: Settings) -> App:
             "workspace_root", f"cannot create {settings.workspace_root}: {exc.strerror}", exit_code=EXIT_FAILURE
         ) from exc
     hub = TimelineHub()
-    runtime = Runtime(db, on_commit=hub.publish)
+    objects = ObjectStores.for_database(db, workspace_root=workspace.root, cache_dir=settings.object_cache_dir)
+    runtime = Runtime(db, objects=objects, on_commit=hub.publish)
     page_tokens = PageTokenKeys(runtime)
     await page_tokens.load()
     listener = PostgresListener(db.url, hub) if db.dialect == "postgresql" else None
     if listener is not None:
         listener.start()
-    objects = ObjectStores.for_database(db, workspace_root=workspace.root, cache_dir=settings.object_cache_dir)
     server = aio.server(
         interceptors=[ServiceInterceptor(Authenticator(runtime))],
         options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)],
@@ -129,12 +133,15 @@ async def start(settings: Settings) -> App:
     except RuntimeError as exc:  # grpc's whole report of a failed bind; the socket error says why
         if listener is not None:
             await listener.stop()
+        await objects.close()
         await db.dispose()
         problem = _bind_problem(address, reuse_port=settings.reuse_port) or "cannot bind"
         raise SettingError("listen", problem, exit_code=EXIT_FAILURE) from exc
     await server.start()
     sweeper = LeaseSweeper(runtime, interval=settings.sweep_seconds)
     sweeper.start()
+    collector = ObjectCollector(runtime, objects, interval=GC_INTERVAL_SECONDS, grace=GC_GRACE)
+    collector.start()
     log.info("serving", extra={"listen": settings.listen, "port": port, "database": db.shown_url})
     return App(
         server=server,
@@ -147,6 +154,7 @@ async def start(settings: Settings) -> App:
         sweeper=sweeper,
         page_tokens=page_tokens,
         objects=objects,
+        collector=collector,
     )
 
 

@@ -28,7 +28,7 @@ from makima.v1 import limits_pb2 as makima_dot_v1_dot_limits__pb2
 from makima.v1 import resources_pb2 as makima_dot_v1_dot_resources__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16makima/v1/daemon.proto\x12\tmakima.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16makima/v1/limits.proto\x1a\x19makima/v1/resources.proto\"\x9e\x01\n\x06\x44\x61\x65mon\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x15RegisterDaemonRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x04name\x18\x02 \x01(\tB\x05\x88\xb5\x18\xc8\x01\x12\x17\n\x08hostname\x18\x03 \x01(\tB\x05\x88\xb5\x18\xff\x01\"n\n\x16RegisterDaemonResponse\x12!\n\x06\x64\x61\x65mon\x18\x01 \x01(\x0b\x32\x11.makima.v1.Daemon\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\">\n\x10HeartbeatRequest\x12\x11\n\tdaemon_id\x18\x01 \x01(\t\x12\x17\n\x08task_ids\x18\x02 \x03(\tB\x05\x90\xb5\x18\xe8\x07\"a\n\x11HeartbeatResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlost_task_ids\x18\x02 \x03(\t\"r\n\x10\x43laimTaskRequest\x12\x11\n\tdaemon_id\x18\x01 \x01(\t\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\"\n\x05kinds\x18\x03 \x03(\x0e\x32\x13.makima.v1.TaskKind\"\xa3\x01\n\x0b\x43laimedTask\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.makima.v1.Task\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x34\n\x0c\x63onversation\x18\x03 \x03(\x0b\x32\x1e.makima.v1.ConversationMessage\x12\x1b\n\x13last_event_sequence\x18\x04 \x01(\x03\x12\x13\n\x0blease_token\x18\x05 \x01(\t\"s\n\x11\x43laimTaskResponse\x12\'\n\x07\x63laimed\x18\x01 \x01(\x0b\x32\x16.makima.v1.ClaimedTask\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x17RecordTaskEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12.\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.makima.v1.NewTaskEventB\x05\x90\xb5\x18\x90N\x12\x13\n\x0blease_token\x18\x03 \x01(\t\"9\n\x0bSequenceGap\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x03\x12\x13\n\x0bto_sequence\x18\x02 \x01(\x03\"\x86\x01\n\x18RecordTaskEventsResponse\x12\x14\n\x0cstored_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\x12$\n\x04gaps\x18\x04 \x03(\x0b\x32\x16.makima.v1.SequenceGap\"\xd3\x01\n\x15\x41ppendMessagesRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\x0b\x63ontract_id\x18\x02 \x01(\tH\x00\x12\x11\n\x07task_id\x18\x03 \x01(\tH\x00\x12\x1b\n\x13\x65xpected_next_index\x18\x04 \x01(\x03\x12:\n\x08messages\x18\x05 \x03(\x0b\x32!.makima.v1.NewConversationMessageB\x05\x90\xb5\x18\xe8\x07\x12\x13\n\x0blease_token\x18\x06 \x01(\tB\x0e\n\x0c\x63onversation\"R\n\x16\x41ppendMessagesResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66irst_index\x18\x02 \x01(\x03\x12\x12\n\nnext_index\x18\x03 \x01(\x03\"\xa5\x01\n\x17ReportTaskStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tdaemon_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.makima.v1.TaskStatus\x12\x16\n\x07message\x18\x05 \x01(\tB\x05\x88\xb5\x18\x90N\x12\x13\n\x0blease_token\x18\x06 \x01(\t\"9\n\x18ReportTaskStatusResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.makima.v1.Task2\x89\x04\n\rDaemonService\x12U\n\x0eRegisterDaemon\x12 .makima.v1.RegisterDaemonRequest\x1a!.makima.v1.RegisterDaemonResponse\x12\x46\n\tHeartbeat\x12\x1b.makima.v1.HeartbeatRequest\x1a\x1c.makima.v1.HeartbeatResponse\x12\x46\n\tClaimTask\x12\x1b.makima.v1.ClaimTaskRequest\x1a\x1c.makima.v1.ClaimTaskResponse\x12]\n\x10RecordTaskEvents\x12\".makima.v1.RecordTaskEventsRequest\x1a#.makima.v1.RecordTaskEventsResponse(\x01\x12U\n\x0e\x41ppendMessages\x12 .makima.v1.AppendMessagesRequest\x1a!.makima.v1.AppendMessagesResponse\x12[\n\x10ReportTaskStatus\x12\".makima.v1.ReportTaskStatusRequest\x1a#.makima.v1.ReportTaskStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16makima/v1/daemon.proto\x12\tmakima.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16makima/v1/limits.proto\x1a\x19makima/v1/resources.proto\"\x9e\x01\n\x06\x44\x61\x65mon\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x13last_heartbeat_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Y\n\x15RegisterDaemonRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x04name\x18\x02 \x01(\tB\x05\x88\xb5\x18\xc8\x01\x12\x17\n\x08hostname\x18\x03 \x01(\tB\x05\x88\xb5\x18\xff\x01\"n\n\x16RegisterDaemonResponse\x12!\n\x06\x64\x61\x65mon\x18\x01 \x01(\x0b\x32\x11.makima.v1.Daemon\x12\x31\n\x0elease_duration\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\">\n\x10HeartbeatRequest\x12\x11\n\tdaemon_id\x18\x01 \x01(\t\x12\x17\n\x08task_ids\x18\x02 \x03(\tB\x05\x90\xb5\x18\xe8\x07\"a\n\x11HeartbeatResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rlost_task_ids\x18\x02 \x03(\t\"r\n\x10\x43laimTaskRequest\x12\x11\n\tdaemon_id\x18\x01 \x01(\t\x12\'\n\x04wait\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\"\n\x05kinds\x18\x03 \x03(\x0e\x32\x13.makima.v1.TaskKind\"\xd1\x01\n\x0b\x43laimedTask\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.makima.v1.Task\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x34\n\x0c\x63onversation\x18\x03 \x03(\x0b\x32\x1e.makima.v1.ConversationMessage\x12\x1b\n\x13last_event_sequence\x18\x04 \x01(\x03\x12\x13\n\x0blease_token\x18\x05 \x01(\t\x12,\n\x08worktree\x18\x06 \x01(\x0b\x32\x1a.makima.v1.ClaimedWorktree\"l\n\x0f\x43laimedWorktree\x12/\n\tplacement\x18\x01 \x01(\x0e\x32\x1c.makima.v1.WorktreePlacement\x12\x0e\n\x06\x62ranch\x18\x02 \x01(\t\x12\x18\n\x10start_commit_sha\x18\x03 \x01(\t\"s\n\x11\x43laimTaskResponse\x12\'\n\x07\x63laimed\x18\x01 \x01(\x0b\x32\x16.makima.v1.ClaimedTask\x12\x35\n\x11lease_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"o\n\x17RecordTaskEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12.\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.makima.v1.NewTaskEventB\x05\x90\xb5\x18\x90N\x12\x13\n\x0blease_token\x18\x03 \x01(\t\"9\n\x0bSequenceGap\x12\x15\n\rfrom_sequence\x18\x01 \x01(\x03\x12\x13\n\x0bto_sequence\x18\x02 \x01(\x03\"\x86\x01\n\x18RecordTaskEventsResponse\x12\x14\n\x0cstored_count\x18\x01 \x01(\x03\x12\x17\n\x0f\x64uplicate_count\x18\x02 \x01(\x03\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\x12$\n\x04gaps\x18\x04 \x03(\x0b\x32\x16.makima.v1.SequenceGap\"\xd3\x01\n\x15\x41ppendMessagesRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x15\n\x0b\x63ontract_id\x18\x02 \x01(\tH\x00\x12\x11\n\x07task_id\x18\x03 \x01(\tH\x00\x12\x1b\n\x13\x65xpected_next_index\x18\x04 \x01(\x03\x12:\n\x08messages\x18\x05 \x03(\x0b\x32!.makima.v1.NewConversationMessageB\x05\x90\xb5\x18\xe8\x07\x12\x13\n\x0blease_token\x18\x06 \x01(\tB\x0e\n\x0c\x63onversation\"R\n\x16\x41ppendMessagesResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x66irst_index\x18\x02 \x01(\x03\x12\x12\n\nnext_index\x18\x03 \x01(\x03\"\xa5\x01\n\x17ReportTaskStatusRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x11\n\tdaemon_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.makima.v1.TaskStatus\x12\x16\n\x07message\x18\x05 \x01(\tB\x05\x88\xb5\x18\x90N\x12\x13\n\x0blease_token\x18\x06 \x01(\t\"9\n\x18ReportTaskStatusResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.makima.v1.Task\"p\n\x15PushCheckpointRequest\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.makima.v1.PushCheckpointHeaderH\x00\x12\x1c\n\npack_chunk\x18\x02 \x01(\x0c\x42\x06\x88\xb5\x18\x80\x80@H\x00\x42\x06\n\x04part\"\xb6\x01\n\x14PushCheckpointHeader\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x13\n\x0blease_token\x18\x03 \x01(\t\x12\x18\n\ncommit_sha\x18\x04 \x01(\tB\x04\x88\xb5\x18(\x12\x1f\n\x11parent_commit_sha\x18\x05 \x01(\tB\x04\x88\xb5\x18(\x12\x16\n\x07message\x18\x06 \x01(\tB\x05\x88\xb5\x18\x90N\x12\x11\n\tpack_size\x18\x07 \x01(\x03\"\x90\x01\n\x16PushCheckpointResponse\x12)\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x15.makima.v1.Checkpoint\x12\x14\n\x0cobject_count\x18\x02 \x01(\x03\x12\x16\n\x0ereceived_bytes\x18\x03 \x01(\x03\x12\x1d\n\x04task\x18\x04 \x01(\x0b\x32\x0f.makima.v1.Task\"j\n\x13\x46\x65tchObjectsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1d\n\x0fwant_commit_sha\x18\x02 \x01(\tB\x04\x88\xb5\x18(\x12#\n\x10have_commit_shas\x18\x03 \x03(\tB\t\x88\xb5\x18(\x90\xb5\x18\x80\x02\"e\n\x14\x46\x65tchObjectsResponse\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.makima.v1.FetchObjectsHeaderH\x00\x12\x14\n\npack_chunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"P\n\x12\x46\x65tchObjectsHeader\x12\x12\n\ncommit_sha\x18\x01 \x01(\t\x12\x10\n\x08tree_sha\x18\x02 \x01(\t\x12\x14\n\x0cobject_count\x18\x03 \x01(\x03\x32\xb5\x05\n\rDaemonService\x12U\n\x0eRegisterDaemon\x12 .makima.v1.RegisterDaemonRequest\x1a!.makima.v1.RegisterDaemonResponse\x12\x46\n\tHeartbeat\x12\x1b.makima.v1.HeartbeatRequest\x1a\x1c.makima.v1.HeartbeatResponse\x12\x46\n\tClaimTask\x12\x1b.makima.v1.ClaimTaskRequest\x1a\x1c.makima.v1.ClaimTaskResponse\x12]\n\x10RecordTaskEvents\x12\".makima.v1.RecordTaskEventsRequest\x1a#.makima.v1.RecordTaskEventsResponse(\x01\x12U\n\x0e\x41ppendMessages\x12 .makima.v1.AppendMessagesRequest\x1a!.makima.v1.AppendMessagesResponse\x12[\n\x10ReportTaskStatus\x12\".makima.v1.ReportTaskStatusRequest\x1a#.makima.v1.ReportTaskStatusResponse\x12W\n\x0ePushCheckpoint\x12 .makima.v1.PushCheckpointRequest\x1a!.makima.v1.PushCheckpointResponse(\x01\x12Q\n\x0c\x46\x65tchObjects\x12\x1e.makima.v1.FetchObjectsRequest\x1a\x1f.makima.v1.FetchObjectsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,6 +47,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDMESSAGESREQUEST'].fields_by_name['messages']._serialized_options = b'\220\265\030\350\007'
   _globals['_REPORTTASKSTATUSREQUEST'].fields_by_name['message']._loaded_options = None
   _globals['_REPORTTASKSTATUSREQUEST'].fields_by_name['message']._serialized_options = b'\210\265\030\220N'
+  _globals['_PUSHCHECKPOINTREQUEST'].fields_by_name['pack_chunk']._loaded_options = None
+  _globals['_PUSHCHECKPOINTREQUEST'].fields_by_name['pack_chunk']._serialized_options = b'\210\265\030\200\200@'
+  _globals['_PUSHCHECKPOINTHEADER'].fields_by_name['commit_sha']._loaded_options = None
+  _globals['_PUSHCHECKPOINTHEADER'].fields_by_name['commit_sha']._serialized_options = b'\210\265\030('
+  _globals['_PUSHCHECKPOINTHEADER'].fields_by_name['parent_commit_sha']._loaded_options = None
+  _globals['_PUSHCHECKPOINTHEADER'].fields_by_name['parent_commit_sha']._serialized_options = b'\210\265\030('
+  _globals['_PUSHCHECKPOINTHEADER'].fields_by_name['message']._loaded_options = None
+  _globals['_PUSHCHECKPOINTHEADER'].fields_by_name['message']._serialized_options = b'\210\265\030\220N'
+  _globals['_FETCHOBJECTSREQUEST'].fields_by_name['want_commit_sha']._loaded_options = None
+  _globals['_FETCHOBJECTSREQUEST'].fields_by_name['want_commit_sha']._serialized_options = b'\210\265\030('
+  _globals['_FETCHOBJECTSREQUEST'].fields_by_name['have_commit_shas']._loaded_options = None
+  _globals['_FETCHOBJECTSREQUEST'].fields_by_name['have_commit_shas']._serialized_options = b'\210\265\030(\220\265\030\200\002'
   _globals['_DAEMON']._serialized_start=154
   _globals['_DAEMON']._serialized_end=312
   _globals['_REGISTERDAEMONREQUEST']._serialized_start=314
@@ -60,23 +72,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CLAIMTASKREQUEST']._serialized_start=680
   _globals['_CLAIMTASKREQUEST']._serialized_end=794
   _globals['_CLAIMEDTASK']._serialized_start=797
-  _globals['_CLAIMEDTASK']._serialized_end=960
-  _globals['_CLAIMTASKRESPONSE']._serialized_start=962
-  _globals['_CLAIMTASKRESPONSE']._serialized_end=1077
-  _globals['_RECORDTASKEVENTSREQUEST']._serialized_start=1079
-  _globals['_RECORDTASKEVENTSREQUEST']._serialized_end=1190
-  _globals['_SEQUENCEGAP']._serialized_start=1192
-  _globals['_SEQUENCEGAP']._serialized_end=1249
-  _globals['_RECORDTASKEVENTSRESPONSE']._serialized_start=1252
-  _globals['_RECORDTASKEVENTSRESPONSE']._serialized_end=1386
-  _globals['_APPENDMESSAGESREQUEST']._serialized_start=1389
-  _globals['_APPENDMESSAGESREQUEST']._serialized_end=1600
-  _globals['_APPENDMESSAGESRESPONSE']._serialized_start=1602
-  _globals['_APPENDMESSAGESRESPONSE']._serialized_end=1684
-  _globals['_REPORTTASKSTATUSREQUEST']._serialized_start=1687
-  _globals['_REPORTTASKSTATUSREQUEST']._serialized_end=1852
-  _globals['_REPORTTASKSTATUSRESPONSE']._serialized_start=1854
-  _globals['_REPORTTASKSTATUSRESPONSE']._serialized_end=1911
-  _globals['_DAEMONSERVICE']._serialized_start=1914
-  _globals['_DAEMONSERVICE']._serialized_end=2435
+  _globals['_CLAIMEDTASK']._serialized_end=1006
+  _globals['_CLAIMEDWORKTREE']._serialized_start=1008
+  _globals['_CLAIMEDWORKTREE']._serialized_end=1116
+  _globals['_CLAIMTASKRESPONSE']._serialized_start=1118
+  _globals['_CLAIMTASKRESPONSE']._serialized_end=1233
+  _globals['_RECORDTASKEVENTSREQUEST']._serialized_start=1235
+  _globals['_RECORDTASKEVENTSREQUEST']._serialized_end=1346
+  _globals['_SEQUENCEGAP']._serialized_start=1348
+  _globals['_SEQUENCEGAP']._serialized_end=1405
+  _globals['_RECORDTASKEVENTSRESPONSE']._serialized_start=1408
+  _globals['_RECORDTASKEVENTSRESPONSE']._serialized_end=1542
+  _globals['_APPENDMESSAGESREQUEST']._serialized_start=1545
+  _globals['_APPENDMESSAGESREQUEST']._serialized_end=1756
+  _globals['_APPENDMESSAGESRESPONSE']._serialized_start=1758
+  _globals['_APPENDMESSAGESRESPONSE']._serialized_end=1840
+  _globals['_REPORTTASKSTATUSREQUEST']._serialized_start=1843
+  _globals['_REPORTTASKSTATUSREQUEST']._serialized_end=2008
+  _globals['_REPORTTASKSTATUSRESPONSE']._serialized_start=2010
+  _globals['_REPORTTASKSTATUSRESPONSE']._serialized_end=2067
+  _globals['_PUSHCHECKPOINTREQUEST']._serialized_start=2069
+  _globals['_PUSHCHECKPOINTREQUEST']._serialized_end=2181
+  _globals['_PUSHCHECKPOINTHEADER']._serialized_start=2184
+  _globals['_PUSHCHECKPOINTHEADER']._serialized_end=2366
+  _globals['_PUSHCHECKPOINTRESPONSE']._serialized_start=2369
+  _globals['_PUSHCHECKPOINTRESPONSE']._serialized_end=2513
+  _globals['_FETCHOBJECTSREQUEST']._serialized_start=2515
+  _globals['_FETCHOBJECTSREQUEST']._serialized_end=2621
+  _globals['_FETCHOBJECTSRESPONSE']._serialized_start=2623
+  _globals['_FETCHOBJECTSRESPONSE']._serialized_end=2724
+  _globals['_FETCHOBJECTSHEADER']._serialized_start=2726
+  _globals['_FETCHOBJECTSHEADER']._serialized_end=2806
+  _globals['_DAEMONSERVICE']._serialized_start=2809
+  _globals['_DAEMONSERVICE']._serialized_end=3502
 # @@protoc_insertion_point(module_scope)

@@ -226,6 +226,7 @@ class ClaimedTask(_message.Message):
     CONVERSATION_FIELD_NUMBER: _builtins.int
     LAST_EVENT_SEQUENCE_FIELD_NUMBER: _builtins.int
     LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    WORKTREE_FIELD_NUMBER: _builtins.int
     phase: _builtins.str
     """The contract's current phase; empty for a task without contract."""
     last_event_sequence: _builtins.int
@@ -244,6 +245,10 @@ class ClaimedTask(_message.Message):
     def conversation(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.ConversationMessage]:
         """The task's current conversation, oldest first."""
 
+    @_builtins.property
+    def worktree(self) -> Global___ClaimedWorktree:
+        """The worktree to run the task in; unset when the task has none."""
+
     def __init__(
         self,
         *,
@@ -252,14 +257,55 @@ class ClaimedTask(_message.Message):
         conversation: _abc.Iterable[_resources_pb2.ConversationMessage] | None = ...,
         last_event_sequence: _builtins.int = ...,
         lease_token: _builtins.str = ...,
+        worktree: Global___ClaimedWorktree | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "worktree", b"worktree"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "last_event_sequence", b"last_event_sequence", "lease_token", b"lease_token", "phase", b"phase", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "last_event_sequence", b"last_event_sequence", "lease_token", b"lease_token", "phase", b"phase", "task", b"task", "worktree", b"worktree"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClaimedTask: _TypeAlias = ClaimedTask  # noqa: Y015
+
+@_typing.final
+class ClaimedWorktree(_message.Message):
+    """Where a claimed task's worktree is and which commit it starts from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    BRANCH_FIELD_NUMBER: _builtins.int
+    START_COMMIT_SHA_FIELD_NUMBER: _builtins.int
+    placement: _resources_pb2.WorktreePlacement.ValueType
+    """SERVICE: the worktree is `Task.worktree_path` on the service's machine, ready as it is.
+    DAEMON: the daemon materializes `start_commit_sha` on `branch` in a directory of its own
+    (DaemonService.FetchObjects brings the objects it lacks) and uploads its checkpoints with
+    DaemonService.PushCheckpoint, each on top of the previous one.
+    """
+    branch: _builtins.str
+    """Branch the task's checkpoints are committed on."""
+    start_commit_sha: _builtins.str
+    """The commit the worktree must hold when the task starts (the task's `head_commit_sha`): the
+    initial state, the last checkpoint of an interrupted task, or the commit a rewind, fork,
+    continuation or resume from a checkpoint left on the records. Empty means the empty tree. A
+    daemon-held worktree starts from exactly this tree (files the daemon has from an earlier run and
+    this commit lacks are removed, except ignored ones), and the daemon's next PushCheckpoint names
+    it as `parent_commit_sha`.
+    """
+    def __init__(
+        self,
+        *,
+        placement: _resources_pb2.WorktreePlacement.ValueType = ...,
+        branch: _builtins.str = ...,
+        start_commit_sha: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "placement", b"placement", "start_commit_sha", b"start_commit_sha"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimedWorktree: _TypeAlias = ClaimedWorktree  # noqa: Y015
 
 @_typing.final
 class ClaimTaskResponse(_message.Message):
@@ -532,3 +578,225 @@ class ReportTaskStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReportTaskStatusResponse: _TypeAlias = ReportTaskStatusResponse  # noqa: Y015
+
+@_typing.final
+class PushCheckpointRequest(_message.Message):
+    """Request of DaemonService.PushCheckpoint (one message of the client stream): the header first,
+    then the pack.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PACK_CHUNK_FIELD_NUMBER: _builtins.int
+    pack_chunk: _builtins.bytes
+    """The next slice of the pack, in order; at most 1048576 bytes per message."""
+    @_builtins.property
+    def header(self) -> Global___PushCheckpointHeader:
+        """The first message of the stream, and only the first."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___PushCheckpointHeader | None = ...,
+        pack_chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "pack_chunk", b"pack_chunk", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "pack_chunk", b"pack_chunk", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "pack_chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___PushCheckpointRequest: _TypeAlias = PushCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class PushCheckpointHeader(_message.Message):
+    """What a pushed checkpoint is, sent before its pack."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    LEASE_TOKEN_FIELD_NUMBER: _builtins.int
+    COMMIT_SHA_FIELD_NUMBER: _builtins.int
+    PARENT_COMMIT_SHA_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PACK_SIZE_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """Idempotency key (UUID, optional): a retry with the same key answers as the first call."""
+    task_id: _builtins.str
+    """UUID of the task; it must be daemon-held and leased under `lease_token`."""
+    lease_token: _builtins.str
+    """`lease_token` of the claim the daemon runs the task under."""
+    commit_sha: _builtins.str
+    """Hex sha (40 lowercase hex digits) of the commit to record; in the pack or already stored."""
+    parent_commit_sha: _builtins.str
+    """Hex sha (40 lowercase hex digits) of the commit's only parent, which must be the task's
+    `head_commit_sha`.
+    """
+    message: _builtins.str
+    """Message of the checkpoint, e.g. why it was taken; at most 10000 characters. Defaults to
+    "checkpoint".
+    """
+    pack_size: _builtins.int
+    """Size of the pack that follows, in bytes; 0 when the service already holds `commit_sha` (nothing
+    follows). At most 536870912 (512 MiB): a larger size is refused before any byte is read.
+    """
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        task_id: _builtins.str = ...,
+        lease_token: _builtins.str = ...,
+        commit_sha: _builtins.str = ...,
+        parent_commit_sha: _builtins.str = ...,
+        message: _builtins.str = ...,
+        pack_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_sha", b"commit_sha", "lease_token", b"lease_token", "message", b"message", "pack_size", b"pack_size", "parent_commit_sha", b"parent_commit_sha", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushCheckpointHeader: _TypeAlias = PushCheckpointHeader  # noqa: Y015
+
+@_typing.final
+class PushCheckpointResponse(_message.Message):
+    """Response of DaemonService.PushCheckpoint."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    OBJECT_COUNT_FIELD_NUMBER: _builtins.int
+    RECEIVED_BYTES_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    object_count: _builtins.int
+    """Number of objects the pack held (the count in its header): the objects the service lacked,
+    when the daemon sent what the have/want exchange calls for. 0 when no pack was sent.
+    """
+    received_bytes: _builtins.int
+    """Number of pack bytes received."""
+    @_builtins.property
+    def checkpoint(self) -> _resources_pb2.Checkpoint:
+        """The recorded checkpoint (kind DAEMON)."""
+
+    @_builtins.property
+    def task(self) -> _resources_pb2.Task:
+        """The task after the push; its `head_commit_sha` is the checkpoint's commit."""
+
+    def __init__(
+        self,
+        *,
+        checkpoint: _resources_pb2.Checkpoint | None = ...,
+        object_count: _builtins.int = ...,
+        received_bytes: _builtins.int = ...,
+        task: _resources_pb2.Task | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "object_count", b"object_count", "received_bytes", b"received_bytes", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PushCheckpointResponse: _TypeAlias = PushCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class FetchObjectsRequest(_message.Message):
+    """Request of DaemonService.FetchObjects."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    WANT_COMMIT_SHA_FIELD_NUMBER: _builtins.int
+    HAVE_COMMIT_SHAS_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    """UUID of a task of the owner; with an empty `want_commit_sha`, the commit wanted is its
+    `head_commit_sha`. Optional when `want_commit_sha` is set.
+    """
+    want_commit_sha: _builtins.str
+    """Hex sha (40 lowercase hex digits) of the commit to materialize; any commit of the owner's
+    object store.
+    """
+    @_builtins.property
+    def have_commit_shas(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Hex shas (40 lowercase hex digits each) of commits the daemon already holds, with everything
+        they reach; at most 256.
+        """
+
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        want_commit_sha: _builtins.str = ...,
+        have_commit_shas: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["have_commit_shas", b"have_commit_shas", "task_id", b"task_id", "want_commit_sha", b"want_commit_sha"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchObjectsRequest: _TypeAlias = FetchObjectsRequest  # noqa: Y015
+
+@_typing.final
+class FetchObjectsResponse(_message.Message):
+    """One message of DaemonService.FetchObjects: the header first, then the pack."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PACK_CHUNK_FIELD_NUMBER: _builtins.int
+    pack_chunk: _builtins.bytes
+    """The next slice of the pack, in order; at most 1048576 bytes."""
+    @_builtins.property
+    def header(self) -> Global___FetchObjectsHeader:
+        """The first message, and only the first."""
+
+    def __init__(
+        self,
+        *,
+        header: Global___FetchObjectsHeader | None = ...,
+        pack_chunk: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "pack_chunk", b"pack_chunk", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "pack_chunk", b"pack_chunk", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "pack_chunk"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___FetchObjectsResponse: _TypeAlias = FetchObjectsResponse  # noqa: Y015
+
+@_typing.final
+class FetchObjectsHeader(_message.Message):
+    """What FetchObjects sends, before the pack."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMIT_SHA_FIELD_NUMBER: _builtins.int
+    TREE_SHA_FIELD_NUMBER: _builtins.int
+    OBJECT_COUNT_FIELD_NUMBER: _builtins.int
+    commit_sha: _builtins.str
+    """Hex sha of the commit the pack materializes."""
+    tree_sha: _builtins.str
+    """Hex sha of that commit's tree."""
+    object_count: _builtins.int
+    """Number of objects in the pack (before a thin pack is completed)."""
+    def __init__(
+        self,
+        *,
+        commit_sha: _builtins.str = ...,
+        tree_sha: _builtins.str = ...,
+        object_count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_sha", b"commit_sha", "object_count", b"object_count", "tree_sha", b"tree_sha"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FetchObjectsHeader: _TypeAlias = FetchObjectsHeader  # noqa: Y015

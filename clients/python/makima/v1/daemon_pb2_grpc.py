@@ -94,6 +94,16 @@ class DaemonServiceStub:
                 request_serializer=makima_dot_v1_dot_daemon__pb2.ReportTaskStatusRequest.SerializeToString,
                 response_deserializer=makima_dot_v1_dot_daemon__pb2.ReportTaskStatusResponse.FromString,
                 _registered_method=True)
+        self.PushCheckpoint = channel.stream_unary(
+                '/makima.v1.DaemonService/PushCheckpoint',
+                request_serializer=makima_dot_v1_dot_daemon__pb2.PushCheckpointRequest.SerializeToString,
+                response_deserializer=makima_dot_v1_dot_daemon__pb2.PushCheckpointResponse.FromString,
+                _registered_method=True)
+        self.FetchObjects = channel.unary_stream(
+                '/makima.v1.DaemonService/FetchObjects',
+                request_serializer=makima_dot_v1_dot_daemon__pb2.FetchObjectsRequest.SerializeToString,
+                response_deserializer=makima_dot_v1_dot_daemon__pb2.FetchObjectsResponse.FromString,
+                _registered_method=True)
 
 
 class DaemonServiceServicer:
@@ -195,6 +205,57 @@ class DaemonServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushCheckpoint(self, request_iterator, context):
+        """Uploads a checkpoint of a daemon-held worktree: the commit the daemon built locally and the
+        objects of it the service lacks, as one git pack. The first message of the stream is the
+        header; the pack follows in `pack_chunk` messages, in order.
+
+        Have/want, as git's ref advertisement: the daemon may assume the service has the task's head
+        commit (`ClaimedTask.worktree.start_commit_sha` at claim time, then each commit it pushed), the
+        commit of every checkpoint of the task (HistoryService.ListCheckpoints), and every object those
+        commits reach. Nothing else: the pack must hold every object reachable from `commit_sha` that
+        is not reachable from those commits (e.g. `git pack-objects --revs --thin` of `commit_sha` and
+        `^parent_commit_sha`), and may be thin against them (deltas on objects they reach).
+
+        The call is fenced by `lease_token` like every daemon write, and checked before any byte of the
+        pack is read: the task must be daemon-held and its `head_commit_sha` must be
+        `parent_commit_sha`. The pack is then verified before anything is recorded: it parses within
+        the limits, every object's hash matches its content, every object the commit reaches is in the
+        pack or already stored, and every tree entry is a name git checks out safely (no `..`, `.git`
+        in any spelling, '/', NUL or absolute path) with one of git's modes. Then, in one transaction:
+        the checkpoint (kind DAEMON) with a snapshot of the conversation, its CHECKPOINT_CREATED
+        timeline event, the task's new `head_commit_sha` and the answer for `request_id`. A retry with
+        the same `request_id` answers as the first call did and records nothing again. A refused call
+        records nothing; objects stored by a call whose transaction then failed are unreferenced and
+        removed by garbage collection.
+        Errors: INVALID_ARGUMENT (no header first, a second header, bad ids or shas, `pack_size` over
+        the limit or not matching the bytes sent, `commit_sha`'s parent not `parent_commit_sha`;
+        reason INVALID_PACK for a refused pack, metadata `problem` (corrupt, too_large,
+        too_many_objects, bad_object, unsafe_path, bad_mode, missing_object, missing_commit) and, where
+        they apply, `path`, `object`, `mode`, `limit`), NOT_FOUND (task), FAILED_PRECONDITION reason
+        LEASE_LOST or LEASE_REQUIRED, NO_WORKTREE, or WORKTREE_ON_SERVICE (the task's worktree is
+        service-held: use TaskForkService.CreateCheckpoint), ABORTED reason CHECKPOINT_CONFLICT (the task's head is not
+        `parent_commit_sha`; metadata `head_commit_sha` and `parent_commit_sha`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchObjects(self, request, context):
+        """Downloads what a daemon lacks to materialize a commit of the owner's object store: first a
+        header (the commit, its tree, the number of objects), then one git pack in `pack_chunk`
+        messages of at most 1 MiB. The pack holds the objects reachable from the wanted commit and not
+        from `have_commit_shas` (haves the service does not hold are ignored); it may be thin, with
+        deltas against objects the haves reach (`git index-pack --fix-thin` completes it). It needs no
+        lease: it only reads the owner's objects.
+        Errors: INVALID_ARGUMENT (neither task_id nor want_commit_sha, a malformed sha), NOT_FOUND
+        (task; a commit the owner's object store does not hold, which includes every other owner's),
+        FAILED_PRECONDITION reason NO_WORKTREE (the task has no head commit).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DaemonServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +288,16 @@ def add_DaemonServiceServicer_to_server(servicer, server):
                     servicer.ReportTaskStatus,
                     request_deserializer=makima_dot_v1_dot_daemon__pb2.ReportTaskStatusRequest.FromString,
                     response_serializer=makima_dot_v1_dot_daemon__pb2.ReportTaskStatusResponse.SerializeToString,
+            ),
+            'PushCheckpoint': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushCheckpoint,
+                    request_deserializer=makima_dot_v1_dot_daemon__pb2.PushCheckpointRequest.FromString,
+                    response_serializer=makima_dot_v1_dot_daemon__pb2.PushCheckpointResponse.SerializeToString,
+            ),
+            'FetchObjects': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchObjects,
+                    request_deserializer=makima_dot_v1_dot_daemon__pb2.FetchObjectsRequest.FromString,
+                    response_serializer=makima_dot_v1_dot_daemon__pb2.FetchObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -421,6 +492,60 @@ class DaemonService:
             '/makima.v1.DaemonService/ReportTaskStatus',
             makima_dot_v1_dot_daemon__pb2.ReportTaskStatusRequest.SerializeToString,
             makima_dot_v1_dot_daemon__pb2.ReportTaskStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushCheckpoint(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/makima.v1.DaemonService/PushCheckpoint',
+            makima_dot_v1_dot_daemon__pb2.PushCheckpointRequest.SerializeToString,
+            makima_dot_v1_dot_daemon__pb2.PushCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/makima.v1.DaemonService/FetchObjects',
+            makima_dot_v1_dot_daemon__pb2.FetchObjectsRequest.SerializeToString,
+            makima_dot_v1_dot_daemon__pb2.FetchObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

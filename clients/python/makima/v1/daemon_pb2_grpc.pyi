@@ -105,6 +105,49 @@ class DaemonServiceStub:
     FAILED_PRECONDITION reason LEASE_LOST (with a token: that lease is not held by this daemon any
     more) or LEASE_NOT_HELD (without a token: the task is not running on this daemon).
     """
+    PushCheckpoint: _grpc.StreamUnaryMultiCallable[_daemon_pb2.PushCheckpointRequest, _daemon_pb2.PushCheckpointResponse]
+    """Uploads a checkpoint of a daemon-held worktree: the commit the daemon built locally and the
+    objects of it the service lacks, as one git pack. The first message of the stream is the
+    header; the pack follows in `pack_chunk` messages, in order.
+
+    Have/want, as git's ref advertisement: the daemon may assume the service has the task's head
+    commit (`ClaimedTask.worktree.start_commit_sha` at claim time, then each commit it pushed), the
+    commit of every checkpoint of the task (HistoryService.ListCheckpoints), and every object those
+    commits reach. Nothing else: the pack must hold every object reachable from `commit_sha` that
+    is not reachable from those commits (e.g. `git pack-objects --revs --thin` of `commit_sha` and
+    `^parent_commit_sha`), and may be thin against them (deltas on objects they reach).
+
+    The call is fenced by `lease_token` like every daemon write, and checked before any byte of the
+    pack is read: the task must be daemon-held and its `head_commit_sha` must be
+    `parent_commit_sha`. The pack is then verified before anything is recorded: it parses within
+    the limits, every object's hash matches its content, every object the commit reaches is in the
+    pack or already stored, and every tree entry is a name git checks out safely (no `..`, `.git`
+    in any spelling, '/', NUL or absolute path) with one of git's modes. Then, in one transaction:
+    the checkpoint (kind DAEMON) with a snapshot of the conversation, its CHECKPOINT_CREATED
+    timeline event, the task's new `head_commit_sha` and the answer for `request_id`. A retry with
+    the same `request_id` answers as the first call did and records nothing again. A refused call
+    records nothing; objects stored by a call whose transaction then failed are unreferenced and
+    removed by garbage collection.
+    Errors: INVALID_ARGUMENT (no header first, a second header, bad ids or shas, `pack_size` over
+    the limit or not matching the bytes sent, `commit_sha`'s parent not `parent_commit_sha`;
+    reason INVALID_PACK for a refused pack, metadata `problem` (corrupt, too_large,
+    too_many_objects, bad_object, unsafe_path, bad_mode, missing_object, missing_commit) and, where
+    they apply, `path`, `object`, `mode`, `limit`), NOT_FOUND (task), FAILED_PRECONDITION reason
+    LEASE_LOST or LEASE_REQUIRED, NO_WORKTREE, or WORKTREE_ON_SERVICE (the task's worktree is
+    service-held: use TaskForkService.CreateCheckpoint), ABORTED reason CHECKPOINT_CONFLICT (the task's head is not
+    `parent_commit_sha`; metadata `head_commit_sha` and `parent_commit_sha`).
+    """
+    FetchObjects: _grpc.UnaryStreamMultiCallable[_daemon_pb2.FetchObjectsRequest, _daemon_pb2.FetchObjectsResponse]
+    """Downloads what a daemon lacks to materialize a commit of the owner's object store: first a
+    header (the commit, its tree, the number of objects), then one git pack in `pack_chunk`
+    messages of at most 1 MiB. The pack holds the objects reachable from the wanted commit and not
+    from `have_commit_shas` (haves the service does not hold are ignored); it may be thin, with
+    deltas against objects the haves reach (`git index-pack --fix-thin` completes it). It needs no
+    lease: it only reads the owner's objects.
+    Errors: INVALID_ARGUMENT (neither task_id nor want_commit_sha, a malformed sha), NOT_FOUND
+    (task; a commit the owner's object store does not hold, which includes every other owner's),
+    FAILED_PRECONDITION reason NO_WORKTREE (the task has no head commit).
+    """
 
 @_typing.type_check_only
 class DaemonServiceAsyncStub(DaemonServiceStub):
@@ -182,6 +225,49 @@ class DaemonServiceAsyncStub(DaemonServiceStub):
     Errors: INVALID_ARGUMENT (status not final, bad lease_token), NOT_FOUND,
     FAILED_PRECONDITION reason LEASE_LOST (with a token: that lease is not held by this daemon any
     more) or LEASE_NOT_HELD (without a token: the task is not running on this daemon).
+    """
+    PushCheckpoint: _aio.StreamUnaryMultiCallable[_daemon_pb2.PushCheckpointRequest, _daemon_pb2.PushCheckpointResponse]  # type: ignore[assignment]
+    """Uploads a checkpoint of a daemon-held worktree: the commit the daemon built locally and the
+    objects of it the service lacks, as one git pack. The first message of the stream is the
+    header; the pack follows in `pack_chunk` messages, in order.
+
+    Have/want, as git's ref advertisement: the daemon may assume the service has the task's head
+    commit (`ClaimedTask.worktree.start_commit_sha` at claim time, then each commit it pushed), the
+    commit of every checkpoint of the task (HistoryService.ListCheckpoints), and every object those
+    commits reach. Nothing else: the pack must hold every object reachable from `commit_sha` that
+    is not reachable from those commits (e.g. `git pack-objects --revs --thin` of `commit_sha` and
+    `^parent_commit_sha`), and may be thin against them (deltas on objects they reach).
+
+    The call is fenced by `lease_token` like every daemon write, and checked before any byte of the
+    pack is read: the task must be daemon-held and its `head_commit_sha` must be
+    `parent_commit_sha`. The pack is then verified before anything is recorded: it parses within
+    the limits, every object's hash matches its content, every object the commit reaches is in the
+    pack or already stored, and every tree entry is a name git checks out safely (no `..`, `.git`
+    in any spelling, '/', NUL or absolute path) with one of git's modes. Then, in one transaction:
+    the checkpoint (kind DAEMON) with a snapshot of the conversation, its CHECKPOINT_CREATED
+    timeline event, the task's new `head_commit_sha` and the answer for `request_id`. A retry with
+    the same `request_id` answers as the first call did and records nothing again. A refused call
+    records nothing; objects stored by a call whose transaction then failed are unreferenced and
+    removed by garbage collection.
+    Errors: INVALID_ARGUMENT (no header first, a second header, bad ids or shas, `pack_size` over
+    the limit or not matching the bytes sent, `commit_sha`'s parent not `parent_commit_sha`;
+    reason INVALID_PACK for a refused pack, metadata `problem` (corrupt, too_large,
+    too_many_objects, bad_object, unsafe_path, bad_mode, missing_object, missing_commit) and, where
+    they apply, `path`, `object`, `mode`, `limit`), NOT_FOUND (task), FAILED_PRECONDITION reason
+    LEASE_LOST or LEASE_REQUIRED, NO_WORKTREE, or WORKTREE_ON_SERVICE (the task's worktree is
+    service-held: use TaskForkService.CreateCheckpoint), ABORTED reason CHECKPOINT_CONFLICT (the task's head is not
+    `parent_commit_sha`; metadata `head_commit_sha` and `parent_commit_sha`).
+    """
+    FetchObjects: _aio.UnaryStreamMultiCallable[_daemon_pb2.FetchObjectsRequest, _daemon_pb2.FetchObjectsResponse]  # type: ignore[assignment]
+    """Downloads what a daemon lacks to materialize a commit of the owner's object store: first a
+    header (the commit, its tree, the number of objects), then one git pack in `pack_chunk`
+    messages of at most 1 MiB. The pack holds the objects reachable from the wanted commit and not
+    from `have_commit_shas` (haves the service does not hold are ignored); it may be thin, with
+    deltas against objects the haves reach (`git index-pack --fix-thin` completes it). It needs no
+    lease: it only reads the owner's objects.
+    Errors: INVALID_ARGUMENT (neither task_id nor want_commit_sha, a malformed sha), NOT_FOUND
+    (task; a commit the owner's object store does not hold, which includes every other owner's),
+    FAILED_PRECONDITION reason NO_WORKTREE (the task has no head commit).
     """
 
 class DaemonServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -293,6 +379,61 @@ class DaemonServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (status not final, bad lease_token), NOT_FOUND,
         FAILED_PRECONDITION reason LEASE_LOST (with a token: that lease is not held by this daemon any
         more) or LEASE_NOT_HELD (without a token: the task is not running on this daemon).
+        """
+
+    @_abc_1.abstractmethod
+    def PushCheckpoint(
+        self,
+        request_iterator: _MaybeAsyncIterator[_daemon_pb2.PushCheckpointRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_daemon_pb2.PushCheckpointResponse, _abc.Awaitable[_daemon_pb2.PushCheckpointResponse]]:
+        """Uploads a checkpoint of a daemon-held worktree: the commit the daemon built locally and the
+        objects of it the service lacks, as one git pack. The first message of the stream is the
+        header; the pack follows in `pack_chunk` messages, in order.
+
+        Have/want, as git's ref advertisement: the daemon may assume the service has the task's head
+        commit (`ClaimedTask.worktree.start_commit_sha` at claim time, then each commit it pushed), the
+        commit of every checkpoint of the task (HistoryService.ListCheckpoints), and every object those
+        commits reach. Nothing else: the pack must hold every object reachable from `commit_sha` that
+        is not reachable from those commits (e.g. `git pack-objects --revs --thin` of `commit_sha` and
+        `^parent_commit_sha`), and may be thin against them (deltas on objects they reach).
+
+        The call is fenced by `lease_token` like every daemon write, and checked before any byte of the
+        pack is read: the task must be daemon-held and its `head_commit_sha` must be
+        `parent_commit_sha`. The pack is then verified before anything is recorded: it parses within
+        the limits, every object's hash matches its content, every object the commit reaches is in the
+        pack or already stored, and every tree entry is a name git checks out safely (no `..`, `.git`
+        in any spelling, '/', NUL or absolute path) with one of git's modes. Then, in one transaction:
+        the checkpoint (kind DAEMON) with a snapshot of the conversation, its CHECKPOINT_CREATED
+        timeline event, the task's new `head_commit_sha` and the answer for `request_id`. A retry with
+        the same `request_id` answers as the first call did and records nothing again. A refused call
+        records nothing; objects stored by a call whose transaction then failed are unreferenced and
+        removed by garbage collection.
+        Errors: INVALID_ARGUMENT (no header first, a second header, bad ids or shas, `pack_size` over
+        the limit or not matching the bytes sent, `commit_sha`'s parent not `parent_commit_sha`;
+        reason INVALID_PACK for a refused pack, metadata `problem` (corrupt, too_large,
+        too_many_objects, bad_object, unsafe_path, bad_mode, missing_object, missing_commit) and, where
+        they apply, `path`, `object`, `mode`, `limit`), NOT_FOUND (task), FAILED_PRECONDITION reason
+        LEASE_LOST or LEASE_REQUIRED, NO_WORKTREE, or WORKTREE_ON_SERVICE (the task's worktree is
+        service-held: use TaskForkService.CreateCheckpoint), ABORTED reason CHECKPOINT_CONFLICT (the task's head is not
+        `parent_commit_sha`; metadata `head_commit_sha` and `parent_commit_sha`).
+        """
+
+    @_abc_1.abstractmethod
+    def FetchObjects(
+        self,
+        request: _daemon_pb2.FetchObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_daemon_pb2.FetchObjectsResponse], _abc.AsyncIterator[_daemon_pb2.FetchObjectsResponse]]:
+        """Downloads what a daemon lacks to materialize a commit of the owner's object store: first a
+        header (the commit, its tree, the number of objects), then one git pack in `pack_chunk`
+        messages of at most 1 MiB. The pack holds the objects reachable from the wanted commit and not
+        from `have_commit_shas` (haves the service does not hold are ignored); it may be thin, with
+        deltas against objects the haves reach (`git index-pack --fix-thin` completes it). It needs no
+        lease: it only reads the owner's objects.
+        Errors: INVALID_ARGUMENT (neither task_id nor want_commit_sha, a malformed sha), NOT_FOUND
+        (task; a commit the owner's object store does not hold, which includes every other owner's),
+        FAILED_PRECONDITION reason NO_WORKTREE (the task has no head commit).
         """
 
 def add_DaemonServiceServicer_to_server(servicer: DaemonServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

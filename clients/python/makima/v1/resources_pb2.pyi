@@ -113,6 +113,48 @@ TASK_KIND_WORKER: TaskKind.ValueType  # 2
 """A worker task that does a piece of the work."""
 Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
+class _WorktreePlacement:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WorktreePlacementEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WorktreePlacement.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WORKTREE_PLACEMENT_UNSPECIFIED: _WorktreePlacement.ValueType  # 0
+    """Not set. On a Task: the task has no worktree. On a WorktreeSpec: SERVICE."""
+    WORKTREE_PLACEMENT_SERVICE: _WorktreePlacement.ValueType  # 1
+    """Held by the service, under its workspace root (`Task.worktree_path`): the service checkpoints,
+    rewinds and compares it itself. One machine; the embedded default.
+    """
+    WORKTREE_PLACEMENT_DAEMON: _WorktreePlacement.ValueType  # 2
+    """Held by the daemon that runs the task, on its own machine, in a directory the service never
+    sees (`Task.worktree_path` is empty). The daemon materializes `ClaimedTask.worktree` with
+    DaemonService.FetchObjects and uploads its checkpoints with DaemonService.PushCheckpoint.
+    Operations on the task while it is not running (rewind, fork, continue, resume from a
+    checkpoint) are done by the service on its records and carried out by the next daemon that
+    claims the task.
+    """
+
+class WorktreePlacement(_WorktreePlacement, metaclass=_WorktreePlacementEnumTypeWrapper):
+    """Where a task's worktree lives (DESIGN.md section 5). Either way, every checkpoint's git objects
+    are kept by the service in its object store, so any server process serves any checkpoint.
+    """
+
+WORKTREE_PLACEMENT_UNSPECIFIED: WorktreePlacement.ValueType  # 0
+"""Not set. On a Task: the task has no worktree. On a WorktreeSpec: SERVICE."""
+WORKTREE_PLACEMENT_SERVICE: WorktreePlacement.ValueType  # 1
+"""Held by the service, under its workspace root (`Task.worktree_path`): the service checkpoints,
+rewinds and compares it itself. One machine; the embedded default.
+"""
+WORKTREE_PLACEMENT_DAEMON: WorktreePlacement.ValueType  # 2
+"""Held by the daemon that runs the task, on its own machine, in a directory the service never
+sees (`Task.worktree_path` is empty). The daemon materializes `ClaimedTask.worktree` with
+DaemonService.FetchObjects and uploads its checkpoints with DaemonService.PushCheckpoint.
+Operations on the task while it is not running (rewind, fork, continue, resume from a
+checkpoint) are done by the service on its records and carried out by the next daemon that
+claims the task.
+"""
+Global___WorktreePlacement: _TypeAlias = WorktreePlacement  # noqa: Y015
+
 class _MessageRole:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -195,6 +237,13 @@ class _CheckpointKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Checkp
     """Made by the service before a rewind so that the rewind can be undone."""
     CHECKPOINT_KIND_CONTINUATION: _CheckpointKind.ValueType  # 3
     """Made by the service before a continuation copies the worktree."""
+    CHECKPOINT_KIND_REWIND: _CheckpointKind.ValueType  # 4
+    """Made by the service when it rewinds the code of a daemon-held task on its records: a commit
+    whose tree is the rewind target's and whose parent is the task's previous head, so history
+    stays linear and nothing is lost. The next daemon that claims the task starts from it.
+    """
+    CHECKPOINT_KIND_DAEMON: _CheckpointKind.ValueType  # 5
+    """Uploaded by the daemon that runs a daemon-held task (DaemonService.PushCheckpoint)."""
 
 class CheckpointKind(_CheckpointKind, metaclass=_CheckpointKindEnumTypeWrapper):
     """Why a checkpoint was made."""
@@ -207,6 +256,13 @@ CHECKPOINT_KIND_SAFETY: CheckpointKind.ValueType  # 2
 """Made by the service before a rewind so that the rewind can be undone."""
 CHECKPOINT_KIND_CONTINUATION: CheckpointKind.ValueType  # 3
 """Made by the service before a continuation copies the worktree."""
+CHECKPOINT_KIND_REWIND: CheckpointKind.ValueType  # 4
+"""Made by the service when it rewinds the code of a daemon-held task on its records: a commit
+whose tree is the rewind target's and whose parent is the task's previous head, so history
+stays linear and nothing is lost. The next daemon that claims the task starts from it.
+"""
+CHECKPOINT_KIND_DAEMON: CheckpointKind.ValueType  # 5
+"""Uploaded by the daemon that runs a daemon-held task (DaemonService.PushCheckpoint)."""
 Global___CheckpointKind: _TypeAlias = CheckpointKind  # noqa: Y015
 
 class _SnapshotReason:
@@ -409,6 +465,8 @@ class Task(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     STATUS_MESSAGE_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
+    HEAD_COMMIT_SHA_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID of the task."""
     contract_id: _builtins.str
@@ -443,6 +501,17 @@ class Task(_message.Message):
     """Incremented on every change of status, lease or conversation pointer."""
     status_message: _builtins.str
     """Last status detail reported by a daemon (e.g. the error of a failed task)."""
+    placement: Global___WorktreePlacement.ValueType
+    """Where the task's worktree lives; UNSPECIFIED when the task has none. Chosen at creation
+    (WorktreeSpec.placement), inherited by forks and continuations unless they ask otherwise.
+    """
+    head_commit_sha: _builtins.str
+    """The commit the task's code is at, on the service's records: the commit a daemon-held worktree
+    must start from when the task is next claimed (ClaimedTask.worktree.start_commit_sha), moved by
+    every checkpoint, rewind and resume from a checkpoint; for a service-held worktree, the head of
+    its branch. Its objects, and everything it reaches, are in the service's object store. Empty when
+    the task has no worktree.
+    """
     @_builtins.property
     def lease_expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the daemon's lease on the task ends unless renewed by a heartbeat; unset when not running."""
@@ -478,10 +547,12 @@ class Task(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         version: _builtins.int = ...,
         status_message: _builtins.str = ...,
+        placement: Global___WorktreePlacement.ValueType = ...,
+        head_commit_sha: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_forked_at_message_index", b"_forked_at_message_index", "create_time", b"create_time", "forked_at_message_index", b"forked_at_message_index", "lease_expire_time", b"lease_expire_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_forked_at_message_index", b"_forked_at_message_index", "branch", b"branch", "continued_from_task_id", b"continued_from_task_id", "contract_id", b"contract_id", "create_time", b"create_time", "daemon_id", b"daemon_id", "forked_at_message_index", b"forked_at_message_index", "forked_from_checkpoint_id", b"forked_from_checkpoint_id", "forked_from_task_id", b"forked_from_task_id", "id", b"id", "instructions", b"instructions", "kind", b"kind", "lease_expire_time", b"lease_expire_time", "message_count", b"message_count", "name", b"name", "parent_task_id", b"parent_task_id", "status", b"status", "status_message", b"status_message", "update_time", b"update_time", "version", b"version", "worktree_path", b"worktree_path"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_forked_at_message_index", b"_forked_at_message_index", "branch", b"branch", "continued_from_task_id", b"continued_from_task_id", "contract_id", b"contract_id", "create_time", b"create_time", "daemon_id", b"daemon_id", "forked_at_message_index", b"forked_at_message_index", "forked_from_checkpoint_id", b"forked_from_checkpoint_id", "forked_from_task_id", b"forked_from_task_id", "head_commit_sha", b"head_commit_sha", "id", b"id", "instructions", b"instructions", "kind", b"kind", "lease_expire_time", b"lease_expire_time", "message_count", b"message_count", "name", b"name", "parent_task_id", b"parent_task_id", "placement", b"placement", "status", b"status", "status_message", b"status_message", "update_time", b"update_time", "version", b"version", "worktree_path", b"worktree_path"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__forked_at_message_index: _TypeAlias = _typing.Literal["forked_at_message_index"]  # noqa: Y015
     _WhichOneofArgType__forked_at_message_index: _TypeAlias = _typing.Literal["_forked_at_message_index", b"_forked_at_message_index"]  # noqa: Y015
@@ -845,6 +916,7 @@ class WorktreeSpec(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     REPOSITORY_FIELD_NUMBER: _builtins.int
     REF_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     source: Global___WorktreeSpec.Source.ValueType
     """Where the content comes from."""
     repository: _builtins.str
@@ -853,16 +925,23 @@ class WorktreeSpec(_message.Message):
     """
     ref: _builtins.str
     """Branch, tag or commit to start from; defaults to HEAD. At most 250 characters."""
+    placement: Global___WorktreePlacement.ValueType
+    """Where the worktree lives; UNSPECIFIED means SERVICE. For DAEMON the service keeps no worktree:
+    it records the initial state as a commit in its object store (an empty tree, or the tree of
+    `repository` at `ref` on top of that commit, whose history it imports), which the first daemon
+    to claim the task materializes.
+    """
     def __init__(
         self,
         *,
         source: Global___WorktreeSpec.Source.ValueType = ...,
         repository: _builtins.str = ...,
         ref: _builtins.str = ...,
+        placement: Global___WorktreePlacement.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ref", b"ref", "repository", b"repository", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "ref", b"ref", "repository", b"repository", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -386,8 +386,11 @@ class RewindTaskResponse(_message.Message):
     SAFETY_CHECKPOINT_FIELD_NUMBER: _builtins.int
     CONVERSATION_REWOUND_FIELD_NUMBER: _builtins.int
     CONVERSATION_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    REWIND_CHECKPOINT_FIELD_NUMBER: _builtins.int
     code_rewound: _builtins.bool
-    """True only if the worktree now equals the checkpoint's tree."""
+    """True only if the worktree now equals the checkpoint's tree; for a daemon-held task, if its head
+    commit now has the checkpoint's tree (the worktree its next daemon materializes).
+    """
     conversation_rewound: _builtins.bool
     """True only if the conversation now equals the checkpoint's snapshot."""
     @_builtins.property
@@ -396,11 +399,20 @@ class RewindTaskResponse(_message.Message):
 
     @_builtins.property
     def safety_checkpoint(self) -> _resources_pb2.Checkpoint:
-        """Safety checkpoint of the code before the rewind; set when code_rewound."""
+        """Safety checkpoint of the code before the rewind; set when code_rewound. For a daemon-held task,
+        the checkpoint that recorded its head.
+        """
 
     @_builtins.property
     def conversation_snapshot(self) -> _resources_pb2.ConversationSnapshot:
         """Snapshot of the conversation before the rewind; set when conversation_rewound."""
+
+    @_builtins.property
+    def rewind_checkpoint(self) -> _resources_pb2.Checkpoint:
+        """For a daemon-held task whose code was rewound: the checkpoint of the commit the service made on
+        its records (the target's tree on top of the previous head), now the task's head. The task's
+        next daemon starts from it; unset otherwise.
+        """
 
     def __init__(
         self,
@@ -410,10 +422,11 @@ class RewindTaskResponse(_message.Message):
         safety_checkpoint: _resources_pb2.Checkpoint | None = ...,
         conversation_rewound: _builtins.bool = ...,
         conversation_snapshot: _resources_pb2.ConversationSnapshot | None = ...,
+        rewind_checkpoint: _resources_pb2.Checkpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation_snapshot", b"conversation_snapshot", "safety_checkpoint", b"safety_checkpoint", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation_snapshot", b"conversation_snapshot", "rewind_checkpoint", b"rewind_checkpoint", "safety_checkpoint", b"safety_checkpoint", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_rewound", b"code_rewound", "conversation_rewound", b"conversation_rewound", "conversation_snapshot", b"conversation_snapshot", "safety_checkpoint", b"safety_checkpoint", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code_rewound", b"code_rewound", "conversation_rewound", b"conversation_rewound", "conversation_snapshot", b"conversation_snapshot", "rewind_checkpoint", b"rewind_checkpoint", "safety_checkpoint", b"safety_checkpoint", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -515,6 +528,7 @@ class ResumeTaskFromCheckpointResponse(_message.Message):
     RESUMED_FROM_FIELD_NUMBER: _builtins.int
     SAFETY_CHECKPOINT_FIELD_NUMBER: _builtins.int
     CONVERSATION_SNAPSHOT_FIELD_NUMBER: _builtins.int
+    REWIND_CHECKPOINT_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def task(self) -> _resources_pb2.Task:
         """The task after the resume (pending)."""
@@ -531,6 +545,13 @@ class ResumeTaskFromCheckpointResponse(_message.Message):
     def conversation_snapshot(self) -> _resources_pb2.ConversationSnapshot:
         """Snapshot of the conversation before the rewind."""
 
+    @_builtins.property
+    def rewind_checkpoint(self) -> _resources_pb2.Checkpoint:
+        """For a daemon-held task: the checkpoint of the commit the service made on its records (the
+        target's tree on top of the previous head), which the next daemon to claim the task starts
+        from; unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -538,10 +559,11 @@ class ResumeTaskFromCheckpointResponse(_message.Message):
         resumed_from: _resources_pb2.ResumedFrom | None = ...,
         safety_checkpoint: _resources_pb2.Checkpoint | None = ...,
         conversation_snapshot: _resources_pb2.ConversationSnapshot | None = ...,
+        rewind_checkpoint: _resources_pb2.Checkpoint | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation_snapshot", b"conversation_snapshot", "resumed_from", b"resumed_from", "safety_checkpoint", b"safety_checkpoint", "task", b"task"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation_snapshot", b"conversation_snapshot", "resumed_from", b"resumed_from", "rewind_checkpoint", b"rewind_checkpoint", "safety_checkpoint", b"safety_checkpoint", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_snapshot", b"conversation_snapshot", "resumed_from", b"resumed_from", "safety_checkpoint", b"safety_checkpoint", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_snapshot", b"conversation_snapshot", "resumed_from", b"resumed_from", "rewind_checkpoint", b"rewind_checkpoint", "safety_checkpoint", b"safety_checkpoint", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -621,6 +643,7 @@ class ForkTaskRequest(_message.Message):
     MESSAGE_INDEX_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     BRANCH_NAME_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID, optional)."""
     task_id: _builtins.str
@@ -637,6 +660,8 @@ class ForkTaskRequest(_message.Message):
     """Branch of the new task; defaults to "makima/<new task id>". Must follow git's ref rules; at most
     250 characters, and at most 250 bytes in UTF-8.
     """
+    placement: _resources_pb2.WorktreePlacement.ValueType
+    """Where the new task's worktree lives; UNSPECIFIED: where the source's does."""
     def __init__(
         self,
         *,
@@ -646,10 +671,11 @@ class ForkTaskRequest(_message.Message):
         message_index: _builtins.int = ...,
         name: _builtins.str = ...,
         branch_name: _builtins.str = ...,
+        placement: _resources_pb2.WorktreePlacement.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "message_index", b"message_index", "point", b"point"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_name", b"branch_name", "checkpoint_id", b"checkpoint_id", "message_index", b"message_index", "name", b"name", "point", b"point", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch_name", b"branch_name", "checkpoint_id", b"checkpoint_id", "message_index", b"message_index", "name", b"name", "placement", b"placement", "point", b"point", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_point: _TypeAlias = _typing.Literal["checkpoint_id", "message_index"]  # noqa: Y015
     _WhichOneofArgType_point: _TypeAlias = _typing.Literal["point", b"point"]  # noqa: Y015
@@ -695,6 +721,7 @@ class ContinueTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     INSTRUCTIONS_FIELD_NUMBER: _builtins.int
+    PLACEMENT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID, optional)."""
     task_id: _builtins.str
@@ -703,6 +730,8 @@ class ContinueTaskRequest(_message.Message):
     """Name of the new task; defaults to "<source name> (continued)". At most 500 characters."""
     instructions: _builtins.str
     """Instructions of the new task; at most 100000 characters."""
+    placement: _resources_pb2.WorktreePlacement.ValueType
+    """Where the new task's worktree lives; UNSPECIFIED: where the source's does."""
     def __init__(
         self,
         *,
@@ -710,10 +739,11 @@ class ContinueTaskRequest(_message.Message):
         task_id: _builtins.str = ...,
         name: _builtins.str = ...,
         instructions: _builtins.str = ...,
+        placement: _resources_pb2.WorktreePlacement.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["instructions", b"instructions", "name", b"name", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["instructions", b"instructions", "name", b"name", "placement", b"placement", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

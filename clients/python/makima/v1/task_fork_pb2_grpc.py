@@ -33,6 +33,14 @@ class TaskForkServiceStub:
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
 
+    A task's worktree is held by the service or by a daemon (`Task.placement`, see WorktreePlacement).
+    On a daemon-held task that is not running, RewindTask, ResumeTaskFromCheckpoint, ForkTask and
+    ContinueTask work on the service's records and object store: they move `Task.head_commit_sha`
+    (or set the new task's), and the next daemon that claims the task materializes that commit. Calls
+    that need the live worktree of a daemon-held task answer FAILED_PRECONDITION reason
+    WORKTREE_ON_DAEMON. A call that finds a commit its records name missing from the object store
+    answers FAILED_PRECONDITION reason OBJECTS_MISSING (metadata `commit_sha`).
+
     Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
     characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
     DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
@@ -107,6 +115,14 @@ class TaskForkServiceServicer:
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
 
+    A task's worktree is held by the service or by a daemon (`Task.placement`, see WorktreePlacement).
+    On a daemon-held task that is not running, RewindTask, ResumeTaskFromCheckpoint, ForkTask and
+    ContinueTask work on the service's records and object store: they move `Task.head_commit_sha`
+    (or set the new task's), and the next daemon that claims the task materializes that commit. Calls
+    that need the live worktree of a daemon-held task answer FAILED_PRECONDITION reason
+    WORKTREE_ON_DAEMON. A call that finds a commit its records name missing from the object store
+    answers FAILED_PRECONDITION reason OBJECTS_MISSING (metadata `commit_sha`).
+
     Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
     characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
     DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
@@ -118,9 +134,10 @@ class TaskForkServiceServicer:
     def CreateTask(self, request, context):
         """Creates a task (pending), with a worktree when asked, and records TASK_CREATED. A worktree
         starts with a checkpoint of its initial state (message "initial state"), the point that forks
-        and rewinds to "before any work" use.
-        Errors: INVALID_ARGUMENT (empty name, bad ids, worktree repository outside the workspace root),
-        NOT_FOUND (contract or parent task).
+        and rewinds to "before any work" use; for a daemon-held worktree it is a commit the service
+        makes in its object store, and the task's head.
+        Errors: INVALID_ARGUMENT (empty name, bad ids, unknown placement, worktree repository outside the
+        workspace root), NOT_FOUND (contract or parent task).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,8 +152,12 @@ class TaskForkServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateCheckpoint(self, request, context):
-        """Commits the task's whole worktree on its branch and snapshots its conversation.
-        Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+        """Commits the task's whole worktree on its branch and snapshots its conversation. The commit's
+        objects go into the service's object store before the checkpoint is recorded.
+        Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE, WORKTREE_ON_DAEMON (a daemon-held
+        worktree is checkpointed by its daemon, with DaemonService.PushCheckpoint) or
+        WORKTREE_NOT_STORABLE (the worktree holds a path the object store refuses, e.g. one that some
+        file system reads as `.git`; metadata `path`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -144,8 +165,10 @@ class TaskForkServiceServicer:
 
     def CompareCheckpoints(self, request, context):
         """Lists the files added, modified and deleted between two checkpoints (or a checkpoint and the
-        live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`.
-        Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+        live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`. Between two
+        checkpoints of a daemon-held task the service compares them in its object store.
+        Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE, or WORKTREE_ON_DAEMON (the live
+        worktree of a daemon-held task is not on the service).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -153,7 +176,10 @@ class TaskForkServiceServicer:
 
     def RewindTask(self, request, context):
         """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-        conversation snapshot make the rewind undoable.
+        conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
+        records: the safety checkpoint is the task's existing checkpoint of its head (the code before
+        the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
+        (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
         Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
         NO_WORKTREE).
         """
@@ -170,7 +196,9 @@ class TaskForkServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ResumeTaskFromCheckpoint(self, request, context):
-        """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending.
+        """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending. On a
+        daemon-held task the code is rewound on the records as RewindTask does: the next daemon that
+        claims the task starts from `rewind_checkpoint`.
         Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -180,7 +208,8 @@ class TaskForkServiceServicer:
     def CreateBranch(self, request, context):
         """Creates a git branch at a checkpoint's commit in the task's repository.
         Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
-        250 bytes), NOT_FOUND, ALREADY_EXISTS.
+        250 bytes), NOT_FOUND, ALREADY_EXISTS, UNIMPLEMENTED reason WORKTREE_ON_DAEMON (the task's
+        repository is on its daemon: the service keeps no branches of daemon-held tasks yet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,8 +217,12 @@ class TaskForkServiceServicer:
 
     def ForkTask(self, request, context):
         """Creates a new task from a point of another task's history (a checkpoint or a message index):
-        new worktree at the source commit on a new branch, conversation up to the fork point.
-        Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch), NOT_FOUND.
+        new worktree at the source commit on a new branch, conversation up to the fork point. The new
+        worktree has the source's placement unless `placement` says otherwise: a daemon-held one starts
+        at the source commit (head_commit_sha), sharing the owner's objects; a service-held one is
+        checked out from the object store when the source is daemon-held.
+        Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch, unknown
+        placement), NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,7 +230,10 @@ class TaskForkServiceServicer:
 
     def ContinueTask(self, request, context):
         """Creates a new task that inherits a previous task's latest state (its worktree as it is now,
-        checkpointed first). Errors: NOT_FOUND, FAILED_PRECONDITION reason ALREADY_RUNNING.
+        checkpointed first; for a daemon-held source, its head commit). The new task has the source's
+        placement unless `placement` says otherwise.
+        Errors: INVALID_ARGUMENT (unknown placement), NOT_FOUND, FAILED_PRECONDITION reason
+        ALREADY_RUNNING.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -271,6 +307,14 @@ class TaskForkService:
     Every RPC needs an API key, else UNAUTHENTICATED. A task or checkpoint of another owner is
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
+
+    A task's worktree is held by the service or by a daemon (`Task.placement`, see WorktreePlacement).
+    On a daemon-held task that is not running, RewindTask, ResumeTaskFromCheckpoint, ForkTask and
+    ContinueTask work on the service's records and object store: they move `Task.head_commit_sha`
+    (or set the new task's), and the next daemon that claims the task materializes that commit. Calls
+    that need the live worktree of a daemon-held task answer FAILED_PRECONDITION reason
+    WORKTREE_ON_DAEMON. A call that finds a commit its records name missing from the object store
+    answers FAILED_PRECONDITION reason OBJECTS_MISSING (metadata `commit_sha`).
 
     Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
     characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason

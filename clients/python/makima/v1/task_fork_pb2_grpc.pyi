@@ -34,6 +34,14 @@ class TaskForkServiceStub:
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
 
+    A task's worktree is held by the service or by a daemon (`Task.placement`, see WorktreePlacement).
+    On a daemon-held task that is not running, RewindTask, ResumeTaskFromCheckpoint, ForkTask and
+    ContinueTask work on the service's records and object store: they move `Task.head_commit_sha`
+    (or set the new task's), and the next daemon that claims the task materializes that commit. Calls
+    that need the live worktree of a daemon-held task answer FAILED_PRECONDITION reason
+    WORKTREE_ON_DAEMON. A call that finds a commit its records name missing from the object store
+    answers FAILED_PRECONDITION reason OBJECTS_MISSING (metadata `commit_sha`).
+
     Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
     characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
     DATABASE_UNAVAILABLE means the database cannot serve now: retry later.
@@ -49,26 +57,36 @@ class TaskForkServiceStub:
     CreateTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.CreateTaskRequest, _task_fork_pb2.CreateTaskResponse]
     """Creates a task (pending), with a worktree when asked, and records TASK_CREATED. A worktree
     starts with a checkpoint of its initial state (message "initial state"), the point that forks
-    and rewinds to "before any work" use.
-    Errors: INVALID_ARGUMENT (empty name, bad ids, worktree repository outside the workspace root),
-    NOT_FOUND (contract or parent task).
+    and rewinds to "before any work" use; for a daemon-held worktree it is a commit the service
+    makes in its object store, and the task's head.
+    Errors: INVALID_ARGUMENT (empty name, bad ids, unknown placement, worktree repository outside the
+    workspace root), NOT_FOUND (contract or parent task).
     """
     GetTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.GetTaskRequest, _task_fork_pb2.GetTaskResponse]
     """Returns one task.
     Errors: INVALID_ARGUMENT (task_id not a UUID), NOT_FOUND.
     """
     CreateCheckpoint: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.CreateCheckpointRequest, _task_fork_pb2.CreateCheckpointResponse]
-    """Commits the task's whole worktree on its branch and snapshots its conversation.
-    Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+    """Commits the task's whole worktree on its branch and snapshots its conversation. The commit's
+    objects go into the service's object store before the checkpoint is recorded.
+    Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE, WORKTREE_ON_DAEMON (a daemon-held
+    worktree is checkpointed by its daemon, with DaemonService.PushCheckpoint) or
+    WORKTREE_NOT_STORABLE (the worktree holds a path the object store refuses, e.g. one that some
+    file system reads as `.git`; metadata `path`).
     """
     CompareCheckpoints: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.CompareCheckpointsRequest, _task_fork_pb2.CompareCheckpointsResponse]
     """Lists the files added, modified and deleted between two checkpoints (or a checkpoint and the
-    live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`.
-    Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+    live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`. Between two
+    checkpoints of a daemon-held task the service compares them in its object store.
+    Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE, or WORKTREE_ON_DAEMON (the live
+    worktree of a daemon-held task is not on the service).
     """
     RewindTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.RewindTaskRequest, _task_fork_pb2.RewindTaskResponse]
     """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-    conversation snapshot make the rewind undoable.
+    conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
+    records: the safety checkpoint is the task's existing checkpoint of its head (the code before
+    the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
+    (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
     Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
     NO_WORKTREE).
     """
@@ -77,22 +95,32 @@ class TaskForkServiceStub:
     Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NOT_RESUMABLE).
     """
     ResumeTaskFromCheckpoint: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.ResumeTaskFromCheckpointRequest, _task_fork_pb2.ResumeTaskFromCheckpointResponse]
-    """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending.
+    """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending. On a
+    daemon-held task the code is rewound on the records as RewindTask does: the next daemon that
+    claims the task starts from `rewind_checkpoint`.
     Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE).
     """
     CreateBranch: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.CreateBranchRequest, _task_fork_pb2.CreateBranchResponse]
     """Creates a git branch at a checkpoint's commit in the task's repository.
     Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
-    250 bytes), NOT_FOUND, ALREADY_EXISTS.
+    250 bytes), NOT_FOUND, ALREADY_EXISTS, UNIMPLEMENTED reason WORKTREE_ON_DAEMON (the task's
+    repository is on its daemon: the service keeps no branches of daemon-held tasks yet).
     """
     ForkTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.ForkTaskRequest, _task_fork_pb2.ForkTaskResponse]
     """Creates a new task from a point of another task's history (a checkpoint or a message index):
-    new worktree at the source commit on a new branch, conversation up to the fork point.
-    Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch), NOT_FOUND.
+    new worktree at the source commit on a new branch, conversation up to the fork point. The new
+    worktree has the source's placement unless `placement` says otherwise: a daemon-held one starts
+    at the source commit (head_commit_sha), sharing the owner's objects; a service-held one is
+    checked out from the object store when the source is daemon-held.
+    Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch, unknown
+    placement), NOT_FOUND.
     """
     ContinueTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.ContinueTaskRequest, _task_fork_pb2.ContinueTaskResponse]
     """Creates a new task that inherits a previous task's latest state (its worktree as it is now,
-    checkpointed first). Errors: NOT_FOUND, FAILED_PRECONDITION reason ALREADY_RUNNING.
+    checkpointed first; for a daemon-held source, its head commit). The new task has the source's
+    placement unless `placement` says otherwise.
+    Errors: INVALID_ARGUMENT (unknown placement), NOT_FOUND, FAILED_PRECONDITION reason
+    ALREADY_RUNNING.
     """
 
 @_typing.type_check_only
@@ -103,6 +131,14 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     Every RPC needs an API key, else UNAUTHENTICATED. A task or checkpoint of another owner is
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
+
+    A task's worktree is held by the service or by a daemon (`Task.placement`, see WorktreePlacement).
+    On a daemon-held task that is not running, RewindTask, ResumeTaskFromCheckpoint, ForkTask and
+    ContinueTask work on the service's records and object store: they move `Task.head_commit_sha`
+    (or set the new task's), and the next daemon that claims the task materializes that commit. Calls
+    that need the live worktree of a daemon-held task answer FAILED_PRECONDITION reason
+    WORKTREE_ON_DAEMON. A call that finds a commit its records name missing from the object store
+    answers FAILED_PRECONDITION reason OBJECTS_MISSING (metadata `commit_sha`).
 
     Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
     characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
@@ -116,26 +152,36 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     CreateTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.CreateTaskRequest, _task_fork_pb2.CreateTaskResponse]  # type: ignore[assignment]
     """Creates a task (pending), with a worktree when asked, and records TASK_CREATED. A worktree
     starts with a checkpoint of its initial state (message "initial state"), the point that forks
-    and rewinds to "before any work" use.
-    Errors: INVALID_ARGUMENT (empty name, bad ids, worktree repository outside the workspace root),
-    NOT_FOUND (contract or parent task).
+    and rewinds to "before any work" use; for a daemon-held worktree it is a commit the service
+    makes in its object store, and the task's head.
+    Errors: INVALID_ARGUMENT (empty name, bad ids, unknown placement, worktree repository outside the
+    workspace root), NOT_FOUND (contract or parent task).
     """
     GetTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.GetTaskRequest, _task_fork_pb2.GetTaskResponse]  # type: ignore[assignment]
     """Returns one task.
     Errors: INVALID_ARGUMENT (task_id not a UUID), NOT_FOUND.
     """
     CreateCheckpoint: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.CreateCheckpointRequest, _task_fork_pb2.CreateCheckpointResponse]  # type: ignore[assignment]
-    """Commits the task's whole worktree on its branch and snapshots its conversation.
-    Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+    """Commits the task's whole worktree on its branch and snapshots its conversation. The commit's
+    objects go into the service's object store before the checkpoint is recorded.
+    Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE, WORKTREE_ON_DAEMON (a daemon-held
+    worktree is checkpointed by its daemon, with DaemonService.PushCheckpoint) or
+    WORKTREE_NOT_STORABLE (the worktree holds a path the object store refuses, e.g. one that some
+    file system reads as `.git`; metadata `path`).
     """
     CompareCheckpoints: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.CompareCheckpointsRequest, _task_fork_pb2.CompareCheckpointsResponse]  # type: ignore[assignment]
     """Lists the files added, modified and deleted between two checkpoints (or a checkpoint and the
-    live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`.
-    Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+    live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`. Between two
+    checkpoints of a daemon-held task the service compares them in its object store.
+    Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE, or WORKTREE_ON_DAEMON (the live
+    worktree of a daemon-held task is not on the service).
     """
     RewindTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.RewindTaskRequest, _task_fork_pb2.RewindTaskResponse]  # type: ignore[assignment]
     """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-    conversation snapshot make the rewind undoable.
+    conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
+    records: the safety checkpoint is the task's existing checkpoint of its head (the code before
+    the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
+    (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
     Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
     NO_WORKTREE).
     """
@@ -144,22 +190,32 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NOT_RESUMABLE).
     """
     ResumeTaskFromCheckpoint: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.ResumeTaskFromCheckpointRequest, _task_fork_pb2.ResumeTaskFromCheckpointResponse]  # type: ignore[assignment]
-    """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending.
+    """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending. On a
+    daemon-held task the code is rewound on the records as RewindTask does: the next daemon that
+    claims the task starts from `rewind_checkpoint`.
     Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE).
     """
     CreateBranch: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.CreateBranchRequest, _task_fork_pb2.CreateBranchResponse]  # type: ignore[assignment]
     """Creates a git branch at a checkpoint's commit in the task's repository.
     Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
-    250 bytes), NOT_FOUND, ALREADY_EXISTS.
+    250 bytes), NOT_FOUND, ALREADY_EXISTS, UNIMPLEMENTED reason WORKTREE_ON_DAEMON (the task's
+    repository is on its daemon: the service keeps no branches of daemon-held tasks yet).
     """
     ForkTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.ForkTaskRequest, _task_fork_pb2.ForkTaskResponse]  # type: ignore[assignment]
     """Creates a new task from a point of another task's history (a checkpoint or a message index):
-    new worktree at the source commit on a new branch, conversation up to the fork point.
-    Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch), NOT_FOUND.
+    new worktree at the source commit on a new branch, conversation up to the fork point. The new
+    worktree has the source's placement unless `placement` says otherwise: a daemon-held one starts
+    at the source commit (head_commit_sha), sharing the owner's objects; a service-held one is
+    checked out from the object store when the source is daemon-held.
+    Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch, unknown
+    placement), NOT_FOUND.
     """
     ContinueTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.ContinueTaskRequest, _task_fork_pb2.ContinueTaskResponse]  # type: ignore[assignment]
     """Creates a new task that inherits a previous task's latest state (its worktree as it is now,
-    checkpointed first). Errors: NOT_FOUND, FAILED_PRECONDITION reason ALREADY_RUNNING.
+    checkpointed first; for a daemon-held source, its head commit). The new task has the source's
+    placement unless `placement` says otherwise.
+    Errors: INVALID_ARGUMENT (unknown placement), NOT_FOUND, FAILED_PRECONDITION reason
+    ALREADY_RUNNING.
     """
 
 class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -169,6 +225,14 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
     Every RPC needs an API key, else UNAUTHENTICATED. A task or checkpoint of another owner is
     NOT_FOUND. Operations that change a task's state are refused with FAILED_PRECONDITION reason
     ALREADY_RUNNING while a daemon runs the task.
+
+    A task's worktree is held by the service or by a daemon (`Task.placement`, see WorktreePlacement).
+    On a daemon-held task that is not running, RewindTask, ResumeTaskFromCheckpoint, ForkTask and
+    ContinueTask work on the service's records and object store: they move `Task.head_commit_sha`
+    (or set the new task's), and the next daemon that claims the task materializes that commit. Calls
+    that need the live worktree of a daemon-held task answer FAILED_PRECONDITION reason
+    WORKTREE_ON_DAEMON. A call that finds a commit its records name missing from the object store
+    answers FAILED_PRECONDITION reason OBJECTS_MISSING (metadata `commit_sha`).
 
     Every request is checked before it runs against the limits of makima/v1/limits.proto (sizes, NUL
     characters, time ranges, finite numbers): INVALID_ARGUMENT naming the field. UNAVAILABLE reason
@@ -186,9 +250,10 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_fork_pb2.CreateTaskResponse, _abc.Awaitable[_task_fork_pb2.CreateTaskResponse]]:
         """Creates a task (pending), with a worktree when asked, and records TASK_CREATED. A worktree
         starts with a checkpoint of its initial state (message "initial state"), the point that forks
-        and rewinds to "before any work" use.
-        Errors: INVALID_ARGUMENT (empty name, bad ids, worktree repository outside the workspace root),
-        NOT_FOUND (contract or parent task).
+        and rewinds to "before any work" use; for a daemon-held worktree it is a commit the service
+        makes in its object store, and the task's head.
+        Errors: INVALID_ARGUMENT (empty name, bad ids, unknown placement, worktree repository outside the
+        workspace root), NOT_FOUND (contract or parent task).
         """
 
     @_abc_1.abstractmethod
@@ -207,8 +272,12 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_fork_pb2.CreateCheckpointRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.CreateCheckpointResponse, _abc.Awaitable[_task_fork_pb2.CreateCheckpointResponse]]:
-        """Commits the task's whole worktree on its branch and snapshots its conversation.
-        Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+        """Commits the task's whole worktree on its branch and snapshots its conversation. The commit's
+        objects go into the service's object store before the checkpoint is recorded.
+        Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE, WORKTREE_ON_DAEMON (a daemon-held
+        worktree is checkpointed by its daemon, with DaemonService.PushCheckpoint) or
+        WORKTREE_NOT_STORABLE (the worktree holds a path the object store refuses, e.g. one that some
+        file system reads as `.git`; metadata `path`).
         """
 
     @_abc_1.abstractmethod
@@ -218,8 +287,10 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.CompareCheckpointsResponse, _abc.Awaitable[_task_fork_pb2.CompareCheckpointsResponse]]:
         """Lists the files added, modified and deleted between two checkpoints (or a checkpoint and the
-        live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`.
-        Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE.
+        live worktree); a file name that is not UTF-8 comes exactly in `path_bytes`. Between two
+        checkpoints of a daemon-held task the service compares them in its object store.
+        Errors: NOT_FOUND, FAILED_PRECONDITION reason NO_WORKTREE, or WORKTREE_ON_DAEMON (the live
+        worktree of a daemon-held task is not on the service).
         """
 
     @_abc_1.abstractmethod
@@ -229,7 +300,10 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.RewindTaskResponse, _abc.Awaitable[_task_fork_pb2.RewindTaskResponse]]:
         """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-        conversation snapshot make the rewind undoable.
+        conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
+        records: the safety checkpoint is the task's existing checkpoint of its head (the code before
+        the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
+        (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
         Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
         NO_WORKTREE).
         """
@@ -250,7 +324,9 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_fork_pb2.ResumeTaskFromCheckpointRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.ResumeTaskFromCheckpointResponse, _abc.Awaitable[_task_fork_pb2.ResumeTaskFromCheckpointResponse]]:
-        """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending.
+        """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending. On a
+        daemon-held task the code is rewound on the records as RewindTask does: the next daemon that
+        claims the task starts from `rewind_checkpoint`.
         Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE).
         """
 
@@ -262,7 +338,8 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_fork_pb2.CreateBranchResponse, _abc.Awaitable[_task_fork_pb2.CreateBranchResponse]]:
         """Creates a git branch at a checkpoint's commit in the task's repository.
         Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
-        250 bytes), NOT_FOUND, ALREADY_EXISTS.
+        250 bytes), NOT_FOUND, ALREADY_EXISTS, UNIMPLEMENTED reason WORKTREE_ON_DAEMON (the task's
+        repository is on its daemon: the service keeps no branches of daemon-held tasks yet).
         """
 
     @_abc_1.abstractmethod
@@ -272,8 +349,12 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.ForkTaskResponse, _abc.Awaitable[_task_fork_pb2.ForkTaskResponse]]:
         """Creates a new task from a point of another task's history (a checkpoint or a message index):
-        new worktree at the source commit on a new branch, conversation up to the fork point.
-        Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch), NOT_FOUND.
+        new worktree at the source commit on a new branch, conversation up to the fork point. The new
+        worktree has the source's placement unless `placement` says otherwise: a daemon-held one starts
+        at the source commit (head_commit_sha), sharing the owner's objects; a service-held one is
+        checked out from the object store when the source is daemon-held.
+        Errors: INVALID_ARGUMENT (no point, index out of range, branch_name as in CreateBranch, unknown
+        placement), NOT_FOUND.
         """
 
     @_abc_1.abstractmethod
@@ -283,7 +364,10 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.ContinueTaskResponse, _abc.Awaitable[_task_fork_pb2.ContinueTaskResponse]]:
         """Creates a new task that inherits a previous task's latest state (its worktree as it is now,
-        checkpointed first). Errors: NOT_FOUND, FAILED_PRECONDITION reason ALREADY_RUNNING.
+        checkpointed first; for a daemon-held source, its head commit). The new task has the source's
+        placement unless `placement` says otherwise.
+        Errors: INVALID_ARGUMENT (unknown placement), NOT_FOUND, FAILED_PRECONDITION reason
+        ALREADY_RUNNING.
         """
 
 def add_TaskForkServiceServicer_to_server(servicer: TaskForkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

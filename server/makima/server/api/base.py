@@ -28,14 +28,18 @@ class Servicer:
 
     async def mutate(self, request: Any, response_type: type[R], body: Callable[[Tx], Awaitable[R]]) -> R:
         """Run a mutating use case; with a request_id, a retry replays the first answer."""
-        request_id = optional_uuid(request.request_id, "request_id")
-        idem = None
-        if request_id is not None:
-            idem = Idempotency(
-                method=request.DESCRIPTOR.full_name,
-                request_id=request_id,
-                request_hash=fingerprint(request.SerializeToString(deterministic=True)),
-                encode=lambda response: response.SerializeToString(deterministic=True),
-                decode=response_type.FromString,
-            )
-        return await self.rt.mutate(current_principal(), body, idem)
+        return await self.rt.mutate(current_principal(), body, idempotency(request, response_type))
+
+
+def idempotency(request: Any, response_type: type[R]) -> Idempotency[R] | None:
+    """How to store and replay the answer to `request`, if it carries a request_id."""
+    request_id = optional_uuid(request.request_id, "request_id")
+    if request_id is None:
+        return None
+    return Idempotency(
+        method=request.DESCRIPTOR.full_name,
+        request_id=request_id,
+        request_hash=fingerprint(request.SerializeToString(deterministic=True)),
+        encode=lambda response: response.SerializeToString(deterministic=True),
+        decode=response_type.FromString,
+    )

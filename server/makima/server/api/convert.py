@@ -94,6 +94,8 @@ def task(t: models.Task) -> pb.Task:
         create_time=ts(t.create_time),
         update_time=ts(t.update_time),
         version=t.version,
+        placement=enum_to_pb(pb.WorktreePlacement, "WORKTREE_PLACEMENT", t.placement or ""),
+        head_commit_sha=t.head_commit_sha or "",
     )
 
 

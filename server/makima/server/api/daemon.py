@@ -1,10 +1,12 @@
-"""DaemonService: the daemon work loop (register, claim, heartbeat, report) and what daemons record."""
+"""DaemonService: the daemon work loop (register, claim, heartbeat, report), what daemons record, and
+the code of daemon-held worktrees (push a checkpoint, fetch objects)."""
 
 from __future__ import annotations
 
 import functools
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from datetime import UTC, timedelta
 from typing import Any
 
@@ -12,15 +14,16 @@ from google.protobuf import duration_pb2, json_format
 from grpc import aio
 
 from makima.server.api import convert
-from makima.server.api.base import Servicer
+from makima.server.api.base import Servicer, idempotency
 from makima.server.api.convert import enum_from_pb
 from makima.server.api.interceptor import current_principal
 from makima.server.api.paging import kinds
 from makima.server.api.validate import text_field, uuid_field
-from makima.server.domain import recording, work
+from makima.server.domain import daemon_code, recording, work
 from makima.server.domain.enums import MessageRole, TaskEventKind, TaskStatus
 from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.runtime import Runtime, Tx
+from makima.server.git.objects import is_object_id
 from makima.server.timeline.hub import TimelineHub
 from makima.v1 import daemon_pb2 as pb
 from makima.v1 import daemon_pb2_grpc, resources_pb2
@@ -103,16 +106,69 @@ def _final_status(request: pb.ReportTaskStatusRequest) -> TaskStatus:
 def _claimed(claimed: work.ClaimedTask | None) -> pb.ClaimTaskResponse:
     if claimed is None:
         return pb.ClaimTaskResponse()
+    task = claimed.task
+    worktree = None
+    if task.placement:
+        worktree = pb.ClaimedWorktree(
+            placement=convert.enum_to_pb(resources_pb2.WorktreePlacement, "WORKTREE_PLACEMENT", task.placement),
+            branch=task.branch or "",
+            start_commit_sha=task.head_commit_sha or "",
+        )
     return pb.ClaimTaskResponse(
         claimed=pb.ClaimedTask(
-            task=convert.task(claimed.task),
+            task=convert.task(task),
             phase=claimed.phase or "",
             conversation=[convert.message(row) for row in claimed.conversation],
             last_event_sequence=claimed.last_event_sequence,
             lease_token=_lease_token(claimed.lease),
+            worktree=worktree,
         ),
-        lease_expire_time=convert.ts(claimed.task.lease_expire_time),
+        lease_expire_time=convert.ts(task.lease_expire_time),
     )
+
+
+def _sha(value: str, name: str, *, required: bool = True) -> str:
+    """A commit sha field: 40 lowercase hex digits (empty when not required)."""
+    if not value and not required:
+        return ""
+    if not is_object_id(value):
+        raise InvalidArgument.of(name, f"must be a full commit sha, 40 lowercase hex digits: {value[:64]!r}")
+    return value
+
+
+def _push_input(request: pb.PushCheckpointRequest | None, max_pack_bytes: int) -> daemon_code.PushInput:
+    if request is None or request.WhichOneof("part") != "header":
+        raise InvalidArgument.of("header", "the first message of the stream must carry the header")
+    header = request.header
+    if not 0 <= header.pack_size <= max_pack_bytes:
+        error = InvalidArgument.of("header.pack_size", f"must be between 0 and {max_pack_bytes} bytes")
+        error.metadata.update(limit="max_pack_bytes", max=str(max_pack_bytes))
+        raise error
+    return daemon_code.PushInput(
+        task_id=uuid_field(header.task_id, "header.task_id"),
+        lease=_lease(header.lease_token),
+        commit_sha=_sha(header.commit_sha, "header.commit_sha"),
+        parent_commit_sha=_sha(header.parent_commit_sha, "header.parent_commit_sha", required=False),
+        message=text_field(header.message, "header.message", required=False) or "checkpoint",
+        pack_size=header.pack_size,
+    )
+
+
+async def _pack_chunks(requests: AsyncIterator[pb.PushCheckpointRequest]) -> AsyncIterator[bytes]:
+    """The pack slices of a push, after its header."""
+    async for request in requests:
+        if request.WhichOneof("part") != "pack_chunk":
+            raise InvalidArgument.of("header", "only the first message of the stream carries the header")
+        yield request.pack_chunk
+
+
+def _fetch_input(request: pb.FetchObjectsRequest) -> daemon_code.FetchInput:
+    task_id = uuid_field(request.task_id, "task_id") if request.task_id else None
+    want = _sha(request.want_commit_sha, "want_commit_sha", required=False) or None
+    if task_id is None and want is None:
+        raise InvalidArgument.of("want_commit_sha", "set want_commit_sha or task_id")
+    haves = tuple(_sha(h, f"have_commit_shas[{i}]") for i, h in enumerate(request.have_commit_shas))
+    return daemon_code.FetchInput(task_id=task_id, want_commit_sha=want, have_commit_shas=haves)
 
 
 class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
@@ -239,3 +295,45 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             )
 
         return await self.mutate(request, pb.AppendMessagesResponse, body)
+
+    async def PushCheckpoint(
+        self, request_iterator: AsyncIterator[pb.PushCheckpointRequest], context: aio.ServicerContext
+    ) -> pb.PushCheckpointResponse:
+        """Checks first, then the pack, then one transaction; a retried request_id replays the first answer."""
+        assert self.rt.objects is not None
+        principal = current_principal()
+        requests = aiter(request_iterator)
+        first = await anext(requests, None)
+        inp = _push_input(first, self.rt.objects.limits.max_pack_bytes)
+        assert first is not None
+        idem = idempotency(first.header, pb.PushCheckpointResponse)
+        if idem is not None and (answer := await self.rt.replay(principal, idem)) is not None:
+            return answer
+        await daemon_code.check_push(self.rt, principal, inp)
+        received = await daemon_code.receive_push(self.rt.objects, principal, inp, _pack_chunks(requests))
+
+        async def body(tx: Tx) -> pb.PushCheckpointResponse:
+            pushed = await daemon_code.record_push(tx, inp, received)
+            return pb.PushCheckpointResponse(
+                checkpoint=convert.checkpoint(pushed.checkpoint),
+                object_count=received.object_count,
+                received_bytes=received.received_bytes,
+                task=convert.task(pushed.task),
+            )
+
+        return await self.rt.mutate(principal, body, idem)
+
+    async def FetchObjects(
+        self, request: pb.FetchObjectsRequest, context: aio.ServicerContext
+    ) -> AsyncIterator[pb.FetchObjectsResponse]:
+        fetched = await daemon_code.fetch_objects(self.rt, current_principal(), _fetch_input(request))
+        async with aclosing(fetched.chunks) as chunks:
+            yield pb.FetchObjectsResponse(
+                header=pb.FetchObjectsHeader(
+                    commit_sha=fetched.commit.sha,
+                    tree_sha=fetched.commit.tree_sha,
+                    object_count=fetched.object_count,
+                )
+            )
+            async for chunk in chunks:
+                yield pb.FetchObjectsResponse(pack_chunk=chunk)

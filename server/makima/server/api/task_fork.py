@@ -9,6 +9,7 @@ from makima.server.api.base import Servicer
 from makima.server.api.interceptor import current_principal
 from makima.server.api.validate import optional_uuid, text_field, uuid_field
 from makima.server.domain import code, tasks
+from makima.server.domain.enums import WorktreePlacement
 from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.runtime import Runtime, Tx
 from makima.server.domain.workspace import Workspace
@@ -18,15 +19,26 @@ from makima.v1 import resources_pb2, task_fork_pb2_grpc
 from makima.v1 import task_fork_pb2 as pb
 
 
+def placement_field(value: int, name: str) -> WorktreePlacement | None:
+    """A WorktreePlacement field; None when unspecified."""
+    if value == resources_pb2.WORKTREE_PLACEMENT_UNSPECIFIED:
+        return None
+    placement = convert.enum_from_pb(resources_pb2.WorktreePlacement, "WORKTREE_PLACEMENT", value, WorktreePlacement)
+    if placement is None:
+        raise InvalidArgument.of(name, f"is not a valid placement ({value})")
+    return placement
+
+
 def worktree_request(spec: resources_pb2.WorktreeSpec) -> WorktreeRequest | None:
     if spec.source == resources_pb2.WorktreeSpec.SOURCE_UNSPECIFIED:
         return None
+    placement = placement_field(spec.placement, "worktree.placement") or WorktreePlacement.SERVICE
     if spec.source == resources_pb2.WorktreeSpec.SOURCE_EMPTY:
-        return WorktreeRequest()
+        return WorktreeRequest(placement=placement)
     if spec.source != resources_pb2.WorktreeSpec.SOURCE_REPOSITORY:
         raise InvalidArgument.of("worktree.source", f"unknown source {spec.source}")
     repository = text_field(spec.repository, "worktree.repository")
-    return WorktreeRequest(repository=repository, ref=spec.ref or None)
+    return WorktreeRequest(repository=repository, ref=spec.ref or None, placement=placement)
 
 
 def _mode(value: int) -> code.RewindMode:
@@ -118,6 +130,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
                 conversation_snapshot=convert.snapshot(done.conversation_snapshot)
                 if done.conversation_snapshot
                 else None,
+                rewind_checkpoint=convert.checkpoint(done.rewind) if done.rewind else None,
             )
 
         return await self.mutate(request, pb.RewindTaskResponse, body)
@@ -147,6 +160,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
                 conversation_snapshot=convert.snapshot(done.conversation_snapshot)
                 if done.conversation_snapshot
                 else None,
+                rewind_checkpoint=convert.checkpoint(done.rewind) if done.rewind else None,
             )
 
         return await self.mutate(request, pb.ResumeTaskFromCheckpointResponse, body)
@@ -177,6 +191,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             message_index=request.message_index if point == "message_index" else None,
             name=text_field(request.name, "name", required=False),
             branch_name=request.branch_name,
+            placement=placement_field(request.placement, "placement"),
         )
 
         async def body(tx: Tx) -> pb.ForkTaskResponse:
@@ -188,11 +203,15 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
     async def ContinueTask(
         self, request: pb.ContinueTaskRequest, context: aio.ServicerContext
     ) -> pb.ContinueTaskResponse:
-        task_id = uuid_field(request.task_id, "task_id")
-        name = text_field(request.name, "name", required=False)
+        inp = code.ContinueInput(
+            task_id=uuid_field(request.task_id, "task_id"),
+            name=text_field(request.name, "name", required=False),
+            instructions=request.instructions,
+            placement=placement_field(request.placement, "placement"),
+        )
 
         async def body(tx: Tx) -> pb.ContinueTaskResponse:
-            done = await code.continue_task(tx, self.ws, task_id, name, request.instructions)
+            done = await code.continue_task(tx, self.ws, inp)
             return pb.ContinueTaskResponse(
                 task=convert.task(done.task),
                 source_checkpoint=convert.checkpoint(done.source_checkpoint) if done.source_checkpoint else None,

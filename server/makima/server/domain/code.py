@@ -1,6 +1,6 @@
 """TaskFork use cases on code and conversation: checkpoint, compare, rewind, resume from a
 checkpoint, branch, fork and continue. Each runs in one transaction (see domain.worktrees for how
-git work is ordered around it)."""
+git work is ordered around it, for service-held and daemon-held worktrees)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,33 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from makima.server import git
-from makima.server.domain import conversation
+from makima.server.domain import commits, conversation
 from makima.server.domain.contracts import load_contract
-from makima.server.domain.enums import CheckpointKind, SnapshotReason, TaskKind, TaskStatus, TimelineKind
-from makima.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from makima.server.domain.enums import (
+    CheckpointKind,
+    SnapshotReason,
+    TaskKind,
+    TaskStatus,
+    TimelineKind,
+    WorktreePlacement,
+)
+from makima.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
 from makima.server.domain.runtime import Principal, Runtime, Tx
 from makima.server.domain.tasks import derived_name, load_task, new_task
 from makima.server.domain.workspace import Workspace
 from makima.server.domain.worktrees import (
-    WorktreeRequest,
     checkpoint_locked,
-    create_worktree,
+    daemon_held,
+    head_of,
     load_checkpoint,
-    rewind_code_locked,
+    record_checkpoint,
+    record_rewind,
+    rewind_code,
+    start_worktree_at,
+    stored_commit,
     worktree_of,
 )
+from makima.server.git.objects import OwnerObjectStore
 from makima.server.store import checkpoints
 from makima.server.store.models import ConversationSnapshot, Task, TaskCheckpoint
 
@@ -64,7 +76,10 @@ async def compare_checkpoints(
     base_id: uuid.UUID,
     target_id: uuid.UUID | None,
 ) -> Comparison:
-    """Files changed from one checkpoint to another, or to the live worktree."""
+    """Files changed from one checkpoint to another, or to the live worktree.
+
+    Between two checkpoints of a daemon-held task, the trees are compared in the object store.
+    """
     async with rt.read() as session:
         task = await load_task(session, principal.owner_id, task_id)
         found = {}
@@ -75,8 +90,16 @@ async def compare_checkpoints(
             if checkpoint is None or checkpoint.task_id != task.id:
                 raise NotFound.resource("checkpoint", checkpoint_id)
             found[checkpoint_id] = checkpoint
-    path = worktree_of(task)
     base, target = found[base_id], found.get(target_id) if target_id else None
+    if daemon_held(task) and target is not None:
+        assert rt.objects is not None
+        shas = (base.commit_sha, target.commit_sha)
+
+        def compare(store: OwnerObjectStore) -> list[git.FileChange]:
+            return commits.changes_between(store, *(commits.required_commit(store, sha) for sha in shas))
+
+        return Comparison(base=base, target=target, changes=await rt.objects.run(principal.owner_id, compare))
+    path = worktree_of(task)
     async with ws.lock(path):
         changes = await ws.run(
             git.compare, path, base_sha=base.commit_sha, target_sha=target.commit_sha if target else None
@@ -90,21 +113,27 @@ class Rewound:
     safety: TaskCheckpoint | None
     conversation_snapshot: ConversationSnapshot | None
     changed_files: int
+    # A daemon-held task's new head: the target's tree on top of the previous head.
+    rewind: TaskCheckpoint | None = None
 
 
 async def _rewind(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint, mode: RewindMode) -> Rewound:
-    safety = before = None
-    changed = 0
+    code = before = None
     if mode in (RewindMode.CODE, RewindMode.BOTH):
-        await tx.hold(ws.lock(worktree_of(task)))
-        code = await rewind_code_locked(tx, ws, task, target)
-        safety, changed = code.safety, len(code.changes)
+        code = await rewind_code(tx, ws, task, target)
     if mode in (RewindMode.CONVERSATION, RewindMode.BOTH):
         snapshot = await conversation.load_snapshot(tx, target.conversation_snapshot_id)
         before = await conversation.rewind_to(tx, task, snapshot, SnapshotReason.REWIND)
+    rewind = await record_rewind(tx, task, code)
     task.version += 1
     task.update_time = tx.now
-    return Rewound(task=task, safety=safety, conversation_snapshot=before, changed_files=changed)
+    return Rewound(
+        task=task,
+        safety=code.safety if code else None,
+        conversation_snapshot=before,
+        changed_files=len(code.changes) if code else 0,
+        rewind=rewind,
+    )
 
 
 async def rewind_task(tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID, mode: RewindMode) -> Rewound:
@@ -131,6 +160,7 @@ def _rewind_data(target: TaskCheckpoint, mode: RewindMode, done: Rewound) -> dic
         "safety_checkpoint_id": str(done.safety.id) if done.safety else None,
         "conversation_snapshot_id": str(done.conversation_snapshot.id) if done.conversation_snapshot else None,
         "files_changed": done.changed_files,
+        "head_commit_sha": done.rewind.commit_sha if done.rewind else None,
     }
 
 
@@ -148,7 +178,7 @@ async def resume_from_checkpoint(
     task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
     refuse_if_running(task)
     target = await load_checkpoint(tx, task, checkpoint_id)
-    mode = RewindMode.BOTH if task.worktree_path else RewindMode.CONVERSATION
+    mode = RewindMode.BOTH if task.placement else RewindMode.CONVERSATION
     done = await _rewind(tx, ws, task, target, mode)
     previous = task.status
     task.status = TaskStatus.PENDING.value
@@ -201,9 +231,20 @@ class Branch:
 
 
 async def create_branch(tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID, name: str) -> Branch:
-    """A git branch at a checkpoint's commit, in the task's repository."""
+    """A git branch at a checkpoint's commit, in the task's repository.
+
+    The repository of a daemon-held task is on its daemon: UNIMPLEMENTED, since the service keeps no
+    branch records of its own and no daemon would carry one out.
+    """
     task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
     target = await load_checkpoint(tx, task, checkpoint_id)
+    if daemon_held(task):
+        raise Unimplemented(
+            f"task {task.id} is daemon-held: its repository is on its daemon, and the service keeps no branches "
+            "of daemon-held tasks yet; fork the task at the checkpoint instead",
+            reason="WORKTREE_ON_DAEMON",
+            metadata={"task": str(task.id)},
+        )
     path = worktree_of(task)
     await tx.hold(ws.lock(path))
     ref = await ws.run(git.create_branch, path, name=name, commit_sha=target.commit_sha)
@@ -225,6 +266,8 @@ class ForkInput:
     message_index: int | None = None
     name: str = ""
     branch_name: str = ""
+    # None: where the source's worktree lives.
+    placement: WorktreePlacement | None = None
 
 
 @dataclass(frozen=True)
@@ -233,13 +276,21 @@ class Forked:
     commit_sha: str
 
 
-async def _new_worktree_at(tx: Tx, ws: Workspace, task: Task, source: Task, commit_sha: str, branch_name: str) -> None:
-    """A worktree for `task` checked out at `commit_sha` of `source`'s repository, objects shared."""
+def _placement(source: Task, asked: WorktreePlacement | None) -> WorktreePlacement:
+    """Where a fork's or a continuation's worktree lives: where asked, else where the source's does."""
+    assert source.placement is not None
+    return asked or WorktreePlacement(source.placement)
+
+
+async def _new_worktree_at(
+    tx: Tx, ws: Workspace, task: Task, source: Task, commit_sha: str, *, branch_name: str, placement: WorktreePlacement
+) -> None:
+    """A worktree for `task` at `commit_sha` of `source` on a new branch, objects shared."""
     task.branch = branch_name or f"makima/{task.id}"
     git_name_ok(task.branch)
-    source_path = worktree_of(source)
-    await tx.hold(ws.lock(source_path))
-    await create_worktree(tx, ws, task, WorktreeRequest(repository=str(source_path)), commit_sha=commit_sha)
+    if not daemon_held(source):
+        await tx.hold(ws.lock(worktree_of(source)))
+    await start_worktree_at(tx, ws, task, source, commit_sha, placement)
 
 
 def git_name_ok(name: str) -> None:
@@ -280,9 +331,10 @@ async def fork_task(tx: Tx, ws: Workspace, inp: ForkInput) -> Forked:
         forked_at_message_index=count,
     )
     commit_sha = ""
-    if source.worktree_path and point is not None:
+    if source.placement and point is not None:
         commit_sha = point.commit_sha
-        await _new_worktree_at(tx, ws, task, source, commit_sha, inp.branch_name)
+        placement = _placement(source, inp.placement)
+        await _new_worktree_at(tx, ws, task, source, commit_sha, branch_name=inp.branch_name, placement=placement)
     tx.record(
         TimelineKind.TASK_FORKED,
         f"task {task.name!r} forked from {source.name!r} at message {count}",
@@ -304,29 +356,39 @@ class Continued:
     source_checkpoint: TaskCheckpoint | None
 
 
-async def continue_task(tx: Tx, ws: Workspace, task_id: uuid.UUID, name: str, instructions: str) -> Continued:
-    """A new task starting from the previous task's latest state (its worktree, checkpointed first)."""
-    source = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+@dataclass(frozen=True)
+class ContinueInput:
+    task_id: uuid.UUID
+    name: str = ""
+    instructions: str = ""
+    # None: where the source's worktree lives.
+    placement: WorktreePlacement | None = None
+
+
+async def continue_task(tx: Tx, ws: Workspace, inp: ContinueInput) -> Continued:
+    """A new task starting from the previous task's latest state: its worktree, checkpointed first; for a
+    daemon-held source, its head on the records (recorded as the continuation checkpoint)."""
+    source = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
     refuse_if_running(source)
     checkpoint = None
-    if source.worktree_path:
+    message = "state handed to a continuation"
+    if daemon_held(source):
+        head = await stored_commit(tx, head_of(source))
+        checkpoint = await record_checkpoint(tx, source, head, message=message, kind=CheckpointKind.CONTINUATION)
+    elif source.placement:
         await tx.hold(ws.lock(worktree_of(source)))
-        checkpoint = await checkpoint_locked(
-            tx, ws, source, message="state handed to a continuation", kind=CheckpointKind.CONTINUATION
-        )
+        checkpoint = await checkpoint_locked(tx, ws, source, message=message, kind=CheckpointKind.CONTINUATION)
     task = await new_task(
         tx,
-        name=name or derived_name(source.name, suffix=" (continued)"),
-        instructions=instructions or source.instructions,
+        name=inp.name or derived_name(source.name, suffix=" (continued)"),
+        instructions=inp.instructions or source.instructions,
         kind=TaskKind.WORKER,
         contract_id=source.contract_id,
         continued_from_task_id=source.id,
     )
     if checkpoint is not None:
         task.branch = f"makima/{task.id}"
-        await create_worktree(
-            tx, ws, task, WorktreeRequest(repository=str(worktree_of(source))), commit_sha=checkpoint.commit_sha
-        )
+        await start_worktree_at(tx, ws, task, source, checkpoint.commit_sha, _placement(source, inp.placement))
     tx.record(
         TimelineKind.TASK_CONTINUED,
         f"task {task.name!r} continues {source.name!r}",

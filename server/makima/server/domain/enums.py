@@ -44,6 +44,13 @@ class CheckpointKind(StrEnum):
     MANUAL = "manual"
     SAFETY = "safety"
     CONTINUATION = "continuation"
+    REWIND = "rewind"
+    DAEMON = "daemon"
+
+
+class WorktreePlacement(StrEnum):
+    SERVICE = "service"
+    DAEMON = "daemon"
 
 
 class SnapshotReason(StrEnum):

@@ -7,9 +7,15 @@ in a local cache, `<cache dir>/<owner>/` (by default under the workspace root).
 
 Store work is synchronous and runs in worker threads (`ObjectStores.run`). The PostgreSQL bucket
 hands each of its calls to the event loop as one short transaction and waits for the answer, so
-store work must never run on the event loop thread, and should not run while its caller holds a
-transaction: a thread waiting for a pooled connection that its own caller keeps busy can drain the
-pool. Store the objects first, then record what refers to them in the use case's transaction.
+store work must never run on the event loop thread.
+
+Use cases store objects while they hold their own transaction (objects first, then the rows that
+name them, committed together; a failed transaction leaves only unreferenced objects, which garbage
+collection removes). On the main pool that could deadlock: every pooled connection held by a use
+case whose store work waits for another pooled connection. So the PostgreSQL buckets run on an engine
+of their own (`BUCKET_POOL_SIZE` connections, `ObjectStores.close` disposes of it): a bucket call holds
+one of those connections for one short transaction and waits for nothing else, so it always
+finishes, whatever the use cases hold on the main pool.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ T = TypeVar("T")
 
 # Seconds one bucket call may take, transfer of a large pack included.
 BUCKET_CALL_TIMEOUT = 300.0
+# Connections of the PostgreSQL buckets' own engine, shared by every owner's store of the process.
+BUCKET_POOL_SIZE = 4
 
 
 class PostgresBucket:
@@ -122,22 +130,34 @@ class ObjectStores:
     """Opens the object store of any owner; one per server process."""
 
     def __init__(
-        self, bucket_for: Callable[[uuid.UUID], PackBucket], *, cache_root: Path | None, limits: PackLimits
+        self,
+        bucket_for: Callable[[uuid.UUID], PackBucket],
+        *,
+        cache_root: Path | None,
+        limits: PackLimits,
+        bucket_db: Database | None = None,
     ) -> None:
         self._bucket_for = bucket_for
         self._cache_root = cache_root
         self.limits = limits
+        self._bucket_db = bucket_db
 
     @classmethod
     def for_database(
         cls, db: Database, *, workspace_root: Path, cache_dir: Path | None = None, limits: PackLimits | None = None
     ) -> ObjectStores:
-        """The stores that go with `db`; call it on the event loop that runs `db` (PostgreSQL)."""
+        """The stores that go with `db`; call it on the event loop that runs `db` (PostgreSQL).
+
+        On PostgreSQL the buckets get an engine of their own on the same database (see the module).
+        """
         limits = limits or PackLimits()
         if db.dialect == "postgresql":
             loop = asyncio.get_running_loop()
             root = (cache_dir or workspace_root / ".object-cache").resolve()
-            return cls(lambda owner_id: PostgresBucket(db, owner_id, loop=loop), cache_root=root, limits=limits)
+            own = Database(db.url.render_as_string(hide_password=False), pool_size=BUCKET_POOL_SIZE)
+            return cls(
+                lambda owner_id: PostgresBucket(own, owner_id, loop=loop), cache_root=root, limits=limits, bucket_db=own
+            )
         database = db.url.database
         if database and database != ":memory:":
             beside = Path(database).resolve()
@@ -159,3 +179,8 @@ class ObjectStores:
                 return work(store)
 
         return await asyncio.to_thread(in_thread)
+
+    async def close(self) -> None:
+        """Release the buckets' own connections (PostgreSQL)."""
+        if self._bucket_db is not None:
+            await self._bucket_db.dispose()

@@ -24,8 +24,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.domain.enums import TimelineKind
 from makima.server.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
+from makima.server.domain.objects import ObjectStores
+from makima.server.git.objects import OwnerObjectStore
 from makima.server.store import idempotency, timeline
 from makima.server.store.engine import Database
+from makima.server.store.models import IdempotencyKey
 from makima.server.store.types import utcnow
 
 log = logging.getLogger(__name__)
@@ -65,12 +68,15 @@ class Tx:
 
     Work outside the database (git) registers how to undo it if the transaction fails, and what to
     finish once it has committed; `hold` keeps a lock (e.g. a worktree's) until all of that is done.
+    Objects put in the owner's object store (`in_store`) need no undo: until a row names them they
+    are unreferenced, and garbage collection removes them.
     """
 
     session: AsyncSession
     owner_id: uuid.UUID
     now: datetime
     stack: AsyncExitStack
+    objects: ObjectStores | None = None
     events: list[timeline.NewHistoryEvent] = field(default_factory=list)
     undo: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     after_commit: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
@@ -78,6 +84,12 @@ class Tx:
     async def hold(self, lock: asyncio.Lock) -> None:
         """Acquire `lock` until the transaction and its after-commit work are over."""
         await self.stack.enter_async_context(lock)
+
+    async def in_store(self, work: Callable[[OwnerObjectStore], R]) -> R:
+        """Run `work` on the owner's object store, in a worker thread (see domain.objects)."""
+        if self.objects is None:
+            raise RuntimeError("this runtime has no object store")
+        return await self.objects.run(self.owner_id, work)
 
     def record(
         self,
@@ -189,10 +201,20 @@ def _raised_by_driver(exc: BaseException) -> bool:
 
 
 class Runtime:
-    """Shared state of the use cases: the database and the timeline publisher."""
+    """Shared state of the use cases: the database, the object stores and the timeline publisher.
 
-    def __init__(self, db: Database, *, on_commit: Callable[[uuid.UUID, int], None] | None = None) -> None:
+    A runtime without object stores (a command-line tool's) serves every use case but those on code.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        objects: ObjectStores | None = None,
+        on_commit: Callable[[uuid.UUID, int], None] | None = None,
+    ) -> None:
         self.db = db
+        self.objects = objects
         self._on_commit = on_commit
 
     @asynccontextmanager
@@ -219,6 +241,20 @@ class Runtime:
             self._on_commit(principal.owner_id, last_cursor)
         return result
 
+    async def replay(self, principal: Principal, idem: Idempotency[R]) -> R | None:
+        """The stored answer of an earlier call with `idem`'s request_id, or None if there was none.
+
+        For a call that must not start its work again when it is a retry (a checkpoint push reads its
+        pack only if it is not); `mutate` makes the same check again in its own transaction.
+        """
+        async with self.read() as session:
+            return _stored_answer(
+                await idempotency.find(
+                    session, owner_id=principal.owner_id, method=idem.method, request_id=idem.request_id
+                ),
+                idem,
+            )
+
     async def mutate_for_owner(self, owner_id: uuid.UUID, body: Callable[[Tx], Awaitable[R]]) -> R:
         """Run `body` like `mutate` for an owner with no caller: server background work (the lease sweeper)."""
         return await self.mutate(Principal(owner_id=owner_id, api_key_id=SERVER_KEY_ID), body)
@@ -230,7 +266,9 @@ class Runtime:
             tx: Tx | None = None
             try:
                 async with _database_errors(), self.db.write() as session:
-                    tx = Tx(session=session, owner_id=principal.owner_id, now=utcnow(), stack=stack)
+                    tx = Tx(
+                        session=session, owner_id=principal.owner_id, now=utcnow(), stack=stack, objects=self.objects
+                    )
                     outcome = await self._run(tx, body, idem)
             except BaseException:
                 for undo in reversed(tx.undo if tx is not None else []):
@@ -252,14 +290,9 @@ class Runtime:
             stored = await idempotency.find(
                 session, owner_id=tx.owner_id, method=idem.method, request_id=idem.request_id
             )
-            if stored is not None:
-                if stored.request_hash != idem.request_hash:
-                    raise InvalidArgument.of(
-                        "request_id",
-                        "already used for a different request",
-                        reason="REQUEST_ID_REUSED",
-                    )
-                return idem.decode(stored.response), None
+            answer = _stored_answer(stored, idem)
+            if answer is not None:
+                return answer, None
         result = await body(tx)
         if idem is not None:
             idempotency.add(
@@ -276,3 +309,12 @@ class Runtime:
         if tx.events:
             last_cursor = await timeline.append(session, owner_id=tx.owner_id, events=tx.events, now=tx.now)
         return result, last_cursor
+
+
+def _stored_answer(stored: IdempotencyKey | None, idem: Idempotency[R]) -> R | None:
+    """The answer stored for a request_id, or None; REQUEST_ID_REUSED if it was used for another request."""
+    if stored is None:
+        return None
+    if stored.request_hash != idem.request_hash:
+        raise InvalidArgument.of("request_id", "already used for a different request", reason="REQUEST_ID_REUSED")
+    return idem.decode(stored.response)

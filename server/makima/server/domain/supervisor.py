@@ -22,8 +22,8 @@ from makima.server.domain.worktrees import (
     create_worktree,
     default_branch,
     load_checkpoint,
-    rewind_code_locked,
-    worktree_of,
+    record_rewind,
+    rewind_code,
 )
 from makima.server.store import checkpoints
 from makima.server.store import contracts as contract_store
@@ -121,11 +121,11 @@ async def resume_supervisor(tx: Tx, ws: Workspace, inp: ResumeSupervisorInput) -
     elif inp.mode == ResumeMode.FROM_CHECKPOINT:
         assert inp.checkpoint_id is not None
         target = await load_checkpoint(tx, task, inp.checkpoint_id)
-        if inp.rewind_code:
-            await tx.hold(ws.lock(worktree_of(task)))
-            safety = (await rewind_code_locked(tx, ws, task, target)).safety
+        code = await rewind_code(tx, ws, task, target) if inp.rewind_code else None
         saved = await conversation.load_snapshot(tx, target.conversation_snapshot_id)
         snapshot = await conversation.rewind_to(tx, task, saved, SnapshotReason.REWIND)
+        await record_rewind(tx, task, code)
+        safety = code.safety if code else None
     task.status = TaskStatus.PENDING.value
     task.lease_expire_time = None
     task.status_message = ""
@@ -206,8 +206,9 @@ async def rewind_conversation(tx: Tx, ws: Workspace, inp: RewindConversationInpu
     keep = _kept(task.message_count, inp)
     code_checkpoint = safety = None
     reason = ""
+    code = None
     if inp.rewind_code:
-        if not task.worktree_path:
+        if not task.placement:
             reason = "the task has no worktree"
         else:
             code_checkpoint = await checkpoints.newest_at_or_before(
@@ -216,12 +217,13 @@ async def rewind_conversation(tx: Tx, ws: Workspace, inp: RewindConversationInpu
             if code_checkpoint is None:
                 reason = f"no checkpoint was taken at or before message {keep}"
             else:
-                await tx.hold(ws.lock(worktree_of(task)))
-                safety = (await rewind_code_locked(tx, ws, task, code_checkpoint)).safety
+                code = await rewind_code(tx, ws, task, code_checkpoint)
+                safety = code.safety
     removed = task.message_count - keep
     snapshot = await conversation.take_snapshot(tx, task, SnapshotReason.REWIND)
     assert task.conversation_id is not None
     await conversation.point_conversation(tx, task, version_id=task.conversation_id, count=keep)
+    await record_rewind(tx, task, code)
     tx.record(
         TimelineKind.CONVERSATION_REWOUND,
         f"conversation of task {task.name!r} rewound by {removed} message(s)",

@@ -1,9 +1,22 @@
-"""Git work inside a use case's transaction: worktree creation, checkpoints and code rewinds.
+"""Git work inside a use case's transaction: worktrees, checkpoints and code rewinds, wherever the
+worktree lives (`Task.placement`, DESIGN.md section 5).
 
-Order of operations keeps git and the database consistent: commits are written as unreferenced
-objects first, the rows that name them are written in the transaction, and the branch moves only
-after the commit (`Tx.after_commit`). Work that changes files registers its undo (`Tx.undo`) before
-it starts, so a failed transaction leaves the worktree as it was. The caller holds the worktree lock.
+A service-held worktree is a repository under the workspace root. Order of operations keeps git and
+the database consistent: commits are written as unreferenced objects first (in the worktree, then in
+the owner's object store), the rows that name them are written in the transaction, and the branch
+moves only after the commit (`Tx.after_commit`). Work that changes files registers its undo
+(`Tx.undo`) before it starts, so a failed transaction leaves the worktree as it was. The caller holds
+the worktree lock.
+
+A daemon-held worktree is on its daemon's machine; the service knows it by the task's
+`head_commit_sha`, a commit of the object store. While the task is not running, the service changes
+its code on the records: a new commit in the store (e.g. the target's tree on top of the head for a
+rewind) that becomes the head, which the next daemon to claim the task materializes. Objects stored
+by a transaction that then fails are unreferenced, and garbage collection removes them.
+
+Either way every checkpoint's commit is in the object store before its row commits, so any server
+process serves any checkpoint, and a task can move from one placement to the other by a fork or a
+continuation.
 """
 
 from __future__ import annotations
@@ -15,29 +28,48 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from makima.server import git
+from makima.server.domain import commits
+from makima.server.domain.commits import CommitInfo
 from makima.server.domain.conversation import take_snapshot
-from makima.server.domain.enums import CheckpointKind, SnapshotReason, TimelineKind
+from makima.server.domain.enums import CheckpointKind, SnapshotReason, TimelineKind, WorktreePlacement
 from makima.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from makima.server.domain.runtime import Tx
 from makima.server.domain.workspace import MAX_FILE_NAME_BYTES, MAX_PATH_BYTES, Workspace
+from makima.server.git.errors import InvalidPackError
+from makima.server.git.objects import OwnerObjectStore
 from makima.server.store import checkpoints, events
+from makima.server.store import commits as commit_records
 from makima.server.store.models import Task, TaskCheckpoint
+
+INITIAL_STATE = "initial state"
 
 
 @dataclass(frozen=True)
 class WorktreeRequest:
-    """Where a new task's worktree comes from: an empty repository, or a repository at a ref."""
+    """Where a new task's worktree comes from (an empty repository, or a repository at a ref) and
+    where it lives."""
 
     repository: str | None = None
     ref: str | None = None
+    placement: WorktreePlacement = WorktreePlacement.SERVICE
 
 
 def default_branch(task: Task) -> str:
     return f"makima/{task.id}"
 
 
+def daemon_held(task: Task) -> bool:
+    return task.placement == WorktreePlacement.DAEMON
+
+
 def worktree_of(task: Task) -> Path:
-    """The task's worktree, or FAILED_PRECONDITION NO_WORKTREE."""
+    """The task's service-held worktree; FAILED_PRECONDITION NO_WORKTREE, or WORKTREE_ON_DAEMON."""
+    if daemon_held(task):
+        raise FailedPrecondition(
+            f"the worktree of task {task.id} is held by its daemon, not by the service",
+            reason="WORKTREE_ON_DAEMON",
+            metadata={"task": str(task.id)},
+        )
     if not task.worktree_path or not task.branch:
         raise FailedPrecondition(
             f"task {task.id} has no worktree", reason="NO_WORKTREE", metadata={"task": str(task.id)}
@@ -45,10 +77,63 @@ def worktree_of(task: Task) -> Path:
     return Path(task.worktree_path)
 
 
-async def create_worktree(
-    tx: Tx, ws: Workspace, task: Task, request: WorktreeRequest, *, commit_sha: str | None = None
+def head_of(task: Task) -> str:
+    """The commit the task's code is at on the records; FAILED_PRECONDITION NO_WORKTREE if it has none."""
+    if not task.head_commit_sha:
+        raise FailedPrecondition(
+            f"task {task.id} has no code on the service's records",
+            reason="NO_WORKTREE",
+            metadata={"task": str(task.id)},
+        )
+    return task.head_commit_sha
+
+
+async def create_worktree(tx: Tx, ws: Workspace, task: Task, request: WorktreeRequest) -> TaskCheckpoint:
+    """Give a new `task` (its branch set) a worktree where `request` says, and its first checkpoint."""
+    if request.placement == WorktreePlacement.SERVICE:
+        return await _service_worktree(tx, ws, task, request, commit_sha=None)
+    start = None
+    if request.repository:
+        start = await _import_repository(tx, ws, request)
+    initial = await tx.in_store(
+        lambda store: commits.make_commit(
+            store,
+            tree_sha=start.tree_sha if start else None,
+            parent_sha=start.sha if start else None,
+            message=INITIAL_STATE,
+        )
+    )
+    task.placement = WorktreePlacement.DAEMON.value
+    return await record_checkpoint(tx, task, initial, message=INITIAL_STATE, kind=CheckpointKind.MANUAL)
+
+
+async def start_worktree_at(
+    tx: Tx, ws: Workspace, task: Task, source: Task, commit_sha: str, placement: WorktreePlacement
 ) -> TaskCheckpoint:
-    """Give `task` a worktree on its branch (empty, or cloned at a ref sharing objects) and its first checkpoint.
+    """Give a new `task` (its branch set) a worktree at `commit_sha` of `source`, where `placement` says.
+
+    A service-held worktree of a service-held source shares the source repository's objects; one of a
+    daemon-held source is checked out from the object store. A daemon-held worktree starts at the
+    source commit itself, whose objects the store shares: nothing is copied. The caller holds the
+    source worktree's lock when it is service-held.
+    """
+    if placement == WorktreePlacement.SERVICE and not daemon_held(source):
+        request = WorktreeRequest(repository=str(worktree_of(source)))
+        return await _service_worktree(tx, ws, task, request, commit_sha=commit_sha)
+    if placement == WorktreePlacement.SERVICE:
+        return await _service_worktree_from_store(tx, ws, task, commit_sha)
+    if not daemon_held(source):
+        await store_commit(tx, ws, worktree_of(source), commit_sha)
+    task.placement = WorktreePlacement.DAEMON.value
+    return await record_checkpoint(
+        tx, task, await stored_commit(tx, commit_sha), message=INITIAL_STATE, kind=CheckpointKind.MANUAL
+    )
+
+
+async def _service_worktree(
+    tx: Tx, ws: Workspace, task: Task, request: WorktreeRequest, *, commit_sha: str | None
+) -> TaskCheckpoint:
+    """An empty repository, or a clone at a ref sharing the source's objects, under the workspace root.
 
     With `commit_sha` the repository is another task's worktree (fork, continue), not one the caller
     named: a source that reads outside the root is then that task's fault (FAILED_PRECONDITION).
@@ -68,7 +153,43 @@ async def create_worktree(
         except NotFound:
             raise InvalidArgument.of("worktree.ref", f"unknown ref {request.ref!r}") from None
     task.worktree_path = str(path)
-    return await checkpoint_locked(tx, ws, task, message="initial state", kind=CheckpointKind.MANUAL)
+    task.placement = WorktreePlacement.SERVICE.value
+    return await checkpoint_locked(tx, ws, task, message=INITIAL_STATE, kind=CheckpointKind.MANUAL)
+
+
+async def _service_worktree_from_store(tx: Tx, ws: Workspace, task: Task, commit_sha: str) -> TaskCheckpoint:
+    """A repository under the workspace root holding `commit_sha` from the object store, checked out
+    on the task's branch at that commit, as a clone would be."""
+    assert task.branch is not None
+    branch = task.branch
+    path = ws.task_path(task.id)
+    await tx.hold(ws.lock(path))
+    tx.undo.append(lambda: ws.discard(path))
+    await ws.run(git.init_worktree, path, branch=branch)
+    await tx.in_store(lambda store: commits.seed_repository(store, path, branch=branch, commit_sha=commit_sha))
+    await ws.run(git.restore, path, commit_sha=commit_sha)
+    task.worktree_path = str(path)
+    task.placement = WorktreePlacement.SERVICE.value
+    return await checkpoint_locked(tx, ws, task, message=INITIAL_STATE, kind=CheckpointKind.MANUAL)
+
+
+async def _import_repository(tx: Tx, ws: Workspace, request: WorktreeRequest) -> CommitInfo:
+    """Store the history of the caller's repository (under the workspace root) up to its `ref`.
+
+    The ref is resolved by cloning into a scratch directory, removed afterwards: the git layer's one
+    way to read a repository the caller named, with every path checked inside the root.
+    """
+    assert request.repository is not None
+    source = await _source_repository(ws, request.repository, from_caller=True)
+    scratch = ws.root / ".scratch" / str(uuid.uuid4())
+    try:
+        sha = await ws.run(git.clone_worktree, source, scratch, ref=request.ref, branch="makima/import")
+    except NotFound:
+        raise InvalidArgument.of("worktree.ref", f"unknown ref {request.ref!r}") from None
+    finally:
+        await ws.discard(scratch)
+    await _store_from(tx, source, sha)
+    return await stored_commit(tx, sha)
 
 
 async def _source_repository(ws: Workspace, repository: str, *, from_caller: bool) -> git.SourceRepository:
@@ -107,19 +228,57 @@ async def _source_repository(ws: Workspace, repository: str, *, from_caller: boo
         raise InvalidArgument.of("worktree.repository", "is not a git repository") from None
 
 
+async def store_commit(tx: Tx, ws: Workspace, path: Path, commit_sha: str) -> None:
+    """Put what the owner's object store lacks of `commit_sha` into it, from the service-held worktree `path`."""
+    await _store_from(tx, await _source_repository(ws, str(path), from_caller=False), commit_sha)
+
+
+async def _store_from(tx: Tx, source: git.SourceRepository, commit_sha: str) -> None:
+    try:
+        await tx.in_store(lambda store: commits.store_from_repository(store, source, commit_sha))
+    except InvalidPackError as exc:
+        # The store keeps only what every daemon can check out safely, e.g. no name some file
+        # system reads as .git; the service-held snapshot took such a file as it found it.
+        raise FailedPrecondition(
+            f"the object store refuses the commit {commit_sha[:12]}: {exc.message}",
+            reason="WORKTREE_NOT_STORABLE",
+            metadata={"commit_sha": commit_sha, **exc.metadata},
+        ) from None
+
+
+async def stored_commit(tx: Tx, commit_sha: str) -> CommitInfo:
+    """A commit of the owner's object store that a record names (see `commits.required_commit`)."""
+    return await tx.in_store(lambda store: commits.required_commit(store, commit_sha))
+
+
 async def checkpoint_locked(
     tx: Tx, ws: Workspace, task: Task, *, message: str, kind: CheckpointKind, write_index: bool = True
 ) -> TaskCheckpoint:
-    """Commit the whole worktree and record it with a snapshot of the conversation."""
+    """Commit the whole service-held worktree, store its objects, and record it with a snapshot of the conversation."""
     path = worktree_of(task)
     assert task.branch is not None
     snap = await ws.run(git.snapshot, path, branch=task.branch, message=message)
+    await store_commit(tx, ws, path, snap.commit_sha)
+    commit = CommitInfo(
+        sha=snap.commit_sha, tree_sha=snap.tree_sha, parent_shas=() if snap.parent_sha is None else (snap.parent_sha,)
+    )
+    checkpoint = await record_checkpoint(tx, task, commit, message=message, kind=kind)
+    branch = task.branch
+    tx.after_commit.append(lambda: ws.run(git.publish, path, branch=branch, snapshot=snap, write_index=write_index))
+    return checkpoint
+
+
+async def record_checkpoint(
+    tx: Tx, task: Task, commit: CommitInfo, *, message: str, kind: CheckpointKind
+) -> TaskCheckpoint:
+    """Record a stored commit as the task's newest checkpoint and head, with a snapshot of its conversation."""
+    assert task.branch is not None
     conversation = await take_snapshot(tx, task, SnapshotReason.CHECKPOINT)
     checkpoint = TaskCheckpoint(
         owner_id=tx.owner_id,
         task_id=task.id,
-        commit_sha=snap.commit_sha,
-        parent_commit_sha=snap.parent_sha or "",
+        commit_sha=commit.sha,
+        parent_commit_sha=commit.parent_shas[0] if commit.parent_shas else "",
         branch=task.branch,
         message=message,
         kind=kind.value,
@@ -129,17 +288,16 @@ async def checkpoint_locked(
         create_time=tx.now,
     )
     tx.session.add(checkpoint)
+    task.head_commit_sha = commit.sha
     await tx.session.flush()
-    branch = task.branch
-    tx.after_commit.append(lambda: ws.run(git.publish, path, branch=branch, snapshot=snap, write_index=write_index))
     tx.record(
         TimelineKind.CHECKPOINT_CREATED,
-        f"{kind.value} checkpoint {snap.commit_sha[:12]} of task {task.name!r}",
+        f"{kind.value} checkpoint {commit.sha[:12]} of task {task.name!r}",
         contract_id=task.contract_id,
         task_id=task.id,
         data={
             "checkpoint_id": str(checkpoint.id),
-            "commit_sha": snap.commit_sha,
+            "commit_sha": commit.sha,
             "kind": kind.value,
             "message_count": task.message_count,
         },
@@ -149,11 +307,61 @@ async def checkpoint_locked(
 
 @dataclass(frozen=True)
 class CodeRewound:
+    """A code rewind: the safety checkpoint of the code before it, and the files it changed.
+
+    For a daemon-held task the rewind is a commit on the records, to record with `record_rewind`
+    once the use case has settled the conversation.
+    """
+
     safety: TaskCheckpoint
     changes: list[git.FileChange]
+    rewind_commit: CommitInfo | None = None
+    rewind_message: str = ""
 
 
-async def rewind_code_locked(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint) -> CodeRewound:
+async def rewind_code(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint) -> CodeRewound:
+    """Make the task's code the target's: safety checkpoint first, so the rewind can be undone.
+
+    Service-held: worktree and index = the target's tree. Daemon-held (not running): the code before
+    the rewind is the head, which a checkpoint of the task already records (every move of a
+    daemon-held head records one): that checkpoint is the safety checkpoint. A commit of the target's
+    tree on top of the head is made in the object store, to become the head (see `record_rewind`).
+    """
+    if not daemon_held(task):
+        await tx.hold(ws.lock(worktree_of(task)))
+        return await _rewind_worktree(tx, ws, task, target)
+    head = await stored_commit(tx, head_of(task))
+    safety = await commit_records.newest_checkpoint_of_commit(
+        tx.session, owner_id=tx.owner_id, task_id=task.id, commit_sha=head.sha
+    )
+    if safety is None:
+        raise FailedPrecondition(
+            f"no checkpoint of task {task.id} records its head {head.sha}",
+            reason="HEAD_NOT_CHECKPOINTED",
+            metadata={"task": str(task.id), "head_commit_sha": head.sha},
+        )
+    wanted = await stored_commit(tx, target.commit_sha)
+    message = f"rewind to checkpoint {target.commit_sha[:12]}"
+
+    def rewind(store: OwnerObjectStore) -> tuple[CommitInfo, list[git.FileChange]]:
+        made = commits.make_commit(store, tree_sha=wanted.tree_sha, parent_sha=head.sha, message=message)
+        return made, commits.changes_between(store, head, wanted)
+
+    made, changes = await tx.in_store(rewind)
+    return CodeRewound(safety=safety, changes=changes, rewind_commit=made, rewind_message=message)
+
+
+async def record_rewind(tx: Tx, task: Task, code: CodeRewound | None) -> TaskCheckpoint | None:
+    """Record a daemon-held task's rewind commit as its head checkpoint (kind REWIND), with the
+    conversation as the use case left it; None for a service-held task or no code rewind."""
+    if code is None or code.rewind_commit is None:
+        return None
+    return await record_checkpoint(
+        tx, task, code.rewind_commit, message=code.rewind_message, kind=CheckpointKind.REWIND
+    )
+
+
+async def _rewind_worktree(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint) -> CodeRewound:
     """Safety checkpoint of the current state, then worktree and index = the target's tree."""
     path = worktree_of(task)
     safety = await checkpoint_locked(

@@ -139,6 +139,11 @@ class Task(SQLModel, table=True):
     lease_expire_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
     worktree_path: str | None = Field(default=None, sa_type=Text)
     branch: str | None = Field(default=None, sa_type=String(255))
+    # Where the worktree lives ("service" or "daemon"); None when the task has none.
+    placement: str | None = Field(default=None, sa_type=String(16))
+    # The commit the task's code is at on the service's records (in the owner's object store): where
+    # a daemon-held worktree starts on its next claim; the branch head of a service-held one.
+    head_commit_sha: str | None = Field(default=None, sa_type=String(64))
     # The conversation version the task currently reads and appends to (see Conversation).
     conversation_id: uuid.UUID | None = Field(default=None)
     message_count: int = Field(default=0, sa_type=BigInteger)
