@@ -186,6 +186,20 @@ async def test_a_stale_view_and_a_lost_lease_are_typed_errors(client: AsyncClien
     assert [c.commit_sha for c in await checkpoints_of(client, claimed.task.id)][1:] == [first.commit_sha]
 
 
+async def test_checkpoints_asked_for_at_once_go_one_on_top_of_the_other(client: AsyncClient, tmp_path: Path) -> None:
+    _daemon_id, claimed = await claim_new(client)
+    worktrees = DaemonWorktrees(client, tmp_path)
+    path = await worktrees.prepare(claimed)
+    (path / "a.txt").write_text("one")
+
+    made = await asyncio.gather(*(worktrees.checkpoint(claimed, f"at once {i}") for i in range(3)))
+
+    assert all(m is not None for m in made)
+    chain = [claimed.worktree.start_commit_sha, *(m.commit_sha for m in made if m is not None)]
+    assert [m.parent_commit_sha for m in made if m is not None] == chain[:-1]
+    assert [c.commit_sha for c in await checkpoints_of(client, claimed.task.id)] == chain
+
+
 async def test_a_push_the_service_cannot_complete_is_sent_again_whole(
     client: AsyncClient, api: Api, server: App, tmp_path: Path
 ) -> None:

@@ -12,7 +12,8 @@ and every commit pushed since under the claim, so the head is the only have need
 A service-held worktree (a daemon on the service's own machine) is used in place and checkpointed by
 the service (TaskForkService.CreateCheckpoint). A task without a worktree gets a plain directory.
 
-Git work runs in worker threads; a task's worktree is driven by one coroutine at a time.
+Git work runs in worker threads. Calls for one task take their turn (a checkpoint asked for while
+another is being pushed goes on top of it); calls for different tasks run side by side.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import os
 import tempfile
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -59,6 +61,7 @@ class DaemonWorktrees:
         self.root = Path(root)
         # By task id; a claim with another lease token starts over from its own start commit.
         self._claims: dict[str, _Claim] = {}
+        self._turns: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def path_of(self, task_id: str) -> Path:
         """The directory of a task run here: right under the root, named by the task's UUID (parsed,
@@ -88,14 +91,15 @@ class DaemonWorktrees:
             await asyncio.to_thread(path.mkdir, parents=True, exist_ok=True)
             return path
         start = claimed.worktree.start_commit_sha
-        worktree = await asyncio.to_thread(_open_or_init, path, claimed.worktree.branch)
-        try:
-            if start and not await asyncio.to_thread(worktree.has_object, start):
-                await self._fetch(worktree, start)
-            await asyncio.to_thread(worktree.materialize, start)
-        finally:
-            worktree.close()
-        self._claims[task.id] = _Claim(claimed.lease_token, head=start)
+        async with self._turns[task.id]:
+            worktree = await asyncio.to_thread(_open_or_init, path, claimed.worktree.branch)
+            try:
+                if start and not await asyncio.to_thread(worktree.has_object, start):
+                    await self._fetch(worktree, start)
+                await asyncio.to_thread(worktree.materialize, start)
+            finally:
+                worktree.close()
+            self._claims[task.id] = _Claim(claimed.lease_token, head=start)
         return path
 
     async def checkpoint(self, claimed: daemon_pb2.ClaimedTask, message: str) -> resources_pb2.Checkpoint | None:
@@ -112,15 +116,22 @@ class DaemonWorktrees:
             return (await self._client.create_checkpoint(task_id=task.id, message=message)).checkpoint
         if placement != DAEMON:
             return None
-        claim = self._claims.get(task.id)
-        if claim is None or claim.lease_token != claimed.lease_token:
-            claim = self._claims[task.id] = _Claim(claimed.lease_token, head=claimed.worktree.start_commit_sha)
-        path = self.path_of(task.id)
+        async with self._turns[task.id]:
+            claim = self._claims.get(task.id)
+            if claim is None or claim.lease_token != claimed.lease_token:
+                claim = self._claims[task.id] = _Claim(claimed.lease_token, head=claimed.worktree.start_commit_sha)
+            pushed = await self._push(claim, claimed, message)
+            claim.head = pushed.commit_sha
+            return pushed
+
+    async def _push(self, claim: _Claim, claimed: daemon_pb2.ClaimedTask, message: str) -> resources_pb2.Checkpoint:
+        """Commit the worktree on `claim.head` and push the pack of what the service lacks."""
+        path = self.path_of(claimed.task.id)
         with tempfile.TemporaryFile() as pack:
             commit = await asyncio.to_thread(_commit, path, message, claim.head, pack)
             header = daemon_pb2.PushCheckpointHeader(
                 request_id=str(uuid.uuid4()),
-                task_id=task.id,
+                task_id=claimed.task.id,
                 lease_token=claimed.lease_token,
                 commit_sha=commit,
                 parent_commit_sha=claim.head,
@@ -133,7 +144,6 @@ class DaemonWorktrees:
                     raise
                 await asyncio.to_thread(_pack_in, path, commit, [], pack)
                 pushed = await self._client.push_checkpoint(header, pack=pack)
-        claim.head = commit
         return pushed.checkpoint
 
     async def _fetch(self, worktree: LocalWorktree, commit: str) -> None:
