@@ -4,7 +4,8 @@
 SupervisorService, TaskForkService and DaemonService as a snake_case call that takes the generated
 request message (or its fields as keywords) and returns the generated response. They add what every
 caller needs: the API key, deadlines, retries of idempotent calls with one request_id per logical
-call, typed errors, iteration across pages and a reconnecting timeline follower.
+call, typed errors, iteration across pages and a reconnecting timeline follower. `DaemonWorktrees`
+is a daemon's side of its tasks' code: materialize the commit a claim names, checkpoint and upload.
 """
 
 from makima.client._async import AsyncClient, AsyncPaged, AsyncTimelineFollower, AsyncUnary
@@ -24,6 +25,7 @@ from makima.client._errors import (
 )
 from makima.client._options import ADDRESS_ENV, API_KEY_ENV, DEFAULT_ADDRESS, DEFAULT_TIMEOUT, RetryPolicy
 from makima.client._sync import Client, Paged, TimelineFollower, Unary
+from makima.client.worktrees import DaemonWorktrees
 
 __all__ = [
     "ADDRESS_ENV",
@@ -37,6 +39,7 @@ __all__ = [
     "AsyncTimelineFollower",
     "AsyncUnary",
     "Client",
+    "DaemonWorktrees",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "FieldViolation",

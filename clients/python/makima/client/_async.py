@@ -6,14 +6,30 @@ import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import grpc
 from grpc import aio
 
 from makima.client._errors import error_from_rpc
-from makima.client._options import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryPolicy, auth_metadata, resolve_address
-from makima.client._requests import Item, Req, Resp, TimelineCursor, build_request, with_page_token
+from makima.client._options import (
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUT,
+    PACK_CHUNK_SIZE,
+    RetryPolicy,
+    auth_metadata,
+    resolve_address,
+)
+from makima.client._requests import (
+    Item,
+    Req,
+    Resp,
+    TimelineCursor,
+    build_request,
+    pack_file,
+    push_header,
+    with_page_token,
+)
 from makima.v1 import (
     daemon_pb2,
     daemon_pb2_grpc,
@@ -350,6 +366,71 @@ class AsyncClient:
             retry=isinstance(requests, Sequence),
         )
         return result
+
+    async def push_checkpoint(
+        self,
+        header: daemon_pb2.PushCheckpointHeader | None = None,
+        /,
+        *,
+        pack: bytes | BinaryIO = b"",
+        timeout: float | None = None,  # noqa: ASYNC109
+        **fields: Any,
+    ) -> daemon_pb2.PushCheckpointResponse:
+        """Upload a daemon-held worktree's checkpoint (DaemonService.PushCheckpoint): the header (a
+        message or its fields), then `pack` in chunks.
+
+        `pack` is the git pack of the objects the service lacks (bytes, or a seekable binary file read
+        whole from its start); the header's `pack_size` is set from it. The request_id is made once,
+        so a retry on UNAVAILABLE (the pack re-read from its start) answers as the first push did.
+        """
+        source = pack_file(pack)
+        built = push_header(header, fields, source)
+
+        async def messages() -> AsyncIterator[daemon_pb2.PushCheckpointRequest]:
+            yield daemon_pb2.PushCheckpointRequest(header=built)
+            await asyncio.to_thread(source.seek, 0)
+            while chunk := await asyncio.to_thread(source.read, PACK_CHUNK_SIZE):
+                yield daemon_pb2.PushCheckpointRequest(pack_chunk=chunk)
+
+        result: daemon_pb2.PushCheckpointResponse = await self._invoke(
+            lambda remaining: self._daemon.PushCheckpoint(messages(), timeout=remaining, metadata=self._metadata),
+            timeout=timeout,
+            retry=True,
+        )
+        return result
+
+    async def fetch_objects(
+        self,
+        request: daemon_pb2.FetchObjectsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        **fields: Any,
+    ) -> AsyncGenerator[daemon_pb2.FetchObjectsResponse, None]:
+        """The messages of one DaemonService.FetchObjects call: its header, then the pack in chunks.
+
+        `timeout` (default: the client's) bounds the whole download. UNAVAILABLE is retried until the
+        first message arrives; after that a failure raises, since part of the pack was handed out.
+        """
+        built = build_request(daemon_pb2.FetchObjectsRequest, request, fields)
+
+        async def opened(remaining: float | None) -> tuple[Any, Any]:
+            call = self._daemon.FetchObjects(built, timeout=remaining, metadata=self._metadata)
+            try:
+                return call, await call.read()
+            except BaseException:
+                call.cancel()
+                raise
+
+        call, response = await self._invoke(opened, timeout=timeout, retry=True)
+        try:
+            while response is not aio.EOF:
+                yield response
+                response = await call.read()
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+        finally:
+            call.cancel()
 
     async def stream_timeline(
         self,

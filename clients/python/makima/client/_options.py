@@ -13,6 +13,8 @@ ADDRESS_ENV = "MAKIMA_ADDRESS"
 API_KEY_ENV = "MAKIMA_API_KEY"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
+# The most bytes the service takes in one `pack_chunk` of PushCheckpoint (makima/v1/daemon.proto).
+PACK_CHUNK_SIZE = 1 << 20
 # Only UNAVAILABLE says "nothing was decided, try again"; every other code is an answer.
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
 

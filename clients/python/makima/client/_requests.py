@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import os
 import uuid
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from google.protobuf.message import Message
 
-from makima.v1 import history_pb2, resources_pb2
+from makima.v1 import daemon_pb2, history_pb2, resources_pb2
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -27,6 +29,21 @@ def build_request(request_type: type[Req], request: Req | None, fields: dict[str
         built.CopyFrom(request)  # a copy: the caller's message is never changed
     if "request_id" in built.DESCRIPTOR.fields_by_name and not built.request_id:  # type: ignore[attr-defined]
         built.request_id = str(uuid.uuid4())  # type: ignore[attr-defined]
+    return built
+
+
+def pack_file(pack: bytes | BinaryIO) -> BinaryIO:
+    """The pack of a PushCheckpoint as a seekable file, so that a retry can read it again."""
+    return io.BytesIO(pack) if isinstance(pack, bytes) else pack
+
+
+def push_header(
+    header: daemon_pb2.PushCheckpointHeader | None, fields: dict[str, Any], pack: BinaryIO
+) -> daemon_pb2.PushCheckpointHeader:
+    """The header of a PushCheckpoint: a copy with its request_id (made once per logical call) and
+    `pack_size` set to the size of `pack`, which the service checks against the bytes it receives."""
+    built = build_request(daemon_pb2.PushCheckpointHeader, header, fields)
+    built.pack_size = pack.seek(0, os.SEEK_END)
     return built
 
 

@@ -5,13 +5,29 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, BinaryIO, Generic, TypeVar
 
 import grpc
 
 from makima.client._errors import error_from_rpc
-from makima.client._options import DEFAULT_RETRY, DEFAULT_TIMEOUT, RetryPolicy, auth_metadata, resolve_address
-from makima.client._requests import Item, Req, Resp, TimelineCursor, build_request, with_page_token
+from makima.client._options import (
+    DEFAULT_RETRY,
+    DEFAULT_TIMEOUT,
+    PACK_CHUNK_SIZE,
+    RetryPolicy,
+    auth_metadata,
+    resolve_address,
+)
+from makima.client._requests import (
+    Item,
+    Req,
+    Resp,
+    TimelineCursor,
+    build_request,
+    pack_file,
+    push_header,
+    with_page_token,
+)
 from makima.v1 import (
     daemon_pb2,
     daemon_pb2_grpc,
@@ -335,6 +351,71 @@ class Client:
             retry=isinstance(requests, Sequence),
         )
         return result
+
+    def push_checkpoint(
+        self,
+        header: daemon_pb2.PushCheckpointHeader | None = None,
+        /,
+        *,
+        pack: bytes | BinaryIO = b"",
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> daemon_pb2.PushCheckpointResponse:
+        """Upload a daemon-held worktree's checkpoint (DaemonService.PushCheckpoint): the header (a
+        message or its fields), then `pack` in chunks.
+
+        `pack` is the git pack of the objects the service lacks (bytes, or a seekable binary file read
+        whole from its start); the header's `pack_size` is set from it. The request_id is made once,
+        so a retry on UNAVAILABLE (the pack re-read from its start) answers as the first push did.
+        """
+        source = pack_file(pack)
+        built = push_header(header, fields, source)
+
+        def messages() -> Iterator[daemon_pb2.PushCheckpointRequest]:
+            yield daemon_pb2.PushCheckpointRequest(header=built)
+            source.seek(0)
+            while chunk := source.read(PACK_CHUNK_SIZE):
+                yield daemon_pb2.PushCheckpointRequest(pack_chunk=chunk)
+
+        result: daemon_pb2.PushCheckpointResponse = self._invoke(
+            lambda remaining: self._daemon.PushCheckpoint(messages(), timeout=remaining, metadata=self._metadata),
+            timeout=timeout,
+            retry=True,
+        )
+        return result
+
+    def fetch_objects(
+        self,
+        request: daemon_pb2.FetchObjectsRequest | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        **fields: Any,
+    ) -> Generator[daemon_pb2.FetchObjectsResponse, None, None]:
+        """The messages of one DaemonService.FetchObjects call: its header, then the pack in chunks.
+
+        `timeout` (default: the client's) bounds the whole download. UNAVAILABLE is retried until the
+        first message arrives; after that a failure raises, since part of the pack was handed out.
+        """
+        built = build_request(daemon_pb2.FetchObjectsRequest, request, fields)
+
+        def opened(remaining: float | None) -> tuple[Any, Any]:
+            call = self._daemon.FetchObjects(built, timeout=remaining, metadata=self._metadata)
+            try:
+                return call, next(call, None)
+            except BaseException:
+                call.cancel()
+                raise
+
+        call, response = self._invoke(opened, timeout=timeout, retry=True)
+        try:
+            if response is not None:
+                yield response
+                yield from call
+        except grpc.RpcError as err:
+            raise error_from_rpc(err) from err
+        finally:
+            call.cancel()
 
     def stream_timeline(
         self,

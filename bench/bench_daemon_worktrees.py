@@ -1,0 +1,303 @@
+"""Benchmark of a daemon's worktree through the real server against git push / git fetch + checkout.
+
+Run: .venv/bin/python bench/bench_daemon_worktrees.py [--runs N] [--postgres URL]
+
+A `makima-server serve` process (SQLite; then PostgreSQL too when --postgres, default
+MAKIMA_BENCH_POSTGRES_URL or MAKIMA_TEST_POSTGRES_URL, names a server: a temporary database) serves a
+daemon driven by `makima.client.DaemonWorktrees`, in this process, as a daemon would be. Each run
+claims a new daemon-held task and prepares its worktree; the same 1,000 files (200 B to 8 KB, 40
+directories, some executable, a .gitignore) are written into it and into a git repository, salted
+per run so that no run reuses another's objects. Then, timed:
+- upload first: `DaemonWorktrees.checkpoint` (snapshot, commit, pack of what the service lacks,
+  PushCheckpoint) against `git push` of the same files' commit to a fresh local bare repository, and
+  against `git add -A && git commit && git push` (git's whole way to the same state);
+- upload incremental: the same after 100 files changed;
+- materialize: `DaemonWorktrees.prepare` of a new claim of the task in an empty directory
+  (FetchObjects, verified pack intake, checkout) against `git init && git fetch && git checkout` from
+  the bare repository.
+Bytes: the pack of the incremental checkpoint against the first one, and against git's thin pack
+of the same change. git's run and ours alternate, so both see the same load of the machine (creating
+files dominates both materializations: a busy disk moves the ratio). Medians are printed with the
+ratio ours/git (below 1 means we are faster). Nothing is asserted but that every tree is git's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
+from pathlib import Path
+from typing import TypeVar
+
+import asyncpg
+from grpc import aio
+
+from makima.client import AsyncClient, DaemonWorktrees
+from makima.v1 import resources_pb2
+from makima.worktree import LocalWorktree
+
+T = TypeVar("T")
+Results = dict[str, list[float]]
+FILES, CHANGED = 1000, 100
+DAEMON_HELD = resources_pb2.WorktreeSpec(
+    source=resources_pb2.WorktreeSpec.SOURCE_EMPTY, placement=resources_pb2.WORKTREE_PLACEMENT_DAEMON
+)
+SERVER = str(Path(sys.executable).parent / "makima-server")
+
+
+def git(cwd: Path, *args: str) -> str:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, check=True, text=True).stdout
+
+
+def write_files(root: Path, salt: int) -> list[Path]:
+    """1,000 source-like files of 200 B to 8 KB in 40 directories, every 50th executable."""
+    rng = random.Random(7)
+    paths = []
+    for i in range(FILES):
+        path = root / f"pkg{i % 8}" / f"mod{i % 5}" / f"file_{i:04}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = f"def function_{i}(x):  # {'x' * rng.randrange(10, 60)}\n    return x * {i}\n"
+        path.write_text(f"# run {salt}\n" + body * rng.randrange(3, 90))
+        if i % 50 == 0:
+            path.chmod(0o755)
+        paths.append(path)
+    (root / ".gitignore").write_text("__pycache__/\n*.log\n")
+    return paths
+
+
+def change_files(root: Path) -> None:
+    """Append a line to 100 of the files, the same ones on both sides."""
+    for i in random.Random(11).sample(range(FILES), CHANGED):
+        with (root / f"pkg{i % 8}" / f"mod{i % 5}" / f"file_{i:04}.py").open("a") as f:
+            f.write("# changed\n")
+
+
+def line(label: str, ours: list[float], theirs: list[float]) -> None:
+    a, b = statistics.median(ours), statistics.median(theirs)
+    print(f"{label:<60} ours {a:8.1f} ms   git {b:8.1f} ms   ours/git {a / b:5.2f}")
+
+
+def timed(action: Callable[[], T], into: list[float]) -> T:
+    start = time.perf_counter()
+    result = action()
+    into.append((time.perf_counter() - start) * 1000)
+    return result
+
+
+async def timed_async(action: Awaitable[T], into: list[float]) -> T:
+    start = time.perf_counter()
+    result = await action
+    into.append((time.perf_counter() - start) * 1000)
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def serving(database_url: str, workspace: Path) -> AsyncIterator[tuple[str, str]]:
+    """A `makima-server serve` process on `database_url`; yields its address and an API key."""
+    port = free_port()
+    env = os.environ | {
+        "MAKIMA_LISTEN": f"127.0.0.1:{port}",
+        "MAKIMA_DATABASE_URL": database_url,
+        "MAKIMA_WORKSPACE_ROOT": str(workspace),
+    }
+    made = await asyncio.create_subprocess_exec(
+        SERVER,
+        "create-api-key",
+        "--owner",
+        str(uuid.uuid4()),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    key = (await made.communicate())[0].decode().strip()
+    with (workspace.parent / f"{workspace.name}.log").open("wb") as log:
+        process = await asyncio.create_subprocess_exec(SERVER, "serve", env=env, stdout=log, stderr=log)
+    try:
+        async with aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            await asyncio.wait_for(channel.channel_ready(), 60)
+        yield f"127.0.0.1:{port}", key
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
+
+
+@contextmanager
+def postgres_database(url: str) -> Iterator[str]:
+    """A temporary database beside the one `url` names, dropped afterwards."""
+    name = f"makima_bench_{uuid.uuid4().hex[:12]}"
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
+    try:
+        yield url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def pack_size(path: Path, commit: str, parent: str) -> float:
+    """Bytes of the pack a checkpoint of `commit` on `parent` sends (what DaemonWorktrees pushes)."""
+    with LocalWorktree.open(path) as worktree:
+        return sum(len(chunk) for chunk in worktree.outgoing(commit, known=[parent]).chunks)
+
+
+async def bench(client: AsyncClient, base: Path, runs: int) -> tuple[Results, Results]:
+    """Both ways, run after run, so that both see the same load of the machine."""
+    ours: Results = {k: [] for k in ("first", "incremental", "materialize", "bytes first", "bytes incremental")}
+    theirs: Results = {k: [] for k in ("first", "incremental", "first+", "incremental+", "materialize", "bytes")}
+    daemon_id = (await client.register_daemon(name="bench")).daemon.id
+    for run in range(runs):
+        git_tree = git_run(base / "git", run, theirs)
+        await our_run(client, daemon_id, base / "ours", run, ours)
+        materialized = base / "ours" / f"fresh-{run}"
+        (path,) = materialized.iterdir()
+        if git(path, "rev-parse", "HEAD^{tree}") != git_tree or git(path, "status", "--porcelain"):
+            raise SystemExit(f"run {run}: the materialized worktree does not hold git's tree of the same files")
+    return ours, theirs
+
+
+async def our_run(client: AsyncClient, daemon_id: str, base: Path, run: int, results: Results) -> None:
+    """A daemon-held task claimed, prepared, checkpointed twice; then claimed again and prepared afresh."""
+    task = (await client.create_task(name=f"bench {run}", worktree=DAEMON_HELD)).task
+    claimed = (await client.claim_task(daemon_id=daemon_id)).claimed
+    worktrees = DaemonWorktrees(client, base / f"daemon-{run}")
+    path = await worktrees.prepare(claimed)
+    write_files(path, run)
+    first = await timed_async(worktrees.checkpoint(claimed, "first"), results["first"])
+    change_files(path)
+    second = await timed_async(worktrees.checkpoint(claimed, "second"), results["incremental"])
+    assert first is not None and second is not None
+    results["bytes first"].append(pack_size(path, first.commit_sha, first.parent_commit_sha))
+    results["bytes incremental"].append(pack_size(path, second.commit_sha, first.commit_sha))
+    interrupted = resources_pb2.TASK_STATUS_INTERRUPTED
+    await client.report_task_status(
+        daemon_id=daemon_id, task_id=task.id, status=interrupted, lease_token=claimed.lease_token
+    )
+    await client.resume_task(task_id=task.id)
+    again = (await client.claim_task(daemon_id=daemon_id)).claimed
+    await timed_async(DaemonWorktrees(client, base / f"fresh-{run}").prepare(again), results["materialize"])
+    completed = resources_pb2.TASK_STATUS_COMPLETED
+    await client.report_task_status(
+        daemon_id=daemon_id, task_id=task.id, status=completed, lease_token=again.lease_token
+    )
+
+
+def git_run(base: Path, run: int, results: Results) -> str:
+    """git's way, to fresh bare repositories: push alone, and add + commit + push (the whole way to
+    the same state); then fetch + checkout. Returns the tree of the second commit."""
+    for whole in (False, True):
+        work, bare = base / f"work-{run}-{whole}", base / f"bare-{run}-{whole}.git"
+        work.mkdir(parents=True)
+        git(work, "init", "-q", "-b", "main")
+        git(base, "init", "-q", "--bare", str(bare))
+        write_files(work, run)
+        upload(work, bare, "first", whole=whole, results=results)
+        change_files(work)
+        upload(work, bare, "incremental", whole=whole, results=results)
+    thin = subprocess.run(
+        ["git", "pack-objects", "--stdout", "--revs", "--thin", "-q"], cwd=work, input=b"HEAD\n^HEAD~1\n",
+        capture_output=True, check=True,
+    )  # fmt: skip
+    results["bytes"].append(len(thin.stdout))
+    target = base / f"fetched-{run}"
+    timed(lambda: fetch_and_checkout(bare, target), results["materialize"])
+    return git(target, "rev-parse", "HEAD^{tree}")
+
+
+def upload(work: Path, bare: Path, step: str, *, whole: bool, results: Results) -> None:
+    """Time the push of the work tree's changes as commit `step`, with the add + commit if `whole`."""
+    if whole:
+        timed(lambda: (commit(work, step), push(work, bare)), results[f"{step}+"])
+    else:
+        commit(work, step)
+        timed(lambda: push(work, bare), results[step])
+
+
+def commit(work: Path, message: str) -> None:
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", message)
+
+
+def push(work: Path, bare: Path) -> None:
+    git(work, "push", "-q", str(bare), "main")
+
+
+def fetch_and_checkout(bare: Path, target: Path) -> None:
+    target.mkdir()
+    git(target, "init", "-q", "-b", "main")
+    git(target, "fetch", "-q", str(bare), "main")
+    git(target, "checkout", "-q", "-B", "main", "FETCH_HEAD")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("MAKIMA_BENCH_POSTGRES_URL") or os.environ.get("MAKIMA_TEST_POSTGRES_URL", ""),
+    )
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-daemon-worktrees-") as tmp:
+        base = Path(tmp)
+        home = base / "home"
+        home.mkdir()
+        os.environ.update(
+            HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), GIT_CONFIG_NOSYSTEM="1",
+            GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
+            GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost",
+        )  # fmt: skip
+
+        print(f"daemon worktrees through the server vs git {git(base, 'version').split()[-1]}")
+        print(f"{FILES} files, then {CHANGED} changed; median of {args.runs} runs, each a new task")
+        with postgres_database(args.postgres) if args.postgres else nullcontext("") as pg_url:
+            backends = [("sqlite", f"sqlite+aiosqlite:///{base / 'sqlite' / 'makima.db'}")]
+            if pg_url:
+                backends.append(("postgresql", pg_url))
+            for name, url in backends:
+                (base / name).mkdir()
+
+                async def run(name: str = name, url: str = url) -> tuple[Results, Results]:
+                    async with serving(url, base / name / "workspace") as (address, key):
+                        async with AsyncClient(address, key, timeout=120) as client:
+                            return await bench(client, base / name, args.runs)
+
+                ours, theirs = asyncio.run(run())
+                print(f"-- {name} (makima-server serve, the daemon in this process)")
+                line("upload first (1,000 files): checkpoint + push / git push", ours["first"], theirs["first"])
+                line("  the same / git add -A + commit + push", ours["first"], theirs["first+"])
+                line("upload incremental (100 files) / git push", ours["incremental"], theirs["incremental"])
+                line("  the same / git add -A + commit + push", ours["incremental"], theirs["incremental+"])
+                line("materialize: prepare / git init + fetch + checkout", ours["materialize"], theirs["materialize"])
+                full, incremental = statistics.median(ours["bytes first"]), statistics.median(ours["bytes incremental"])
+                label = "bytes sent: incremental / first"
+                print(f"{label:<60} {incremental:8.0f} B / {full:8.0f} B   ratio {incremental / full:5.2f}")
+                thin = statistics.median(theirs["bytes"])
+                label = "bytes sent, incremental: ours / git's thin pack"
+                print(f"{label:<60} {incremental:8.0f} B / {thin:8.0f} B   ratio {incremental / thin:5.2f}")
+
+
+if __name__ == "__main__":
+    main()
