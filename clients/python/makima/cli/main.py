@@ -17,6 +17,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
+from makima.cli import daemon
 from makima.cli._render import Output, enum_names, event_line, json_line, to_json, to_text
 from makima.client import (
     ADDRESS_ENV,
@@ -585,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
                 'makima --json contract-get "$CONTRACT"',
                 'makima task-history "$TASK"',
                 "makima timeline --follow",
+                "makima daemon run --dir work --command ./agent.sh",
                 "makima COMMAND --help   # options and examples of one command",
             ]
         ),
@@ -602,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _global_options(p, defaults=False)
         p.set_defaults(run=setup(p))
+    daemon.add_commands(commands, global_options=lambda p: _global_options(p, defaults=False), examples=_examples)
     return parser
 
 
@@ -609,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "daemon":  # a long-running asyncio program: its own client and exit status
+            return daemon.run(args)
         with Client(args.address, args.api_key, timeout=args.timeout) as client:
             output = args.run(client, args)
             if output is not None:

@@ -5,6 +5,9 @@ SupervisorService, TaskForkService and DaemonService as a snake_case call that t
 request message (or its fields as keywords) and returns the generated response. They add what every
 caller needs: the API key, deadlines, retries of idempotent calls with one request_id per logical
 call, typed errors, iteration across pages and a reconnecting timeline follower.
+
+`Daemon` (makima.client.daemon) is a daemon's work loop over AsyncClient: claim tasks, run a command
+for each one, record its output, keep the leases, checkpoint and report; `makima daemon run` runs it.
 """
 
 from makima.client._async import AsyncClient, AsyncPaged, AsyncTimelineFollower, AsyncUnary
@@ -24,6 +27,7 @@ from makima.client._errors import (
 )
 from makima.client._options import ADDRESS_ENV, API_KEY_ENV, DEFAULT_ADDRESS, DEFAULT_TIMEOUT, RetryPolicy
 from makima.client._sync import Client, Paged, TimelineFollower, Unary
+from makima.client.daemon import Daemon, DaemonConfig, LocalDirectories, TaskSetupError, WorktreeProvider
 
 __all__ = [
     "ADDRESS_ENV",
@@ -37,18 +41,23 @@ __all__ = [
     "AsyncTimelineFollower",
     "AsyncUnary",
     "Client",
+    "Daemon",
+    "DaemonConfig",
     "DeadlineExceededError",
     "FailedPreconditionError",
     "FieldViolation",
     "InternalError",
     "InvalidArgumentError",
+    "LocalDirectories",
     "MakimaError",
     "NotFoundError",
     "Paged",
     "RetryPolicy",
+    "TaskSetupError",
     "TimelineFollower",
     "Unary",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "WorktreeProvider",
 ]
