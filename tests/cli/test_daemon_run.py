@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import pytest
 
-from makima.client import AsyncClient, DaemonConfig, TaskSetupError
+from makima.client import AsyncClient, DaemonConfig, TaskSetupError, UnavailableError
 from makima.client.daemon import Daemon
 from makima.server.app import App
 from makima.v1 import daemon_pb2, history_pb2, resources_pb2, task_fork_pb2
@@ -65,7 +66,10 @@ class DaemonProcess:
         self.process.send_signal(signum)
 
     async def exit_code(self) -> int:
-        code = await asyncio.wait_for(self.process.wait(), PATIENCE)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), PATIENCE)
+        except TimeoutError:
+            raise AssertionError(f"the daemon did not exit:\n{self.log}") from None
         assert self._reader is not None
         await self._reader
         return code
@@ -295,16 +299,21 @@ async def test_sigterm_interrupts_the_running_task_and_ends_its_command(
 
 
 async def test_processes_a_command_leaves_behind_end_with_it(api: Api, start_daemon: Start, tmp_path: Path) -> None:
-    """A background process keeps the command's output open: the daemon ends it instead of waiting."""
+    """A background process keeps the command's output open: the daemon ends it when the command exits
+    instead of waiting for the output to close (it would wait 5 s, then stop reading)."""
     task = await create_task(api, "leaves a process")
 
-    started = time.monotonic()
     daemon = await start_daemon("--once", "--dir", "work", "--command", "sleep 30 & echo $! > bg.pid; echo done")
     code = await daemon.exit_code()
+    changes = await api.history.ListTimeline(
+        history_pb2.ListTimelineRequest(task_id=task.id, kinds=[resources_pb2.TIMELINE_EVENT_KIND_TASK_STATUS_CHANGED]),
+        metadata=api.md,
+    )
+    at = {e.data["to"]: e.create_time.ToDatetime() for e in changes.events}
 
     assert code == 0, daemon.log
-    assert time.monotonic() - started < 10
     assert (await get_task(api, task.id)).status == COMPLETED
+    assert (at["completed"] - at["running"]).total_seconds() < 3
     assert not alive(int((tmp_path / "work" / task.id / "bg.pid").read_text()))
 
 
@@ -393,7 +402,8 @@ async def test_a_daemon_with_a_bad_key_exits_with_one_error_line(server: App, tm
 
 
 class Scratch:
-    """A worktree provider of the test's own: every task in `root/<name>`, checkpoints remembered."""
+    """A worktree provider of the test's own: every task in `root/<name>`, checkpoints remembered; it
+    cannot prepare the task "elsewhere" nor checkpoint the task "unsaved"."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -407,6 +417,8 @@ class Scratch:
         return path
 
     async def checkpoint(self, claimed: daemon_pb2.ClaimedTask, message: str) -> None:
+        if claimed.task.name == "unsaved":
+            raise UnavailableError(grpc.StatusCode.UNAVAILABLE, "the object store is down")
         self.checkpoints.append((claimed.task.name, message))
 
 
@@ -414,16 +426,16 @@ async def test_an_embedded_daemon_runs_tasks_where_its_worktree_provider_says(
     server: App, api: Api, tmp_path: Path
 ) -> None:
     """The seam for daemon-held worktrees: the loop asks its provider for the directory and for the
-    checkpoint; a task it cannot prepare fails with the provider's reason."""
-    here, elsewhere = await create_task(api, "here"), await create_task(api, "elsewhere")
+    checkpoint; a task it cannot prepare, or whose work it cannot checkpoint, fails saying why."""
+    here, elsewhere, unsaved = [await create_task(api, name) for name in ("here", "elsewhere", "unsaved")]
     provider = Scratch(tmp_path / "trees")
     lines: list[str] = []
     config = DaemonConfig(command="echo made > file; echo ok", directory=tmp_path / "unused", once=True)
 
     async with AsyncClient(f"127.0.0.1:{server.port}", api.key) as client:
-        for _ in range(2):
+        for _ in range(3):
             await Daemon(client, config, worktrees=provider, log=lines.append).run()
-    ran, failed = await get_task(api, here.id), await get_task(api, elsewhere.id)
+    ran, failed, lost = [await get_task(api, task.id) for task in (here, elsewhere, unsaved)]
 
     assert (tmp_path / "trees" / "here" / "file").read_text() == "made\n"
     assert provider.checkpoints == [("here", "command exited with code 0")]
@@ -431,6 +443,10 @@ async def test_an_embedded_daemon_runs_tasks_where_its_worktree_provider_says(
     assert (failed.status, failed.status_message) == (
         FAILED,
         "could not prepare the task's directory: its worktree is on another machine",
+    )
+    assert (lost.status, lost.status_message) == (
+        FAILED,
+        "command exited with code 0, but the checkpoint failed: UNAVAILABLE UNAVAILABLE: the object store is down",
     )
     assert not (tmp_path / "unused").exists()
     assert texts(await events_of(api, here.id)) == [(1, "ok")]

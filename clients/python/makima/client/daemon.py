@@ -65,6 +65,8 @@ MAX_BATCH_CHARS = 512 * 1024
 # that writes faster than the service records waits instead of filling the daemon's memory.
 MAX_PENDING_CHARS = 4 * 1024 * 1024
 _READ_SIZE = 64 * 1024
+# ReportTaskStatusRequest.message's limit.
+MAX_STATUS_MESSAGE_CHARS = 10_000
 # After the command exits, how long its output pipes may stay open (a process that left its group).
 _DRAIN_SECONDS = 5.0
 # While the daemon stops, how long output may still wait for a service that cannot be reached.
@@ -322,7 +324,7 @@ class Daemon:
                 daemon_id=self.daemon_id,
                 task_id=task_id,
                 status=status,
-                message=message,
+                message=message[:MAX_STATUS_MESSAGE_CHARS],
                 lease_token=claimed.lease_token,
             )
         except MakimaError as err:
@@ -335,8 +337,8 @@ class Daemon:
         self._log(f"task {task_id} {ending}" + (f": {message}" if message else ""))
 
     async def _execute(self, run: _TaskRun) -> tuple[Status, str]:
-        """Prepare the directory, run the command and checkpoint: the status to report and its message.
-        Raises _LeaseLost when the task was taken away meanwhile."""
+        """Prepare the directory, run the command, record its output and checkpoint: the status to
+        report and its message. Raises _LeaseLost when the task was taken away meanwhile."""
         claimed = run.claimed
         try:
             directory = await self._worktrees.prepare(claimed)
@@ -349,7 +351,9 @@ class Daemon:
         if self._stopping.is_set():
             return INTERRUPTED, f"{self._stop_reason} before the command started"
         try:
-            process = await asyncio.create_subprocess_shell(
+            loop = asyncio.get_running_loop()
+            transport, command = await loop.subprocess_shell(
+                lambda: _Command(loop),
                 self._config.command,
                 cwd=directory,
                 env=_environment(claimed),
@@ -360,15 +364,16 @@ class Daemon:
             )
         except OSError as err:
             return FAILED, f"could not start the command: {err}"
-        assert process.stdout is not None and process.stderr is not None
+        assert command.stdout is not None and command.stderr is not None
+        pid = transport.get_pid()
         recorder = _OutputRecorder(self._client, claimed, self._config, self._log)
         readers = [
-            asyncio.create_task(recorder.read(process.stdout, "stdout")),
-            asyncio.create_task(recorder.read(process.stderr, "stderr")),
+            asyncio.create_task(recorder.read(command.stdout, "stdout")),
+            asyncio.create_task(recorder.read(command.stderr, "stderr")),
         ]
         sender = asyncio.create_task(recorder.send())
         checkpoints = asyncio.create_task(self._checkpoint_periodically(run))
-        exited = asyncio.create_task(process.wait())
+        exited = asyncio.create_task(command.exited.wait())
         stopped = asyncio.create_task(self._stopping.wait())
         lost = asyncio.create_task(run.lost.wait())
         try:
@@ -378,34 +383,40 @@ class Daemon:
                 if failed.done():
                     failed.result()  # raises what made it end
             if run.lost.is_set():
-                raise _LeaseLost
+                raise _LeaseLost  # the command is killed on the way out
             interrupted = not exited.done()
             if interrupted:
-                await _terminate(process, self._config.kill_grace)
+                await _terminate(pid, command, self._config.kill_grace)
             # What the command left running would keep its pipes open: it ends with the command.
-            _signal_group(process.pid, signal.SIGKILL)
+            _signal_group(pid, signal.SIGKILL)
             await _drain(readers)
             run.done.set()
             await checkpoints
             await self._flush(run, recorder, sender, stopped=stopped, lost=lost)
             if interrupted:
                 return INTERRUPTED, self._stop_reason
-            code = process.returncode
+            code = transport.get_returncode()
             assert code is not None
             ending = f"command exited with code {code}" if code >= 0 else f"command killed by {_signal_name(-code)}"
-            await self._worktrees.checkpoint(claimed, ending)
-            return (COMPLETED, "") if code == 0 else (FAILED, ending)
         except MakimaError as err:
             if is_lease_lost(err):
                 raise _LeaseLost from err
-            return FAILED, f"the daemon could not record the task: {err}"
+            return FAILED, f"the daemon could not record the task's output: {err}"
         finally:
             # Whatever ended the run (a lost lease at once), no process of the command outlives it.
-            _signal_group(process.pid, signal.SIGKILL)
-            for pending in (*readers, sender, checkpoints, exited, stopped, lost):
+            _signal_group(pid, signal.SIGKILL)
+            for pending in (*readers, sender, checkpoints, stopped, lost):
                 pending.cancel()
-            await asyncio.gather(*readers, sender, checkpoints, exited, stopped, lost, return_exceptions=True)
-            await process.wait()
+            await asyncio.gather(*readers, sender, checkpoints, stopped, lost, return_exceptions=True)
+            await command.exited.wait()
+            transport.close()  # its pipes too, even if a process that left the group holds them
+        try:
+            await self._worktrees.checkpoint(claimed, ending)
+        except MakimaError as err:
+            if is_lease_lost(err):
+                raise _LeaseLost from err
+            return FAILED, f"{ending}, but the checkpoint failed: {err}"
+        return (COMPLETED, "") if code == 0 else (FAILED, ending)
 
     async def _flush(
         self,
@@ -586,14 +597,30 @@ def _environment(claimed: daemon_pb2.ClaimedTask) -> dict[str, str]:
     }
 
 
-async def _terminate(process: asyncio.subprocess.Process, grace: float) -> None:
+class _Command(asyncio.subprocess.SubprocessStreamProtocol):
+    """A running command: its output streams, and `exited` set as soon as its shell exits.
+
+    asyncio's Process.wait() would not do: it also waits until every pipe is closed, which a process
+    the command left in the background can put off for as long as it runs.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=_READ_SIZE, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
+async def _terminate(pid: int, command: _Command, grace: float) -> None:
     """SIGTERM to the command's process group, SIGKILL if it has not exited after `grace` seconds."""
-    _signal_group(process.pid, signal.SIGTERM)
+    _signal_group(pid, signal.SIGTERM)
     try:
-        await asyncio.wait_for(process.wait(), timeout=grace)
+        await asyncio.wait_for(command.exited.wait(), timeout=grace)
     except TimeoutError:
-        _signal_group(process.pid, signal.SIGKILL)
-        await process.wait()
+        _signal_group(pid, signal.SIGKILL)
+        await command.exited.wait()
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
