@@ -192,6 +192,31 @@ async def test_a_task_without_worktree_runs_in_its_directory_and_its_lines_becom
     assert f"task {task.id} completed" in daemon.log
 
 
+async def test_a_flood_of_output_is_recorded_in_order_in_batches(server: App, api: Api, start_daemon: Start) -> None:
+    """5,000 lines at once go out in batches of at most 100 lines; a line longer than 64 Ki characters
+    is recorded in pieces."""
+    task = await create_task(api, "chatty")
+
+    daemon = await start_daemon(
+        "--once", "--dir", "work", "--command", "seq 1 5000; head -c 150000 /dev/zero | tr '\\0' x; echo"
+    )
+    code = await daemon.exit_code()
+    async with AsyncClient(f"127.0.0.1:{server.port}", api.key) as client:
+        events = [e async for e in client.list_task_events.items(task_id=task.id, page_size=1000)]
+        batches = [
+            e.data
+            async for e in client.list_timeline.items(
+                task_id=task.id, kinds=[resources_pb2.TIMELINE_EVENT_KIND_TASK_EVENTS_RECORDED]
+            )
+        ]
+
+    assert code == 0, daemon.log
+    assert [e.text for e in events] == [str(n) for n in range(1, 5001)] + ["x" * 65536, "x" * 65536, "x" * 18928]
+    assert [e.sequence for e in events] == list(range(1, 5004))
+    assert max(batch["count"] for batch in batches) <= 100
+    assert len(batches) <= 5003 // 20  # batched, not one call per line
+
+
 async def test_a_failing_command_fails_the_task_naming_its_exit_code(api: Api, start_daemon: Start) -> None:
     task = await create_task(api, "doomed")
 
