@@ -426,6 +426,33 @@ async def test_a_daemon_with_a_bad_key_exits_with_one_error_line(server: App, tm
     assert err.decode().startswith("error: UNAUTHENTICATED") and err.decode().count("\n") == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (("--command", " "), "makima daemon run: error: command must not be empty"),
+        (("--command", "true", "--name", ""), "makima daemon run: error: name must not be empty"),
+        (("--command", "true", "--max-tasks", "0"), "--max-tasks: must be between 1 and 1000: '0'"),
+        (("--command", "true", "--checkpoint-interval", "-1"), "--checkpoint-interval: must be positive: '-1'"),
+    ],
+)
+async def test_bad_options_are_usage_errors(tmp_path: Path, args: tuple[str, ...], error: str) -> None:
+    """Refused before any call: no server is needed."""
+    process = await asyncio.create_subprocess_exec(
+        MAKIMA,
+        "daemon",
+        "run",
+        "--dir",
+        str(tmp_path),
+        *args,
+        stderr=subprocess.PIPE,
+        env=environment("127.0.0.1:1", "mk_unused"),
+    )
+    _, err = await asyncio.wait_for(process.communicate(), PATIENCE)
+
+    assert process.returncode == 2
+    assert error in err.decode()
+
+
 class Scratch:
     """A worktree provider of the test's own: every task in `root/<name>`, checkpoints remembered; it
     cannot prepare the task "elsewhere" nor checkpoint the task "unsaved"."""

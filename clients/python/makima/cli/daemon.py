@@ -22,6 +22,7 @@ from makima.client.daemon import Daemon, DaemonConfig
 from makima.v1 import resources_pb2
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+USAGE_EXIT = 2
 _KINDS = enum_names(resources_pb2.TaskKind.DESCRIPTOR)
 
 _DESCRIPTION = """\
@@ -114,19 +115,23 @@ def add_commands(
 
 def run(args: argparse.Namespace) -> int:
     """Run `makima daemon run` until it stops; returns the exit status (MakimaError propagates)."""
-    return asyncio.run(_serve(args))
+    try:
+        config = DaemonConfig(
+            command=args.shell_command,
+            directory=args.dir,
+            name=args.name,
+            kinds=tuple(_KINDS[kind] for kind in args.kinds or ()),
+            once=args.once,
+            max_tasks=args.max_tasks,
+            checkpoint_interval=args.checkpoint_interval,
+        )
+    except ValueError as err:  # a usage error, as argparse reports its own
+        print(f"makima daemon run: error: {err}", file=sys.stderr)
+        return USAGE_EXIT
+    return asyncio.run(_serve(args, config))
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    config = DaemonConfig(
-        command=args.shell_command,
-        directory=args.dir,
-        name=args.name,
-        kinds=tuple(_KINDS[kind] for kind in args.kinds or ()),
-        once=args.once,
-        max_tasks=args.max_tasks,
-        checkpoint_interval=args.checkpoint_interval,
-    )
+async def _serve(args: argparse.Namespace, config: DaemonConfig) -> int:
     log = _quiet if args.quiet else _step
     received: list[signal.Signals] = []
     async with AsyncClient(args.address, args.api_key, timeout=args.timeout) as client:
