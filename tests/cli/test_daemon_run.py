@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -162,7 +163,7 @@ async def test_a_task_without_worktree_runs_in_its_directory_and_its_lines_becom
     contract = await create_contract(api, "site", initial_phase="plan")
     task = await create_task(api, "say hello", instructions="greet them", contract_id=contract.id)
     command = (
-        "printf 'first\\nsecond\\n'; echo 'to stderr' >&2; printf 'nul\\0 and \\377 byte\\n'; "
+        "printf 'first\\n\\nsecond\\n'; echo 'to stderr' >&2; printf 'nul\\0 and \\377 byte\\n'; "
         'echo "$MAKIMA_TASK_ID|$MAKIMA_TASK_NAME|$MAKIMA_TASK_INSTRUCTIONS|$MAKIMA_CONTRACT_ID|$MAKIMA_PHASE"; '
         "pwd; printf 'no newline at the end'"
     )
@@ -174,12 +175,13 @@ async def test_a_task_without_worktree_runs_in_its_directory_and_its_lines_becom
 
     assert code == 0, daemon.log
     assert (done.status, done.status_message) == (COMPLETED, "")
-    assert [e.sequence for e in events] == list(range(1, 8))
+    assert [e.sequence for e in events] == list(range(1, 9))
     assert {e.kind for e in events} == {OUTPUT}
     by_stream = {s: [e.text for e in events if e.data["stream"] == s] for s in ("stdout", "stderr")}
     assert by_stream == {
         "stdout": [
             "first",
+            "",
             "second",
             "nul\ufffd and \ufffd byte",
             f"{task.id}|say hello|greet them|{contract.id}|plan",
@@ -192,14 +194,26 @@ async def test_a_task_without_worktree_runs_in_its_directory_and_its_lines_becom
     assert f"task {task.id} completed" in daemon.log
 
 
-async def test_a_flood_of_output_is_recorded_in_order_in_batches(server: App, api: Api, start_daemon: Start) -> None:
-    """5,000 lines at once go out in batches of at most 100 lines; a line longer than 64 Ki characters
-    is recorded in pieces. (And --quiet prints nothing.)"""
-    task = await create_task(api, "chatty")
+# Writes a line of 80,000 characters in two halves 0.2 s apart: the daemon has read the first half
+# before the rest of the line and its end arrive together.
+TWO_HALVES = """
+import os, time
+os.write(1, b"y" * 40000)
+time.sleep(0.2)
+os.write(1, b"y" * 40000 + b"\\n")
+"""
 
-    daemon = await start_daemon(
-        "--once", "--quiet", "--dir", "work", "--command", "seq 1 5000; head -c 150000 /dev/zero | tr '\\0' x; echo"
-    )
+
+async def test_a_flood_of_output_is_recorded_in_order_in_batches(
+    server: App, api: Api, start_daemon: Start, tmp_path: Path
+) -> None:
+    """5,000 lines at once go out in batches of at most 100 lines; a line longer than 64 Ki characters
+    is recorded in pieces, however it arrives. (And --quiet prints nothing.)"""
+    task = await create_task(api, "chatty")
+    (tmp_path / "halves.py").write_text(TWO_HALVES)
+    command = f"seq 1 5000; head -c 150000 /dev/zero | tr '\\0' x; echo; {sys.executable} {tmp_path / 'halves.py'}"
+
+    daemon = await start_daemon("--once", "--quiet", "--dir", "work", "--command", command)
     code = await daemon.exit_code()
     async with AsyncClient(f"127.0.0.1:{server.port}", api.key) as client:
         events = [e async for e in client.list_task_events.items(task_id=task.id, page_size=1000)]
@@ -211,10 +225,11 @@ async def test_a_flood_of_output_is_recorded_in_order_in_batches(server: App, ap
         ]
 
     assert (code, daemon.log) == (0, "")  # --quiet
-    assert [e.text for e in events] == [str(n) for n in range(1, 5001)] + ["x" * 65536, "x" * 65536, "x" * 18928]
-    assert [e.sequence for e in events] == list(range(1, 5004))
+    numbers = [str(n) for n in range(1, 5001)]
+    assert [e.text for e in events] == [*numbers, "x" * 65536, "x" * 65536, "x" * 18928, "y" * 65536, "y" * 14464]
+    assert [e.sequence for e in events] == list(range(1, 5006))
     assert max(batch["count"] for batch in batches) <= 100
-    assert len(batches) <= 5003 // 20  # batched, not one call per line
+    assert len(batches) <= 5005 // 20  # batched, not one call per line
 
 
 async def test_a_failing_command_fails_the_task_naming_its_exit_code(api: Api, start_daemon: Start) -> None:

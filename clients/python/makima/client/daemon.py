@@ -522,14 +522,21 @@ class _OutputRecorder:
             buffer += decoder.decode(chunk)
             *lines, buffer = buffer.split("\n")
             for line in lines:
-                self.add(line.removesuffix("\r"), name)
-            while len(buffer) >= MAX_LINE_CHARS:
-                self.add(buffer[:MAX_LINE_CHARS], name)
-                buffer = buffer[MAX_LINE_CHARS:]
+                self._add_line(line.removesuffix("\r"), name)
+            if len(buffer) >= MAX_LINE_CHARS:  # a line this long is recorded as it comes, in pieces
+                whole = len(buffer) - len(buffer) % MAX_LINE_CHARS
+                self._add_line(buffer[:whole], name)
+                buffer = buffer[whole:]
             await self._room.wait()
         buffer += decoder.decode(b"", final=True)
         if buffer:
-            self.add(buffer.removesuffix("\r"), name)
+            self._add_line(buffer.removesuffix("\r"), name)
+
+    def _add_line(self, line: str, stream: str) -> None:
+        """One line as one event (an empty line too), or a line longer than MAX_LINE_CHARS as
+        consecutive pieces."""
+        for start in range(0, max(len(line), 1), MAX_LINE_CHARS):
+            self.add(line[start : start + MAX_LINE_CHARS], stream)
 
     async def send(self) -> None:
         """Record the pending events until `end()`; raises the MakimaError that no retry cures."""
