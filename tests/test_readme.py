@@ -27,13 +27,23 @@ def environment(server: App, database_url: str) -> dict[str, str]:
     return env | {"MAKIMA_ADDRESS": f"127.0.0.1:{server.port}", "MAKIMA_DATABASE_URL": database_url}
 
 
-async def test_cli_and_grpcurl_examples_run(server: App, database_url: str, repo_root: Path) -> None:
-    cli, grpcurl = blocks(repo_root, "sh")
-    script = "set -euo pipefail\n" + cli + grpcurl.replace(DEFAULT_ADDRESS, f"127.0.0.1:{server.port}")
+async def test_cli_daemon_and_grpcurl_examples_run(server: App, database_url: str, repo_root: Path) -> None:
+    """The daemon's block continues the CLI's session, as a second terminal would."""
+    cli, grpcurl, daemon, remote = blocks(repo_root, "sh")
+    script = (
+        "set -euo pipefail\n" + cli + daemon + remote + grpcurl.replace(DEFAULT_ADDRESS, f"127.0.0.1:{server.port}")
+    )
     code, out, err = await run("bash", "-c", script, env=environment(server, database_url), cwd=repo_root)
     assert code == 0, f"{out}\n{err}"
     assert "first form" in out  # task-checkpoints listed the checkpoint
     assert "form.html" in out  # task-compare saw the change
+    assert "claimed task" in err and "(write the form)" in err  # the daemon's steps
+    assert "wrote form.html" in out  # what the daemon's command printed is the task's history
+    assert "command exited with code 0" in out  # the checkpoint the daemon made when it exited
+    assert re.search(r"^\s*status\s+completed$", out, flags=re.M)  # task-get after the daemon's report
+    assert "(write the tests)" in err  # the daemon-held task ran on the daemon
+    assert "(tests, take two)" in err  # the fork was claimed
+    assert "assert form.html" in out  # ...and its worktree held the tree the first daemon pushed
     assert '"name": "from grpcurl"' in out
 
 

@@ -17,6 +17,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
 
+from makima.cli import daemon
 from makima.cli._render import Output, enum_names, event_line, json_line, to_json, to_text
 from makima.client import (
     ADDRESS_ENV,
@@ -100,15 +101,34 @@ def _worktree_options(p: argparse.ArgumentParser) -> None:
     source.add_argument("--empty-worktree", action="store_true", help="give it a new, empty git worktree")
     source.add_argument("--repository", metavar="PATH", help="give it a worktree cloned from this repository")
     p.add_argument("--ref", default="", help="with --repository: branch, tag or commit to start from")
+    _placement_option(p, "service; alone, it means an empty worktree held there")
+
+
+_PLACEMENTS = {"service": resources_pb2.WORKTREE_PLACEMENT_SERVICE, "daemon": resources_pb2.WORKTREE_PLACEMENT_DAEMON}
+
+
+def _placement_option(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument(
+        "--placement",
+        choices=sorted(_PLACEMENTS),
+        default=None,
+        help="where the worktree lives: held by the service (on its machine) or by the daemon that claims "
+        f"the task (materialized from the service's checkpoints); default {default}",
+    )
+
+
+def _placement(a: argparse.Namespace) -> int | None:
+    return _PLACEMENTS[a.placement] if a.placement else None
 
 
 def _worktree(a: argparse.Namespace) -> resources_pb2.WorktreeSpec | None:
+    placement = _present(placement=_placement(a))
     if a.repository:
         return resources_pb2.WorktreeSpec(
-            source=resources_pb2.WorktreeSpec.SOURCE_REPOSITORY, repository=a.repository, ref=a.ref
+            source=resources_pb2.WorktreeSpec.SOURCE_REPOSITORY, repository=a.repository, ref=a.ref, **placement
         )
-    if a.empty_worktree:
-        return resources_pb2.WorktreeSpec(source=resources_pb2.WorktreeSpec.SOURCE_EMPTY)
+    if a.empty_worktree or placement:  # a placement alone asks for an empty worktree held there
+        return resources_pb2.WorktreeSpec(source=resources_pb2.WorktreeSpec.SOURCE_EMPTY, **placement)
     return None
 
 
@@ -458,6 +478,7 @@ def _task_fork(p: argparse.ArgumentParser) -> Run:
     point.add_argument("--message-index", type=int, metavar="N", help="fork with messages 0..N")
     p.add_argument("--name", default="", help='name of the new task (default: "<name> (fork)")')
     p.add_argument("--branch", default="", help="branch of the new task (default: makima/<new task id>)")
+    _placement_option(p, "the source task's")
     _request_id_option(p)
     return lambda c, a: c.fork_task(
         **_present(
@@ -466,6 +487,7 @@ def _task_fork(p: argparse.ArgumentParser) -> Run:
             message_index=a.message_index,
             name=a.name,
             branch_name=a.branch,
+            placement=_placement(a),
             request_id=a.request_id,
         )
     )
@@ -480,9 +502,16 @@ def _task_continue(p: argparse.ArgumentParser) -> Run:
     p.add_argument("task_id", metavar="TASK_ID")
     p.add_argument("--name", default="", help='name of the new task (default: "<name> (continued)")')
     p.add_argument("--instructions", default="", help="what the new task starts from")
+    _placement_option(p, "the source task's")
     _request_id_option(p)
     return lambda c, a: c.continue_task(
-        task_id=a.task_id, name=a.name, instructions=a.instructions, request_id=a.request_id
+        **_present(
+            task_id=a.task_id,
+            name=a.name,
+            instructions=a.instructions,
+            placement=_placement(a),
+            request_id=a.request_id,
+        )
     )
 
 
@@ -585,6 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
                 'makima --json contract-get "$CONTRACT"',
                 'makima task-history "$TASK"',
                 "makima timeline --follow",
+                "makima daemon run --dir work --command ./agent.sh",
                 "makima COMMAND --help   # options and examples of one command",
             ]
         ),
@@ -602,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _global_options(p, defaults=False)
         p.set_defaults(run=setup(p))
+    daemon.add_commands(commands, global_options=lambda p: _global_options(p, defaults=False), examples=_examples)
     return parser
 
 
@@ -609,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "daemon":  # a long-running asyncio program: its own client and exit status
+            return daemon.run(args)
         with Client(args.address, args.api_key, timeout=args.timeout) as client:
             output = args.run(client, args)
             if output is not None:

@@ -4,8 +4,12 @@
 SupervisorService, TaskForkService and DaemonService as a snake_case call that takes the generated
 request message (or its fields as keywords) and returns the generated response. They add what every
 caller needs: the API key, deadlines, retries of idempotent calls with one request_id per logical
-call, typed errors, iteration across pages and a reconnecting timeline follower. `DaemonWorktrees`
-is a daemon's side of its tasks' code: materialize the commit a claim names, checkpoint and upload.
+call, typed errors, iteration across pages and a reconnecting timeline follower.
+
+`Daemon` (makima.client.daemon) is a daemon's work loop over AsyncClient: claim tasks, run a command
+for each one, record its output, keep the leases, checkpoint and report; `makima daemon run` runs it.
+`DaemonWorktrees` is its side of the tasks' code: materialize the commit a claim names, checkpoint
+and upload what the service lacks.
 """
 
 from makima.client._async import AsyncClient, AsyncPaged, AsyncTimelineFollower, AsyncUnary
@@ -25,6 +29,7 @@ from makima.client._errors import (
 )
 from makima.client._options import ADDRESS_ENV, API_KEY_ENV, DEFAULT_ADDRESS, DEFAULT_TIMEOUT, RetryPolicy
 from makima.client._sync import Client, Paged, TimelineFollower, Unary
+from makima.client.daemon import Daemon, DaemonConfig, TaskSetupError, WorktreeProvider
 from makima.client.worktrees import DaemonWorktrees
 
 __all__ = [
@@ -39,6 +44,8 @@ __all__ = [
     "AsyncTimelineFollower",
     "AsyncUnary",
     "Client",
+    "Daemon",
+    "DaemonConfig",
     "DaemonWorktrees",
     "DeadlineExceededError",
     "FailedPreconditionError",
@@ -49,9 +56,11 @@ __all__ = [
     "NotFoundError",
     "Paged",
     "RetryPolicy",
+    "TaskSetupError",
     "TimelineFollower",
     "Unary",
     "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
+    "WorktreeProvider",
 ]
