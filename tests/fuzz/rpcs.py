@@ -30,11 +30,14 @@ def message_class(desc: descriptor.Descriptor) -> type[Message]:
     return message_factory.GetMessageClass(desc)
 
 
-@dataclass(frozen=True)
 class Rpc:
-    """One method of a makima.v1 service."""
+    """One method of a makima.v1 service (a plain class: hypothesis prints it by its repr)."""
 
-    method: descriptor.MethodDescriptor
+    def __init__(self, method: descriptor.MethodDescriptor) -> None:
+        self.method = method
+
+    def __repr__(self) -> str:
+        return f"Rpc({self.name})"
 
     @property
     def name(self) -> str:
