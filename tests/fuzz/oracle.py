@@ -112,8 +112,9 @@ class StateReader:
                     where = table.c.id == owner_id
                 else:
                     continue  # server-wide rows (e.g. signing secrets) belong to no owner
-                result = (await session.execute(select(table).where(where))).all()
-                rows[table.name] = sorted((tuple(r) for r in result), key=repr)
+                key = list(table.primary_key.columns)
+                result = (await session.execute(select(table).where(where).order_by(*key))).all()
+                rows[table.name] = [tuple(r) for r in result]
                 if "worktree_path" in table.c:
                     worktrees.extend(r._mapping["worktree_path"] for r in result if r._mapping["worktree_path"])
         state = State(rows=rows, files={}, listing=self._listing() if listing else ())
@@ -248,7 +249,7 @@ def request_text(plan: CallPlan) -> str:
 
 
 class _Records(logging.Handler):
-    """Warnings and errors the in-process server logs while one call runs."""
+    """Warnings and errors logged in the process (the server runs in it) while one call runs."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -320,12 +321,11 @@ class Oracle:
         problems: list[str] = []
         before = await self.reader.read(self.owner_id)
         records = _Records()
-        server_log = logging.getLogger("makima")
-        server_log.addHandler(records)
+        logging.getLogger().addHandler(records)  # the server's and grpc's own loggers
         try:
             answer = await invoke(self.channel, rpc, plan.requests, plan.metadata, reads=plan.reads)
         finally:
-            server_log.removeHandler(records)
+            logging.getLogger().removeHandler(records)
         code = answer.code
         if code in FORBIDDEN_CODES:
             problems.append(f"answered {code.name}")

@@ -8,8 +8,9 @@ nanos, NaN, nesting 200 deep). Strings are chosen by the field's name from the `
 fields (own, another owner's, mutated, random), tokens for `*token` fields (captured, edited and
 re-encoded, another owner's, garbage), and otherwise text, hostile strings and paths.
 
-`valid=True` builds the plausible variant used for the good messages of a client stream: own ids,
-known non-zero enum values, small positive numbers, present timestamps.
+`valid=True` builds plausible messages (own ids, known non-zero enum values, small positive numbers,
+timestamps of these years): the good messages of a client stream, and the base of the `mutants`
+that get one hostile field, so that calls also reach past the first validation.
 """
 
 from __future__ import annotations
