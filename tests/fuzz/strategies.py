@@ -103,6 +103,8 @@ HOSTILE: tuple[str, ...] = (
     "1e309",
     "true",
 )
+# PostgreSQL refuses NUL in text and jsonb (SQLite stores it): drawn more often than the rest.
+NUL_STRINGS = ("\x00", "a\x00b", "name\x00" * 8)
 INT_EDGES = (0, 1, -1, 2, 7, 100, 1_000, 2**31 - 1, -(2**31), 2**31, 2**32 - 1, 2**32, 2**53 + 1, 2**63 - 1, -(2**63))
 INT_RANGES = {
     F.TYPE_INT32: (-(2**31), 2**31 - 1),
@@ -274,6 +276,7 @@ def strings(name: str, pool: Pool, *, valid: bool) -> st.SearchStrategy[str]:
         return st.sampled_from(("fuzz", "plan", "hello world", "execute"))
     return weighted(
         (3, st.text(max_size=24)),
+        (2, st.sampled_from(NUL_STRINGS)),
         (4, st.sampled_from(HOSTILE)),
         (1, st.sampled_from(LENGTHS).map(lambda n: "a" * n)),
         (1, pick(pool.own.all_ids)),
@@ -399,7 +402,7 @@ def _documents(*, valid: bool) -> st.SearchStrategy[dict[str, Any]]:
         return st.dictionaries(st.sampled_from(("k", "note")), _json_values(valid=True), max_size=2)
     keys = st.one_of(st.text(max_size=10), st.sampled_from(STRUCT_KEYS))
     return weighted(
-        (6, st.dictionaries(keys, _json_values(valid=False), max_size=4)),
+        (4, st.dictionaries(keys, _json_values(valid=False), max_size=4)),
         (1, st.sampled_from(STRUCT_DEPTHS).map(_nested)),
     )
 
