@@ -288,8 +288,8 @@ def strings(name: str, pool: Pool, *, valid: bool) -> st.SearchStrategy[str]:
 
 def integers(field_type: int, *, valid: bool) -> st.SearchStrategy[int]:
     low, high = INT_RANGES[field_type]
-    if valid:
-        return st.integers(min_value=max(low, 1), max_value=50)
+    if valid:  # 0 now and then: the next index of an empty conversation, the first page, ...
+        return weighted((1, st.just(0)), (3, st.integers(min_value=max(low, 1), max_value=50)))
     edges = sorted({v for v in INT_EDGES if low <= v <= high})
     return weighted(
         (3, st.sampled_from(edges)),
