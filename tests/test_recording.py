@@ -37,7 +37,7 @@ async def test_events_are_stored_once_with_gaps_reported(api: Api, server: App) 
     assert all(e.event_time.seconds > 0 and e.record_time.seconds > 0 for e in listed.events)
 
     recorded = [e for e in await timeline_of(server, api) if e.kind == "task_events_recorded"]
-    assert [e.data["count"] for e in recorded] == [2, 1, 1]  # the all-resend part stored nothing
+    assert [e.data["count"] for e in recorded] == [3, 1]  # one per call (one transaction each)
 
 
 async def test_event_payloads_and_filters(api: Api) -> None:
@@ -209,3 +209,15 @@ async def test_append_rejects_bad_input(api: Api, other_api: Api) -> None:
     await fails(
         api.daemon.AppendMessages(supervisor, metadata=api.md), grpc.StatusCode.NOT_FOUND, reason="NO_SUPERVISOR_STATE"
     )
+
+
+async def test_a_call_is_one_transaction_within_its_bound(api: Api) -> None:
+    """A call past MAX_EVENTS_PER_CALL is refused naming the limit, and nothing of it is stored."""
+    task = await create_task(api)
+    per_message = 10_000
+    batches = [[(m * per_message + i + 1, OUTPUT) for i in range(per_message)] for m in range(11)]
+    failure = await fails(record_events(api, task.id, *batches), grpc.StatusCode.INVALID_ARGUMENT)
+    assert failure.reason == "LIMIT_EXCEEDED" and failure.fields == ["events"]
+    assert "100000 events" in failure.message
+    listed = await api.history.ListTaskEvents(history_pb2.ListTaskEventsRequest(task_id=task.id), metadata=api.md)
+    assert list(listed.events) == []

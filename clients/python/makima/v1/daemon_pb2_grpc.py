@@ -167,9 +167,10 @@ class DaemonServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordTaskEvents(self, request_iterator, context):
-        """Records a stream of task events. Each message of the stream is stored in its own transaction, all
-        or nothing: a failure ends the call with nothing of that message written, and the messages before
-        it stay stored. A resend of an already stored sequence with the same content (kind, text, data,
+        """Records a stream of task events. The whole call is stored in one transaction when the stream
+        ends, all or nothing: a failure writes nothing of the call. Each message is checked as it arrives
+        (a bad one ends the call at once); a call carries at most 100000 events and 64 MiB, else
+        INVALID_ARGUMENT reason LIMIT_EXCEEDED: send a long run of events as several calls. A resend of an already stored sequence with the same content (kind, text, data,
         and event_time when the resend gives one) is stored once and acknowledged again as a duplicate;
         gaps in the sequence are accepted and reported. Fenced by `lease_token` (see the service).
         Errors: INVALID_ARGUMENT (bad sequence, kind or lease_token; a stream naming two tasks or two

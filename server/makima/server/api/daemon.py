@@ -30,6 +30,9 @@ from makima.v1 import daemon_pb2_grpc, resources_pb2
 
 # A longer ClaimTask wait is shortened to this (no call holds the server longer; the daemon claims again).
 MAX_CLAIM_WAIT_SECONDS = 60.0
+# One RecordTaskEvents call is one transaction: its events are held until the stream ends.
+MAX_EVENTS_PER_CALL = 100_000
+MAX_BYTES_PER_CALL = 64 * 1024 * 1024
 # A long-poll ends this long before the call's deadline, so that a claimed task reaches the daemon.
 DEADLINE_MARGIN_SECONDS = 0.5
 
@@ -235,11 +238,18 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
     async def RecordTaskEvents(
         self, request_iterator: AsyncIterator[pb.RecordTaskEventsRequest], context: aio.ServicerContext
     ) -> pb.RecordTaskEventsResponse:
-        """Each stream message is stored in its own transaction as it arrives."""
+        """The whole stream is stored in one transaction once it ends: all or nothing.
+
+        Each message is checked as it arrives (a bad one ends the call at once) and its events are
+        held in memory, within MAX_EVENTS_PER_CALL and MAX_BYTES_PER_CALL, so that no lock is held
+        while a slow client streams.
+        """
         principal = current_principal()
         task_id: uuid.UUID | None = None
         token = ""
-        stored = duplicates = 0
+        lease: work.Lease | None = None
+        batch: list[recording.NewEvent] = []
+        received = 0
         async for request in request_iterator:
             this_task = uuid_field(request.task_id, "task_id")
             if task_id is not None and this_task != task_id:
@@ -248,17 +258,24 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
                 raise InvalidArgument.of("lease_token", "every message of one stream must carry the same token")
             task_id, token = this_task, request.lease_token
             lease = _lease(token)
-            batch = _events(request)
-            if not batch:
-                continue
-            outcome = await self.rt.mutate(
-                principal,
-                functools.partial(recording.record_task_events, task_id=this_task, batch=batch, lease=lease),
-            )
-            stored += outcome.stored
-            duplicates += outcome.duplicates
+            received += request.ByteSize()
+            batch.extend(_events(request))
+            if len(batch) > MAX_EVENTS_PER_CALL or received > MAX_BYTES_PER_CALL:
+                raise InvalidArgument.of(
+                    "events",
+                    f"a call carries at most {MAX_EVENTS_PER_CALL} events and {MAX_BYTES_PER_CALL} bytes: "
+                    "send the rest in another call",
+                    reason="LIMIT_EXCEEDED",
+                )
         if task_id is None:
             raise InvalidArgument.of("task_id", "the stream carried no message")
+        stored = duplicates = 0
+        if batch:
+            outcome = await self.rt.mutate(
+                principal,
+                functools.partial(recording.record_task_events, task_id=task_id, batch=batch, lease=lease),
+            )
+            stored, duplicates = outcome.stored, outcome.duplicates
         summary = await recording.summarize_task_events(self.rt, principal, task_id)
         return pb.RecordTaskEventsResponse(
             stored_count=stored,
