@@ -14,12 +14,12 @@ round going on after the last, so a round's work is bounded however many owners 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from datetime import timedelta
 
 from makima.server.domain.objects import ObjectStores
+from makima.server.domain.periodic import Periodic
 from makima.server.domain.runtime import Runtime
 from makima.server.git.objects import GarbageCollection
 from makima.server.store import commits
@@ -32,29 +32,18 @@ OWNERS_PER_ROUND = 20
 _LOCK_PURPOSE = "object-gc"
 
 
-class ObjectCollector:
+class ObjectCollector(Periodic):
     """A background task collecting garbage in the object stores every `interval` seconds until stopped."""
 
+    name = "makima-object-collector"
+    delay_first = True
+
     def __init__(self, rt: Runtime, objects: ObjectStores, *, interval: float, grace: timedelta) -> None:
+        super().__init__(interval=interval)
         self.rt = rt
         self.objects = objects
-        self.interval = interval
         self.grace = grace
         self._after: uuid.UUID | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="makima-object-collector")
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        self._task = None
 
     async def collect_round(self) -> int:
         """Collect the next owners (at most OWNERS_PER_ROUND); returns how many packs were removed."""
@@ -77,12 +66,6 @@ class ObjectCollector:
             # The lock is the transaction's: it is held while the store works in its thread.
             return await self.objects.run(owner_id, lambda store: store.collect_garbage(roots, grace=keep))
 
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            try:
-                if removed := await self.collect_round():
-                    log.info("removed unreferenced packs from the object stores", extra={"count": removed})
-            except Exception:
-                # Most likely the database is unreachable: try again at the next interval.
-                log.warning("object store garbage collection failed", exc_info=True)
+    async def run_once(self) -> None:
+        if removed := await self.collect_round():
+            log.info("removed unreferenced packs from the object stores", extra={"count": removed})

@@ -7,11 +7,11 @@ so sweepers of several processes share the work instead of doing it twice or wai
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 
 from makima.server.domain import work
+from makima.server.domain.periodic import Periodic
 from makima.server.domain.runtime import Runtime
 from makima.server.store import work as store
 from makima.server.store.types import utcnow
@@ -23,26 +23,14 @@ BATCH = 500
 OWNERS_PER_ROUND = 100
 
 
-class LeaseSweeper:
+class LeaseSweeper(Periodic):
     """A background task sweeping expired leases every `interval` seconds until stopped."""
 
+    name = "makima-lease-sweeper"
+
     def __init__(self, rt: Runtime, *, interval: float) -> None:
+        super().__init__(interval=interval)
         self.rt = rt
-        self.interval = interval
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="makima-lease-sweeper")
-
-    async def stop(self) -> None:
-        if self._task is None:
-            return
-        self._task.cancel()
-        try:
-            await self._task
-        except asyncio.CancelledError:
-            pass
-        self._task = None
 
     async def sweep(self) -> int:
         """One pass over every owner; returns how many tasks it interrupted."""
@@ -59,12 +47,6 @@ class LeaseSweeper:
             if not (more and sum(counts)):
                 return swept
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                if swept := await self.sweep():
-                    log.info("interrupted tasks whose lease expired", extra={"count": swept})
-            except Exception:
-                # Most likely the database is unreachable: try again at the next interval.
-                log.warning("lease sweep failed", exc_info=True)
-            await asyncio.sleep(self.interval)
+    async def run_once(self) -> None:
+        if swept := await self.sweep():
+            log.info("interrupted tasks whose lease expired", extra={"count": swept})
