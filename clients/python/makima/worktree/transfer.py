@@ -13,8 +13,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from dulwich.object_store import BaseObjectStore, MissingObjectFinder, PackBasedObjectStore
-from dulwich.objects import ObjectID
-from dulwich.pack import PackChunkGenerator, PackHint, generate_unpacked_objects
+from dulwich.objects import ObjectID, sha_to_hex
+from dulwich.pack import (
+    REF_DELTA,
+    Pack,
+    PackHint,
+    pack_header_chunks,
+    pack_object_chunks,
+    pack_object_header,
+)
 
 from makima.worktree.errors import RefNotFoundError
 
@@ -88,10 +95,78 @@ def pack_of(
     other_haves: set[ObjectID] | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> OutgoingPack:
-    """A pack of exactly `objects` from `store`, reusing stored deltas (against `other_haves` too)."""
-    records = generate_unpacked_objects(store, objects, reuse_deltas=True, other_haves=other_haves)
-    generator = PackChunkGenerator(store.object_format, num_records=len(objects), records=records)
-    return OutgoingPack(object_count=len(objects), chunks=rechunk(generator, chunk_size))
+    """A pack of exactly `objects` from `store`, copying stored pack entries as they are.
+
+    Compressing is what costs when writing a pack, and every stored object is compressed already:
+    an object in one of the store's packs is copied with its compressed data untouched, a stored
+    delta too when its base is sent along from the same pack (no cycle can form) or is in
+    `other_haves` (a thin pack). Only loose objects and deltas on other bases are compressed anew.
+    The receiver checks every object from its content, so nothing is trusted for being copied.
+    """
+    wanted = {sha for sha, _hint in objects}
+    haves = other_haves or set()
+    located = _locate(store, wanted)
+    records = (_record(store, sha, located, wanted, haves) for sha, _hint in objects)
+    return OutgoingPack(
+        object_count=len(objects), chunks=rechunk(_pack_stream(store, len(objects), records), chunk_size)
+    )
+
+
+def _locate(store: PackBasedObjectStore, shas: Iterable[ObjectID]) -> dict[ObjectID, tuple[Pack, int]]:
+    """The pack and offset of each of `shas` held in one of the store's packs (the first one found)."""
+    packs = store.packs
+    located: dict[ObjectID, tuple[Pack, int]] = {}
+    for sha in shas:
+        for pack in packs:
+            try:
+                located[sha] = (pack, pack.index.object_offset(sha))
+                break
+            except KeyError:
+                continue
+    return located
+
+
+def _record(
+    store: PackBasedObjectStore,
+    sha: ObjectID,
+    located: dict[ObjectID, tuple[Pack, int]],
+    wanted: set[ObjectID],
+    haves: set[ObjectID],
+) -> Iterable[bytes]:
+    """The pack entry of `sha`: its stored entry copied when that stands in the new pack, else compressed."""
+    where = located.get(sha)
+    if where is not None:
+        pack, offset = where
+        unpacked = pack.data.get_unpacked_object_at(offset, include_comp=True)
+        comp = unpacked.comp_chunks
+        assert comp is not None and unpacked.decomp_len is not None
+        if unpacked.delta_base is None:
+            header = pack_object_header(unpacked.pack_type_num, None, unpacked.decomp_len, store.object_format)
+            return [bytes(header), *comp]
+        if isinstance(unpacked.delta_base, int):
+            base_raw = pack.index.object_sha1(offset - unpacked.delta_base)
+        else:
+            base_raw = unpacked.delta_base
+        base = ObjectID(sha_to_hex(base_raw))
+        same_pack = base in wanted and located.get(base, (None, 0))[0] is pack
+        if same_pack or base in haves:
+            header = pack_object_header(REF_DELTA, base_raw, unpacked.decomp_len, store.object_format)
+            return [bytes(header), *comp]
+    obj = store[sha]
+    return pack_object_chunks(obj.type_num, obj.as_raw_chunks(), store.object_format)
+
+
+def _pack_stream(store: PackBasedObjectStore, count: int, records: Iterable[Iterable[bytes]]) -> Iterator[bytes]:
+    """A pack of `count` entries: header, the entries' bytes, and the checksum of all of it."""
+    digest = store.object_format.new_hash()
+    for chunk in pack_header_chunks(count):
+        digest.update(chunk)
+        yield chunk
+    for record in records:
+        for chunk in record:
+            digest.update(chunk)
+            yield chunk
+    yield digest.digest()
 
 
 def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
