@@ -36,7 +36,7 @@ from makima.worktree.repository import (
     replace_index,
     store_objects,
 )
-from makima.worktree.transfer import DEFAULT_CHUNK_SIZE, find_missing, is_object_id, pack_of
+from makima.worktree.transfer import DEFAULT_CHUNK_SIZE, find_missing, is_object_id, pack_of, path_bases
 from makima.worktree.trees import FileChange, commit_of, new_commit, object_id, path_text
 from makima.worktree.verify import PackLimits, StoredPack, receive_pack_file, verify_pack
 
@@ -188,6 +188,8 @@ class LocalWorktree:
         are ignored. Deltas may be against objects of `known` (a thin pack), which the service
         completes from its store. RefNotFoundError if `commit_sha` is not in the local store.
         """
-        missing, remote_has = find_missing(self._store, wants=[object_id(commit_sha).decode()], haves=known)
-        pack = pack_of(self._store, missing, other_haves=remote_has, chunk_size=chunk_size)
+        wants, haves = [object_id(commit_sha).decode()], list(known)
+        missing, remote_has = find_missing(self._store, wants=wants, haves=haves)
+        bases = path_bases(self._store, wants=wants, haves=haves, missing={sha for sha, _hint in missing})
+        pack = pack_of(self._store, missing, other_haves=remote_has, delta_bases=bases, chunk_size=chunk_size)
         return OutgoingObjects([sha.decode("ascii") for sha, _hint in missing], pack.chunks)
