@@ -25,6 +25,7 @@ from dulwich.repo import Repo
 
 from makima.worktree.errors import GitError, NotARepositoryError
 from makima.worktree.repository import (
+    PACK_MODE,
     branch_ref,
     checkout,
     consolidate_packs,
@@ -41,8 +42,6 @@ from makima.worktree.trees import FileChange, commit_of, new_commit, object_id, 
 from makima.worktree.verify import PackLimits, StoredPack, receive_pack_file, verify_pack
 
 _HEADS = b"refs/heads/"
-# Git's own mode for pack files: read-only, so nothing rewrites a pack in place.
-_PACK_MODE = 0o444
 
 
 class OutgoingObjects(NamedTuple):
@@ -141,7 +140,7 @@ class LocalWorktree:
             base = os.path.join(os.fspath(store.pack_dir), f"pack-{verified.name}")
             # The index last: git and dulwich consider a pack only once its index is there.
             for source, target in ((path, f"{base}.pack"), (verified.index_path, f"{base}.idx")):
-                os.chmod(source, _PACK_MODE)
+                os.chmod(source, PACK_MODE)
                 os.replace(source, target)
         consolidate_packs(store)
         return StoredPack(name=verified.name, object_count=verified.object_count, byte_size=byte_size)
