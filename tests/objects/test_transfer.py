@@ -75,9 +75,11 @@ async def test_have_want_sends_only_what_is_missing(
     full_count, full_size = result.full
     incremental_count, incremental_size = result.incremental
     assert full_count == len(rev_list_objects(history.path, first))
-    assert incremental_count == result.stored == len(new_objects)
-    # Bytes grow with the change (blobs and the trees above them), not with the tree: a third here.
-    assert incremental_size < full_size / 2
+    # The service completes the thin pack with the bases of its deltas, so it stores more.
+    assert incremental_count == len(new_objects) < result.stored
+    # Bytes grow with the change, not with the tree: deltas against the parent's trees and files at
+    # the same paths (as git's thin pack) make it a tenth here; whole objects were a third.
+    assert incremental_size < full_size / 5
     # Fetch, service to daemon, answers the same way.
     assert result.fetch_all == rev_list_objects(history.path, second)
     assert result.fetch_new == new_objects

@@ -141,10 +141,15 @@ def write_file(dir_fd: int, name: bytes, data: bytes, *, executable: bool) -> os
     """Replace `name` with a new regular file holding `data`; returns its stat.
 
     The old entry is unlinked rather than truncated, so a symlink or a hard link planted there
-    never carries the write to a file outside the worktree. The umask applies, as with git.
+    never carries the write to a file outside the worktree. The umask applies, as with git. The
+    create is tried first: on a fresh checkout nothing is in the way, which saves a syscall a file.
     """
-    remove_entry(dir_fd, name)
-    fd = os.open(name, _CREATE_FLAGS, 0o777 if executable else 0o666, dir_fd=dir_fd)
+    mode = 0o777 if executable else 0o666
+    try:
+        fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dir_fd)
+    except FileExistsError:
+        remove_entry(dir_fd, name)
+        fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dir_fd)
     try:
         view = memoryview(data)
         while view:

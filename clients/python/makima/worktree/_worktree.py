@@ -342,7 +342,8 @@ def _write(
         # A submodule is checked out as an empty directory, like git does without --recurse-submodules.
         _fs.ensure_dir(dir_fd, name)
         return tree_entry(mode, sha)
-    data = store[sha].as_raw_string()
+    # The raw content only: no object is parsed to be written out.
+    data = store.get_raw(sha)[1]
     if mode == MODE_SYMLINK:
         st = _fs.write_symlink(dir_fd, name, data)
     else:

@@ -25,6 +25,7 @@ from dulwich.repo import Repo
 
 from makima.worktree.errors import GitError, NotARepositoryError
 from makima.worktree.repository import (
+    PACK_MODE,
     branch_ref,
     checkout,
     consolidate_packs,
@@ -36,13 +37,11 @@ from makima.worktree.repository import (
     replace_index,
     store_objects,
 )
-from makima.worktree.transfer import DEFAULT_CHUNK_SIZE, find_missing, is_object_id, pack_of
+from makima.worktree.transfer import DEFAULT_CHUNK_SIZE, find_missing, is_object_id, pack_of, path_bases
 from makima.worktree.trees import FileChange, commit_of, new_commit, object_id, path_text
 from makima.worktree.verify import PackLimits, StoredPack, receive_pack_file, verify_pack
 
 _HEADS = b"refs/heads/"
-# Git's own mode for pack files: read-only, so nothing rewrites a pack in place.
-_PACK_MODE = 0o444
 
 
 class OutgoingObjects(NamedTuple):
@@ -141,7 +140,7 @@ class LocalWorktree:
             base = os.path.join(os.fspath(store.pack_dir), f"pack-{verified.name}")
             # The index last: git and dulwich consider a pack only once its index is there.
             for source, target in ((path, f"{base}.pack"), (verified.index_path, f"{base}.idx")):
-                os.chmod(source, _PACK_MODE)
+                os.chmod(source, PACK_MODE)
                 os.replace(source, target)
         consolidate_packs(store)
         return StoredPack(name=verified.name, object_count=verified.object_count, byte_size=byte_size)
@@ -188,6 +187,8 @@ class LocalWorktree:
         are ignored. Deltas may be against objects of `known` (a thin pack), which the service
         completes from its store. RefNotFoundError if `commit_sha` is not in the local store.
         """
-        missing, remote_has = find_missing(self._store, wants=[object_id(commit_sha).decode()], haves=known)
-        pack = pack_of(self._store, missing, other_haves=remote_has, chunk_size=chunk_size)
+        wants, haves = [object_id(commit_sha).decode()], list(known)
+        missing, remote_has = find_missing(self._store, wants=wants, haves=haves)
+        bases = path_bases(self._store, wants=wants, haves=haves, missing={sha for sha, _hint in missing})
+        pack = pack_of(self._store, missing, other_haves=remote_has, delta_bases=bases, chunk_size=chunk_size)
         return OutgoingObjects([sha.decode("ascii") for sha, _hint in missing], pack.chunks)

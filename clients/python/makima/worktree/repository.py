@@ -15,6 +15,7 @@ import contextlib
 import functools
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
 from dulwich.object_store import BaseObjectStore, DiskObjectStore
 from dulwich.objects import ObjectID, ShaFile
-from dulwich.pack import Pack
+from dulwich.pack import Pack, PackChunkGenerator, full_unpacked_object, iter_sha1, write_pack_index
 from dulwich.refs import Ref
 from dulwich.repo import BaseRepo, Repo
 
@@ -40,6 +41,8 @@ from makima.worktree.trees import IDENTITY, build_trees, flatten
 _PACK_THRESHOLD = 8
 # Packs beyond this number are merged (the smallest ones), as `git gc --auto` does at 50.
 _MAX_PACKS = 32
+# Git's own mode for pack files: read-only, so nothing rewrites a pack in place.
+PACK_MODE = 0o444
 # How long to wait for a lock file (ref or index) held by another writer before giving up.
 _LOCK_WAIT_SECONDS = 2.0
 
@@ -208,12 +211,42 @@ def store_objects(store: BaseObjectStore, objects: Iterable[ShaFile]) -> None:
     # Own packs only: a lookup through a chain of alternates costs more than writing an object twice.
     todo = list({obj.id: obj for obj in objects if not store.contains_packed(obj.id)}.values())
     if len(todo) >= _PACK_THRESHOLD:
-        store.add_objects([(obj, None) for obj in todo])
+        write_pack(store, todo)
         consolidate_packs(store)
         return
     for obj in todo:
         # Another process writing the same object holds its lock; its result is the same object.
         locked(functools.partial(store.add_object, obj), what=obj.id.decode())
+
+
+def write_pack(store: DiskObjectStore, objects: list[ShaFile]) -> None:
+    """Write `objects` (whole, none already in `store`'s packs) as one pack of `store`, with its index.
+
+    dulwich's add_objects writes the pack, then reads it back twice to index it; the writer
+    already knows every entry's offset and CRC32, so the index is written from those. The pack
+    lands complete before its index, as git does: no reader considers a pack without its index,
+    and a lookup that misses rescans the pack directory.
+    """
+    pack_dir = os.fspath(store.pack_dir)
+    writer = PackChunkGenerator(
+        store.object_format, num_records=len(objects), records=(full_unpacked_object(obj) for obj in objects)
+    )
+    fd, scratch = tempfile.mkstemp(dir=pack_dir, prefix="tmp-", suffix=".pack")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in writer:
+                f.write(chunk)
+        entries = sorted((sha, offset, crc32) for sha, (offset, crc32) in writer.entries.items())
+        base = os.path.join(pack_dir, "pack-" + iter_sha1(entry[0] for entry in entries).decode("ascii"))
+        os.chmod(scratch, PACK_MODE)
+        os.replace(scratch, f"{base}.pack")
+        with open(scratch, "wb") as index_file:
+            write_pack_index(index_file, entries, writer.sha1digest(), version=2)
+        os.chmod(scratch, PACK_MODE)
+        os.replace(scratch, f"{base}.idx")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(scratch)
 
 
 def consolidate_packs(store: DiskObjectStore) -> None:

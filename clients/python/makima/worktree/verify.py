@@ -8,7 +8,8 @@ or inflates to too many bytes (a zip bomb) is refused before dulwich holds any o
 `ObjectChecker` then sees every parsed object: dulwich computes each id from the content itself,
 `check()` parses strictly, tree entries must be names git would check out safely with one of git's
 five modes, and every object a commit, tree or tag of the pack refers to must be in the pack or
-already stored.
+already stored. The headers `scan_pack` read feed the one walk that both indexes the pack and
+parses its objects, so each object is inflated twice in all (scan, walk), never more.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ from typing import BinaryIO
 
 from dulwich.errors import ApplyDeltaError, ChecksumMismatch, ObjectFormatException
 from dulwich.object_store import BaseObjectStore
-from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tag, Tree
+from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tag, Tree, sha_to_hex
 from dulwich.pack import (
-    Pack,
+    DeltaChainIterator,
     PackData,
-    PackIndexer,
-    PackInflater,
+    UnpackedObject,
     UnresolvedDeltas,
     extend_pack,
     iter_sha1,
@@ -66,11 +66,13 @@ def refuse(problem: str, message: str, **metadata: str) -> InvalidPackError:
     return InvalidPackError(message, problem=problem, **metadata)
 
 
-def scan_pack(f: BinaryIO, size: int, limits: PackLimits) -> int:
-    """Walk the pack in `f` (`size` bytes) header by header within `limits`; returns its object count.
+def scan_pack(f: BinaryIO, size: int, limits: PackLimits) -> list[UnpackedObject]:
+    """Walk the pack in `f` (`size` bytes) header by header within `limits`; returns the headers.
 
-    Nothing is kept: each object is inflated into a counter, and its declared size must match what
-    it inflates to. The trailing checksum is left to dulwich.
+    Each header is its object's type, offset, declared size and delta base (the distance back for
+    an offset delta, the raw id for a ref delta); no content is kept: each object is inflated
+    into a counter, and its declared size must match what it inflates to. The trailing checksum is
+    left to dulwich.
     """
     if size > limits.max_pack_bytes:
         raise _too_large(size, limits.max_pack_bytes)
@@ -89,7 +91,9 @@ def scan_pack(f: BinaryIO, size: int, limits: PackLimits) -> int:
             limit=str(limits.max_objects),
         )
     inflated = 0
+    headers: list[UnpackedObject] = []
     for _ in range(count):
+        offset = reader.offset
         byte = reader.byte()
         type_num, declared, shift = (byte >> 4) & 7, byte & 0x0F, 4
         while byte & 0x80:
@@ -98,14 +102,13 @@ def scan_pack(f: BinaryIO, size: int, limits: PackLimits) -> int:
             shift += 7
             if shift > 70:
                 raise refuse("corrupt", "object header too long")
+        delta_base: int | bytes | None = None
         if type_num == _OFS_DELTA:
-            for _length in range(10):
-                if not reader.byte() & 0x80:
-                    break
-            else:
-                raise refuse("corrupt", "delta offset too long")
+            delta_base = _delta_offset(reader)
+            if not 12 <= offset - delta_base < offset:
+                raise refuse("corrupt", "a delta's base offset is outside the pack")
         elif type_num == _REF_DELTA:
-            reader.read(_TRAILER)
+            delta_base = reader.read(_TRAILER)
         elif type_num not in _OBJECT_TYPES:
             raise refuse("corrupt", f"unknown object type {type_num}", value=str(type_num))
         inflated += declared
@@ -116,9 +119,24 @@ def scan_pack(f: BinaryIO, size: int, limits: PackLimits) -> int:
             inflated += _delta_result_size(head)
             if inflated > limits.max_inflated_bytes:
                 raise _inflates_too_much(inflated, limits)
+        headers.append(UnpackedObject(type_num, delta_base=delta_base, decomp_len=declared, offset=offset))
     if reader.offset + _TRAILER != size:
         raise refuse("corrupt", "the pack does not end after its objects and checksum")
-    return int(count)
+    return headers
+
+
+def _delta_offset(reader: _Reader) -> int:
+    """The distance back to an offset delta's base, in git's encoding (each continuation adds one)."""
+    byte = reader.byte()
+    value = byte & 0x7F
+    for _length in range(9):
+        if not byte & 0x80:
+            return value
+        byte = reader.byte()
+        value = ((value + 1) << 7) | (byte & 0x7F)
+    if byte & 0x80:
+        raise refuse("corrupt", "delta offset too long")
+    return value
 
 
 def _too_large(size: int, limit: int) -> InvalidPackError:
@@ -346,21 +364,13 @@ def verify_pack(
     f.flush()
     size = f.seek(0, os.SEEK_END)
     f.seek(0)
-    scan_pack(f, size, limits)
-    entries, pack_sha = _index(f, path, store)
+    headers = scan_pack(f, size, limits)
+    checker = ObjectChecker()
+    entries, pack_sha = _index(f, path, store, headers, checker)
     entries.sort()
     base = path.removesuffix(".pack")
     with open(f"{base}.idx", "wb") as index_file:
         write_pack_index(index_file, entries, pack_sha, version=2)
-    checker = ObjectChecker()
-    with Pack(base, object_format=store.object_format) as pack:
-        try:
-            for obj in PackInflater.for_pack_data(pack.data):
-                checker.add(obj)
-        except InvalidPackError:
-            raise
-        except _UNREADABLE as exc:
-            raise refuse("bad_object", f"an object of the pack is malformed: {exc}") from None
     checker.check_complete(store.__contains__, commit=commit)
     return VerifiedPack(
         name=iter_sha1(entry[0] for entry in entries).decode("ascii"),
@@ -371,15 +381,40 @@ def verify_pack(
     )
 
 
-def _index(f: BinaryIO, path: str, store: BaseObjectStore) -> tuple[list[tuple[bytes, int, int | None]], bytes]:
-    """Index the pack in `f`, completing it first if thin; returns its entries and checksum."""
+class _Walk(DeltaChainIterator[UnpackedObject]):
+    """Every object of a pack once, resolved, with the CRC32 of its entry (for the index)."""
+
+    _compute_crc32 = True
+
+    def _result(self, unpacked: UnpackedObject) -> UnpackedObject:
+        return unpacked
+
+
+def _index(
+    f: BinaryIO, path: str, store: BaseObjectStore, headers: list[UnpackedObject], checker: ObjectChecker
+) -> tuple[list[tuple[bytes, int, int | None]], bytes]:
+    """Index the pack in `f` from its scanned `headers`, passing each object to `checker`.
+
+    A thin pack is completed with its bases from `store` (stored, so checked when they arrived).
+    Returns the index entries and the pack's checksum.
+    """
+    entries: list[tuple[bytes, int, int | None]] = []
     try:
         with PackData(path, file=f, object_format=store.object_format) as data:
             data.check()
-            indexer = PackIndexer.for_pack_data(data, resolve_ext_ref=store.get_raw)
-            entries: list[tuple[bytes, int, int | None]] = list(indexer)
-            external = set(indexer.ext_refs())
+            walk = _Walk(None, data.object_format.hash_func, resolve_ext_ref=store.get_raw)
+            walk.set_pack_data(data)
+            for header in headers:
+                walk.record(header)
+            for unpacked in walk:
+                sha = unpacked.sha()
+                assert unpacked.offset is not None and unpacked.obj_type_num is not None
+                entries.append((sha, unpacked.offset, unpacked.crc32))
+                checker.add(_parsed(unpacked, sha, store))
+            external = set(walk.ext_refs())
             pack_sha = data.get_stored_checksum()
+    except InvalidPackError:
+        raise
     except UnresolvedDeltas as exc:
         base = exc.shas[0].decode("ascii") if exc.shas else ""
         raise refuse(
@@ -392,3 +427,14 @@ def _index(f: BinaryIO, path: str, store: BaseObjectStore) -> tuple[list[tuple[b
         entries.extend(extra)
         f.flush()
     return entries, pack_sha
+
+
+def _parsed(unpacked: UnpackedObject, sha: bytes, store: BaseObjectStore) -> ShaFile:
+    """The object of a resolved pack entry, its id the one just computed from its content."""
+    assert unpacked.obj_type_num is not None and unpacked.obj_chunks is not None
+    try:
+        return ShaFile.from_raw_chunks(
+            unpacked.obj_type_num, unpacked.obj_chunks, sha_to_hex(sha), object_format=store.object_format
+        )
+    except _UNREADABLE as exc:
+        raise refuse("bad_object", f"an object of the pack is malformed: {exc}") from None
