@@ -294,6 +294,25 @@ async def test_running_tasks_are_checkpointed_at_the_interval(api: Api, start_da
     assert len(messages) >= 3 and set(messages[:-1]) == {"periodic checkpoint"}, messages
 
 
+async def test_sigusr1_checkpoints_a_daemon_held_task_on_request(api: Api, start_daemon: Start) -> None:
+    spec = resources_pb2.WorktreeSpec(
+        source=resources_pb2.WorktreeSpec.SOURCE_EMPTY, placement=resources_pb2.WORKTREE_PLACEMENT_DAEMON
+    )
+    task = await create_task(api, "asked for a checkpoint", worktree=spec)
+
+    daemon = await start_daemon("--once", "--dir", "work", "--command", "echo v1 > f.txt; echo ready; sleep 3")
+    await until_events(api, task.id, 1)
+    daemon.signal(signal.SIGUSR1)
+    await daemon.expect("checkpointing the running tasks on SIGUSR1")
+    code = await daemon.exit_code()
+    listed = await api.history.ListCheckpoints(history_pb2.ListCheckpointsRequest(task_id=task.id), metadata=api.md)
+
+    assert code == 0, daemon.log
+    messages = [c.message for c in reversed(listed.checkpoints)]  # oldest first
+    assert messages[1:] == ["requested checkpoint", "command exited with code 0"], messages
+    assert listed.checkpoints[1].kind == resources_pb2.CHECKPOINT_KIND_DAEMON  # pushed by the daemon
+
+
 async def test_two_daemons_run_each_of_three_tasks_once(api: Api, start_daemon: Start, tmp_path: Path) -> None:
     ran = tmp_path / "ran.log"
     command = 'echo "$MAKIMA_TASK_ID" >> "$RAN"; sleep 1; echo done'

@@ -36,7 +36,8 @@ data.stream = stderr). When it exits, the worktree is checkpointed and the task 
 
 SIGINT or SIGTERM stops the daemon: no more claims, running commands get SIGTERM (SIGKILL 5 s
 later), their tasks are reported INTERRUPTED (resumable), and it exits with 128 + the signal
-(130, 143). With --once it exits 0 after one task, with --until-idle once no task is pending and
+(130, 143). SIGUSR1 checkpoints every running task at once (a checkpoint on request). With --once
+it exits 0 after one task, with --until-idle once no task is pending and
 none runs, whatever the tasks' statuses."""
 
 EXAMPLES = (
@@ -150,13 +151,18 @@ async def _serve(args: argparse.Namespace, config: DaemonConfig) -> int:
             log(f"stopping on {signum.name}")
             daemon.stop(f"the daemon got {signum.name}")
 
+        def checkpoint() -> None:
+            log("checkpointing the running tasks on SIGUSR1")
+            daemon.request_checkpoints()
+
         loop = asyncio.get_running_loop()
         for signum in _STOP_SIGNALS:
             loop.add_signal_handler(signum, stop, signum)
+        loop.add_signal_handler(signal.SIGUSR1, checkpoint)
         try:
             await daemon.run()
         finally:
-            for signum in _STOP_SIGNALS:
+            for signum in (*_STOP_SIGNALS, signal.SIGUSR1):
                 loop.remove_signal_handler(signum)
     return 128 + received[0] if received else 0
 

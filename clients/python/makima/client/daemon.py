@@ -425,18 +425,30 @@ class Daemon:
             return
         sender.result()
 
+    def request_checkpoints(self) -> None:
+        """Checkpoint every running task now (what `makima daemon run` does on SIGUSR1)."""
+        for run in self._runs.values():
+            run.checkpoint_wanted.set()
+
     async def _checkpoint_periodically(self, run: _TaskRun) -> None:
-        """Checkpoint every `checkpoint_interval` seconds until the command is done. A checkpoint in
-        progress is waited for, never cancelled, so that the service is not cut in the middle of one.
-        A failed one is logged; a lost lease ends the task."""
+        """Checkpoint every `checkpoint_interval` seconds, and whenever one is requested, until the
+        command is done. A checkpoint in progress is waited for, never cancelled, so that the service
+        is not cut in the middle of one. A failed one is logged; a lost lease ends the task."""
         interval = self._config.checkpoint_interval
         while not run.done.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.done.wait(), timeout=interval)
+            wanted = asyncio.ensure_future(run.checkpoint_wanted.wait())
+            done = asyncio.ensure_future(run.done.wait())
+            try:
+                await asyncio.wait({wanted, done}, timeout=interval, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                wanted.cancel()
+                done.cancel()
             if run.done.is_set():
                 return
+            message = "requested checkpoint" if run.checkpoint_wanted.is_set() else "periodic checkpoint"
+            run.checkpoint_wanted.clear()
             try:
-                await asyncio.shield(self._worktrees.checkpoint(run.claimed, "periodic checkpoint"))
+                await asyncio.shield(self._worktrees.checkpoint(run.claimed, message))
             except (MakimaError, TaskSetupError, GitError, OSError) as err:
                 if is_lease_lost(err):
                     raise
@@ -452,6 +464,8 @@ class _TaskRun:
         self.lost = asyncio.Event()
         # Set once the command has exited and its output is read: periodic checkpoints end.
         self.done = asyncio.Event()
+        # Set by `Daemon.request_checkpoints`: checkpoint now, whatever the interval.
+        self.checkpoint_wanted = asyncio.Event()
 
 
 class _OutputRecorder:
