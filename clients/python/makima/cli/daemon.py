@@ -27,8 +27,10 @@ USAGE_EXIT = 2
 _KINDS = enum_names(resources_pb2.TaskKind.DESCRIPTOR)
 
 _DESCRIPTION = """\
-Register as a daemon, claim tasks and run COMMAND through the shell for each one: in the task's
-worktree when the service holds it on this machine, else in DIR/<task id>. The command gets
+Register as a daemon, claim tasks and run COMMAND through the shell for each one: in DIR/<task id>,
+materialized from the commit the claim names when the task's worktree is daemon-held, in the
+service's own directory when the service holds it (a daemon on the service's machine), else a plain
+directory. The command gets
 MAKIMA_TASK_ID, MAKIMA_TASK_NAME, MAKIMA_TASK_INSTRUCTIONS, MAKIMA_CONTRACT_ID and MAKIMA_PHASE in
 its environment. Each line it prints is recorded as an output event of the task (stderr lines with
 data.stream = stderr). When it exits, the worktree is checkpointed and the task reported COMPLETED
@@ -37,8 +39,8 @@ data.stream = stderr). When it exits, the worktree is checkpointed and the task 
 SIGINT or SIGTERM stops the daemon: no more claims, running commands get SIGTERM (SIGKILL 5 s
 later), their tasks are reported INTERRUPTED (resumable), and it exits with 128 + the signal
 (130, 143). SIGUSR1 checkpoints every running task at once (a checkpoint on request). With --once
-it exits 0 after one task, with --until-idle once no task is pending and
-none runs, whatever the tasks' statuses."""
+it exits 0 after one task, with --until-idle once no task is pending and none runs, whatever the
+tasks' statuses."""
 
 EXAMPLES = (
     "makima daemon run --dir ~/makima-tasks --command 'my-agent --task \"$MAKIMA_TASK_ID\"'",
