@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from makima.server import git
-from makima.server.domain import commits, conversation
+from makima.server.domain import conversation
 from makima.server.domain.contracts import load_contract
 from makima.server.domain.enums import (
     CheckpointKind,
@@ -30,11 +30,13 @@ from makima.server.domain.worktrees import (
     load_checkpoint,
     record_checkpoint,
     record_rewind,
+    required_commit,
     rewind_code,
     start_worktree_at,
     stored_commit,
     worktree_of,
 )
+from makima.server.git import commits
 from makima.server.git.objects import OwnerObjectStore
 from makima.server.store import checkpoints
 from makima.server.store.models import ConversationSnapshot, Task, TaskCheckpoint
@@ -96,7 +98,7 @@ async def compare_checkpoints(
         shas = (base.commit_sha, target.commit_sha)
 
         def compare(store: OwnerObjectStore) -> list[git.FileChange]:
-            return commits.changes_between(store, *(commits.required_commit(store, sha) for sha in shas))
+            return commits.changes_between(store, *(required_commit(store, sha) for sha in shas))
 
         return Comparison(base=base, target=target, changes=await rt.objects.run(principal.owner_id, compare))
     path = worktree_of(task)

@@ -18,8 +18,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import BinaryIO
 
-from makima.server.domain import commits
-from makima.server.domain.commits import CommitInfo
 from makima.server.domain.enums import CheckpointKind
 from makima.server.domain.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from makima.server.domain.objects import ObjectStores
@@ -27,6 +25,8 @@ from makima.server.domain.runtime import Principal, Runtime, Tx
 from makima.server.domain.tasks import load_task
 from makima.server.domain.work import Lease, fence
 from makima.server.domain.worktrees import daemon_held, head_of, record_checkpoint
+from makima.server.git import commits
+from makima.server.git.commits import CommitInfo
 from makima.server.git.errors import InvalidPackError
 from makima.server.git.objects import DEFAULT_CHUNK_SIZE, OwnerObjectStore
 from makima.server.store.models import Task, TaskCheckpoint

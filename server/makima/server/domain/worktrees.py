@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from makima.server import git
-from makima.server.domain import commits
-from makima.server.domain.commits import CommitInfo
 from makima.server.domain.conversation import take_snapshot
 from makima.server.domain.enums import CheckpointKind, SnapshotReason, TimelineKind, WorktreePlacement
 from makima.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from makima.server.domain.runtime import Tx
 from makima.server.domain.workspace import MAX_FILE_NAME_BYTES, MAX_PATH_BYTES, Workspace
+from makima.server.git import commits
+from makima.server.git.commits import CommitInfo
 from makima.server.git.errors import InvalidPackError
 from makima.server.git.objects import OwnerObjectStore
 from makima.server.store import checkpoints, events
@@ -246,9 +246,19 @@ async def _store_from(tx: Tx, source: git.SourceRepository, commit_sha: str) -> 
         ) from None
 
 
+def required_commit(store: OwnerObjectStore, sha: str) -> CommitInfo:
+    """A commit the records name; FAILED_PRECONDITION OBJECTS_MISSING if the store lacks it (it never should)."""
+    commit = commits.read_commit(store, sha)
+    if commit is None:
+        raise FailedPrecondition(
+            f"commit {sha} is not in the object store", reason="OBJECTS_MISSING", metadata={"commit_sha": sha}
+        )
+    return commit
+
+
 async def stored_commit(tx: Tx, commit_sha: str) -> CommitInfo:
-    """A commit of the owner's object store that a record names (see `commits.required_commit`)."""
-    return await tx.in_store(lambda store: commits.required_commit(store, commit_sha))
+    """A commit of the owner's object store that a record names (see `required_commit`)."""
+    return await tx.in_store(lambda store: required_commit(store, commit_sha))
 
 
 async def checkpoint_locked(

@@ -1,8 +1,8 @@
-"""Git work of the domain on an owner's object store: commits the service makes on its records,
-objects moved between a service-held worktree and the store, trees compared inside the store.
+"""Git work on an owner's object store: commits the service makes on its records, objects moved
+between a service-held worktree and the store, trees compared inside the store.
 
-The git layer works on worktrees; this module is what the domain needs beyond it now that every
-checkpoint's objects live in the object store (DESIGN.md section 5). Functions are synchronous
+Beside the worktree operations, this is what the domain needs now that every checkpoint's objects
+live in the object store (DESIGN.md section 5). Functions are synchronous
 dulwich code, run in a worker thread on the store (`Tx.in_store`, `ObjectStores.run`). A worktree
 repository is read only through the directories `git.resolve_repository` resolved inside the
 workspace root, and written only when the service has just created it.
@@ -23,7 +23,6 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from makima.server import git
-from makima.server.domain.errors import FailedPrecondition
 from makima.server.git.objects import OwnerObjectStore, outgoing_pack
 
 # The identity of every commit the service writes (the git layer's snapshots use the same).
@@ -50,16 +49,6 @@ def read_commit(store: OwnerObjectStore, sha: str) -> CommitInfo | None:
     return CommitInfo(
         sha=sha, tree_sha=obj.tree.decode("ascii"), parent_shas=tuple(p.decode("ascii") for p in obj.parents)
     )
-
-
-def required_commit(store: OwnerObjectStore, sha: str) -> CommitInfo:
-    """A commit the records name; FAILED_PRECONDITION OBJECTS_MISSING if the store lacks it (it never should)."""
-    commit = read_commit(store, sha)
-    if commit is None:
-        raise FailedPrecondition(
-            f"commit {sha} is not in the object store", reason="OBJECTS_MISSING", metadata={"commit_sha": sha}
-        )
-    return commit
 
 
 def make_commit(store: OwnerObjectStore, *, tree_sha: str | None, parent_sha: str | None, message: str) -> CommitInfo:
