@@ -14,6 +14,7 @@ from makima.client import (
     InvalidArgumentError,
     MakimaError,
     NotFoundError,
+    ResourceExhaustedError,
     UnauthenticatedError,
     UnimplementedError,
 )
@@ -143,6 +144,12 @@ async def test_concurrency_and_state_errors_are_typed(client: AsyncClient) -> No
     assert aborted.value.metadata["expected_version"] == "7"
     assert precondition.value.reason == "ALREADY_IN_PHASE"
     assert isinstance(precondition.value, MakimaError)
+
+
+async def test_a_request_past_the_message_size_limit_is_resource_exhausted(client: AsyncClient) -> None:
+    with pytest.raises(ResourceExhaustedError) as caught:
+        await client.create_contract(name="big", description="x" * (5 * 1024 * 1024))
+    assert caught.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 async def test_an_rpc_the_server_does_not_offer_is_unimplemented() -> None:

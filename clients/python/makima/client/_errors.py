@@ -72,6 +72,11 @@ class UnimplementedError(MakimaError):
     """UNIMPLEMENTED: the server does not offer this call (yet)."""
 
 
+class ResourceExhaustedError(MakimaError):
+    """RESOURCE_EXHAUSTED: a size limit was passed (the message names it), or the workspace or the
+    database is full (reason WORKSPACE_FULL, DATABASE_FULL)."""
+
+
 class InternalError(MakimaError):
     """INTERNAL: the server failed unexpectedly."""
 
@@ -89,6 +94,7 @@ _BY_CODE: dict[grpc.StatusCode, type[MakimaError]] = {
     grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.INTERNAL: InternalError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
 }
