@@ -11,6 +11,7 @@ instead of grpc's UNKNOWN with a logged traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import inspect
 import logging
@@ -112,6 +113,7 @@ class ServiceInterceptor(aio.ServerInterceptor):
             started = time.perf_counter()
             peer = context.peer()  # read now: grpc may crash reading it after a cancellation
             code = grpc.StatusCode.OK
+            received = request
             try:
                 request = await self._begin(request, context, route)
                 result = behavior(request, context)
@@ -120,6 +122,8 @@ class ServiceInterceptor(aio.ServerInterceptor):
                 code = _code_of(exc, context)
                 if code is None:
                     code, status = status_for(exc, route.method)
+                    if route.request_streaming:
+                        await _drain(received)
                     await context.abort_with_status(status)
                 raise
             finally:
@@ -146,6 +150,27 @@ class ServiceInterceptor(aio.ServerInterceptor):
                 _log(route.method, code, started, peer)
 
         return handle
+
+
+# How much of a refused client stream is read before answering (see `_drain`).
+_DRAIN_MESSAGES = 10_000
+_DRAIN_SECONDS = 5.0
+
+
+async def _drain(requests: AsyncIterator[Any]) -> None:
+    """Read what the client still sends of a refused stream (bounded) before the error is answered.
+
+    A grpc.aio client that is still writing when the server ends the call sees its own write fail
+    and reports INTERNAL "Internal error from Core" instead of the server's status
+    (grpc/grpc#36066). Letting the client finish its stream first gives it the real error.
+    """
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(_DRAIN_SECONDS):
+            count = 0
+            async for _ in requests:
+                count += 1
+                if count >= _DRAIN_MESSAGES:
+                    return
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
