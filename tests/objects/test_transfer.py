@@ -182,3 +182,40 @@ async def test_objects_built_locally_are_stored(
 
     assert await stores.run(owner_id, scenario) == []
     assert pack_files(tmp_path / "cache" / str(owner_id) / "incoming") == []
+
+
+async def test_stored_deltas_are_copied_without_inflating_and_git_accepts_them(
+    stores: ObjectStores, owner_id: uuid.UUID, tmp_path: Path
+) -> None:
+    """A pack git wrote (offset deltas, chains) is served by copying its entries; git indexes the result.
+
+    Ten versions of one growing file make git store most of them as offset deltas. Served whole, those
+    entries go out as ref deltas on bases sent along, never recompressed: the pack served is the size
+    of git's, not of ten whole files.
+    """
+    repo = tmp_path / "versions"
+    git(tmp_path, "init", "-q", "-b", "main", str(repo))
+    lines = [f"line {i}: {'x' * (i % 70)}\n" for i in range(2000)]
+    for version in range(10):
+        lines.insert(version * 150, f"version {version}\n")
+        (repo / "big.txt").write_text("".join(lines))
+        git(repo, "add", "-A")
+        git(repo, "commit", "-q", "-m", f"v{version}")
+    head = git(repo, "rev-parse", "HEAD").decode().strip()
+    packed = git_pack(repo, [head])
+    with open(tmp_path / "git.pack", "wb") as f:
+        f.write(packed)
+    git(tmp_path, "index-pack", "git.pack")
+    verified = git(tmp_path, "verify-pack", "-v", "git.pack").decode()
+    assert sum(1 for line in verified.splitlines() if " blob " in line and len(line.split()) == 7) >= 5  # deltas
+
+    def scenario(store: OwnerObjectStore) -> bytes:
+        push(store, packed, head)
+        return outgoing_bytes(store.outgoing_pack(wants=[head], haves=[]))
+
+    served = await stores.run(owner_id, scenario)
+    assert len(served) < 2 * len(packed)  # ten whole versions would be several times git's pack
+    fresh = materialize(tmp_path / "fresh", served, branch_at=head)
+    assert git(fresh, "fsck", "--strict", "--no-dangling") == b""
+    assert ls_tree(fresh, head) == ls_tree(repo, head)
+    assert git(fresh, "rev-list", "--count", head) == b"10\n"

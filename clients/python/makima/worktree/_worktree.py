@@ -25,6 +25,7 @@ from dulwich.repo import Repo
 
 from makima.worktree import _fs
 from makima.worktree._index import IndexEntry, read_index
+from makima.worktree._packs import PackedObjects
 from makima.worktree.errors import RefNotFoundError
 from makima.worktree.paths import MODE_EXECUTABLE, MODE_FILE, MODE_GITLINK, MODE_SYMLINK, check_tree_path
 
@@ -312,9 +313,10 @@ def apply_tree(
             check_tree_path(path, mode)
             to_write.append(path)
     # Every content to write must be at hand before the first file changes: nothing half-written.
+    objects = PackedObjects(store)
     for path in to_write:
         mode, sha = target[path]
-        if mode != MODE_GITLINK and sha not in store:
+        if mode != MODE_GITLINK and sha not in objects:
             text = path.decode("utf-8", "surrogateescape")
             raise RefNotFoundError(
                 f"object {sha.decode()} of {text!r} is not in the object store", object=sha.decode(), path=text
@@ -329,21 +331,21 @@ def apply_tree(
             mode, sha = target[path]
             dir_fd, name = chain.parent_of(path)
             assert dir_fd is not None  # create=True makes every directory
-            index[path] = _write(dir_fd, name, store, mode, sha, written_at_ns=written_at_ns)
+            index[path] = _write(dir_fd, name, objects, mode, sha, written_at_ns=written_at_ns)
             changes.append((path, "added" if path not in current else "modified"))
     changes.sort()
     return Checkout(changes=changes, index=index)
 
 
 def _write(
-    dir_fd: int, name: bytes, store: BaseObjectStore, mode: int, sha: ObjectID, *, written_at_ns: int
+    dir_fd: int, name: bytes, objects: PackedObjects, mode: int, sha: ObjectID, *, written_at_ns: int
 ) -> IndexEntry:
     if mode == MODE_GITLINK:
         # A submodule is checked out as an empty directory, like git does without --recurse-submodules.
         _fs.ensure_dir(dir_fd, name)
         return tree_entry(mode, sha)
     # The raw content only: no object is parsed to be written out.
-    data = store.get_raw(sha)[1]
+    data = objects.get_raw(sha)[1]
     if mode == MODE_SYMLINK:
         st = _fs.write_symlink(dir_fd, name, data)
     else:

@@ -188,7 +188,9 @@ class LocalWorktree:
         completes from its store. RefNotFoundError if `commit_sha` is not in the local store.
         """
         wants, haves = [object_id(commit_sha).decode()], list(known)
-        missing, remote_has = find_missing(self._store, wants=wants, haves=haves)
-        bases = path_bases(self._store, wants=wants, haves=haves, missing={sha for sha, _hint in missing})
-        pack = pack_of(self._store, missing, other_haves=remote_has, delta_bases=bases, chunk_size=chunk_size)
-        return OutgoingObjects([sha.decode("ascii") for sha, _hint in missing], pack.chunks)
+        missing = find_missing(self._store, wants=wants, haves=haves)
+        bases = path_bases(self._store, wants=wants, haves=haves, missing=set(missing.objects))
+        pack = pack_of(
+            self._store, missing.objects, other_haves=missing.remote_has, delta_bases=bases, chunk_size=chunk_size
+        )
+        return OutgoingObjects([sha.decode("ascii") for sha in missing.objects], pack.chunks)

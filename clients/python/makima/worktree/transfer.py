@@ -8,22 +8,23 @@ delta may be sent against an object it has (a thin pack), which it resolves when
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from dulwich.object_store import BaseObjectStore, MissingObjectFinder, PackBasedObjectStore
-from dulwich.objects import Commit, ObjectID, Tree, hex_to_sha, sha_to_hex
+from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
+from dulwich.objects import Commit, ObjectID, ShaFile, Tree, hex_to_sha, parse_tree, sha_to_hex
 from dulwich.pack import (
     REF_DELTA,
     Pack,
-    PackHint,
     create_delta,
     pack_header_chunks,
     pack_object_chunks,
     pack_object_header,
 )
 
+from makima.worktree._packs import PackedObjects, PackLayout, StoredEntry, layout_of, read_entry
 from makima.worktree.errors import RefNotFoundError
 from makima.worktree.paths import MODE_GITLINK, MODE_TREE
 
@@ -57,20 +58,114 @@ def object_ids(texts: Iterable[str]) -> list[ObjectID]:
     return ids
 
 
-def find_missing(
-    store: BaseObjectStore, *, wants: Iterable[str], haves: Iterable[str]
-) -> tuple[list[tuple[ObjectID, PackHint | None]], set[ObjectID]]:
+@dataclass(frozen=True)
+class Missing:
+    """What a receiver lacks, found by walking the sender's store."""
+
+    # Commits first, then the trees and blobs of each, in walk order (which keeps a pack local).
+    objects: list[ObjectID]
+    # Objects the receiver has for sure: the boundary commits and all their trees reach.
+    remote_has: set[ObjectID]
+
+
+def find_missing(store: BaseObjectStore, *, wants: Iterable[str], haves: Iterable[str]) -> Missing:
     """The objects reachable from `wants` but not from `haves`, and the objects the receiver has.
 
+    As git does: the commits reachable from a want and from no have are missing, and of their trees
+    whatever the trees of the boundary commits (the haves' ancestors a want reaches) do not hold.
     `haves` unknown to `store` are ignored (a receiver may have more than the sender); a want it
     does not hold is RefNotFoundError.
     """
+    objects = PackedObjects(store)
     want_ids, have_ids = object_ids(wants), object_ids(haves)
     for want in want_ids:
-        if want not in store:
+        if want not in objects:
             raise RefNotFoundError(f"commit {want.decode()} is not in the object store", commit=want.decode())
-    finder = MissingObjectFinder(store, haves=have_ids, wants=want_ids)
-    return list(finder), finder.get_remote_has()
+    ancestors = _ancestry(objects, have_ids)
+    missing: list[ObjectID] = []
+    boundary: list[ObjectID] = []
+    others: list[ObjectID] = []
+    seen: set[ObjectID] = set()
+    pending = list(reversed(want_ids))
+    while pending:
+        sha = pending.pop()
+        if sha in seen:
+            continue
+        seen.add(sha)
+        if sha in ancestors:
+            boundary.append(sha)
+            continue
+        type_num, raw = objects.get_raw(sha)
+        if type_num != Commit.type_num:
+            others.append(sha)
+            continue
+        missing.append(sha)
+        pending.extend(reversed(_parse_commit(raw, sha).parents))
+    remote_has = set(boundary)
+    for sha in boundary:
+        _walk_trees(objects, [_parse_commit(objects.get_raw(sha)[1], sha).tree], remote_has, None)
+    sent = set(remote_has)
+    out = list(missing)
+    sent.update(missing)
+    for sha in missing:
+        _walk_trees(objects, [_parse_commit(objects.get_raw(sha)[1], sha).tree], sent, out)
+    for sha in others:
+        if sha not in sent:
+            if objects.get_raw(sha)[0] == Tree.type_num:
+                _walk_trees(objects, [sha], sent, out)
+            else:
+                sent.add(sha)
+                out.append(sha)
+    return Missing(out, remote_has)
+
+
+def _ancestry(objects: PackedObjects, commits: Iterable[ObjectID]) -> set[ObjectID]:
+    """Every commit reachable from `commits`; ids the store does not hold as commits are skipped."""
+    seen: set[ObjectID] = set()
+    pending = list(commits)
+    while pending:
+        sha = pending.pop()
+        if sha in seen:
+            continue
+        try:
+            type_num, raw = objects.get_raw(sha)
+        except KeyError:
+            continue
+        if type_num != Commit.type_num:
+            continue
+        seen.add(sha)
+        pending.extend(_parse_commit(raw, sha).parents)
+    return seen
+
+
+def _walk_trees(objects: PackedObjects, roots: list[ObjectID], seen: set[ObjectID], out: list[ObjectID] | None) -> None:
+    """Add to `seen` (and `out`) the trees `roots` and all they reach that `seen` lacks; gitlinks are skipped.
+
+    A subtree already in `seen` is not walked: whatever reaches it was walked with it.
+    """
+    pending = list(reversed(roots))
+    while pending:
+        tree = pending.pop()
+        if tree in seen:
+            continue
+        seen.add(tree)
+        if out is not None:
+            out.append(tree)
+        for _name, mode, sha in parse_tree(objects.get_raw(tree)[1], objects.oid_length):
+            if mode == MODE_GITLINK or sha in seen:
+                continue
+            if mode == MODE_TREE:
+                pending.append(sha)
+            else:
+                seen.add(sha)
+                if out is not None:
+                    out.append(sha)
+
+
+def _parse_commit(raw: bytes, sha: ObjectID) -> Commit:
+    commit = ShaFile.from_raw_string(Commit.type_num, raw, sha=sha)
+    assert isinstance(commit, Commit)
+    return commit
 
 
 def outgoing_pack(
@@ -87,11 +182,11 @@ def outgoing_pack(
     object the receiver has, which keeps an incremental pack proportional to the change.
     """
     wants, haves = list(wants), list(haves)
-    missing, remote_has = find_missing(store, wants=wants, haves=haves)
+    missing = find_missing(store, wants=wants, haves=haves)
     if not thin:
-        return pack_of(store, missing, chunk_size=chunk_size)
-    bases = path_bases(store, wants=wants, haves=haves, missing={sha for sha, _hint in missing})
-    return pack_of(store, missing, other_haves=remote_has, delta_bases=bases, chunk_size=chunk_size)
+        return pack_of(store, missing.objects, chunk_size=chunk_size)
+    bases = path_bases(store, wants=wants, haves=haves, missing=set(missing.objects))
+    return pack_of(store, missing.objects, other_haves=missing.remote_has, delta_bases=bases, chunk_size=chunk_size)
 
 
 def path_bases(
@@ -104,12 +199,13 @@ def path_bases(
     incremental pack proportional to the change instead of to the directories it touches.
     Unchanged subtrees are not walked; gitlinks and type changes get no base.
     """
-    old_root = next((c for c in (_commit(store, sha) for sha in object_ids(haves)) if c is not None), None)
+    objects = PackedObjects(store)
+    old_root = next((c for c in (_commit(objects, sha) for sha in object_ids(haves)) if c is not None), None)
     if old_root is None:
         return {}
     bases: dict[ObjectID, ObjectID] = {}
     for want in object_ids(wants):
-        commit = _commit(store, want)
+        commit = _commit(objects, want)
         if commit is None:
             continue
         pending = [(commit.tree, old_root.tree)]
@@ -118,23 +214,28 @@ def path_bases(
             if new == old or new not in missing or new in bases:
                 continue
             bases[new] = old
-            new_tree, old_tree = store[new], store[old]
-            assert isinstance(new_tree, Tree) and isinstance(old_tree, Tree)
-            before = {entry.path: entry for entry in old_tree.iteritems()}
-            for entry in new_tree.iteritems():
-                prev = before.get(entry.path)
-                if prev is None or entry.sha not in missing or MODE_GITLINK in (entry.mode, prev.mode):
+            before = {name: (mode, sha) for name, mode, sha in _tree_entries(objects, old)}
+            for name, mode, sha in _tree_entries(objects, new):
+                prev = before.get(name)
+                if prev is None or sha not in missing or MODE_GITLINK in (mode, prev[0]):
                     continue
-                if entry.mode == MODE_TREE and prev.mode == MODE_TREE:
-                    pending.append((entry.sha, prev.sha))
-                elif MODE_TREE not in (entry.mode, prev.mode):
-                    bases.setdefault(entry.sha, prev.sha)
+                if mode == MODE_TREE and prev[0] == MODE_TREE:
+                    pending.append((sha, prev[1]))
+                elif MODE_TREE not in (mode, prev[0]):
+                    bases.setdefault(sha, prev[1])
     return bases
+
+
+def _tree_entries(objects: PackedObjects, tree: ObjectID) -> Iterator[tuple[bytes, int, ObjectID]]:
+    type_num, raw = objects.get_raw(tree)
+    if type_num != Tree.type_num:
+        return iter(())
+    return parse_tree(raw, objects.oid_length)
 
 
 def pack_of(
     store: PackBasedObjectStore,
-    objects: Sequence[tuple[ObjectID, PackHint | None]],
+    objects: Sequence[ObjectID],
     *,
     other_haves: set[ObjectID] | None = None,
     delta_bases: Mapping[ObjectID, ObjectID] | None = None,
@@ -151,83 +252,113 @@ def pack_of(
     `other_haves` (a thin pack). Only loose objects and deltas on other bases are compressed anew.
     The receiver checks every object from its content, so nothing is trusted for being copied.
     """
-    wanted = {sha for sha, _hint in objects}
-    haves = other_haves or set()
-    located = _locate(store, wanted)
-    bases = {sha: base for sha, base in (delta_bases or {}).items() if base in haves}
-    records = (
-        _thin_delta(store, sha, bases[sha]) or _record(store, sha, located, wanted, haves)
-        if sha in bases
-        else _record(store, sha, located, wanted, haves)
-        for sha, _hint in objects
-    )
+    reader = PackedObjects(store)
+    bases = {sha: base for sha, base in (delta_bases or {}).items() if base in (other_haves or set())}
+    entries = _entries(reader, objects, haves=other_haves or set(), bases=bases)
     return OutgoingPack(
-        object_count=len(objects), chunks=rechunk(_pack_stream(store, len(objects), records), chunk_size)
+        object_count=len(objects), chunks=rechunk(_pack_stream(store, len(objects), entries), chunk_size)
     )
 
 
-def _locate(store: PackBasedObjectStore, shas: Iterable[ObjectID]) -> dict[ObjectID, tuple[Pack, int]]:
-    """The pack and offset of each of `shas` held in one of the store's packs (the first one found)."""
-    packs = store.packs
-    located: dict[ObjectID, tuple[Pack, int]] = {}
-    for sha in shas:
-        for pack in packs:
-            try:
-                located[sha] = (pack, pack.index.object_offset(sha))
-                break
-            except KeyError:
-                continue
-    return located
+def _entries(
+    reader: PackedObjects, objects: Sequence[ObjectID], *, haves: set[ObjectID], bases: Mapping[ObjectID, ObjectID]
+) -> Iterator[Iterable[bytes]]:
+    """The pack entry of each of `objects`, in order; the stored packs are read through their own descriptors."""
+    wanted = set(objects)
+    located = {sha: where for sha in objects if (where := reader.locate(sha)) is not None}
+    files: dict[str, tuple[int, PackLayout]] = {}
+    try:
+        for sha in objects:
+            base = bases.get(sha)
+            record = None if base is None else _thin_delta(reader, sha, base)
+            yield record or _record(reader, sha, located, wanted, haves, files)
+    finally:
+        for fd, _layout in files.values():
+            os.close(fd)
 
 
 def _record(
-    store: PackBasedObjectStore,
+    reader: PackedObjects,
     sha: ObjectID,
     located: dict[ObjectID, tuple[Pack, int]],
     wanted: set[ObjectID],
     haves: set[ObjectID],
+    files: dict[str, tuple[int, PackLayout]],
 ) -> Iterable[bytes]:
-    """The pack entry of `sha`: its stored entry copied when that stands in the new pack, else compressed."""
+    """The pack entry of `sha`: its stored entry copied when that stands in the new pack, else compressed.
+
+    A copy is never inflated: the entry's header is read and its compressed data copied as is (the
+    next entry's offset bounds it). An offset delta becomes a ref delta, since offsets change.
+    """
+    object_format = reader.store.object_format
     where = located.get(sha)
     if where is not None:
         pack, offset = where
-        unpacked = pack.data.get_unpacked_object_at(offset, include_comp=True)
-        comp = unpacked.comp_chunks
-        assert comp is not None and unpacked.decomp_len is not None
-        if unpacked.delta_base is None:
-            header = pack_object_header(unpacked.pack_type_num, None, unpacked.decomp_len, store.object_format)
-            return [bytes(header), *comp]
-        if isinstance(unpacked.delta_base, int):
-            base_raw = pack.index.object_sha1(offset - unpacked.delta_base)
-        else:
-            base_raw = unpacked.delta_base
-        base = ObjectID(sha_to_hex(base_raw))
-        same_pack = base in wanted and located.get(base, (None, 0))[0] is pack
-        if same_pack or base in haves:
-            header = pack_object_header(REF_DELTA, base_raw, unpacked.decomp_len, store.object_format)
-            return [bytes(header), *comp]
-    obj = store[sha]
-    return pack_object_chunks(obj.type_num, obj.as_raw_chunks(), store.object_format)
+        path = os.fspath(pack.data.path)
+        opened = files.get(path)
+        if opened is None:
+            try:
+                opened = files[path] = _open_pack(pack, path)
+            except FileNotFoundError:
+                pass  # removed since it was listed: the store finds the object its own way
+        if opened is not None:
+            fd, layout = opened
+            entry, data = read_entry(fd, offset, layout, object_format.oid_length, at_most=DEFAULT_CHUNK_SIZE)
+            if entry.base is None:
+                header = pack_object_header(entry.type_num, None, entry.size, object_format)
+                return _copied(fd, bytes(header), entry, data)
+            base_raw = layout.sha_at(entry.base) if isinstance(entry.base, int) else entry.base
+            if base_raw is not None:
+                base = ObjectID(sha_to_hex(base_raw))
+                same_pack = base in wanted and located.get(base, (None, 0))[0] is pack
+                if same_pack or base in haves:
+                    header = pack_object_header(REF_DELTA, base_raw, entry.size, object_format)
+                    return _copied(fd, bytes(header), entry, data)
+    type_num, raw = reader.get_raw(sha)
+    return pack_object_chunks(type_num, [raw], object_format)
 
 
-def _commit(store: BaseObjectStore, sha: ObjectID) -> Commit | None:
+def _open_pack(pack: Pack, path: str) -> tuple[int, PackLayout]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fd, layout_of(pack)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _copied(fd: int, header: bytes, entry: StoredEntry, data: bytes) -> Iterator[bytes]:
+    """`header`, then the entry's compressed data: `data` read already, the rest read from `fd` in chunks."""
+    yield header
+    yield data
+    position = entry.data_start + len(data)
+    while position < entry.data_end:
+        piece = os.pread(fd, min(DEFAULT_CHUNK_SIZE, entry.data_end - position), position)
+        if not piece:
+            raise OSError(f"pack entry at {position} ends before its next entry")
+        yield piece
+        position += len(piece)
+
+
+def _commit(objects: PackedObjects, sha: ObjectID) -> Commit | None:
     """The commit `sha` if the store holds it (a receiver's have may be unknown here)."""
-    if sha not in store:
+    try:
+        type_num, raw = objects.get_raw(sha)
+    except KeyError:
         return None
-    obj = store[sha]
-    return obj if isinstance(obj, Commit) else None
+    return _parse_commit(raw, sha) if type_num == Commit.type_num else None
 
 
-def _thin_delta(store: PackBasedObjectStore, sha: ObjectID, base: ObjectID) -> list[bytes] | None:
+def _thin_delta(reader: PackedObjects, sha: ObjectID, base: ObjectID) -> list[bytes] | None:
     """The entry of `sha` as a delta against `base` (an object the receiver has), if it pays."""
-    base_type, base_raw = store.get_raw(base)
-    type_num, raw = store.get_raw(sha)
+    base_type, base_raw = reader.get_raw(base)
+    type_num, raw = reader.get_raw(sha)
     if base_type != type_num:
         return None
     delta = b"".join(create_delta(base_raw, raw))
     if len(delta) * 2 >= len(raw):
         return None
-    return list(pack_object_chunks(REF_DELTA, (hex_to_sha(base), [delta]), store.object_format))
+    return list(pack_object_chunks(REF_DELTA, (hex_to_sha(base), [delta]), reader.store.object_format))
 
 
 def _pack_stream(store: PackBasedObjectStore, count: int, records: Iterable[Iterable[bytes]]) -> Iterator[bytes]:

@@ -5,11 +5,12 @@ it lacks to materialize a commit. Neither end trusts the other with its disk, so
 through `receive_pack_file` and `verify_pack`. Two passes guard a pack. `scan_pack` walks the raw
 object headers first, inflating each object into nothing, so a pack that declares too many objects
 or inflates to too many bytes (a zip bomb) is refused before dulwich holds any object in memory.
-`ObjectChecker` then sees every parsed object: dulwich computes each id from the content itself,
-`check()` parses strictly, tree entries must be names git would check out safely with one of git's
-five modes, and every object a commit, tree or tag of the pack refers to must be in the pack or
-already stored. The headers `scan_pack` read feed the one walk that both indexes the pack and
-parses its objects, so each object is inflated twice in all (scan, walk), never more.
+`ObjectChecker` then sees every object: dulwich computes each id from the content itself,
+`check()` parses commits, trees and tags strictly (a blob is any bytes), tree entries must be
+names git would check out safely with one of git's five modes, and every object a commit, tree or
+tag of the pack refers to must be in the pack or already stored. The headers `scan_pack` read
+feed the one walk that both indexes the pack and parses its objects, so each object is inflated
+twice in all (scan, walk), never more.
 """
 
 from __future__ import annotations
@@ -244,8 +245,16 @@ class ObjectChecker:
         # (referrer, what it expects, target): every target must be in the pack or already stored.
         self._refs: list[tuple[ObjectID, int, ObjectID]] = []
 
+    def add_blob(self, sha: ObjectID) -> None:
+        """Note a blob of the pack: any bytes are a valid blob, and its id was computed from them.
+
+        So a blob is neither parsed nor hashed again (what `check()` would do): blobs are most of
+        a pack's bytes.
+        """
+        self.types[sha] = Blob.type_num
+
     def add(self, obj: ShaFile) -> None:
-        """Check one object of the pack (its id was computed from its content by dulwich).
+        """Check one object of the pack other than a blob (its id was computed from its content by dulwich).
 
         Tree entries are checked before dulwich's own `check()`, which refuses some of the same
         names without saying which: the error then names the path.
@@ -410,7 +419,10 @@ def _index(
                 sha = unpacked.sha()
                 assert unpacked.offset is not None and unpacked.obj_type_num is not None
                 entries.append((sha, unpacked.offset, unpacked.crc32))
-                checker.add(_parsed(unpacked, sha, store))
+                if unpacked.obj_type_num == Blob.type_num:
+                    checker.add_blob(sha_to_hex(sha))
+                else:
+                    checker.add(_parsed(unpacked, sha, store))
             external = set(walk.ext_refs())
             pack_sha = data.get_stored_checksum()
     except InvalidPackError:

@@ -188,8 +188,7 @@ class OwnerObjectStore(BucketBasedObjectStore):
 
     def missing(self, *, wants: Iterable[str], haves: Iterable[str]) -> list[str]:
         """The objects to send to a receiver that holds the commits `haves` so that it has `wants`."""
-        found, _remote_has = find_missing(self, wants=wants, haves=haves)
-        return [sha.decode("ascii") for sha, _hint in found]
+        return [sha.decode("ascii") for sha in find_missing(self, wants=wants, haves=haves).objects]
 
     def outgoing_pack(
         self, *, wants: Iterable[str], haves: Iterable[str], thin: bool = True, chunk_size: int = DEFAULT_CHUNK_SIZE
@@ -335,7 +334,7 @@ class OwnerObjectStore(BucketBasedObjectStore):
         """Store one new pack of `objects` (all stored already), reusing their deltas."""
         if not objects:
             return None
-        outgoing = pack_of(self, [(sha, None) for sha in sorted(objects)])
+        outgoing = pack_of(self, sorted(objects))
         with self._scratch(".pack") as (f, path):
             for chunk in outgoing.chunks:
                 f.write(chunk)
