@@ -25,8 +25,8 @@ from dulwich.repo import Repo
 
 from makima.worktree import _fs
 from makima.worktree._index import IndexEntry, read_index
-from makima.worktree._packs import PackedObjects
 from makima.worktree.errors import RefNotFoundError
+from makima.worktree.packs import PackedObjects
 from makima.worktree.paths import MODE_EXECUTABLE, MODE_FILE, MODE_GITLINK, MODE_SYMLINK, check_tree_path
 
 ChangeKind = Literal["added", "modified", "deleted"]

@@ -24,8 +24,8 @@ from dulwich.pack import (
     pack_object_header,
 )
 
-from makima.worktree._packs import PackedObjects, PackLayout, StoredEntry, layout_of, read_entry
 from makima.worktree.errors import RefNotFoundError
+from makima.worktree.packs import PackedObjects, PackLayout, StoredEntry, layout_of, read_entry
 from makima.worktree.paths import MODE_GITLINK, MODE_TREE
 
 # gRPC refuses messages over 4 MiB by default; a quarter of that leaves room for the other fields.

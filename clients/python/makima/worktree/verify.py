@@ -36,6 +36,7 @@ from dulwich.pack import (
 )
 
 from makima.worktree.errors import InvalidPackError
+from makima.worktree.packs import PackedObjects
 from makima.worktree.paths import GIT_MODES, MODE_GITLINK, MODE_TREE, check_name
 
 _OFS_DELTA, _REF_DELTA = 6, 7
@@ -375,12 +376,13 @@ def verify_pack(
     f.seek(0)
     headers = scan_pack(f, size, limits)
     checker = ObjectChecker()
-    entries, pack_sha = _index(f, path, store, headers, checker)
+    objects = PackedObjects(store)
+    entries, pack_sha = _index(f, path, objects, headers, checker)
     entries.sort()
     base = path.removesuffix(".pack")
     with open(f"{base}.idx", "wb") as index_file:
         write_pack_index(index_file, entries, pack_sha, version=2)
-    checker.check_complete(store.__contains__, commit=commit)
+    checker.check_complete(objects.__contains__, commit=commit)
     return VerifiedPack(
         name=iter_sha1(entry[0] for entry in entries).decode("ascii"),
         object_count=len(entries),
@@ -400,18 +402,18 @@ class _Walk(DeltaChainIterator[UnpackedObject]):
 
 
 def _index(
-    f: BinaryIO, path: str, store: BaseObjectStore, headers: list[UnpackedObject], checker: ObjectChecker
+    f: BinaryIO, path: str, objects: PackedObjects, headers: list[UnpackedObject], checker: ObjectChecker
 ) -> tuple[list[tuple[bytes, int, int | None]], bytes]:
     """Index the pack in `f` from its scanned `headers`, passing each object to `checker`.
 
-    A thin pack is completed with its bases from `store` (stored, so checked when they arrived).
+    A thin pack is completed with its bases from `objects` (stored, so checked when they arrived).
     Returns the index entries and the pack's checksum.
     """
     entries: list[tuple[bytes, int, int | None]] = []
     try:
-        with PackData(path, file=f, object_format=store.object_format) as data:
+        with PackData(path, file=f, object_format=objects.store.object_format) as data:
             data.check()
-            walk = _Walk(None, data.object_format.hash_func, resolve_ext_ref=store.get_raw)
+            walk = _Walk(None, data.object_format.hash_func, resolve_ext_ref=objects.get_raw)
             walk.set_pack_data(data)
             for header in headers:
                 walk.record(header)
@@ -422,7 +424,7 @@ def _index(
                 if unpacked.obj_type_num == Blob.type_num:
                     checker.add_blob(sha_to_hex(sha))
                 else:
-                    checker.add(_parsed(unpacked, sha, store))
+                    checker.add(_parsed(unpacked, sha, objects.store))
             external = set(walk.ext_refs())
             pack_sha = data.get_stored_checksum()
     except InvalidPackError:
@@ -435,7 +437,7 @@ def _index(
     except _UNREADABLE as exc:
         raise refuse("corrupt", f"the pack does not decode: {exc}") from None
     if external:
-        pack_sha, extra = extend_pack(f, external, get_raw=store.get_raw, object_format=store.object_format)
+        pack_sha, extra = extend_pack(f, external, get_raw=objects.get_raw, object_format=objects.store.object_format)
         entries.extend(extra)
         f.flush()
     return entries, pack_sha

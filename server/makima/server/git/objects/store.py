@@ -31,6 +31,7 @@ from dulwich.objects import Commit, ObjectID, ShaFile, Tag, Tree
 from dulwich.pack import Pack, PackFileDisappeared
 
 from makima.server.git.objects.bucket import PackBucket, PackInfo, install_files, names_in, pack_basename, remove_files
+from makima.worktree.packs import PackedObjects
 from makima.worktree.paths import MODE_GITLINK, MODE_TREE
 from makima.worktree.transfer import (
     DEFAULT_CHUNK_SIZE,
@@ -238,7 +239,8 @@ class OwnerObjectStore(BucketBasedObjectStore):
             f, path, self, commit=object_ids([commit])[0] if commit is not None else None, limits=limits
         )
         name = verified.name
-        if not keep_duplicate and all(sha in self for sha in verified.object_ids):
+        held = PackedObjects(self)
+        if not keep_duplicate and all(sha in held for sha in verified.object_ids):
             return StoredPack(name=None, object_count=verified.object_count, byte_size=0), None
         byte_size = os.path.getsize(path)
         with open(path, "rb") as pack_file, open(verified.index_path, "rb") as index_file:
