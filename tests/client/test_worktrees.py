@@ -212,10 +212,12 @@ async def test_a_push_the_service_cannot_complete_is_sent_again_whole(
     def pack_names() -> list[str]:
         return [p.name for p in server.objects.open(api.owner_id).bucket.list_packs()]
 
+    await server.objects.settle()  # merges of packs that pushes start in the background
     before = await asyncio.to_thread(pack_names)
     (path / "a.txt").write_text("one")
     first = await worktrees.checkpoint(claimed, "one")
     assert first is not None
+    await server.objects.settle()
     for name in set(await asyncio.to_thread(pack_names)) - set(before):
         await server.objects.run(api.owner_id, lambda store, name=name: store.bucket.remove_pack(name))
     assert await server.objects.run(api.owner_id, lambda store: store.lacking([first.commit_sha])) != []

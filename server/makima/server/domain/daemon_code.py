@@ -142,7 +142,7 @@ async def receive_push(
             return Received(commit=commit, object_count=count, received_bytes=received)
 
         try:
-            return await objects.run(principal.owner_id, receive)
+            return await objects.run(principal.owner_id, receive, consolidate=True)
         except InvalidPackError as exc:
             raise _invalid_pack(exc) from None
 

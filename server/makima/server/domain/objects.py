@@ -21,6 +21,7 @@ finishes, whatever the use cases hold on the main pool.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -42,6 +43,7 @@ from makima.server.store.engine import Database
 from makima.server.store.types import utcnow
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 # Seconds one bucket call may take, transfer of a large pack included.
 BUCKET_CALL_TIMEOUT = 300.0
@@ -141,6 +143,9 @@ class ObjectStores:
         self._cache_root = cache_root
         self.limits = limits
         self._bucket_db = bucket_db
+        # Background merges of packs (see `run`), by owner; an owner in _consolidate_again merges once more.
+        self._consolidating: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._consolidate_again: set[uuid.UUID] = set()
 
     @classmethod
     def for_database(
@@ -171,16 +176,54 @@ class ObjectStores:
         cache_dir = None if self._cache_root is None else self._cache_root / str(owner_id)
         return OwnerObjectStore(self._bucket_for(owner_id), cache_dir=cache_dir, limits=self.limits)
 
-    async def run(self, owner_id: uuid.UUID, work: Callable[[OwnerObjectStore], T]) -> T:
-        """Run `work` on the owner's store in a worker thread, and close the store afterwards."""
+    async def run(self, owner_id: uuid.UUID, work: Callable[[OwnerObjectStore], T], *, consolidate: bool = False) -> T:
+        """Run `work` on the owner's store in a worker thread, and close the store afterwards.
 
-        def in_thread() -> T:
+        With `consolidate`, a `work` that added packs is followed, in the background, by a merge of
+        the owner's small packs (`OwnerObjectStore.consolidate`): use cases that store checkpoints
+        ask for it, so that the number of packs, which every lookup pays for, stays logarithmic.
+        """
+
+        def in_thread() -> tuple[T, int]:
             with self.open(owner_id) as store:
-                return work(store)
+                return work(store), store.packs_added
 
-        return await asyncio.to_thread(in_thread)
+        result, added = await asyncio.to_thread(in_thread)
+        if consolidate and added:
+            self._consolidate_soon(owner_id)
+        return result
+
+    def _consolidate_soon(self, owner_id: uuid.UUID) -> None:
+        """Start merging the owner's packs unless that is under way; then it runs once more after."""
+        if owner_id in self._consolidating:
+            self._consolidate_again.add(owner_id)
+            return
+        self._consolidating[owner_id] = asyncio.get_running_loop().create_task(self._consolidate(owner_id))
+
+    async def _consolidate(self, owner_id: uuid.UUID) -> None:
+        def merge() -> None:
+            with self.open(owner_id) as store:
+                store.consolidate()
+
+        try:
+            while True:
+                self._consolidate_again.discard(owner_id)
+                await asyncio.to_thread(merge)
+                if owner_id not in self._consolidate_again:
+                    break
+        except Exception:
+            # Nothing is lost: the packs stay as they were, and the next checkpoint tries again.
+            log.exception("merging the packs of owner %s failed", owner_id)
+        finally:
+            self._consolidating.pop(owner_id, None)
+
+    async def settle(self) -> None:
+        """Wait until no pack merge is under way (one asked for meanwhile included)."""
+        while self._consolidating:
+            await asyncio.gather(*self._consolidating.values(), return_exceptions=True)
 
     async def close(self) -> None:
-        """Release the buckets' own connections (PostgreSQL)."""
+        """Wait for pack merges under way, then release the buckets' own connections (PostgreSQL)."""
+        await self.settle()
         if self._bucket_db is not None:
             await self._bucket_db.dispose()

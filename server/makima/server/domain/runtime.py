@@ -89,7 +89,7 @@ class Tx:
         """Run `work` on the owner's object store, in a worker thread (see domain.objects)."""
         if self.objects is None:
             raise RuntimeError("this runtime has no object store")
-        return await self.objects.run(self.owner_id, work)
+        return await self.objects.run(self.owner_id, work, consolidate=True)
 
     def record(
         self,

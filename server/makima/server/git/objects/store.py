@@ -45,6 +45,8 @@ from makima.worktree.verify import PackLimits, StoredPack, receive_pack_file, ve
 
 # Temporary files left in the incoming directory by a process that died are removed after this long.
 _STALE_INCOMING_SECONDS = 24 * 3600
+# Each pack kept must hold at least this many times the objects of the next smaller one (see consolidate).
+GEOMETRIC_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,8 @@ class OwnerObjectStore(BucketBasedObjectStore):
         self.limits = limits or PackLimits()
         self._listings = 0
         self._infos: dict[str, PackInfo] = {}
+        # Packs this instance put in the bucket: a caller may then ask for `consolidate`.
+        self.packs_added = 0
 
     def __enter__(self) -> OwnerObjectStore:
         return self
@@ -249,7 +253,37 @@ class OwnerObjectStore(BucketBasedObjectStore):
                 install_files(self._dir, name, pack_file, index_file)
         pack = self._get_pack(name)
         self._add_cached_pack(name, pack)
+        self.packs_added += 1
         return StoredPack(name=name, object_count=verified.object_count, byte_size=byte_size), pack
+
+    # -- keeping the number of packs small -------------------------------------------------------
+
+    def consolidate(self, *, factor: int = GEOMETRIC_FACTOR) -> str | None:
+        """Merge the smallest packs into one, so that pack sizes form a geometric progression.
+
+        Every pack costs each lookup of an object it does not hold an index search, and each push
+        adds a pack: without merging, lookups slow down with the number of checkpoints. As `git
+        repack --geometric` does, the packs sorted by object count must each hold at least `factor`
+        times the objects of the one before; the smallest ones that break that are merged (with as
+        many larger ones as the merged pack then outgrows), so an object is rewritten O(log n)
+        times and an owner has O(log n) packs. The merged pack is stored, verified like any pack,
+        before the merged ones are removed; readers that still list them find the objects in it
+        when they list again. Returns the name of the pack written, or None when nothing was merged.
+        """
+        self.refresh()
+        infos = sorted(self._infos.values(), key=lambda info: (info.object_count, info.name))
+        merged = infos[: _geometric_split([info.object_count for info in infos], factor)]
+        if len(merged) < 2:
+            return None
+        objects: set[ObjectID] = set()
+        for info in merged:
+            objects |= self._objects_of(info.name)
+        written = self._write_pack(objects)
+        name = None if written is None else written.name().decode("ascii")
+        for info in merged:
+            if info.name != name:
+                self._remove_pack_by_name(info.name)
+        return name
 
     # -- garbage collection ----------------------------------------------------------------------
 
@@ -341,6 +375,25 @@ class OwnerObjectStore(BucketBasedObjectStore):
             for chunk in outgoing.chunks:
                 f.write(chunk)
             return self._ingest(f, path, commit=None, limits=self.limits, keep_duplicate=True)[1]
+
+
+def _geometric_split(counts: list[int], factor: int) -> int:
+    """How many of the packs of `counts` objects (ascending) to merge so the rest form a progression.
+
+    git's rule (repack.c, split_pack_geometry): from the largest down, the packs that hold at least
+    `factor` times the objects of the next smaller one stay; everything up to the first break is
+    merged, and so is each next larger pack holding less than `factor` times the merged objects.
+    """
+    split = 0
+    for i in range(len(counts) - 1, 0, -1):
+        if counts[i] < factor * counts[i - 1]:
+            split = i + 1
+            break
+    total = sum(counts[:split])
+    while split < len(counts) and counts[split] < factor * total:
+        total += counts[split]
+        split += 1
+    return split
 
 
 def _discard(f: BinaryIO, path: str) -> None:
