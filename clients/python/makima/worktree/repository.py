@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
@@ -35,6 +35,7 @@ from makima.worktree._index import IndexEntry
 from makima.worktree._worktree import Checkout, apply_tree, scan, tree_entry
 from makima.worktree.errors import BranchExistsError, ConcurrentUpdateError, GitError
 from makima.worktree.paths import validate_branch_name
+from makima.worktree.transfer import repack
 from makima.worktree.trees import IDENTITY, build_trees, flatten
 
 # From this many new objects on, one pack is cheaper than as many loose files (see store_objects).
@@ -223,30 +224,46 @@ def write_pack(store: DiskObjectStore, objects: list[ShaFile]) -> None:
     """Write `objects` (whole, none already in `store`'s packs) as one pack of `store`, with its index.
 
     dulwich's add_objects writes the pack, then reads it back twice to index it; the writer
-    already knows every entry's offset and CRC32, so the index is written from those. The pack
-    lands complete before its index, as git does: no reader considers a pack without its index,
-    and a lookup that misses rescans the pack directory.
+    already knows every entry's offset and CRC32, so the index is written from those.
+    """
+
+    def write(pack: BinaryIO, index: BinaryIO) -> str:
+        writer = PackChunkGenerator(
+            store.object_format, num_records=len(objects), records=(full_unpacked_object(obj) for obj in objects)
+        )
+        for chunk in writer:
+            pack.write(chunk)
+        entries = sorted((sha, offset, crc32) for sha, (offset, crc32) in writer.entries.items())
+        write_pack_index(index, entries, writer.sha1digest(), version=2)
+        return iter_sha1(entry[0] for entry in entries).decode("ascii")
+
+    _install_pack(store, write)
+
+
+def _install_pack(store: DiskObjectStore, write: Callable[[BinaryIO, BinaryIO], str]) -> str:
+    """Add the pack `write` writes (returning its name) to `store`; returns the base path of its files.
+
+    The pack lands complete before its index, as git does: no reader considers a pack without its
+    index, and a lookup that misses rescans the pack directory.
     """
     pack_dir = os.fspath(store.pack_dir)
-    writer = PackChunkGenerator(
-        store.object_format, num_records=len(objects), records=(full_unpacked_object(obj) for obj in objects)
-    )
-    fd, scratch = tempfile.mkstemp(dir=pack_dir, prefix="tmp-", suffix=".pack")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in writer:
-                f.write(chunk)
-        entries = sorted((sha, offset, crc32) for sha, (offset, crc32) in writer.entries.items())
-        base = os.path.join(pack_dir, "pack-" + iter_sha1(entry[0] for entry in entries).decode("ascii"))
-        os.chmod(scratch, PACK_MODE)
-        os.replace(scratch, f"{base}.pack")
-        with open(scratch, "wb") as index_file:
-            write_pack_index(index_file, entries, writer.sha1digest(), version=2)
-        os.chmod(scratch, PACK_MODE)
-        os.replace(scratch, f"{base}.idx")
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(scratch)
+    with (
+        tempfile.NamedTemporaryFile(dir=pack_dir, prefix="tmp-", suffix=".pack", delete=False) as pack,
+        tempfile.NamedTemporaryFile(dir=pack_dir, prefix="tmp-", suffix=".idx", delete=False) as index,
+    ):
+        try:
+            name = write(pack, index)
+            pack.flush()
+            index.flush()
+            base = os.path.join(pack_dir, f"pack-{name}")
+            for scratch, suffix in ((pack.name, ".pack"), (index.name, ".idx")):
+                os.chmod(scratch, PACK_MODE)
+                os.replace(scratch, base + suffix)
+            return base
+        finally:
+            for scratch in (pack.name, index.name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(scratch)
 
 
 def consolidate_packs(store: DiskObjectStore) -> None:
@@ -254,8 +271,9 @@ def consolidate_packs(store: DiskObjectStore) -> None:
 
     Every pack costs each object lookup an index search, so their number must stay bounded.
     Only small packs are rewritten, never a large first import; packs with a .keep file, which
-    git uses to protect them, are left alone. The merged pack is complete before any old one is
-    removed, and readers (git, dulwich) rescan the pack directory when a pack disappears.
+    git uses to protect them, are left alone. Entries are copied, never recompressed (`repack`).
+    The merged pack is complete before any old one is removed, and readers (git, dulwich) rescan
+    the pack directory when a pack disappears.
     """
     pack_dir = os.fspath(store.pack_dir)
     bases = [
@@ -268,13 +286,11 @@ def consolidate_packs(store: DiskObjectStore) -> None:
         return
     bases.sort(key=lambda b: os.path.getsize(b + ".pack"))
     merged = bases[: len(bases) - _MAX_PACKS // 2]
-    objects: dict[bytes, ShaFile] = {}
+    objects: set[ObjectID] = set()
     for base in merged:
         with Pack(base, object_format=store.object_format) as pack:
-            for obj in pack.iterobjects():
-                objects[obj.id] = obj
-    new_pack = store.add_objects([(obj, None) for obj in objects.values()])
-    keep = None if new_pack is None else os.path.join(pack_dir, "pack-" + new_pack.name().decode())
+            objects.update(pack)
+    keep = _install_pack(store, lambda pack, index: repack(store, sorted(objects), pack, index))
     for base in merged:
         if base == keep:
             continue

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
 from dulwich.objects import Commit, ObjectID, ShaFile, Tree, hex_to_sha, parse_tree, sha_to_hex
@@ -19,9 +21,11 @@ from dulwich.pack import (
     REF_DELTA,
     Pack,
     create_delta,
+    iter_sha1,
     pack_header_chunks,
     pack_object_chunks,
     pack_object_header,
+    write_pack_index,
 )
 
 from makima.worktree.errors import RefNotFoundError
@@ -258,6 +262,39 @@ def pack_of(
     return OutgoingPack(
         object_count=len(objects), chunks=rechunk(_pack_stream(store, len(objects), entries), chunk_size)
     )
+
+
+def repack(store: PackBasedObjectStore, objects: Sequence[ObjectID], pack_out: BinaryIO, index_out: BinaryIO) -> str:
+    """Write a pack of `objects` (all in `store`) and its index; returns the pack's name.
+
+    For packs made of the store's own objects (merging packs, garbage collection): their entries
+    are copied as `pack_of` copies them, and the index is written from the ids already known and
+    the CRC32 of each entry as written, so nothing is inflated or hashed again. The store verified
+    every object when it arrived; a pack made here holds nothing else.
+    """
+    digest = store.object_format.new_hash()
+    position = 0
+
+    def put(chunk: bytes) -> None:
+        nonlocal position
+        digest.update(chunk)
+        pack_out.write(chunk)
+        position += len(chunk)
+
+    for chunk in pack_header_chunks(len(objects)):
+        put(chunk)
+    index: list[tuple[bytes, int, int | None]] = []
+    for sha, record in zip(objects, _entries(PackedObjects(store), objects, haves=set(), bases={}), strict=True):
+        offset, crc = position, 0
+        for chunk in record:
+            crc = zlib.crc32(chunk, crc)
+            put(chunk)
+        index.append((hex_to_sha(sha), offset, crc))
+    checksum = digest.digest()
+    pack_out.write(checksum)
+    index.sort()
+    write_pack_index(index_out, index, checksum, version=2)
+    return iter_sha1(entry[0] for entry in index).decode("ascii")
 
 
 def _entries(

@@ -39,7 +39,7 @@ from makima.worktree.transfer import (
     find_missing,
     object_ids,
     outgoing_pack,
-    pack_of,
+    repack,
 )
 from makima.worktree.verify import PackLimits, StoredPack, receive_pack_file, verify_pack
 
@@ -247,14 +247,19 @@ class OwnerObjectStore(BucketBasedObjectStore):
         if not keep_duplicate and all(sha in held for sha in verified.object_ids):
             return StoredPack(name=None, object_count=verified.object_count, byte_size=0), None
         byte_size = os.path.getsize(path)
-        with open(path, "rb") as pack_file, open(verified.index_path, "rb") as index_file:
+        pack = self._put(name, path, verified.index_path)
+        return StoredPack(name=name, object_count=verified.object_count, byte_size=byte_size), pack
+
+    def _put(self, name: str, path: str, index_path: str) -> Pack:
+        """Put the pack at `path` and its index in the bucket (and the cache), and open it."""
+        with open(path, "rb") as pack_file, open(index_path, "rb") as index_file:
             self._upload_pack(name, pack_file, index_file)
             if self._caching:
                 install_files(self._dir, name, pack_file, index_file)
         pack = self._get_pack(name)
         self._add_cached_pack(name, pack)
         self.packs_added += 1
-        return StoredPack(name=name, object_count=verified.object_count, byte_size=byte_size), pack
+        return pack
 
     # -- keeping the number of packs small -------------------------------------------------------
 
@@ -367,14 +372,15 @@ class OwnerObjectStore(BucketBasedObjectStore):
         return seen
 
     def _write_pack(self, objects: set[ObjectID]) -> Pack | None:
-        """Store one new pack of `objects` (all stored already), reusing their deltas."""
+        """Store one new pack of `objects` (all stored, so verified already), copying their entries."""
         if not objects:
             return None
-        outgoing = pack_of(self, sorted(objects))
         with self._scratch(".pack") as (f, path):
-            for chunk in outgoing.chunks:
-                f.write(chunk)
-            return self._ingest(f, path, commit=None, limits=self.limits, keep_duplicate=True)[1]
+            index_path = path.removesuffix(".pack") + ".idx"
+            with open(index_path, "wb") as index_file:
+                name = repack(self, sorted(objects), f, index_file)
+            f.flush()
+            return self._put(name, path, index_path)
 
 
 def _geometric_split(counts: list[int], factor: int) -> int:
