@@ -418,10 +418,32 @@ async def test_what_needs_the_live_worktree_of_a_daemon_held_task_is_refused(api
     await fails(api.tasks.CompareCheckpoints(compare, metadata=api.md), PRECONDITION, reason="WORKTREE_ON_DAEMON")
     checkpoint = task_fork_pb2.CreateCheckpointRequest(task_id=run.task.id)
     await fails(api.tasks.CreateCheckpoint(checkpoint, metadata=api.md), PRECONDITION, reason="WORKTREE_ON_DAEMON")
-    branch = task_fork_pb2.CreateBranchRequest(task_id=run.task.id, checkpoint_id=ids[c1], branch_name="b")
-    await fails(
-        api.tasks.CreateBranch(branch, metadata=api.md), grpc.StatusCode.UNIMPLEMENTED, reason="WORKTREE_ON_DAEMON"
+
+
+async def test_a_branch_on_the_records_is_handed_to_the_next_claim(api: Api, tmp_path: Path) -> None:
+    """CreateBranch on a daemon-held task records the branch; the next claim names it for the daemon."""
+    run, c1, _c2 = await done_after_two_pushes(api, tmp_path)
+    ids = {c.commit_sha: c.id for c in await checkpoints_of(api, run.task.id)}
+
+    def branch(name: str) -> task_fork_pb2.CreateBranchRequest:
+        return task_fork_pb2.CreateBranchRequest(task_id=run.task.id, checkpoint_id=ids[c1], branch_name=name)
+
+    made = await api.tasks.CreateBranch(branch("review/one"), metadata=api.md)
+    exists = grpc.StatusCode.ALREADY_EXISTS
+    for taken in ("review/one", "review", "review/one/two", run.task.branch):
+        await fails(api.tasks.CreateBranch(branch(taken), metadata=api.md), exists, reason="BRANCH_EXISTS")
+    await api.tasks.ResumeTask(task_fork_pb2.ResumeTaskRequest(task_id=run.task.id), metadata=api.md)
+    claimed = (await claim(api, run.daemon_id)).claimed
+    running = await fails(api.tasks.CreateBranch(branch("later"), metadata=api.md), PRECONDITION)
+    listed = await api.history.ListTimeline(
+        history_pb2.ListTimelineRequest(task_id=run.task.id, kinds=[resources_pb2.TIMELINE_EVENT_KIND_BRANCH_CREATED]),
+        metadata=api.md,
     )
+
+    assert (made.ref, made.commit_sha) == ("refs/heads/review/one", c1)
+    assert [(b.name, b.commit_sha) for b in claimed.worktree.branches] == [("review/one", c1)]
+    assert running.reason == "ALREADY_RUNNING"
+    assert [e.data["ref"] for e in listed.events] == ["refs/heads/review/one"]
 
 
 async def test_a_push_on_another_head_is_a_conflict_and_stores_nothing(api: Api, server: App, tmp_path: Path) -> None:

@@ -279,3 +279,33 @@ async def test_service_held_and_worktree_less_tasks(client: AsyncClient, tmp_pat
     assert plain.task.placement == resources_pb2.WORKTREE_PLACEMENT_UNSPECIFIED
     assert plain_path == tmp_path / plain.task.id and plain_path.is_dir() and not os.listdir(plain_path)
     assert await worktrees.checkpoint(plain, "nothing") is None
+
+
+async def test_prepare_creates_the_branches_recorded_for_the_task(client: AsyncClient, tmp_path: Path) -> None:
+    """A branch CreateBranch recorded while the task was stopped is made by the next prepare; one the
+    daemon already has is left where it is."""
+    daemon_id, claimed = await claim_new(client)
+    worktrees = DaemonWorktrees(client, tmp_path)
+    path = await worktrees.prepare(claimed)
+    (path / "a.txt").write_text("one")
+    first = await worktrees.checkpoint(claimed, "one")
+    (path / "a.txt").write_text("two")
+    second = await worktrees.checkpoint(claimed, "two")
+    assert first is not None and second is not None
+    git(path, "branch", "mine", second.commit_sha)
+    await client.report_task_status(
+        daemon_id=daemon_id, task_id=claimed.task.id, status=INTERRUPTED, lease_token=claimed.lease_token
+    )
+    for name in ("review", "mine"):
+        await client.create_branch(task_id=claimed.task.id, checkpoint_id=first.id, branch_name=name)
+    await client.resume_task(task_id=claimed.task.id)
+    again = (await client.claim_task(daemon_id=daemon_id)).claimed
+
+    fresh = await DaemonWorktrees(client, tmp_path / "other").prepare(again)
+    await worktrees.prepare(again)
+
+    for repo in (fresh, path):
+        assert git(repo, "rev-parse", "refs/heads/review").decode().strip() == first.commit_sha
+        assert git(repo, "status", "--porcelain") == b""
+    assert git(fresh, "rev-parse", "refs/heads/mine").decode().strip() == first.commit_sha
+    assert git(path, "rev-parse", "refs/heads/mine").decode().strip() == second.commit_sha  # kept

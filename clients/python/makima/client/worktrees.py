@@ -74,6 +74,7 @@ class DaemonWorktrees:
         The worktree is made on first use and kept for later claims of the task. It is always
         materialized, even when its branch is already at the start commit: work left from an
         earlier run that was never checkpointed is not part of the task any more (ignored files stay).
+        The branches CreateBranch recorded for the task are created too, unless they exist here.
         """
         task = claimed.task
         placement = claimed.worktree.placement
@@ -97,6 +98,10 @@ class DaemonWorktrees:
                 if start and not await asyncio.to_thread(worktree.has_object, start):
                     await self._fetch(worktree, start)
                 await asyncio.to_thread(worktree.materialize, start)
+                for branch in claimed.worktree.branches:
+                    if not await asyncio.to_thread(worktree.has_object, branch.commit_sha):
+                        await self._fetch(worktree, branch.commit_sha)
+                    await asyncio.to_thread(worktree.add_branch, branch.name, branch.commit_sha)
             finally:
                 worktree.close()
             self._claims[task.id] = _Claim(claimed.lease_token, head=start)

@@ -276,6 +276,7 @@ class ClaimedWorktree(_message.Message):
     PLACEMENT_FIELD_NUMBER: _builtins.int
     BRANCH_FIELD_NUMBER: _builtins.int
     START_COMMIT_SHA_FIELD_NUMBER: _builtins.int
+    BRANCHES_FIELD_NUMBER: _builtins.int
     placement: _resources_pb2.WorktreePlacement.ValueType
     """SERVICE: the worktree is `Task.worktree_path` on the service's machine, ready as it is.
     DAEMON: the daemon materializes `start_commit_sha` on `branch` in a directory of its own
@@ -292,20 +293,54 @@ class ClaimedWorktree(_message.Message):
     this commit lacks are removed, except ignored ones), and the daemon's next PushCheckpoint names
     it as `parent_commit_sha`.
     """
+    @_builtins.property
+    def branches(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClaimedBranch]:
+        """DAEMON: the other branches of the task's repository, which CreateBranch recorded while the
+        task was not running; the daemon creates each one it lacks at its commit (the objects come
+        with `start_commit_sha`'s history) and leaves a branch it already has as it is. Empty for SERVICE.
+        """
+
     def __init__(
         self,
         *,
         placement: _resources_pb2.WorktreePlacement.ValueType = ...,
         branch: _builtins.str = ...,
         start_commit_sha: _builtins.str = ...,
+        branches: _abc.Iterable[Global___ClaimedBranch] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "placement", b"placement", "start_commit_sha", b"start_commit_sha"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["branch", b"branch", "branches", b"branches", "placement", b"placement", "start_commit_sha", b"start_commit_sha"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClaimedWorktree: _TypeAlias = ClaimedWorktree  # noqa: Y015
+
+@_typing.final
+class ClaimedBranch(_message.Message):
+    """A branch a daemon creates in a daemon-held task's repository (ClaimedWorktree.branches)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    COMMIT_SHA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Branch name, without refs/heads/."""
+    commit_sha: _builtins.str
+    """The commit it points at: a checkpoint of the task."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        commit_sha: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["commit_sha", b"commit_sha", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimedBranch: _TypeAlias = ClaimedBranch  # noqa: Y015
 
 @_typing.final
 class ClaimTaskResponse(_message.Message):

@@ -206,10 +206,12 @@ class TaskForkServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateBranch(self, request, context):
-        """Creates a git branch at a checkpoint's commit in the task's repository.
+        """Creates a git branch at a checkpoint's commit in the task's repository. A daemon-held task's
+        repository is on its daemons: the branch is recorded, and the next daemon to claim the task
+        creates it (ClaimedWorktree.branches), so the task must not be running.
         Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
-        250 bytes), NOT_FOUND, ALREADY_EXISTS, UNIMPLEMENTED reason WORKTREE_ON_DAEMON (the task's
-        repository is on its daemon: the service keeps no branches of daemon-held tasks yet).
+        250 bytes), NOT_FOUND, ALREADY_EXISTS reason BRANCH_EXISTS (the name exists, or clashes as `a`
+        and `a/b` do), FAILED_PRECONDITION reason ALREADY_RUNNING (daemon-held and running).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

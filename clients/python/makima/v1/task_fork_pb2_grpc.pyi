@@ -101,10 +101,12 @@ class TaskForkServiceStub:
     Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE).
     """
     CreateBranch: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.CreateBranchRequest, _task_fork_pb2.CreateBranchResponse]
-    """Creates a git branch at a checkpoint's commit in the task's repository.
+    """Creates a git branch at a checkpoint's commit in the task's repository. A daemon-held task's
+    repository is on its daemons: the branch is recorded, and the next daemon to claim the task
+    creates it (ClaimedWorktree.branches), so the task must not be running.
     Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
-    250 bytes), NOT_FOUND, ALREADY_EXISTS, UNIMPLEMENTED reason WORKTREE_ON_DAEMON (the task's
-    repository is on its daemon: the service keeps no branches of daemon-held tasks yet).
+    250 bytes), NOT_FOUND, ALREADY_EXISTS reason BRANCH_EXISTS (the name exists, or clashes as `a`
+    and `a/b` do), FAILED_PRECONDITION reason ALREADY_RUNNING (daemon-held and running).
     """
     ForkTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.ForkTaskRequest, _task_fork_pb2.ForkTaskResponse]
     """Creates a new task from a point of another task's history (a checkpoint or a message index):
@@ -196,10 +198,12 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE).
     """
     CreateBranch: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.CreateBranchRequest, _task_fork_pb2.CreateBranchResponse]  # type: ignore[assignment]
-    """Creates a git branch at a checkpoint's commit in the task's repository.
+    """Creates a git branch at a checkpoint's commit in the task's repository. A daemon-held task's
+    repository is on its daemons: the branch is recorded, and the next daemon to claim the task
+    creates it (ClaimedWorktree.branches), so the task must not be running.
     Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
-    250 bytes), NOT_FOUND, ALREADY_EXISTS, UNIMPLEMENTED reason WORKTREE_ON_DAEMON (the task's
-    repository is on its daemon: the service keeps no branches of daemon-held tasks yet).
+    250 bytes), NOT_FOUND, ALREADY_EXISTS reason BRANCH_EXISTS (the name exists, or clashes as `a`
+    and `a/b` do), FAILED_PRECONDITION reason ALREADY_RUNNING (daemon-held and running).
     """
     ForkTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.ForkTaskRequest, _task_fork_pb2.ForkTaskResponse]  # type: ignore[assignment]
     """Creates a new task from a point of another task's history (a checkpoint or a message index):
@@ -336,10 +340,12 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _task_fork_pb2.CreateBranchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.CreateBranchResponse, _abc.Awaitable[_task_fork_pb2.CreateBranchResponse]]:
-        """Creates a git branch at a checkpoint's commit in the task's repository.
+        """Creates a git branch at a checkpoint's commit in the task's repository. A daemon-held task's
+        repository is on its daemons: the branch is recorded, and the next daemon to claim the task
+        creates it (ClaimedWorktree.branches), so the task must not be running.
         Errors: INVALID_ARGUMENT (reason INVALID_BRANCH_NAME: the name breaks git's ref rules or is over
-        250 bytes), NOT_FOUND, ALREADY_EXISTS, UNIMPLEMENTED reason WORKTREE_ON_DAEMON (the task's
-        repository is on its daemon: the service keeps no branches of daemon-held tasks yet).
+        250 bytes), NOT_FOUND, ALREADY_EXISTS reason BRANCH_EXISTS (the name exists, or clashes as `a`
+        and `a/b` do), FAILED_PRECONDITION reason ALREADY_RUNNING (daemon-held and running).
         """
 
     @_abc_1.abstractmethod

@@ -23,7 +23,7 @@ from dulwich.objects import Commit
 from dulwich.refs import Ref
 from dulwich.repo import Repo
 
-from makima.worktree.errors import GitError, NotARepositoryError
+from makima.worktree.errors import BranchExistsError, ConcurrentUpdateError, GitError, NotARepositoryError
 from makima.worktree.repository import (
     PACK_MODE,
     branch_ref,
@@ -160,6 +160,17 @@ class LocalWorktree:
         result = checkout(self._repo, self.path, tree)
         move_ref(self._repo, self._ref, old=old, new=target, message=b"makima: materialize " + (target or b"empty"))
         return [FileChange(path_text(p), kind) for p, kind in result.changes]
+
+    def add_branch(self, name: str, commit_sha: str) -> bool:
+        """Create branch `name` at `commit_sha` (a commit in the local store) unless a branch of that
+        name, or one that clashes with it (`a` versus `a/b`), exists: that one is left as it is.
+        Returns whether the branch was created."""
+        sha = commit_of(self._store, object_id(commit_sha)).id
+        try:
+            move_ref(self._repo, branch_ref(name), old=None, new=sha, message=b"makima: branch at " + sha)
+        except (ConcurrentUpdateError, BranchExistsError):
+            return False
+        return True
 
     def checkpoint(self, message: str, *, parent: str | None = None) -> Commit:
         """Commit what `git add -A` would stage and make it the branch's head; returns the commit.

@@ -116,6 +116,7 @@ def _claimed(claimed: work.ClaimedTask | None) -> pb.ClaimTaskResponse:
             placement=convert.enum_to_pb(resources_pb2.WorktreePlacement, "WORKTREE_PLACEMENT", task.placement),
             branch=task.branch or "",
             start_commit_sha=task.head_commit_sha or "",
+            branches=[pb.ClaimedBranch(name=b.name, commit_sha=b.commit_sha) for b in claimed.branches],
         )
     return pb.ClaimTaskResponse(
         claimed=pb.ClaimedTask(

@@ -19,7 +19,7 @@ from makima.server.domain.enums import (
     TimelineKind,
     WorktreePlacement,
 )
-from makima.server.domain.errors import FailedPrecondition, InvalidArgument, NotFound, Unimplemented
+from makima.server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from makima.server.domain.runtime import Principal, Runtime, Tx
 from makima.server.domain.tasks import derived_name, load_task, new_task
 from makima.server.domain.workspace import Workspace
@@ -38,8 +38,9 @@ from makima.server.domain.worktrees import (
 )
 from makima.server.git import commits
 from makima.server.git.objects import OwnerObjectStore
+from makima.server.store import branches as branch_records
 from makima.server.store import checkpoints
-from makima.server.store.models import ConversationSnapshot, Task, TaskCheckpoint
+from makima.server.store.models import ConversationSnapshot, Task, TaskBranch, TaskCheckpoint
 
 
 class RewindMode(StrEnum):
@@ -235,22 +236,21 @@ class Branch:
 async def create_branch(tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID, name: str) -> Branch:
     """A git branch at a checkpoint's commit, in the task's repository.
 
-    The repository of a daemon-held task is on its daemon: UNIMPLEMENTED, since the service keeps no
-    branch records of its own and no daemon would carry one out.
+    A service-held repository gets the branch at once. A daemon-held task's repository is on the
+    daemons: the branch is recorded, and the next daemon to claim the task creates it
+    (`ClaimedWorktree.branches`), as every code operation on such a task is; so the task must not be
+    running. Either way a name that exists or clashes (`a` versus `a/b`) is ALREADY_EXISTS.
     """
     task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
     target = await load_checkpoint(tx, task, checkpoint_id)
     if daemon_held(task):
-        raise Unimplemented(
-            f"task {task.id} is daemon-held: its repository is on its daemon, and the service keeps no branches "
-            "of daemon-held tasks yet; fork the task at the checkpoint instead",
-            reason="WORKTREE_ON_DAEMON",
-            metadata={"task": str(task.id)},
-        )
-    path = worktree_of(task)
-    await tx.hold(ws.lock(path))
-    ref = await ws.run(git.create_branch, path, name=name, commit_sha=target.commit_sha)
-    tx.undo.append(lambda: ws.run(git.delete_branch, path, name=name, commit_sha=target.commit_sha))
+        refuse_if_running(task)
+        ref = await _record_branch(tx, task, target, name)
+    else:
+        path = worktree_of(task)
+        await tx.hold(ws.lock(path))
+        ref = await ws.run(git.create_branch, path, name=name, commit_sha=target.commit_sha)
+        tx.undo.append(lambda: ws.run(git.delete_branch, path, name=name, commit_sha=target.commit_sha))
     tx.record(
         TimelineKind.BRANCH_CREATED,
         f"branch {name!r} created at {target.commit_sha[:12]} for task {task.name!r}",
@@ -259,6 +259,31 @@ async def create_branch(tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id
         data={"ref": ref, "commit_sha": target.commit_sha, "checkpoint_id": str(target.id)},
     )
     return Branch(ref=ref, commit_sha=target.commit_sha)
+
+
+async def _record_branch(tx: Tx, task: Task, target: TaskCheckpoint, name: str) -> str:
+    """Record branch `name` of a daemon-held task at `target`'s commit; returns its full ref name."""
+    recorded = await branch_records.branches_of(tx.session, owner_id=tx.owner_id, task_id=task.id)
+    for other in [task.branch or "", *(branch.name for branch in recorded)]:
+        if other and (other == name or other.startswith(name + "/") or name.startswith(other + "/")):
+            problem = "already exists" if other == name else f"clashes with {other!r}"
+            raise AlreadyExists(
+                f"branch {name!r} of task {task.id} {problem}",
+                reason="BRANCH_EXISTS",
+                metadata={"name": name, "existing": f"refs/heads/{other}"},
+            )
+    branch_records.add_branch(
+        tx.session,
+        TaskBranch(
+            task_id=task.id,
+            name=name,
+            owner_id=tx.owner_id,
+            commit_sha=target.commit_sha,
+            checkpoint_id=target.id,
+            create_time=tx.now,
+        ),
+    )
+    return f"refs/heads/{name}"
 
 
 @dataclass(frozen=True)

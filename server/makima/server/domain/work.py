@@ -29,9 +29,10 @@ from makima.server.domain.enums import TaskStatus, TimelineKind
 from makima.server.domain.errors import FailedPrecondition, NotFound
 from makima.server.domain.runtime import Principal, Runtime, Tx
 from makima.server.domain.tasks import load_task
+from makima.server.store import branches as branch_records
 from makima.server.store import conversations, events
 from makima.server.store import work as store
-from makima.server.store.models import Daemon, Task
+from makima.server.store.models import Daemon, Task, TaskBranch
 from makima.server.timeline.hub import TimelineHub
 
 # A claim carries at most the first 10,000 messages of the task's conversation, and stops earlier once
@@ -91,6 +92,8 @@ class ClaimedTask:
     conversation: list[Row[Any]]
     last_event_sequence: int
     lease: Lease
+    # Branches recorded for a daemon-held task (CreateBranch), for the daemon to create.
+    branches: list[TaskBranch]
 
 
 @dataclass(frozen=True)
@@ -195,6 +198,7 @@ async def _take_next(tx: Tx, *, daemon_id: uuid.UUID, kinds: tuple[str, ...], le
         conversation=await _conversation(tx.session, task),
         last_event_sequence=await events.last_sequence(tx.session, owner_id=tx.owner_id, task_id=task.id),
         lease=Lease(task_id=task.id, epoch=task.lease_epoch),
+        branches=await branch_records.branches_of(tx.session, owner_id=tx.owner_id, task_id=task.id),
     )
 
 

@@ -262,6 +262,20 @@ class TaskCheckpoint(SQLModel, table=True):
     create_time: datetime = _time()
 
 
+class TaskBranch(SQLModel, table=True):
+    """A branch CreateBranch made for a daemon-held task: its repository is on the daemons, so the
+    service keeps the branch on its records and the next daemon to claim the task creates it."""
+
+    __tablename__ = "task_branches"
+
+    task_id: uuid.UUID = Field(foreign_key="tasks.id", primary_key=True)
+    name: str = Field(sa_type=String(255), primary_key=True)
+    owner_id: uuid.UUID = Field(foreign_key="owners.id")
+    commit_sha: str = Field(sa_type=String(64))
+    checkpoint_id: uuid.UUID = Field(foreign_key="task_checkpoints.id")
+    create_time: datetime = _time()
+
+
 class HistoryEvent(SQLModel, table=True):
     """One timeline entry; `cursor` is allocated per owner inside the writing transaction."""
 
