@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
-from dulwich.objects import Commit, ObjectID, ShaFile, Tree, hex_to_sha, parse_tree, sha_to_hex
+from dulwich.objects import Commit, ObjectID, ShaFile, Tag, Tree, hex_to_sha, parse_tree, sha_to_hex
 from dulwich.pack import (
     REF_DELTA,
     Pack,
@@ -121,6 +121,40 @@ def find_missing(store: BaseObjectStore, *, wants: Iterable[str], haves: Iterabl
                 sent.add(sha)
                 out.append(sha)
     return Missing(out, remote_has)
+
+
+def reachable(store: BaseObjectStore, start: Iterable[ObjectID]) -> set[ObjectID]:
+    """Every object of `store` reachable from `start` (any kind); ids the store does not hold are skipped.
+
+    Blobs met in trees are known by their entries, never read; gitlinks name other repositories.
+    """
+    objects = PackedObjects(store)
+    seen: set[ObjectID] = set()
+    pending = list(start)
+    while pending:
+        sha = pending.pop()
+        if sha in seen:
+            continue
+        try:
+            type_num, raw = objects.get_raw(sha)
+        except KeyError:
+            continue
+        seen.add(sha)
+        if type_num == Commit.type_num:
+            commit = _parse_commit(raw, sha)
+            pending.append(commit.tree)
+            pending.extend(commit.parents)
+        elif type_num == Tree.type_num:
+            for _name, mode, entry in parse_tree(raw, objects.oid_length):
+                if mode == MODE_TREE:
+                    pending.append(entry)
+                elif mode != MODE_GITLINK:
+                    seen.add(entry)
+        elif type_num == Tag.type_num:
+            tag = ShaFile.from_raw_string(type_num, raw, sha=sha)
+            assert isinstance(tag, Tag)
+            pending.append(tag.object[1])
+    return seen
 
 
 def _ancestry(objects: PackedObjects, commits: Iterable[ObjectID]) -> set[ObjectID]:

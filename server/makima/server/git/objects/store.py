@@ -27,18 +27,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dulwich.object_store import BucketBasedObjectStore
-from dulwich.objects import Commit, ObjectID, ShaFile, Tag, Tree
+from dulwich.objects import ObjectID, ShaFile
 from dulwich.pack import Pack, PackFileDisappeared
 
 from makima.server.git.objects.bucket import PackBucket, PackInfo, install_files, names_in, pack_basename, remove_files
 from makima.worktree.packs import PackedObjects
-from makima.worktree.paths import MODE_GITLINK, MODE_TREE
 from makima.worktree.transfer import (
     DEFAULT_CHUNK_SIZE,
     OutgoingPack,
     find_missing,
     object_ids,
     outgoing_pack,
+    reachable,
     repack,
 )
 from makima.worktree.verify import PackLimits, StoredPack, receive_pack_file, verify_pack
@@ -315,7 +315,7 @@ class OwnerObjectStore(BucketBasedObjectStore):
         start = [sha for sha in root_ids if sha in self]
         for name in set(infos) - set(old):
             start.extend(self._objects_of(name))
-        live = self._reachable(start)
+        live = reachable(self, start)
 
         removed: list[str] = []
         # Old packs holding live objects: name -> (their objects, the live ones).
@@ -344,32 +344,6 @@ class OwnerObjectStore(BucketBasedObjectStore):
             return set(pack)
         except PackFileDisappeared:
             return set()
-
-    def _reachable(self, start: Iterable[ObjectID]) -> set[ObjectID]:
-        """Every stored object reachable from `start`; blobs met in trees are known by mode, never read."""
-        seen: set[ObjectID] = set()
-        todo = list(start)
-        while todo:
-            sha = todo.pop()
-            if sha in seen:
-                continue
-            seen.add(sha)
-            try:
-                obj = self[sha]
-            except KeyError:
-                continue
-            if isinstance(obj, Commit):
-                todo.append(obj.tree)
-                todo.extend(obj.parents)
-            elif isinstance(obj, Tree):
-                for entry in obj.iteritems():
-                    if entry.mode == MODE_TREE:
-                        todo.append(entry.sha)
-                    elif entry.mode != MODE_GITLINK:
-                        seen.add(entry.sha)
-            elif isinstance(obj, Tag):
-                todo.append(obj.object[1])
-        return seen
 
     def _write_pack(self, objects: set[ObjectID]) -> Pack | None:
         """Store one new pack of `objects` (all stored, so verified already), copying their entries."""
