@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from datetime import UTC, datetime, timedelta
 from io import BytesIO
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from makima.server.app import App
-from makima.server.domain.objects import ObjectStores, PostgresBucket
+from makima.server.domain.objects import BUCKET_POOL_SIZE, ObjectStores, PostgresBucket
 from makima.server.git.errors import InvalidPackError
 from makima.server.git.objects import LocalDirBucket, OwnerObjectStore, check_pack_name
 from makima.server.store.engine import Database
-from tests.objects.helpers import History, blob, git_pack, pack_files, push, push_first
+from tests.objects.helpers import History, blob, git_pack, pack_files, push, push_first, rev_list_objects
 
 
 def small_pack(store: OwnerObjectStore) -> tuple[str, bytes, bytes]:
@@ -145,3 +148,38 @@ def test_pack_names_cannot_be_paths() -> None:
         with pytest.raises(ValueError):
             check_pack_name(bad)
     assert check_pack_name("0123456789abcdef0123456789abcdef01234567")
+
+
+async def test_more_store_operations_than_connections_all_finish(
+    objects_db: Database, owner_id: uuid.UUID, history: History, tmp_path: Path
+) -> None:
+    """Store work at once on three times as many threads as the buckets have connections, while use
+    cases hold every connection of the main pool: each bucket call waits its turn and none deadlocks."""
+    main = Database(objects_db.url.render_as_string(hide_password=False), pool_size=4)
+    seeded = ObjectStores.for_database(main, workspace_root=tmp_path / "ws", cache_dir=tmp_path / "seed")
+    await seeded.run(owner_id, lambda store: push_first(store, history))
+    # Every operation as if on a process of its own (its own cache), so each one reads the bucket.
+    processes = [
+        ObjectStores.for_database(main, workspace_root=tmp_path / "ws", cache_dir=tmp_path / f"cache-{i}")
+        for i in range(3 * BUCKET_POOL_SIZE)
+    ]
+    try:
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(4):
+                session = await held.enter_async_context(main.read())
+                await session.execute(text("SELECT 1"))  # the connection is taken
+            counts = await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        process.run(owner_id, lambda store: len(store.missing(wants=[history.first], haves=[])))
+                        for process in processes
+                    )
+                ),
+                timeout=120,
+            )
+    finally:
+        for process in [seeded, *processes]:
+            await process.close()
+        await main.dispose()
+
+    assert counts == [len(rev_list_objects(history.path, history.first))] * len(processes)
