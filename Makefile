@@ -10,7 +10,7 @@ BUF := .tools/node_modules/.bin/buf
 MAKIMA_TEST_POSTGRES_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 export MAKIMA_TEST_POSTGRES_URL
 
-.PHONY: serve test lint protos check-protos bench clean
+.PHONY: serve test lint protos check-protos unasync bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required") if sys.version_info < (3, 11) else None'
@@ -37,11 +37,16 @@ lint: $(STAMP) $(BUF)
 	test -x $(BUF) || { echo "make lint needs buf: install Node.js with npm"; exit 1; }
 	$(BUF) lint
 	$(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python scripts/unasync.py --check
 	$(BIN)/ruff check server clients/python scripts tests bench
 	$(BIN)/ruff format --check server clients/python scripts tests bench
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
+
+# The blocking client is generated from the async one (scripts/unasync.py).
+unasync: $(STAMP)
+	$(BIN)/python scripts/unasync.py
 
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done

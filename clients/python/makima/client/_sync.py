@@ -1,4 +1,5 @@
-"""The blocking client: the same calls as AsyncClient, over a synchronous grpc channel."""
+# Generated from _async.py by scripts/unasync.py: edit _async.py, then run `make unasync`.
+"""The blocking client: the calls of the grpc.aio one in _async.py, over a synchronous channel."""
 
 from __future__ import annotations
 
@@ -190,7 +191,7 @@ class Client:
     claimed again): stop working on it, nothing of the refused write was stored.
 
         with Client() as client:
-            contract = client.create_contract(name="login page").contract
+            contract = (client.create_contract(name="login page")).contract
             for event in client.list_timeline.items(contract_id=contract.id):
                 print(event.summary)
     """
@@ -409,9 +410,9 @@ class Client:
 
         call, response = self._invoke(opened, timeout=timeout, retry=True)
         try:
-            if response is not None:
+            while response is not None:
                 yield response
-                yield from call
+                response = next(call, None)
         except grpc.RpcError as err:
             raise error_from_rpc(err) from err
         finally:
