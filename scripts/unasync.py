@@ -75,10 +75,10 @@ def generate() -> str:
         return out.read_text()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if _sync.py is not what _async.py generates")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     text = generate()
     if args.check:
         if TARGET.read_text() != text:
