@@ -17,7 +17,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
-from dulwich.objects import ObjectID
+from dulwich.objects import ObjectID, RawObjectID
 from dulwich.pack import Pack, PackFileDisappeared
 
 
@@ -30,8 +30,8 @@ class PackedObjects:
         # Bytes of a binary object id: what tree entries hold.
         self.oid_length: int = store.object_format.oid_length
 
-    def locate(self, sha: ObjectID) -> tuple[Pack, int] | None:
-        """The first listed pack holding `sha` and its offset there; None if no listed pack does."""
+    def locate(self, sha: ObjectID | RawObjectID) -> tuple[Pack, int] | None:
+        """The first listed pack holding `sha` (hex or raw) and its offset there; None if none does."""
         for pack in self._packs:
             try:
                 return pack, pack.index.object_offset(sha)
@@ -44,7 +44,7 @@ class PackedObjects:
     def __contains__(self, sha: ObjectID) -> bool:
         return self.locate(sha) is not None or sha in self.store
 
-    def get_raw(self, sha: ObjectID) -> tuple[int, bytes]:
+    def get_raw(self, sha: ObjectID | RawObjectID) -> tuple[int, bytes]:
         """The type and content of `sha`, deltas resolved; KeyError if the store does not hold it."""
         where = self.locate(sha)
         if where is not None:

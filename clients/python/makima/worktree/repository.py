@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import IO, TypeVar
 
 from dulwich.errors import NotGitRepository
 from dulwich.file import FileLocked
@@ -227,7 +227,7 @@ def write_pack(store: DiskObjectStore, objects: list[ShaFile]) -> None:
     already knows every entry's offset and CRC32, so the index is written from those.
     """
 
-    def write(pack: BinaryIO, index: BinaryIO) -> str:
+    def write(pack: IO[bytes], index: IO[bytes]) -> str:
         writer = PackChunkGenerator(
             store.object_format, num_records=len(objects), records=(full_unpacked_object(obj) for obj in objects)
         )
@@ -240,7 +240,7 @@ def write_pack(store: DiskObjectStore, objects: list[ShaFile]) -> None:
     _install_pack(store, write)
 
 
-def _install_pack(store: DiskObjectStore, write: Callable[[BinaryIO, BinaryIO], str]) -> str:
+def _install_pack(store: DiskObjectStore, write: Callable[[IO[bytes], IO[bytes]], str]) -> str:
     """Add the pack `write` writes (returning its name) to `store`; returns the base path of its files.
 
     The pack lands complete before its index, as git does: no reader considers a pack without its

@@ -13,10 +13,10 @@ import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import IO, cast
 
 from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
-from dulwich.objects import Commit, ObjectID, ShaFile, Tag, Tree, hex_to_sha, parse_tree, sha_to_hex
+from dulwich.objects import Commit, ObjectID, RawObjectID, ShaFile, Tag, Tree, hex_to_sha, parse_tree, sha_to_hex
 from dulwich.pack import (
     REF_DELTA,
     Pack,
@@ -145,7 +145,7 @@ def reachable(store: BaseObjectStore, start: Iterable[ObjectID]) -> set[ObjectID
             pending.append(commit.tree)
             pending.extend(commit.parents)
         elif type_num == Tree.type_num:
-            for _name, mode, entry in parse_tree(raw, objects.oid_length):
+            for _name, mode, entry in _parse_tree(raw, objects.oid_length):
                 if mode == MODE_TREE:
                     pending.append(entry)
                 elif mode != MODE_GITLINK:
@@ -189,7 +189,7 @@ def _walk_trees(objects: PackedObjects, roots: list[ObjectID], seen: set[ObjectI
         seen.add(tree)
         if out is not None:
             out.append(tree)
-        for _name, mode, sha in parse_tree(objects.get_raw(tree)[1], objects.oid_length):
+        for _name, mode, sha in _parse_tree(objects.get_raw(tree)[1], objects.oid_length):
             if mode == MODE_GITLINK or sha in seen:
                 continue
             if mode == MODE_TREE:
@@ -268,7 +268,12 @@ def _tree_entries(objects: PackedObjects, tree: ObjectID) -> Iterator[tuple[byte
     type_num, raw = objects.get_raw(tree)
     if type_num != Tree.type_num:
         return iter(())
-    return parse_tree(raw, objects.oid_length)
+    return _parse_tree(raw, objects.oid_length)
+
+
+def _parse_tree(raw: bytes, oid_length: int) -> Iterator[tuple[bytes, int, ObjectID]]:
+    """A tree's (name, mode, id) entries, ids in hex: dulwich's C parser, typed as what it returns."""
+    return cast(Iterator[tuple[bytes, int, ObjectID]], parse_tree(raw, oid_length))
 
 
 def pack_of(
@@ -298,7 +303,7 @@ def pack_of(
     )
 
 
-def repack(store: PackBasedObjectStore, objects: Sequence[ObjectID], pack_out: BinaryIO, index_out: BinaryIO) -> str:
+def repack(store: PackBasedObjectStore, objects: Sequence[ObjectID], pack_out: IO[bytes], index_out: IO[bytes]) -> str:
     """Write a pack of `objects` (all in `store`) and its index; returns the pack's name.
 
     For packs made of the store's own objects (merging packs, garbage collection): their entries
@@ -380,7 +385,7 @@ def _record(
                 return _copied(fd, bytes(header), entry, data)
             base_raw = layout.sha_at(entry.base) if isinstance(entry.base, int) else entry.base
             if base_raw is not None:
-                base = ObjectID(sha_to_hex(base_raw))
+                base = ObjectID(sha_to_hex(RawObjectID(base_raw)))
                 same_pack = base in wanted and located.get(base, (None, 0))[0] is pack
                 if same_pack or base in haves:
                     header = pack_object_header(REF_DELTA, base_raw, entry.size, object_format)

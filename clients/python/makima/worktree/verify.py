@@ -24,7 +24,7 @@ from typing import BinaryIO
 
 from dulwich.errors import ApplyDeltaError, ChecksumMismatch, ObjectFormatException
 from dulwich.object_store import BaseObjectStore
-from dulwich.objects import Blob, Commit, ObjectID, ShaFile, Tag, Tree, sha_to_hex
+from dulwich.objects import Blob, Commit, ObjectID, RawObjectID, ShaFile, Tag, Tree, sha_to_hex
 from dulwich.pack import (
     DeltaChainIterator,
     PackData,
@@ -422,7 +422,7 @@ def _index(
                 assert unpacked.offset is not None and unpacked.obj_type_num is not None
                 entries.append((sha, unpacked.offset, unpacked.crc32))
                 if unpacked.obj_type_num == Blob.type_num:
-                    checker.add_blob(sha_to_hex(sha))
+                    checker.add_blob(sha_to_hex(RawObjectID(sha)))
                 else:
                     checker.add(_parsed(unpacked, sha, objects.store))
             external = set(walk.ext_refs())
@@ -448,7 +448,7 @@ def _parsed(unpacked: UnpackedObject, sha: bytes, store: BaseObjectStore) -> Sha
     assert unpacked.obj_type_num is not None and unpacked.obj_chunks is not None
     try:
         return ShaFile.from_raw_chunks(
-            unpacked.obj_type_num, unpacked.obj_chunks, sha_to_hex(sha), object_format=store.object_format
+            unpacked.obj_type_num, unpacked.obj_chunks, sha_to_hex(RawObjectID(sha)), object_format=store.object_format
         )
     except _UNREADABLE as exc:
         raise refuse("bad_object", f"an object of the pack is malformed: {exc}") from None

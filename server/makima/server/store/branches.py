@@ -6,6 +6,7 @@ import uuid
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from makima.server.store.models import TaskBranch
 
@@ -14,15 +15,15 @@ async def branches_of(session: AsyncSession, *, owner_id: uuid.UUID, task_id: uu
     """The task's recorded branches, oldest first."""
     stmt = (
         select(TaskBranch)
-        .where(TaskBranch.owner_id == owner_id, TaskBranch.task_id == task_id)
-        .order_by(TaskBranch.create_time, TaskBranch.name)
+        .where(col(TaskBranch.owner_id) == owner_id, col(TaskBranch.task_id) == task_id)
+        .order_by(col(TaskBranch.create_time), col(TaskBranch.name))
     )
     return list((await session.execute(stmt)).scalars())
 
 
 async def get_branch(session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, name: str) -> TaskBranch | None:
     stmt = select(TaskBranch).where(
-        TaskBranch.owner_id == owner_id, TaskBranch.task_id == task_id, TaskBranch.name == name
+        col(TaskBranch.owner_id) == owner_id, col(TaskBranch.task_id) == task_id, col(TaskBranch.name) == name
     )
     return (await session.execute(stmt)).scalar_one_or_none()
 
