@@ -25,6 +25,7 @@ from dulwich.repo import Repo
 
 from makima.worktree import _fs
 from makima.worktree._index import IndexEntry, read_index
+from makima.worktree._nested import nested_repository
 from makima.worktree.errors import RefNotFoundError
 from makima.worktree.packs import PackedObjects
 from makima.worktree.paths import MODE_EXECUTABLE, MODE_FILE, MODE_GITLINK, MODE_SYMLINK, check_tree_path
@@ -163,8 +164,9 @@ class IgnoreRules:
 
 
 class _Scanner:
-    def __init__(self, root_fd: int, cache: StatCache, rules: IgnoreRules, *, keep_blobs: bool) -> None:
+    def __init__(self, root_fd: int, root: bytes, cache: StatCache, rules: IgnoreRules, *, keep_blobs: bool) -> None:
         self._root_fd = root_fd
+        self._root = root
         self._cache = cache
         self._rules = rules
         self._keep_blobs = keep_blobs
@@ -181,14 +183,17 @@ class _Scanner:
         with os.scandir(dir_fd) as it:
             entries = list(it)
         names = {entry.name for entry in entries}
-        if prefix and ".git" in names:
-            return  # a nested repository has its own history; git leaves it alone too
+        if prefix and ".git" in names and self._nested(dir_fd, prefix[:-1]):
+            return
+        if prefix[:-1] in self._gitlinks:
+            self._keep_gitlink(prefix[:-1])  # a submodule not checked out: git keeps its recorded commit
+            return
         pushed = ".gitignore" in names and self._push_gitignore(dir_fd, prefix)
         try:
             for entry in entries:
                 name = os.fsencode(entry.name)
                 if name == b".git":
-                    continue
+                    continue  # the repository itself, or a `.git` naming none, which hides only itself
                 path = prefix + name
                 if entry.is_dir(follow_symlinks=False):
                     self._enter(dir_fd, name, path)
@@ -204,11 +209,7 @@ class _Scanner:
                 self._rules.pop()
 
     def _enter(self, dir_fd: int, name: bytes, path: bytes) -> None:
-        if path in self._gitlinks:
-            entry = self._cache.entries[path]
-            self.state.files[path] = FileState(MODE_GITLINK, entry.sha, entry)
-            return
-        if self._rules.is_ignored(path, is_dir=True):
+        if path not in self._gitlinks and self._rules.is_ignored(path, is_dir=True):
             return  # tracked files below are picked up by _add_tracked_left_out
         child = _fs.open_dir_at(dir_fd, name, create=False)
         if child is None:
@@ -217,6 +218,29 @@ class _Scanner:
             self._walk(child, path + b"/")
         finally:
             os.close(child)
+
+    def _nested(self, dir_fd: int, path: bytes) -> bool:
+        """Record the nested repository at `path` as git does; False if its `.git` names no repository.
+
+        A repository with a commit becomes a gitlink to its HEAD; one without a commit is skipped
+        whole (`git add -A` refuses it; with --ignore-errors it skips it, which is what a snapshot
+        can do).
+        """
+        nested = nested_repository(dir_fd, self._root + b"/" + path, self._root)
+        if nested is None:
+            return False
+        if nested.head is not None:
+            head = nested.head
+            known = self._cache.entries.get(path)
+            entry = known if known is not None and known.mode == MODE_GITLINK and known.sha == head else None
+            self.state.files[path] = FileState(MODE_GITLINK, head, entry or tree_entry(MODE_GITLINK, head))
+        elif path in self._gitlinks:
+            self._keep_gitlink(path)
+        return True
+
+    def _keep_gitlink(self, path: bytes) -> None:
+        entry = self._cache.entries[path]
+        self.state.files[path] = FileState(MODE_GITLINK, entry.sha, entry)
 
     def _push_gitignore(self, dir_fd: int, prefix: bytes) -> bool:
         st = _fs.lstat_at(dir_fd, b".gitignore")
@@ -264,8 +288,7 @@ class _Scanner:
                     continue
                 if path in self._gitlinks:
                     if stat.S_ISDIR(st.st_mode):
-                        entry = self._cache.entries[path]
-                        self.state.files[path] = FileState(MODE_GITLINK, entry.sha, entry)
+                        self._keep_gitlink(path)
                 elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                     self._add(dir_fd, name, path, st)
 
@@ -273,10 +296,13 @@ class _Scanner:
 def scan(repo: Repo, root_fd: int, *, keep_blobs: bool) -> WorktreeState:
     """Every file of the worktree's content: tracked ones, plus untracked ones that are not ignored.
 
-    This is the set `git add -A` would stage. Files whose stat matches the index are not read.
+    This is the set `git add -A` would stage: a nested repository with a commit as a gitlink to its
+    HEAD, one without a commit left out, a `.git` that names no repository skipped alone. Files
+    whose stat matches the index are not read.
     """
     cache = StatCache.load(repo.index_path())
-    return _Scanner(root_fd, cache, IgnoreRules.for_repo(repo), keep_blobs=keep_blobs).run()
+    root = os.fsencode(os.path.realpath(repo.path))
+    return _Scanner(root_fd, root, cache, IgnoreRules.for_repo(repo), keep_blobs=keep_blobs).run()
 
 
 @dataclass(slots=True)

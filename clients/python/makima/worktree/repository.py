@@ -138,8 +138,8 @@ def read_worktree(repo: Repo, root: Path) -> WorktreeSnapshot:
     """Snapshot the worktree at `root`: tracked files and every untracked file that is not ignored.
 
     Ignore rules are .gitignore at any depth, .git/info/exclude and the user's excludes file;
-    symlinks are stored as links, never followed; a nested repository is left out, a tracked one
-    kept as a gitlink. Files whose stat matches the index are not read again.
+    symlinks are stored as links, never followed; a nested repository with a commit is a gitlink to
+    its HEAD, as `git add -A` records it. Files whose stat matches the index are not read again.
     """
     root_fd = _fs.open_root(root)
     try:
