@@ -11,11 +11,14 @@ own: its worktrees' alternates, publishing, branches, and cloning a repository o
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dulwich.objects import Commit, ObjectID, ShaFile, Tag, valid_hexsha
+from dulwich import objectspec
+from dulwich.objects import Commit, ObjectID
+from dulwich.objectspec import AmbiguousShortId
 from dulwich.refs import DiskRefsContainer, Ref, check_ref_format
 from dulwich.repo import BaseRepo, Repo
 
@@ -73,8 +76,9 @@ def clone_worktree(source: SourceRepository, path: Path, *, ref: str | None, bra
     objects/info/alternates, never copied, so a fork of a large repository costs only its checkout.
     The alternates file lists the source's whole chain, flattened: git refuses alternates nested
     more than five deep, and the service reads none beyond that file (see `ObjectDir`). Returns the
-    commit sha; RefNotFoundError if `ref` (branch, tag or full sha; None for the source's HEAD) is
-    unknown. On failure `path` is left as it was found.
+    commit sha; RefNotFoundError if `ref` (what `git rev-parse` reads: a branch, a tag, a full or
+    abbreviated sha, with `~N`, `^N` or `^{}`; None for the source's HEAD) names no commit. On
+    failure `path` is left as it was found.
     """
     new_ref = branch_ref(branch)
     alternates = [os.fspath(p) for p in (source.objects_dir, *source.alternates)]
@@ -236,29 +240,66 @@ def _open(path: Path) -> Repo:
 
 
 def _resolve_commit(repo: BaseRepo, ref: str | None) -> ObjectID:
-    """Commit named by `ref` the way `git rev-parse` orders names: full sha, then tags, then branches."""
-    if ref is None:
-        candidates = [_HEAD]
-    else:
-        raw = ref.encode("utf-8", "surrogateescape")
-        if len(raw) == 40 and valid_hexsha(raw) and ObjectID(raw.lower()) in repo.object_store:
-            return _peel(repo, ObjectID(raw.lower()), ref)
-        names = [raw] if raw.startswith(b"refs/") else [b"refs/tags/" + raw, b"refs/heads/" + raw]
-        candidates = [Ref(name) for name in names]
+    """The commit `ref` names as `git rev-parse <ref>^{commit}` reads it (None: HEAD).
+
+    A name is a full or abbreviated sha (at least 4 digits, refused if ambiguous), HEAD-like names,
+    or a ref looked up in git's order (refs/, refs/tags/, refs/heads/, refs/remotes/), followed by
+    any of `~N`, `^N`, `^{}` and `^{commit}`. Every ref name read must pass git's ref format rules, so
+    a hostile name such as '../../x' is never read as a path; what git would read outside refs/
+    (`:path`, `@{...}` reflogs, ranges) is refused. RefNotFoundError for anything that names no commit.
+    """
+    text = "HEAD" if ref is None else ref
+    spec = _REVISION.fullmatch(text.encode("utf-8", "surrogateescape"))
+    if spec is None:
+        raise RefNotFoundError(f"unknown ref {text!r}", ref=text)
+    try:
+        commit = objectspec.parse_commit(repo, _base_name(repo, spec["base"], text))
+        for step in _STEP.finditer(spec["steps"]):
+            commit = _walk_step(repo, commit, step)
+    except AmbiguousShortId:
+        raise RefNotFoundError(f"short sha {text!r} is ambiguous", ref=text) from None
+    except (KeyError, ValueError, IndexError):
+        raise RefNotFoundError(f"unknown ref {text!r}, or it names no commit", ref=text) from None
+    return commit.id
+
+
+# A revision: a name, then steps to a parent or a peel (git's `~N`, `^N`, `^{}`, `^{commit}`).
+_REVISION = re.compile(rb"(?P<base>[^~^]+)(?P<steps>(?:~[0-9]*|\^[0-9]*|\^\{(?:commit)?\})*)")
+_STEP = re.compile(rb"~(?P<back>[0-9]*)|\^\{(?:commit)?\}|\^(?P<parent>[0-9]*)")
+# Names git reads directly in the repository directory, as HEAD (git's rule: upper case and '_').
+_PSEUDO_REF = re.compile(rb"[A-Z_]+")
+_HEX = re.compile(rb"[0-9a-fA-F]{4,40}")
+
+
+def _base_name(repo: BaseRepo, base: bytes, text: str) -> bytes:
+    """The full ref or the (abbreviated) sha that `base` stands for, checked before anything is read."""
+    if len(base) == 40 and _HEX.fullmatch(base):
+        return base.lower()
+    candidates = [base] if _PSEUDO_REF.fullmatch(base) or base.startswith(b"refs/") else []
+    candidates += [b"refs/" + base, b"refs/tags/" + base, b"refs/heads/" + base, b"refs/remotes/" + base]
+    candidates.append(b"refs/remotes/" + base + b"/HEAD")
     for candidate in candidates:
-        # check_ref_format keeps a hostile name such as '../../x' from being read as a path.
-        if candidate != _HEAD and not check_ref_format(candidate):
-            continue
-        sha = read_ref(repo, candidate)
-        if sha is not None:
-            return _peel(repo, sha, ref)
-    raise RefNotFoundError(f"unknown ref {ref or 'HEAD'!r}", ref=ref or "HEAD")
+        ok = (candidate == base and _PSEUDO_REF.fullmatch(base)) or check_ref_format(Ref(candidate))
+        if ok and read_ref(repo, Ref(candidate)) is not None:
+            return candidate
+    if _HEX.fullmatch(base):
+        return base.lower()
+    raise RefNotFoundError(f"unknown ref {text!r}", ref=text)
 
 
-def _peel(repo: BaseRepo, sha: ObjectID, ref: str | None) -> ObjectID:
-    obj: ShaFile = repo.object_store[sha]
-    while isinstance(obj, Tag):
-        obj = repo.object_store[obj.object[1]]
-    if not isinstance(obj, Commit):
-        raise RefNotFoundError(f"{ref or 'HEAD'!r} does not name a commit", ref=ref or "HEAD")
-    return obj.id
+def _walk_step(repo: BaseRepo, commit: Commit, step: re.Match[bytes]) -> Commit:
+    """One `~N` (N first parents back), `^N` (the N-th parent, ^0 itself) or peel (a commit is one already)."""
+    if step["back"] is not None:
+        for _ in range(int(step["back"] or 1)):
+            commit = _parent(repo, commit, 1)
+    elif step["parent"] is not None:
+        number = int(step["parent"] or 1)
+        commit = commit if number == 0 else _parent(repo, commit, number)
+    return commit
+
+
+def _parent(repo: BaseRepo, commit: Commit, number: int) -> Commit:
+    parent = repo.object_store[commit.parents[number - 1]]  # IndexError: no such parent
+    if not isinstance(parent, Commit):
+        raise ValueError("a parent that is not a commit")
+    return parent
