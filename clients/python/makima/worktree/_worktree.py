@@ -26,7 +26,7 @@ from dulwich.repo import Repo
 from makima.worktree import _fs
 from makima.worktree._index import IndexEntry, read_index
 from makima.worktree._nested import nested_repository
-from makima.worktree.errors import RefNotFoundError
+from makima.worktree.errors import RefNotFoundError, UntrackedInTheWayError
 from makima.worktree.packs import PackedObjects
 from makima.worktree.paths import MODE_EXECUTABLE, MODE_FILE, MODE_GITLINK, MODE_SYMLINK, check_tree_path
 
@@ -319,13 +319,16 @@ def apply_tree(
     *,
     current: Mapping[bytes, FileState],
     target: Mapping[bytes, tuple[int, ObjectID]],
+    force: bool = False,
 ) -> Checkout:
     """Make the worktree hold exactly `target`, touching only the files that differ from `current`.
 
     Files of `current` missing from `target` are removed (and directories they leave empty);
-    different or missing ones are written. Anything not in `current` (ignored files) is left alone
-    unless it is in the way of a file to write. Nothing changes if a path to write is unsafe
-    (GitError) or a content to write is not in `store` (RefNotFoundError).
+    different or missing ones are written. Anything not in `current` (ignored files, the insides of
+    nested repositories) is left alone; where it is in the way of what `target` holds, the checkout
+    is refused (UntrackedInTheWayError naming it), unless `force`: then it is removed, as
+    `git reset --hard` does. Nothing changes if a path to write is unsafe (GitError), a content to
+    write is not in `store` (RefNotFoundError) or something is in the way.
     """
     index: dict[bytes, IndexEntry] = {}
     to_write: list[bytes] = []
@@ -347,6 +350,15 @@ def apply_tree(
             raise RefNotFoundError(
                 f"object {sha.decode()} of {text!r} is not in the object store", object=sha.decode(), path=text
             )
+    if not force:
+        blocked = in_the_way(root_fd, current=current, target=target, paths=to_write)
+        if blocked:
+            names = [p.decode("utf-8", "surrogateescape") for p in blocked]
+            raise UntrackedInTheWayError(
+                f"{len(names)} path(s) hold what no commit holds and would be lost: {', '.join(map(repr, names))}",
+                paths="\n".join(names),
+                count=str(len(names)),
+            )
     deleted = sorted(path for path in current if path not in target)
     _remove_files(root_fd, deleted, current)
     changes: list[tuple[bytes, ChangeKind]] = [(path, "deleted") for path in deleted]
@@ -361,6 +373,82 @@ def apply_tree(
             changes.append((path, "added" if path not in current else "modified"))
     changes.sort()
     return Checkout(changes=changes, index=index)
+
+
+def in_the_way(
+    root_fd: int,
+    *,
+    current: Mapping[bytes, FileState],
+    target: Mapping[bytes, tuple[int, ObjectID]],
+    paths: Iterable[bytes],
+) -> list[bytes]:
+    """What writing `paths` of `target` would destroy that no commit of the worktree holds.
+
+    That is an ignored file where a file or a directory goes (unless it already has the target's
+    content), a directory where a file goes that holds anything `current` does not (ignored files,
+    a nested repository), and a populated nested repository where a directory goes.
+    """
+    found: list[bytes] = []
+    with _fs.DirChain(root_fd, create=False) as chain:
+        for path in paths:
+            blocker = _blocker(chain, current, path, target[path])
+            if blocker is not None and (not found or found[-1] != blocker):
+                found.append(blocker)
+    return found
+
+
+def _blocker(
+    chain: _fs.DirChain, current: Mapping[bytes, FileState], path: bytes, entry: tuple[int, ObjectID]
+) -> bytes | None:
+    parts = path.split(b"/")
+    for depth in range(1, len(parts)):
+        ancestor = b"/".join(parts[:depth])
+        dir_fd, name = chain.parent_of(ancestor)
+        st = None if dir_fd is None else _fs.lstat_at(dir_fd, name)
+        if st is None:
+            return None  # nothing on disk from here down
+        known = current.get(ancestor)
+        if stat.S_ISDIR(st.st_mode):
+            if known is not None and known.mode == MODE_GITLINK:
+                return ancestor  # files would be written into a nested repository's worktree
+            continue
+        return None if known is not None else ancestor  # an ignored file where a directory goes
+    dir_fd, name = chain.parent_of(path)
+    st = None if dir_fd is None else _fs.lstat_at(dir_fd, name)
+    if dir_fd is None or st is None:
+        return None
+    mode, sha = entry
+    if stat.S_ISDIR(st.st_mode):
+        if mode == MODE_GITLINK:
+            return None  # a directory stays where a submodule goes
+        return path if _holds_untracked(dir_fd, name, path + b"/", current) else None
+    if path in current or (not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode)):
+        return None
+    got = _fs.read_entry(dir_fd, name, st)
+    return None if got is not None and Blob.from_string(got[0]).id == sha else path
+
+
+def _holds_untracked(parent_fd: int, name: bytes, prefix: bytes, current: Mapping[bytes, FileState]) -> bool:
+    """Whether directory `name` holds any file or link that `current` does not (empty directories aside)."""
+    dir_fd = _fs.open_dir_at(parent_fd, name, create=False)
+    if dir_fd is None:
+        return False
+    try:
+        with os.scandir(dir_fd) as it:
+            entries = list(it)
+        for entry in entries:
+            child = os.fsencode(entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                known = current.get(prefix + child)
+                if (known is not None and known.mode == MODE_GITLINK) or _holds_untracked(
+                    dir_fd, child, prefix + child + b"/", current
+                ):
+                    return True
+            elif prefix + child not in current:
+                return True
+        return False
+    finally:
+        os.close(dir_fd)
 
 
 def _write(

@@ -168,17 +168,32 @@ def publish(path: Path, *, branch: str, snapshot: Snapshot, write_index: bool = 
         replace_index(repo, entries)
 
 
-def restore(path: Path, *, commit_sha: str) -> list[FileChange]:
+def restore(path: Path, *, commit_sha: str, force: bool = False) -> list[FileChange]:
     """Make the worktree and the index hold exactly the tree of `commit_sha`; refs do not move.
 
     Only the differences are applied: changed files rewritten, files absent from the commit removed
     (ignored files are left alone) with the directories they leave empty, missing files brought back.
     Files are replaced, never written through, so a symlink or hard link planted in the worktree
-    cannot carry a write outside it. Returns what changed, relative to the worktree before.
+    cannot carry a write outside it. What no commit holds (an ignored file or directory, a nested
+    repository) standing where the commit has something else refuses the restore with
+    UntrackedInTheWayError, nothing changed, unless `force` removes it. Returns what changed,
+    relative to the worktree before.
     """
     with _open(path) as repo:
-        result = checkout(repo, path, commit_of(repo.object_store, object_id(commit_sha)).tree)
+        result = checkout(repo, path, commit_of(repo.object_store, object_id(commit_sha)).tree, force=force)
     return [FileChange(path_text(p), kind) for p, kind in result.changes]
+
+
+def commit_tree(path: Path, *, tree_sha: str, parent_sha: str, message: str) -> Snapshot:
+    """Write a commit of the stored tree `tree_sha` on top of `parent_sha`, without moving any ref.
+
+    A rewind's new head: its tree is the target's, its parent the safety commit, so history stays
+    linear. `publish` it (after the parent) with `write_index` False: the restore wrote the index.
+    """
+    with _open(path) as repo:
+        commit = new_commit(object_id(tree_sha), commit_of(repo.object_store, object_id(parent_sha)).id, message)
+        store_objects(repo.object_store, [commit])
+    return Snapshot(commit_sha=commit.id.decode(), parent_sha=parent_sha, tree_sha=tree_sha)
 
 
 def compare(path: Path, *, base_sha: str, target_sha: str | None) -> list[FileChange]:
