@@ -5,7 +5,9 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from makima.server.git import restore
+import pytest
+
+from makima.server.git import UntrackedInTheWayError, restore
 from tests.git.gitcli import checkpoint, git, git_add_all_tree, ls_files, ls_tree, status, write
 
 
@@ -115,3 +117,34 @@ def test_restoring_a_tree_with_a_gitlink_makes_an_empty_directory(worktree: Path
     restore(worktree, commit_sha=without)
     assert not (worktree / "vendor").exists()
     assert ls_files(worktree) == []
+
+
+def test_restore_refuses_to_destroy_what_no_commit_holds(worktree: Path) -> None:
+    """Each blocker git's `reset --hard` would delete: the restore names it and changes nothing."""
+    write(worktree / ".gitignore", "*.log\nbuild\n")
+    write(worktree / "build" / "out.txt", "tracked in A\n")
+    write(worktree / "notes.log", "tracked in A, though ignored\n")
+    git(worktree, "add", "-f", "notes.log", "build/out.txt")  # git keeps tracking files added with force
+    a = checkpoint(worktree).commit_sha
+    assert git(worktree, "ls-tree", "-r", "--name-only", a).split() == [".gitignore", "build/out.txt", "notes.log"]
+    git(worktree, "rm", "-q", "--cached", "notes.log", "build/out.txt")
+    subprocess.run(["rm", "-rf", str(worktree / "build")], check=True)
+    write(worktree / "build", "an ignored file where A has a directory\n")
+    write(worktree / "notes.log", "ignored, different from A\n")
+    checkpoint(worktree)
+    before = (worktree / "build").read_text(), (worktree / "notes.log").read_text()
+
+    with pytest.raises(UntrackedInTheWayError) as refused:
+        restore(worktree, commit_sha=a)
+
+    assert refused.value.metadata["paths"].split("\n") == ["build", "notes.log"]
+    assert ((worktree / "build").read_text(), (worktree / "notes.log").read_text()) == before
+    write(worktree / "notes.log", "tracked in A, though ignored\n")  # the same content is no loss
+    with pytest.raises(UntrackedInTheWayError) as refused:
+        restore(worktree, commit_sha=a)
+    assert refused.value.metadata["paths"] == "build"
+
+    restore(worktree, commit_sha=a, force=True)
+
+    assert ls_files(worktree) == ls_tree(worktree, a)
+    assert git(worktree, "diff", "--cached", a) == "" and git(worktree, "diff") == ""

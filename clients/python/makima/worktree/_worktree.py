@@ -389,20 +389,30 @@ def in_the_way(
     a nested repository), and a populated nested repository where a directory goes.
     """
     found: list[bytes] = []
+    clear: set[bytes] = set()  # directories already seen to be plain directories of the worktree
     with _fs.DirChain(root_fd, create=False) as chain:
         for path in paths:
-            blocker = _blocker(chain, current, path, target[path])
+            known = current.get(path)
+            if known is not None and known.mode != MODE_GITLINK:
+                continue  # a file the walk found: its directories are the worktree's own
+            blocker = _blocker(chain, current, clear, path, target[path])
             if blocker is not None and (not found or found[-1] != blocker):
                 found.append(blocker)
     return found
 
 
 def _blocker(
-    chain: _fs.DirChain, current: Mapping[bytes, FileState], path: bytes, entry: tuple[int, ObjectID]
+    chain: _fs.DirChain,
+    current: Mapping[bytes, FileState],
+    clear: set[bytes],
+    path: bytes,
+    entry: tuple[int, ObjectID],
 ) -> bytes | None:
     parts = path.split(b"/")
     for depth in range(1, len(parts)):
         ancestor = b"/".join(parts[:depth])
+        if ancestor in clear:
+            continue
         dir_fd, name = chain.parent_of(ancestor)
         st = None if dir_fd is None else _fs.lstat_at(dir_fd, name)
         if st is None:
@@ -411,6 +421,7 @@ def _blocker(
         if stat.S_ISDIR(st.st_mode):
             if known is not None and known.mode == MODE_GITLINK:
                 return ancestor  # files would be written into a nested repository's worktree
+            clear.add(ancestor)
             continue
         return None if known is not None else ancestor  # an ignored file where a directory goes
     dir_fd, name = chain.parent_of(path)
