@@ -135,7 +135,8 @@ class SupervisorServiceServicer:
         """Resumes an interrupted supervisor: puts its task back to pending with the chosen context.
         Errors: INVALID_ARGUMENT (mode unspecified, checkpoint_id missing for FROM_CHECKPOINT),
         NOT_FOUND (contract or checkpoint; reason NO_SUPERVISOR_STATE when never started),
-        FAILED_PRECONDITION reason ALREADY_RUNNING.
+        FAILED_PRECONDITION reason ALREADY_RUNNING, or UNTRACKED_IN_THE_WAY when rewind_code would
+        delete what no checkpoint holds (see TaskForkService.RewindTask).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

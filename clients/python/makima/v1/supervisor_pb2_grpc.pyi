@@ -66,7 +66,8 @@ class SupervisorServiceStub:
     """Resumes an interrupted supervisor: puts its task back to pending with the chosen context.
     Errors: INVALID_ARGUMENT (mode unspecified, checkpoint_id missing for FROM_CHECKPOINT),
     NOT_FOUND (contract or checkpoint; reason NO_SUPERVISOR_STATE when never started),
-    FAILED_PRECONDITION reason ALREADY_RUNNING.
+    FAILED_PRECONDITION reason ALREADY_RUNNING, or UNTRACKED_IN_THE_WAY when rewind_code would
+    delete what no checkpoint holds (see TaskForkService.RewindTask).
     """
     RewindConversation: _grpc.UnaryUnaryMultiCallable[_supervisor_pb2.RewindConversationRequest, _supervisor_pb2.RewindConversationResponse]
     """Rewinds a conversation (the supervisor's, or a task's) to a message; the removed messages are
@@ -121,7 +122,8 @@ class SupervisorServiceAsyncStub(SupervisorServiceStub):
     """Resumes an interrupted supervisor: puts its task back to pending with the chosen context.
     Errors: INVALID_ARGUMENT (mode unspecified, checkpoint_id missing for FROM_CHECKPOINT),
     NOT_FOUND (contract or checkpoint; reason NO_SUPERVISOR_STATE when never started),
-    FAILED_PRECONDITION reason ALREADY_RUNNING.
+    FAILED_PRECONDITION reason ALREADY_RUNNING, or UNTRACKED_IN_THE_WAY when rewind_code would
+    delete what no checkpoint holds (see TaskForkService.RewindTask).
     """
     RewindConversation: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.RewindConversationRequest, _supervisor_pb2.RewindConversationResponse]  # type: ignore[assignment]
     """Rewinds a conversation (the supervisor's, or a task's) to a message; the removed messages are
@@ -203,7 +205,8 @@ class SupervisorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Resumes an interrupted supervisor: puts its task back to pending with the chosen context.
         Errors: INVALID_ARGUMENT (mode unspecified, checkpoint_id missing for FROM_CHECKPOINT),
         NOT_FOUND (contract or checkpoint; reason NO_SUPERVISOR_STATE when never started),
-        FAILED_PRECONDITION reason ALREADY_RUNNING.
+        FAILED_PRECONDITION reason ALREADY_RUNNING, or UNTRACKED_IN_THE_WAY when rewind_code would
+        delete what no checkpoint holds (see TaskForkService.RewindTask).
         """
 
     @_abc_1.abstractmethod
