@@ -163,7 +163,14 @@ async def test_rewind_code_restores_the_tree_and_can_be_undone(api: Api) -> None
     assert tree_of(path) == {"a.txt": b"old", "b.txt": b"will be deleted", "d/c.txt": b"c"}
     subprocess.run(["git", "diff", "--quiet", target.commit_sha], cwd=path, check=True)
     subprocess.run(["git", "diff", "--cached", "--quiet", target.commit_sha], cwd=path, check=True)
-    assert git(path, "rev-parse", f"refs/heads/{task.branch}") == safety.commit_sha  # history kept
+    # History kept and linear: the branch is at a commit of the target's tree on top of the safety commit.
+    head = response.rewind_checkpoint
+    assert head.kind == resources_pb2.CHECKPOINT_KIND_REWIND and head.parent_commit_sha == safety.commit_sha
+    assert git(path, "rev-parse", f"refs/heads/{task.branch}") == head.commit_sha
+    assert git(path, "rev-parse", f"{head.commit_sha}^{{tree}}") == git(
+        path, "rev-parse", f"{target.commit_sha}^{{tree}}"
+    )
+    assert git(path, "status", "--porcelain") == ""
     assert not (path / "d" / "e").exists()
 
     undo = await api.tasks.RewindTask(
@@ -282,7 +289,7 @@ async def test_fork_from_a_checkpoint_and_from_a_message(api: Api) -> None:
     )
     fork_path = Path(fork.worktree_path)
     assert tree_of(fork_path) == {"a": b"at checkpoint"}
-    assert git(fork_path, "rev-parse", "HEAD^") == cp.commit_sha  # its own first checkpoint sits on the source commit
+    assert git(fork_path, "rev-parse", "HEAD") == cp.commit_sha  # no commit added: the branch is at the source
     assert (fork_path / ".git" / "objects" / "info" / "alternates").read_text().strip()
     conversation = await api.history.GetTaskConversation(
         history_pb2.GetTaskConversationRequest(task_id=fork.id), metadata=api.md

@@ -376,7 +376,7 @@ async def test_a_fork_moves_code_between_service_and_daemon(api: Api, tmp_path: 
         "edited.txt": b"on the service",
     }
     initial = (await checkpoints_of(api, on_service.id))[0]
-    assert initial.parent_commit_sha == c1  # on top of the source commit, as a clone of a service-held one
+    assert initial.commit_sha == c1 and initial.kind == resources_pb2.CHECKPOINT_KIND_INITIAL  # the source commit
     assert git(path, "status", "--porcelain") == b""
     assert daemon.start == edited.commit_sha == on_daemon.head_commit_sha
     assert ls_tree(daemon.repo.path, edited.commit_sha) == ls_tree(path, edited.commit_sha)
@@ -615,8 +615,8 @@ async def test_a_daemon_held_task_can_start_from_a_repository_of_the_workspace(
     task = await create_task(api, "job", worktree=spec)
     run = await run_on_daemon(api, tmp_path, task=task)
 
-    assert run.start == task.head_commit_sha and task.worktree_path == ""
-    assert git(run.repo.path, "rev-list", "--topo-order", run.start).decode().split() == [run.start, tagged]
+    assert run.start == task.head_commit_sha == tagged and task.worktree_path == ""  # the commit itself
+    assert git(run.repo.path, "rev-list", "--topo-order", run.start).decode().split() == [tagged]
     assert ls_tree(run.repo.path, run.start) == ls_tree(source, tagged)
     assert run.repo.checkout(run.start) == {"lib.py": b"v1\n"}
     assert not (server.settings.workspace_root / ".scratch").exists() or not any(

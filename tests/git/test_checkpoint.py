@@ -236,16 +236,6 @@ def test_names_with_spaces_and_unicode(worktree: Path, tmp_path: Path) -> None:
     assert status(worktree) == ""
 
 
-def test_nested_repository_is_left_out(worktree: Path) -> None:
-    write(worktree / "vendor" / "lib" / "code.py", "x")
-    git(worktree / "vendor" / "lib", "init", "-q")
-    write(worktree / "app.py", "y")
-
-    shot = checkpoint(worktree)
-
-    assert git(worktree, "ls-tree", "-r", "--name-only", shot.commit_sha).split() == ["app.py"]
-
-
 def test_a_thousand_files_match_git_and_unchanged_files_are_not_read_again(
     worktree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from dulwich.repo import Repo
 
 from makima.server.git import (
     FileChange,
@@ -17,7 +18,8 @@ from makima.server.git import (
     restore,
 )
 from makima.server.git import clone_worktree as clone_checked
-from tests.git.gitcli import checkpoint, files_on_disk, git, ls_files, ls_tree, status, write
+from makima.worktree.trees import new_commit
+from tests.git.gitcli import checkpoint, files_on_disk, git, git_ok, ls_files, ls_tree, status, write
 
 
 @pytest.fixture
@@ -215,3 +217,48 @@ def test_a_fork_reads_only_the_alternates_checked_when_it_was_made(source: Path,
     with pytest.raises(RefNotFoundError):
         restore(dest, commit_sha=sha_of(elsewhere, "main"))
     assert not (dest / "secret.txt").exists()
+
+
+@pytest.mark.parametrize(
+    "ref", ["HEAD~1", "main^", "main~0", "v1^{}", "v1^{commit}", "HEAD^1~0", "refs/tags/v1^{}", "short", "SHORT"]
+)
+def test_clone_resolves_what_git_rev_parse_resolves(source: Path, tmp_path: Path, ref: str) -> None:
+    """The `git rev-parse` of the same spec is the oracle; 'short' stands for an abbreviated sha."""
+    if ref in ("short", "SHORT"):
+        full = sha_of(source, "HEAD~1")
+        ref = full[:7].upper() if ref == "SHORT" else git(source, "rev-parse", "--short", "HEAD~1").strip()
+    expected = sha_of(source, ref)
+
+    commit = clone_worktree(source, tmp_path / "dest", ref=ref, branch="b")
+
+    assert commit == expected
+    assert_sound_clone(tmp_path / "dest", branch="b", commit=commit)
+
+
+@pytest.mark.parametrize(
+    "ref", ["HEAD~2", "main^2", "v1^{tree}", "main:README.md", "main@{0}", "main..side", "abc", "main~x", ""]
+)
+def test_clone_refuses_what_git_refuses_or_what_names_no_commit(source: Path, tmp_path: Path, ref: str) -> None:
+    """git fails to read each of these as one commit, or reads a file or a reflog that is no ref of ours."""
+    with pytest.raises(RefNotFoundError):
+        clone_worktree(source, tmp_path / "dest", ref=ref, branch="b")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_an_ambiguous_abbreviated_sha_is_refused(source: Path, tmp_path: Path) -> None:
+    """Commits are written until two share a 4-digit prefix, which git also refuses to pick from."""
+    tree = git(source, "rev-parse", "HEAD^{tree}").strip()
+    seen: dict[str, str] = {}
+    with Repo(str(source)) as repo:
+        for n in range(100_000):
+            commit = new_commit(tree.encode(), None, f"candidate {n}")
+            repo.object_store.add_object(commit)
+            prefix = commit.id.decode()[:4]
+            if prefix in seen:
+                break
+            seen[prefix] = commit.id.decode()
+    assert not git_ok(source, "rev-parse", "--verify", "-q", f"{prefix}^{{commit}}")
+
+    with pytest.raises(RefNotFoundError, match="ambiguous"):
+        clone_worktree(source, tmp_path / "dest", ref=prefix, branch="b")
+    assert clone_worktree(source, tmp_path / "dest", ref=seen[prefix][:12], branch="b") == seen[prefix]

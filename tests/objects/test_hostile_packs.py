@@ -198,3 +198,16 @@ async def test_refused_packs_leave_no_file(
     await refused(stores, owner_id, thin, history.second, limits=PackLimits(max_objects=10))
     assert await local_files(stores, owner_id, tmp_path) == kept
     assert len(kept) == 2 and not any("incoming" in f for f in kept)
+
+
+async def test_a_gitlink_is_accepted_without_its_commit(stores: ObjectStores, owner_id: uuid.UUID) -> None:
+    """A submodule's commit lives in another repository: a pack never holds it, and must not need to."""
+    elsewhere = commit(tree((b"lib.py", FILE, blob(b"x\n"))), message=b"a nested repository's commit\n")
+    modules = blob(b'[submodule "vendor/lib"]\n\tpath = vendor/lib\n\turl = ../lib\n')
+    vendor = tree((b"lib", 0o160000, elsewhere))
+    pack, sha = one_commit((b".gitmodules", FILE, modules), (b"vendor", DIR, vendor), extra=(vendor,))
+
+    stored = await stores.run(owner_id, lambda store: push(store, pack, sha))
+
+    assert stored.name is not None and stored.object_count == 4  # commit, root, vendor tree, .gitmodules
+    assert await stores.run(owner_id, lambda store: elsewhere.id not in store and sha.encode() in store)

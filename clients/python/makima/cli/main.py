@@ -423,9 +423,14 @@ def _task_rewind(p: argparse.ArgumentParser) -> Run:
     p.add_argument("task_id", metavar="TASK_ID")
     p.add_argument("--checkpoint", required=True, metavar="CHECKPOINT_ID", help="checkpoint to rewind to")
     p.add_argument("--mode", choices=list(modes), default="code", help="what to rewind (default: code)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="delete ignored files or nested repositories standing where the checkpoint has other content",
+    )
     _request_id_option(p)
     return lambda c, a: c.rewind_task(
-        task_id=a.task_id, checkpoint_id=a.checkpoint, mode=modes[a.mode], request_id=a.request_id
+        task_id=a.task_id, checkpoint_id=a.checkpoint, mode=modes[a.mode], force=a.force, request_id=a.request_id
     )
 
 

@@ -238,12 +238,19 @@ class _CheckpointKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Checkp
     CHECKPOINT_KIND_CONTINUATION: _CheckpointKind.ValueType  # 3
     """Made by the service before a continuation copies the worktree."""
     CHECKPOINT_KIND_REWIND: _CheckpointKind.ValueType  # 4
-    """Made by the service when it rewinds the code of a daemon-held task on its records: a commit
-    whose tree is the rewind target's and whose parent is the task's previous head, so history
-    stays linear and nothing is lost. The next daemon that claims the task starts from it.
+    """Made by the service when it rewinds a task's code: a commit whose tree is the rewind target's
+    and whose parent is the safety commit (for a daemon-held task, its previous head), now the
+    branch head, so history stays linear, nothing is lost and `git status` is clean. The next
+    daemon that claims a daemon-held task starts from it.
     """
     CHECKPOINT_KIND_DAEMON: _CheckpointKind.ValueType  # 5
     """Uploaded by the daemon that runs a daemon-held task (DaemonService.PushCheckpoint)."""
+    CHECKPOINT_KIND_INITIAL: _CheckpointKind.ValueType  # 6
+    """The state a task's worktree started in, recorded when the task is created, forked or
+    continued: the source commit itself when it starts from one (no new commit: the branch head,
+    the checkpoint and ForkTaskResponse.commit_sha name the same commit), else a root commit of
+    the empty tree. Checkpoints recorded before this value existed say MANUAL.
+    """
 
 class CheckpointKind(_CheckpointKind, metaclass=_CheckpointKindEnumTypeWrapper):
     """Why a checkpoint was made."""
@@ -257,12 +264,19 @@ CHECKPOINT_KIND_SAFETY: CheckpointKind.ValueType  # 2
 CHECKPOINT_KIND_CONTINUATION: CheckpointKind.ValueType  # 3
 """Made by the service before a continuation copies the worktree."""
 CHECKPOINT_KIND_REWIND: CheckpointKind.ValueType  # 4
-"""Made by the service when it rewinds the code of a daemon-held task on its records: a commit
-whose tree is the rewind target's and whose parent is the task's previous head, so history
-stays linear and nothing is lost. The next daemon that claims the task starts from it.
+"""Made by the service when it rewinds a task's code: a commit whose tree is the rewind target's
+and whose parent is the safety commit (for a daemon-held task, its previous head), now the
+branch head, so history stays linear, nothing is lost and `git status` is clean. The next
+daemon that claims a daemon-held task starts from it.
 """
 CHECKPOINT_KIND_DAEMON: CheckpointKind.ValueType  # 5
 """Uploaded by the daemon that runs a daemon-held task (DaemonService.PushCheckpoint)."""
+CHECKPOINT_KIND_INITIAL: CheckpointKind.ValueType  # 6
+"""The state a task's worktree started in, recorded when the task is created, forked or
+continued: the source commit itself when it starts from one (no new commit: the branch head,
+the checkpoint and ForkTaskResponse.commit_sha name the same commit), else a root commit of
+the empty tree. Checkpoints recorded before this value existed say MANUAL.
+"""
 Global___CheckpointKind: _TypeAlias = CheckpointKind  # noqa: Y015
 
 class _SnapshotReason:
@@ -732,7 +746,16 @@ Global___NewTaskEvent: _TypeAlias = NewTaskEvent  # noqa: Y015
 
 @_typing.final
 class Checkpoint(_message.Message):
-    """A git commit of a task's whole worktree, tied to a snapshot of its conversation."""
+    """A git commit of a task's whole worktree, tied to a snapshot of its conversation.
+
+    The commit holds what `git add -A` would stage: tracked files and every untracked file that is
+    not ignored (.gitignore at any depth, .git/info/exclude, the user's excludes file), symlinks as
+    links. Ignored files are not in it. A nested repository (a directory whose `.git` names a
+    repository) is a gitlink (mode 160000) to the nested repository's HEAD commit, whose files and
+    history stay in that repository; one without a commit yet is left out, as git leaves it. A `.git`
+    file that names no repository hides only itself, and one leading outside the worktree is not
+    followed. Checking out a gitlink makes an empty directory, as git does without submodule init.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -924,7 +947,11 @@ class WorktreeSpec(_message.Message):
     characters; the resolved path must also fit the file system (4095 bytes, 255 per component).
     """
     ref: _builtins.str
-    """Branch, tag or commit to start from; defaults to HEAD. At most 250 characters."""
+    """What to start from, as `git rev-parse` reads it: a branch, a tag, a full or abbreviated (4+
+    digits, unambiguous) sha, optionally followed by `~N`, `^N`, `^{}` or `^{commit}`; defaults to
+    HEAD. Reflogs (`@{...}`), paths (`:path`) and ranges are refused, like anything naming no
+    commit (INVALID_ARGUMENT on worktree.ref). At most 250 characters.
+    """
     placement: Global___WorktreePlacement.ValueType
     """Where the worktree lives; UNSPECIFIED means SERVICE. For DAEMON the service keeps no worktree:
     it records the initial state as a commit in its object store (an empty tree, or the tree of

@@ -390,7 +390,9 @@ class RewindConversationRequest(_message.Message):
     expected_message_count: _builtins.int
     """If set, the rewind happens only if the conversation has exactly this many messages, else ABORTED."""
     rewind_code: _builtins.bool
-    """Also rewind the task's code to the newest checkpoint at or before the kept point."""
+    """Also rewind the task's code to the newest checkpoint at or before the kept point, safety
+    checkpoints excepted: those hold code that a rewind moved away from, not the code at a message.
+    """
     def __init__(
         self,
         *,

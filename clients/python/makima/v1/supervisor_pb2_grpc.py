@@ -135,7 +135,8 @@ class SupervisorServiceServicer:
         """Resumes an interrupted supervisor: puts its task back to pending with the chosen context.
         Errors: INVALID_ARGUMENT (mode unspecified, checkpoint_id missing for FROM_CHECKPOINT),
         NOT_FOUND (contract or checkpoint; reason NO_SUPERVISOR_STATE when never started),
-        FAILED_PRECONDITION reason ALREADY_RUNNING.
+        FAILED_PRECONDITION reason ALREADY_RUNNING, or UNTRACKED_IN_THE_WAY when rewind_code would
+        delete what no checkpoint holds (see TaskForkService.RewindTask).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,9 +144,11 @@ class SupervisorServiceServicer:
 
     def RewindConversation(self, request, context):
         """Rewinds a conversation (the supervisor's, or a task's) to a message; the removed messages are
-        kept in a snapshot that RestoreConversation can bring back.
+        kept in a snapshot that RestoreConversation can bring back. With rewind_code the code is
+        rewound as TaskForkService.RewindTask does without `force`.
         Errors: INVALID_ARGUMENT (both or out-of-range points), NOT_FOUND,
-        ABORTED (expected_message_count mismatch), FAILED_PRECONDITION reason ALREADY_RUNNING.
+        ABORTED (expected_message_count mismatch), FAILED_PRECONDITION reason ALREADY_RUNNING or
+        UNTRACKED_IN_THE_WAY (see RewindTask).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

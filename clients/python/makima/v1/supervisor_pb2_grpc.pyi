@@ -66,13 +66,16 @@ class SupervisorServiceStub:
     """Resumes an interrupted supervisor: puts its task back to pending with the chosen context.
     Errors: INVALID_ARGUMENT (mode unspecified, checkpoint_id missing for FROM_CHECKPOINT),
     NOT_FOUND (contract or checkpoint; reason NO_SUPERVISOR_STATE when never started),
-    FAILED_PRECONDITION reason ALREADY_RUNNING.
+    FAILED_PRECONDITION reason ALREADY_RUNNING, or UNTRACKED_IN_THE_WAY when rewind_code would
+    delete what no checkpoint holds (see TaskForkService.RewindTask).
     """
     RewindConversation: _grpc.UnaryUnaryMultiCallable[_supervisor_pb2.RewindConversationRequest, _supervisor_pb2.RewindConversationResponse]
     """Rewinds a conversation (the supervisor's, or a task's) to a message; the removed messages are
-    kept in a snapshot that RestoreConversation can bring back.
+    kept in a snapshot that RestoreConversation can bring back. With rewind_code the code is
+    rewound as TaskForkService.RewindTask does without `force`.
     Errors: INVALID_ARGUMENT (both or out-of-range points), NOT_FOUND,
-    ABORTED (expected_message_count mismatch), FAILED_PRECONDITION reason ALREADY_RUNNING.
+    ABORTED (expected_message_count mismatch), FAILED_PRECONDITION reason ALREADY_RUNNING or
+    UNTRACKED_IN_THE_WAY (see RewindTask).
     """
     RestoreConversation: _grpc.UnaryUnaryMultiCallable[_supervisor_pb2.RestoreConversationRequest, _supervisor_pb2.RestoreConversationResponse]
     """Restores a conversation from a snapshot (undoes a rewind); the replaced state is snapshotted
@@ -119,13 +122,16 @@ class SupervisorServiceAsyncStub(SupervisorServiceStub):
     """Resumes an interrupted supervisor: puts its task back to pending with the chosen context.
     Errors: INVALID_ARGUMENT (mode unspecified, checkpoint_id missing for FROM_CHECKPOINT),
     NOT_FOUND (contract or checkpoint; reason NO_SUPERVISOR_STATE when never started),
-    FAILED_PRECONDITION reason ALREADY_RUNNING.
+    FAILED_PRECONDITION reason ALREADY_RUNNING, or UNTRACKED_IN_THE_WAY when rewind_code would
+    delete what no checkpoint holds (see TaskForkService.RewindTask).
     """
     RewindConversation: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.RewindConversationRequest, _supervisor_pb2.RewindConversationResponse]  # type: ignore[assignment]
     """Rewinds a conversation (the supervisor's, or a task's) to a message; the removed messages are
-    kept in a snapshot that RestoreConversation can bring back.
+    kept in a snapshot that RestoreConversation can bring back. With rewind_code the code is
+    rewound as TaskForkService.RewindTask does without `force`.
     Errors: INVALID_ARGUMENT (both or out-of-range points), NOT_FOUND,
-    ABORTED (expected_message_count mismatch), FAILED_PRECONDITION reason ALREADY_RUNNING.
+    ABORTED (expected_message_count mismatch), FAILED_PRECONDITION reason ALREADY_RUNNING or
+    UNTRACKED_IN_THE_WAY (see RewindTask).
     """
     RestoreConversation: _aio.UnaryUnaryMultiCallable[_supervisor_pb2.RestoreConversationRequest, _supervisor_pb2.RestoreConversationResponse]  # type: ignore[assignment]
     """Restores a conversation from a snapshot (undoes a rewind); the replaced state is snapshotted
@@ -199,7 +205,8 @@ class SupervisorServiceServicer(metaclass=_abc_1.ABCMeta):
         """Resumes an interrupted supervisor: puts its task back to pending with the chosen context.
         Errors: INVALID_ARGUMENT (mode unspecified, checkpoint_id missing for FROM_CHECKPOINT),
         NOT_FOUND (contract or checkpoint; reason NO_SUPERVISOR_STATE when never started),
-        FAILED_PRECONDITION reason ALREADY_RUNNING.
+        FAILED_PRECONDITION reason ALREADY_RUNNING, or UNTRACKED_IN_THE_WAY when rewind_code would
+        delete what no checkpoint holds (see TaskForkService.RewindTask).
         """
 
     @_abc_1.abstractmethod
@@ -209,9 +216,11 @@ class SupervisorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_supervisor_pb2.RewindConversationResponse, _abc.Awaitable[_supervisor_pb2.RewindConversationResponse]]:
         """Rewinds a conversation (the supervisor's, or a task's) to a message; the removed messages are
-        kept in a snapshot that RestoreConversation can bring back.
+        kept in a snapshot that RestoreConversation can bring back. With rewind_code the code is
+        rewound as TaskForkService.RewindTask does without `force`.
         Errors: INVALID_ARGUMENT (both or out-of-range points), NOT_FOUND,
-        ABORTED (expected_message_count mismatch), FAILED_PRECONDITION reason ALREADY_RUNNING.
+        ABORTED (expected_message_count mismatch), FAILED_PRECONDITION reason ALREADY_RUNNING or
+        UNTRACKED_IN_THE_WAY (see RewindTask).
         """
 
     @_abc_1.abstractmethod

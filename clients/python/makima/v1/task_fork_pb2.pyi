@@ -351,6 +351,7 @@ class RewindTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     CHECKPOINT_ID_FIELD_NUMBER: _builtins.int
     MODE_FIELD_NUMBER: _builtins.int
+    FORCE_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Idempotency key (UUID, optional)."""
     task_id: _builtins.str
@@ -359,6 +360,12 @@ class RewindTaskRequest(_message.Message):
     """UUID of the checkpoint to rewind to."""
     mode: Global___RewindMode.ValueType
     """What to rewind; required."""
+    force: _builtins.bool
+    """Rewind the code even where an ignored file or directory, or a nested repository, stands where
+    the target has something else: those are then deleted, as `git reset --hard` deletes them, and
+    no checkpoint holds them. False (the default): such a rewind fails with FAILED_PRECONDITION
+    UNTRACKED_IN_THE_WAY naming the paths, and nothing changes.
+    """
     def __init__(
         self,
         *,
@@ -366,10 +373,11 @@ class RewindTaskRequest(_message.Message):
         task_id: _builtins.str = ...,
         checkpoint_id: _builtins.str = ...,
         mode: Global___RewindMode.ValueType = ...,
+        force: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "mode", b"mode", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint_id", b"checkpoint_id", "force", b"force", "mode", b"mode", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -409,9 +417,9 @@ class RewindTaskResponse(_message.Message):
 
     @_builtins.property
     def rewind_checkpoint(self) -> _resources_pb2.Checkpoint:
-        """For a daemon-held task whose code was rewound: the checkpoint of the commit the service made on
-        its records (the target's tree on top of the previous head), now the task's head. The task's
-        next daemon starts from it; unset otherwise.
+        """When the code was rewound: the checkpoint of the commit the rewind made (the target's tree on
+        top of the safety commit; for a daemon-held task, on top of its previous head), now the task's
+        branch head. A daemon-held task's next daemon starts from it; unset otherwise.
         """
 
     def __init__(
@@ -547,9 +555,9 @@ class ResumeTaskFromCheckpointResponse(_message.Message):
 
     @_builtins.property
     def rewind_checkpoint(self) -> _resources_pb2.Checkpoint:
-        """For a daemon-held task: the checkpoint of the commit the service made on its records (the
-        target's tree on top of the previous head), which the next daemon to claim the task starts
-        from; unset otherwise.
+        """When the code was rewound: the checkpoint of the commit the rewind made (the target's tree on
+        top of the safety commit), now the task's branch head; a daemon-held task's next daemon starts
+        from it. Unset otherwise.
         """
 
     def __init__(
@@ -652,7 +660,8 @@ class ForkTaskRequest(_message.Message):
     """Fork at a checkpoint: its commit and its conversation snapshot."""
     message_index: _builtins.int
     """Fork at a message: the new conversation holds messages [0, message_index]; the code is the
-    newest checkpoint at or before that message (or the source's initial state).
+    newest checkpoint at or before that message (or the source's initial state), safety
+    checkpoints excepted: they hold code that a rewind moved away from.
     """
     name: _builtins.str
     """Name of the new task; defaults to "<source name> (fork)". At most 500 characters."""
@@ -692,7 +701,9 @@ class ForkTaskResponse(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     COMMIT_SHA_FIELD_NUMBER: _builtins.int
     commit_sha: _builtins.str
-    """Commit the new worktree was checked out at; empty when the source has no worktree."""
+    """Commit the new worktree was checked out at, which is also its branch head and the commit of its
+    INITIAL checkpoint (no commit is added); empty when the source has no worktree.
+    """
     @_builtins.property
     def task(self) -> _resources_pb2.Task:
         """The new task (pending), with its lineage fields set."""

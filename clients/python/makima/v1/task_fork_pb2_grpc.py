@@ -176,12 +176,19 @@ class TaskForkServiceServicer:
 
     def RewindTask(self, request, context):
         """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-        conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
-        records: the safety checkpoint is the task's existing checkpoint of its head (the code before
-        the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
-        (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
+        conversation snapshot make the rewind undoable. A code rewind of a service-held worktree makes
+        the worktree and index the target's tree and moves the branch to a new commit of that tree
+        whose parent is the safety commit (`rewind_checkpoint`): history stays linear and `git status`
+        is clean. What the safety checkpoint cannot hold (an ignored file or directory, or a nested
+        repository, standing where the target has something else) is never silently deleted: the
+        rewind is refused, nothing changed, unless `force` is set. On a daemon-held task the code is
+        rewound on the records: the safety checkpoint is the task's existing checkpoint of its head (the
+        code before the rewind; nothing needs saving), and a new commit with the target's tree on top
+        of the head (`rewind_checkpoint`) becomes the head that the next daemon to claim the task
+        starts from.
         Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
-        NO_WORKTREE).
+        NO_WORKTREE, UNTRACKED_IN_THE_WAY: metadata `paths` lists what would be lost, one per line,
+        and `count` how many).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -198,8 +205,9 @@ class TaskForkServiceServicer:
     def ResumeTaskFromCheckpoint(self, request, context):
         """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending. On a
         daemon-held task the code is rewound on the records as RewindTask does: the next daemon that
-        claims the task starts from `rewind_checkpoint`.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE).
+        claims the task starts from `rewind_checkpoint`. A service-held worktree is rewound as RewindTask
+        does without `force`.
+        Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE, UNTRACKED_IN_THE_WAY).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -83,12 +83,19 @@ class TaskForkServiceStub:
     """
     RewindTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.RewindTaskRequest, _task_fork_pb2.RewindTaskResponse]
     """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-    conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
-    records: the safety checkpoint is the task's existing checkpoint of its head (the code before
-    the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
-    (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
+    conversation snapshot make the rewind undoable. A code rewind of a service-held worktree makes
+    the worktree and index the target's tree and moves the branch to a new commit of that tree
+    whose parent is the safety commit (`rewind_checkpoint`): history stays linear and `git status`
+    is clean. What the safety checkpoint cannot hold (an ignored file or directory, or a nested
+    repository, standing where the target has something else) is never silently deleted: the
+    rewind is refused, nothing changed, unless `force` is set. On a daemon-held task the code is
+    rewound on the records: the safety checkpoint is the task's existing checkpoint of its head (the
+    code before the rewind; nothing needs saving), and a new commit with the target's tree on top
+    of the head (`rewind_checkpoint`) becomes the head that the next daemon to claim the task
+    starts from.
     Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
-    NO_WORKTREE).
+    NO_WORKTREE, UNTRACKED_IN_THE_WAY: metadata `paths` lists what would be lost, one per line,
+    and `count` how many).
     """
     ResumeTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.ResumeTaskRequest, _task_fork_pb2.ResumeTaskResponse]
     """Puts an interrupted (or failed) task back to pending so that a daemon continues it.
@@ -97,8 +104,9 @@ class TaskForkServiceStub:
     ResumeTaskFromCheckpoint: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.ResumeTaskFromCheckpointRequest, _task_fork_pb2.ResumeTaskFromCheckpointResponse]
     """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending. On a
     daemon-held task the code is rewound on the records as RewindTask does: the next daemon that
-    claims the task starts from `rewind_checkpoint`.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE).
+    claims the task starts from `rewind_checkpoint`. A service-held worktree is rewound as RewindTask
+    does without `force`.
+    Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE, UNTRACKED_IN_THE_WAY).
     """
     CreateBranch: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.CreateBranchRequest, _task_fork_pb2.CreateBranchResponse]
     """Creates a git branch at a checkpoint's commit in the task's repository. A daemon-held task's
@@ -180,12 +188,19 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     """
     RewindTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.RewindTaskRequest, _task_fork_pb2.RewindTaskResponse]  # type: ignore[assignment]
     """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-    conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
-    records: the safety checkpoint is the task's existing checkpoint of its head (the code before
-    the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
-    (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
+    conversation snapshot make the rewind undoable. A code rewind of a service-held worktree makes
+    the worktree and index the target's tree and moves the branch to a new commit of that tree
+    whose parent is the safety commit (`rewind_checkpoint`): history stays linear and `git status`
+    is clean. What the safety checkpoint cannot hold (an ignored file or directory, or a nested
+    repository, standing where the target has something else) is never silently deleted: the
+    rewind is refused, nothing changed, unless `force` is set. On a daemon-held task the code is
+    rewound on the records: the safety checkpoint is the task's existing checkpoint of its head (the
+    code before the rewind; nothing needs saving), and a new commit with the target's tree on top
+    of the head (`rewind_checkpoint`) becomes the head that the next daemon to claim the task
+    starts from.
     Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
-    NO_WORKTREE).
+    NO_WORKTREE, UNTRACKED_IN_THE_WAY: metadata `paths` lists what would be lost, one per line,
+    and `count` how many).
     """
     ResumeTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.ResumeTaskRequest, _task_fork_pb2.ResumeTaskResponse]  # type: ignore[assignment]
     """Puts an interrupted (or failed) task back to pending so that a daemon continues it.
@@ -194,8 +209,9 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     ResumeTaskFromCheckpoint: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.ResumeTaskFromCheckpointRequest, _task_fork_pb2.ResumeTaskFromCheckpointResponse]  # type: ignore[assignment]
     """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending. On a
     daemon-held task the code is rewound on the records as RewindTask does: the next daemon that
-    claims the task starts from `rewind_checkpoint`.
-    Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE).
+    claims the task starts from `rewind_checkpoint`. A service-held worktree is rewound as RewindTask
+    does without `force`.
+    Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE, UNTRACKED_IN_THE_WAY).
     """
     CreateBranch: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.CreateBranchRequest, _task_fork_pb2.CreateBranchResponse]  # type: ignore[assignment]
     """Creates a git branch at a checkpoint's commit in the task's repository. A daemon-held task's
@@ -304,12 +320,19 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.RewindTaskResponse, _abc.Awaitable[_task_fork_pb2.RewindTaskResponse]]:
         """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-        conversation snapshot make the rewind undoable. On a daemon-held task the code is rewound on the
-        records: the safety checkpoint is the task's existing checkpoint of its head (the code before
-        the rewind; nothing needs saving), and a new commit with the target's tree on top of the head
-        (`rewind_checkpoint`) becomes the head that the next daemon to claim the task starts from.
+        conversation snapshot make the rewind undoable. A code rewind of a service-held worktree makes
+        the worktree and index the target's tree and moves the branch to a new commit of that tree
+        whose parent is the safety commit (`rewind_checkpoint`): history stays linear and `git status`
+        is clean. What the safety checkpoint cannot hold (an ignored file or directory, or a nested
+        repository, standing where the target has something else) is never silently deleted: the
+        rewind is refused, nothing changed, unless `force` is set. On a daemon-held task the code is
+        rewound on the records: the safety checkpoint is the task's existing checkpoint of its head (the
+        code before the rewind; nothing needs saving), and a new commit with the target's tree on top
+        of the head (`rewind_checkpoint`) becomes the head that the next daemon to claim the task
+        starts from.
         Errors: INVALID_ARGUMENT (mode unspecified), NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING,
-        NO_WORKTREE).
+        NO_WORKTREE, UNTRACKED_IN_THE_WAY: metadata `paths` lists what would be lost, one per line,
+        and `count` how many).
         """
 
     @_abc_1.abstractmethod
@@ -330,8 +353,9 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_task_fork_pb2.ResumeTaskFromCheckpointResponse, _abc.Awaitable[_task_fork_pb2.ResumeTaskFromCheckpointResponse]]:
         """Rewinds a task (code and conversation) to a checkpoint and puts it back to pending. On a
         daemon-held task the code is rewound on the records as RewindTask does: the next daemon that
-        claims the task starts from `rewind_checkpoint`.
-        Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE).
+        claims the task starts from `rewind_checkpoint`. A service-held worktree is rewound as RewindTask
+        does without `force`.
+        Errors: NOT_FOUND, FAILED_PRECONDITION (ALREADY_RUNNING, NO_WORKTREE, UNTRACKED_IN_THE_WAY).
         """
 
     @_abc_1.abstractmethod

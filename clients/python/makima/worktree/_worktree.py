@@ -25,7 +25,8 @@ from dulwich.repo import Repo
 
 from makima.worktree import _fs
 from makima.worktree._index import IndexEntry, read_index
-from makima.worktree.errors import RefNotFoundError
+from makima.worktree._nested import nested_repository
+from makima.worktree.errors import RefNotFoundError, UntrackedInTheWayError
 from makima.worktree.packs import PackedObjects
 from makima.worktree.paths import MODE_EXECUTABLE, MODE_FILE, MODE_GITLINK, MODE_SYMLINK, check_tree_path
 
@@ -163,8 +164,9 @@ class IgnoreRules:
 
 
 class _Scanner:
-    def __init__(self, root_fd: int, cache: StatCache, rules: IgnoreRules, *, keep_blobs: bool) -> None:
+    def __init__(self, root_fd: int, root: bytes, cache: StatCache, rules: IgnoreRules, *, keep_blobs: bool) -> None:
         self._root_fd = root_fd
+        self._root = root
         self._cache = cache
         self._rules = rules
         self._keep_blobs = keep_blobs
@@ -181,14 +183,17 @@ class _Scanner:
         with os.scandir(dir_fd) as it:
             entries = list(it)
         names = {entry.name for entry in entries}
-        if prefix and ".git" in names:
-            return  # a nested repository has its own history; git leaves it alone too
+        if prefix and ".git" in names and self._nested(dir_fd, prefix[:-1]):
+            return
+        if prefix[:-1] in self._gitlinks:
+            self._keep_gitlink(prefix[:-1])  # a submodule not checked out: git keeps its recorded commit
+            return
         pushed = ".gitignore" in names and self._push_gitignore(dir_fd, prefix)
         try:
             for entry in entries:
                 name = os.fsencode(entry.name)
                 if name == b".git":
-                    continue
+                    continue  # the repository itself, or a `.git` naming none, which hides only itself
                 path = prefix + name
                 if entry.is_dir(follow_symlinks=False):
                     self._enter(dir_fd, name, path)
@@ -204,11 +209,7 @@ class _Scanner:
                 self._rules.pop()
 
     def _enter(self, dir_fd: int, name: bytes, path: bytes) -> None:
-        if path in self._gitlinks:
-            entry = self._cache.entries[path]
-            self.state.files[path] = FileState(MODE_GITLINK, entry.sha, entry)
-            return
-        if self._rules.is_ignored(path, is_dir=True):
+        if path not in self._gitlinks and self._rules.is_ignored(path, is_dir=True):
             return  # tracked files below are picked up by _add_tracked_left_out
         child = _fs.open_dir_at(dir_fd, name, create=False)
         if child is None:
@@ -217,6 +218,29 @@ class _Scanner:
             self._walk(child, path + b"/")
         finally:
             os.close(child)
+
+    def _nested(self, dir_fd: int, path: bytes) -> bool:
+        """Record the nested repository at `path` as git does; False if its `.git` names no repository.
+
+        A repository with a commit becomes a gitlink to its HEAD; one without a commit is skipped
+        whole (`git add -A` refuses it; with --ignore-errors it skips it, which is what a snapshot
+        can do).
+        """
+        nested = nested_repository(dir_fd, self._root + b"/" + path, self._root)
+        if nested is None:
+            return False
+        if nested.head is not None:
+            head = nested.head
+            known = self._cache.entries.get(path)
+            entry = known if known is not None and known.mode == MODE_GITLINK and known.sha == head else None
+            self.state.files[path] = FileState(MODE_GITLINK, head, entry or tree_entry(MODE_GITLINK, head))
+        elif path in self._gitlinks:
+            self._keep_gitlink(path)
+        return True
+
+    def _keep_gitlink(self, path: bytes) -> None:
+        entry = self._cache.entries[path]
+        self.state.files[path] = FileState(MODE_GITLINK, entry.sha, entry)
 
     def _push_gitignore(self, dir_fd: int, prefix: bytes) -> bool:
         st = _fs.lstat_at(dir_fd, b".gitignore")
@@ -264,8 +288,7 @@ class _Scanner:
                     continue
                 if path in self._gitlinks:
                     if stat.S_ISDIR(st.st_mode):
-                        entry = self._cache.entries[path]
-                        self.state.files[path] = FileState(MODE_GITLINK, entry.sha, entry)
+                        self._keep_gitlink(path)
                 elif stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
                     self._add(dir_fd, name, path, st)
 
@@ -273,10 +296,13 @@ class _Scanner:
 def scan(repo: Repo, root_fd: int, *, keep_blobs: bool) -> WorktreeState:
     """Every file of the worktree's content: tracked ones, plus untracked ones that are not ignored.
 
-    This is the set `git add -A` would stage. Files whose stat matches the index are not read.
+    This is the set `git add -A` would stage: a nested repository with a commit as a gitlink to its
+    HEAD, one without a commit left out, a `.git` that names no repository skipped alone. Files
+    whose stat matches the index are not read.
     """
     cache = StatCache.load(repo.index_path())
-    return _Scanner(root_fd, cache, IgnoreRules.for_repo(repo), keep_blobs=keep_blobs).run()
+    root = os.fsencode(os.path.realpath(repo.path))
+    return _Scanner(root_fd, root, cache, IgnoreRules.for_repo(repo), keep_blobs=keep_blobs).run()
 
 
 @dataclass(slots=True)
@@ -293,13 +319,16 @@ def apply_tree(
     *,
     current: Mapping[bytes, FileState],
     target: Mapping[bytes, tuple[int, ObjectID]],
+    force: bool = False,
 ) -> Checkout:
     """Make the worktree hold exactly `target`, touching only the files that differ from `current`.
 
     Files of `current` missing from `target` are removed (and directories they leave empty);
-    different or missing ones are written. Anything not in `current` (ignored files) is left alone
-    unless it is in the way of a file to write. Nothing changes if a path to write is unsafe
-    (GitError) or a content to write is not in `store` (RefNotFoundError).
+    different or missing ones are written. Anything not in `current` (ignored files, the insides of
+    nested repositories) is left alone; where it is in the way of what `target` holds, the checkout
+    is refused (UntrackedInTheWayError naming it), unless `force`: then it is removed, as
+    `git reset --hard` does. Nothing changes if a path to write is unsafe (GitError), a content to
+    write is not in `store` (RefNotFoundError) or something is in the way.
     """
     index: dict[bytes, IndexEntry] = {}
     to_write: list[bytes] = []
@@ -321,6 +350,15 @@ def apply_tree(
             raise RefNotFoundError(
                 f"object {sha.decode()} of {text!r} is not in the object store", object=sha.decode(), path=text
             )
+    if not force:
+        blocked = in_the_way(root_fd, current=current, target=target, paths=to_write)
+        if blocked:
+            names = [p.decode("utf-8", "surrogateescape") for p in blocked]
+            raise UntrackedInTheWayError(
+                f"{len(names)} path(s) hold what no commit holds and would be lost: {', '.join(map(repr, names))}",
+                paths="\n".join(names),
+                count=str(len(names)),
+            )
     deleted = sorted(path for path in current if path not in target)
     _remove_files(root_fd, deleted, current)
     changes: list[tuple[bytes, ChangeKind]] = [(path, "deleted") for path in deleted]
@@ -335,6 +373,93 @@ def apply_tree(
             changes.append((path, "added" if path not in current else "modified"))
     changes.sort()
     return Checkout(changes=changes, index=index)
+
+
+def in_the_way(
+    root_fd: int,
+    *,
+    current: Mapping[bytes, FileState],
+    target: Mapping[bytes, tuple[int, ObjectID]],
+    paths: Iterable[bytes],
+) -> list[bytes]:
+    """What writing `paths` of `target` would destroy that no commit of the worktree holds.
+
+    That is an ignored file where a file or a directory goes (unless it already has the target's
+    content), a directory where a file goes that holds anything `current` does not (ignored files,
+    a nested repository), and a populated nested repository where a directory goes.
+    """
+    found: list[bytes] = []
+    clear: set[bytes] = set()  # directories already seen to be plain directories of the worktree
+    with _fs.DirChain(root_fd, create=False) as chain:
+        for path in paths:
+            known = current.get(path)
+            if known is not None and known.mode != MODE_GITLINK:
+                continue  # a file the walk found: its directories are the worktree's own
+            blocker = _blocker(chain, current, clear, path, target[path])
+            if blocker is not None and (not found or found[-1] != blocker):
+                found.append(blocker)
+    return found
+
+
+def _blocker(
+    chain: _fs.DirChain,
+    current: Mapping[bytes, FileState],
+    clear: set[bytes],
+    path: bytes,
+    entry: tuple[int, ObjectID],
+) -> bytes | None:
+    parts = path.split(b"/")
+    for depth in range(1, len(parts)):
+        ancestor = b"/".join(parts[:depth])
+        if ancestor in clear:
+            continue
+        dir_fd, name = chain.parent_of(ancestor)
+        st = None if dir_fd is None else _fs.lstat_at(dir_fd, name)
+        if st is None:
+            return None  # nothing on disk from here down
+        known = current.get(ancestor)
+        if stat.S_ISDIR(st.st_mode):
+            if known is not None and known.mode == MODE_GITLINK:
+                return ancestor  # files would be written into a nested repository's worktree
+            clear.add(ancestor)
+            continue
+        return None if known is not None else ancestor  # an ignored file where a directory goes
+    dir_fd, name = chain.parent_of(path)
+    st = None if dir_fd is None else _fs.lstat_at(dir_fd, name)
+    if dir_fd is None or st is None:
+        return None
+    mode, sha = entry
+    if stat.S_ISDIR(st.st_mode):
+        if mode == MODE_GITLINK:
+            return None  # a directory stays where a submodule goes
+        return path if _holds_untracked(dir_fd, name, path + b"/", current) else None
+    if path in current or (not stat.S_ISREG(st.st_mode) and not stat.S_ISLNK(st.st_mode)):
+        return None
+    got = _fs.read_entry(dir_fd, name, st)
+    return None if got is not None and Blob.from_string(got[0]).id == sha else path
+
+
+def _holds_untracked(parent_fd: int, name: bytes, prefix: bytes, current: Mapping[bytes, FileState]) -> bool:
+    """Whether directory `name` holds any file or link that `current` does not (empty directories aside)."""
+    dir_fd = _fs.open_dir_at(parent_fd, name, create=False)
+    if dir_fd is None:
+        return False
+    try:
+        with os.scandir(dir_fd) as it:
+            entries = list(it)
+        for entry in entries:
+            child = os.fsencode(entry.name)
+            if entry.is_dir(follow_symlinks=False):
+                known = current.get(prefix + child)
+                if (known is not None and known.mode == MODE_GITLINK) or _holds_untracked(
+                    dir_fd, child, prefix + child + b"/", current
+                ):
+                    return True
+            elif prefix + child not in current:
+                return True
+        return False
+    finally:
+        os.close(dir_fd)
 
 
 def _write(

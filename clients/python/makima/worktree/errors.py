@@ -36,6 +36,14 @@ class RefNotFoundError(GitError):
     """A ref, tag or commit is unknown to the repository."""
 
 
+class UntrackedInTheWayError(GitError):
+    """A checkout would remove or overwrite what no commit holds: an ignored file or directory, or a
+    nested repository, standing where the target tree has something else.
+
+    `metadata["paths"]` lists them, one per line (`metadata["count"]` how many); nothing was changed.
+    """
+
+
 class ConcurrentUpdateError(GitError):
     """A compare-and-swap of a ref lost against another writer, or a lock is held by one."""
 

@@ -150,14 +150,16 @@ class LocalWorktree:
 
         Only the differences are written: files of the current content that differ or are absent
         from the commit are replaced or removed (untracked ones too, as a claim starts from the
-        commit alone); ignored files stay. Nothing is written outside the directory and no symlink
-        is followed. The commit's objects must be in the local store (RefNotFoundError, nothing
-        changed); afterwards `git status` is clean. Returns what changed.
+        commit alone); ignored files stay unless they stand where the commit has something else, as
+        with `git reset --hard`: the daemon's directory is its scratch copy of the task. Nothing is
+        written outside the directory and no symlink is followed. The commit's objects must be in
+        the local store (RefNotFoundError, nothing changed); afterwards `git status` is clean.
+        Returns what changed.
         """
         target = None if commit_sha == "" else object_id(commit_sha)
         old = read_ref(self._repo, self._ref)
         tree = None if target is None else commit_of(self._store, target).tree
-        result = checkout(self._repo, self.path, tree)
+        result = checkout(self._repo, self.path, tree, force=True)
         move_ref(self._repo, self._ref, old=old, new=target, message=b"makima: materialize " + (target or b"empty"))
         return [FileChange(path_text(p), kind) for p, kind in result.changes]
 

@@ -139,8 +139,8 @@ def read_worktree(repo: Repo, root: Path) -> WorktreeSnapshot:
     """Snapshot the worktree at `root`: tracked files and every untracked file that is not ignored.
 
     Ignore rules are .gitignore at any depth, .git/info/exclude and the user's excludes file;
-    symlinks are stored as links, never followed; a nested repository is left out, a tracked one
-    kept as a gitlink. Files whose stat matches the index are not read again.
+    symlinks are stored as links, never followed; a nested repository with a commit is a gitlink to
+    its HEAD, as `git add -A` records it. Files whose stat matches the index are not read again.
     """
     root_fd = _fs.open_root(root)
     try:
@@ -165,11 +165,13 @@ def live_files(repo: Repo, root: Path) -> dict[bytes, tuple[int, ObjectID]]:
     return {path: (f.mode, f.sha) for path, f in state.files.items()}
 
 
-def checkout(repo: Repo, root: Path, tree: ObjectID | None) -> Checkout:
+def checkout(repo: Repo, root: Path, tree: ObjectID | None, *, force: bool = False) -> Checkout:
     """Make the worktree at `root` and its index hold exactly `tree` (None: the empty tree); refs do not move.
 
     Only the differences are applied: changed files rewritten, files absent from the tree removed
     (ignored files are left alone) with the directories they leave empty, missing files brought back.
+    UntrackedInTheWayError if an ignored file or a nested repository stands where the tree has
+    something else, unless `force` (see `apply_tree`).
     Files are replaced, never written through, so a symlink or hard link planted in the worktree
     cannot carry a write outside it. The tree's objects are read from the repository's store.
     """
@@ -177,7 +179,7 @@ def checkout(repo: Repo, root: Path, tree: ObjectID | None) -> Checkout:
     root_fd = _fs.open_root(root)
     try:
         state = scan(repo, root_fd, keep_blobs=False)
-        result = apply_tree(root_fd, repo.object_store, current=state.files, target=target)
+        result = apply_tree(root_fd, repo.object_store, current=state.files, target=target, force=force)
     finally:
         os.close(root_fd)
     replace_index(repo, result.index)

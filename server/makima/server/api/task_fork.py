@@ -121,7 +121,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         mode = _mode(request.mode)
 
         async def body(tx: Tx) -> pb.RewindTaskResponse:
-            done = await code.rewind_task(tx, self.ws, task_id, checkpoint_id, mode)
+            done = await code.rewind_task(tx, self.ws, task_id, checkpoint_id, mode, force=request.force)
             return pb.RewindTaskResponse(
                 task=convert.task(done.task),
                 code_rewound=done.safety is not None,

@@ -116,14 +116,16 @@ class Rewound:
     safety: TaskCheckpoint | None
     conversation_snapshot: ConversationSnapshot | None
     changed_files: int
-    # A daemon-held task's new head: the target's tree on top of the previous head.
+    # The task's new head after a code rewind: the target's tree on top of the safety commit.
     rewind: TaskCheckpoint | None = None
 
 
-async def _rewind(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint, mode: RewindMode) -> Rewound:
+async def _rewind(
+    tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint, mode: RewindMode, *, force: bool = False
+) -> Rewound:
     code = before = None
     if mode in (RewindMode.CODE, RewindMode.BOTH):
-        code = await rewind_code(tx, ws, task, target)
+        code = await rewind_code(tx, ws, task, target, force=force)
     if mode in (RewindMode.CONVERSATION, RewindMode.BOTH):
         snapshot = await conversation.load_snapshot(tx, target.conversation_snapshot_id)
         before = await conversation.rewind_to(tx, task, snapshot, SnapshotReason.REWIND)
@@ -139,12 +141,15 @@ async def _rewind(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint, mod
     )
 
 
-async def rewind_task(tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID, mode: RewindMode) -> Rewound:
-    """Rewind code, conversation or both to a checkpoint; what it replaces stays recoverable."""
+async def rewind_task(
+    tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID, mode: RewindMode, *, force: bool = False
+) -> Rewound:
+    """Rewind code, conversation or both to a checkpoint; what it replaces stays recoverable, or the
+    rewind is refused unless `force` (see `rewind_code`)."""
     task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
     refuse_if_running(task)
     target = await load_checkpoint(tx, task, checkpoint_id)
-    done = await _rewind(tx, ws, task, target, mode)
+    done = await _rewind(tx, ws, task, target, mode, force=force)
     tx.record(
         TimelineKind.TASK_REWOUND,
         f"task {task.name!r} rewound ({mode.value}) to checkpoint {target.commit_sha[:12]}",
@@ -343,8 +348,13 @@ async def fork_task(tx: Tx, ws: Workspace, inp: ForkInput) -> Forked:
             )
         assert source.conversation_id is not None
         version, count = source.conversation_id, inp.message_index + 1
+        # A safety checkpoint holds code the user rewound away from, not the code at that message.
         point = await checkpoints.newest_at_or_before(
-            tx.session, owner_id=tx.owner_id, task_id=source.id, message_count=count
+            tx.session,
+            owner_id=tx.owner_id,
+            task_id=source.id,
+            message_count=count,
+            excluded_kinds=(CheckpointKind.SAFETY,),
         )
     task = await new_task(
         tx,

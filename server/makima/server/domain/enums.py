@@ -46,6 +46,7 @@ class CheckpointKind(StrEnum):
     CONTINUATION = "continuation"
     REWIND = "rewind"
     DAEMON = "daemon"
+    INITIAL = "initial"
 
 
 class WorktreePlacement(StrEnum):

@@ -11,7 +11,7 @@ from enum import StrEnum
 from makima.server.domain import conversation
 from makima.server.domain.code import refuse_if_running
 from makima.server.domain.contracts import ContractView, load_contract
-from makima.server.domain.enums import SnapshotReason, TaskKind, TaskStatus, TimelineKind
+from makima.server.domain.enums import CheckpointKind, SnapshotReason, TaskKind, TaskStatus, TimelineKind
 from makima.server.domain.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from makima.server.domain.recording import conversation_task
 from makima.server.domain.runtime import Tx
@@ -211,8 +211,13 @@ async def rewind_conversation(tx: Tx, ws: Workspace, inp: RewindConversationInpu
         if not task.placement:
             reason = "the task has no worktree"
         else:
+            # A safety checkpoint holds code the user rewound away from, not the code at that message.
             code_checkpoint = await checkpoints.newest_at_or_before(
-                tx.session, owner_id=tx.owner_id, task_id=task.id, message_count=keep
+                tx.session,
+                owner_id=tx.owner_id,
+                task_id=task.id,
+                message_count=keep,
+                excluded_kinds=(CheckpointKind.SAFETY,),
             )
             if code_checkpoint is None:
                 reason = f"no checkpoint was taken at or before message {keep}"

@@ -100,6 +100,8 @@ def _domain_error(exc: git.GitError) -> DomainError:
         return NotFound(str(exc), reason="REF_NOT_FOUND", metadata=metadata)
     if isinstance(exc, git.ConcurrentUpdateError):
         return Aborted(str(exc), reason="CONCURRENT_GIT_UPDATE", metadata=metadata)
+    if isinstance(exc, git.UntrackedInTheWayError):
+        return FailedPrecondition(str(exc), reason="UNTRACKED_IN_THE_WAY", metadata=metadata)
     if isinstance(exc, git.PathEscapeError):
         return InvalidArgument(str(exc), reason="PATH_ESCAPES_WORKSPACE", metadata=metadata)
     return FailedPrecondition(str(exc), reason="GIT_ERROR", metadata=metadata)

@@ -92,19 +92,14 @@ async def create_worktree(tx: Tx, ws: Workspace, task: Task, request: WorktreeRe
     """Give a new `task` (its branch set) a worktree where `request` says, and its first checkpoint."""
     if request.placement == WorktreePlacement.SERVICE:
         return await _service_worktree(tx, ws, task, request, commit_sha=None)
-    start = None
     if request.repository:
-        start = await _import_repository(tx, ws, request)
-    initial = await tx.in_store(
-        lambda store: commits.make_commit(
-            store,
-            tree_sha=start.tree_sha if start else None,
-            parent_sha=start.sha if start else None,
-            message=INITIAL_STATE,
+        initial = await _import_repository(tx, ws, request)
+    else:
+        initial = await tx.in_store(
+            lambda store: commits.make_commit(store, tree_sha=None, parent_sha=None, message=INITIAL_STATE)
         )
-    )
     task.placement = WorktreePlacement.DAEMON.value
-    return await record_checkpoint(tx, task, initial, message=INITIAL_STATE, kind=CheckpointKind.MANUAL)
+    return await record_checkpoint(tx, task, initial, message=INITIAL_STATE, kind=CheckpointKind.INITIAL)
 
 
 async def start_worktree_at(
@@ -126,7 +121,7 @@ async def start_worktree_at(
         await store_commit(tx, ws, worktree_of(source), commit_sha)
     task.placement = WorktreePlacement.DAEMON.value
     return await record_checkpoint(
-        tx, task, await stored_commit(tx, commit_sha), message=INITIAL_STATE, kind=CheckpointKind.MANUAL
+        tx, task, await stored_commit(tx, commit_sha), message=INITIAL_STATE, kind=CheckpointKind.INITIAL
     )
 
 
@@ -145,16 +140,16 @@ async def _service_worktree(
         source = await _source_repository(ws, request.repository, from_caller=commit_sha is None)
     await tx.hold(ws.lock(path))
     tx.undo.append(lambda: ws.discard(path))
-    if source is None:
-        await ws.run(git.init_worktree, path, branch=task.branch)
-    else:
-        try:
-            await ws.run(git.clone_worktree, source, path, ref=commit_sha or request.ref, branch=task.branch)
-        except NotFound:
-            raise InvalidArgument.of("worktree.ref", f"unknown ref {request.ref!r}") from None
     task.worktree_path = str(path)
     task.placement = WorktreePlacement.SERVICE.value
-    return await checkpoint_locked(tx, ws, task, message=INITIAL_STATE, kind=CheckpointKind.MANUAL)
+    if source is None:
+        await ws.run(git.init_worktree, path, branch=task.branch)
+        return await checkpoint_locked(tx, ws, task, message=INITIAL_STATE, kind=CheckpointKind.INITIAL)
+    try:
+        start = await ws.run(git.clone_worktree, source, path, ref=commit_sha or request.ref, branch=task.branch)
+    except NotFound as exc:
+        raise InvalidArgument.of("worktree.ref", exc.message) from None
+    return await _record_start(tx, ws, task, path, start)
 
 
 async def _service_worktree_from_store(tx: Tx, ws: Workspace, task: Task, commit_sha: str) -> TaskCheckpoint:
@@ -167,10 +162,21 @@ async def _service_worktree_from_store(tx: Tx, ws: Workspace, task: Task, commit
     tx.undo.append(lambda: ws.discard(path))
     await ws.run(git.init_worktree, path, branch=branch)
     await tx.in_store(lambda store: commits.seed_repository(store, path, branch=branch, commit_sha=commit_sha))
-    await ws.run(git.restore, path, commit_sha=commit_sha)
+    await ws.run(git.restore, path, commit_sha=commit_sha, force=True)
     task.worktree_path = str(path)
     task.placement = WorktreePlacement.SERVICE.value
-    return await checkpoint_locked(tx, ws, task, message=INITIAL_STATE, kind=CheckpointKind.MANUAL)
+    return await _record_start(tx, ws, task, path, commit_sha)
+
+
+async def _record_start(tx: Tx, ws: Workspace, task: Task, path: Path, commit_sha: str) -> TaskCheckpoint:
+    """Record the commit a new worktree was checked out at as its initial checkpoint.
+
+    The branch already points at it and the worktree holds exactly its tree, so no commit is made:
+    the branch head, the checkpoint and a fork's `commit_sha` all name the source commit.
+    """
+    await store_commit(tx, ws, path, commit_sha)
+    commit = await stored_commit(tx, commit_sha)
+    return await record_checkpoint(tx, task, commit, message=INITIAL_STATE, kind=CheckpointKind.INITIAL)
 
 
 async def _import_repository(tx: Tx, ws: Workspace, request: WorktreeRequest) -> CommitInfo:
@@ -184,8 +190,8 @@ async def _import_repository(tx: Tx, ws: Workspace, request: WorktreeRequest) ->
     scratch = ws.root / ".scratch" / str(uuid.uuid4())
     try:
         sha = await ws.run(git.clone_worktree, source, scratch, ref=request.ref, branch="makima/import")
-    except NotFound:
-        raise InvalidArgument.of("worktree.ref", f"unknown ref {request.ref!r}") from None
+    except NotFound as exc:
+        raise InvalidArgument.of("worktree.ref", exc.message) from None
     finally:
         await ws.discard(scratch)
     await _store_from(tx, source, sha)
@@ -317,29 +323,36 @@ async def record_checkpoint(
 
 @dataclass(frozen=True)
 class CodeRewound:
-    """A code rewind: the safety checkpoint of the code before it, and the files it changed.
-
-    For a daemon-held task the rewind is a commit on the records, to record with `record_rewind`
-    once the use case has settled the conversation.
+    """A code rewind: the safety checkpoint of the code before it, the files it changed, and the
+    rewind commit (the target's tree on top of the safety commit) that becomes the head, to record
+    with `record_rewind` once the use case has settled the conversation.
     """
 
     safety: TaskCheckpoint
     changes: list[git.FileChange]
-    rewind_commit: CommitInfo | None = None
-    rewind_message: str = ""
+    rewind_commit: CommitInfo
+    rewind_message: str
 
 
-async def rewind_code(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint) -> CodeRewound:
+def _rewind_message(target: TaskCheckpoint) -> str:
+    return f"rewind to checkpoint {target.commit_sha[:12]}"
+
+
+async def rewind_code(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint, *, force: bool = False) -> CodeRewound:
     """Make the task's code the target's: safety checkpoint first, so the rewind can be undone.
 
-    Service-held: worktree and index = the target's tree. Daemon-held (not running): the code before
-    the rewind is the head, which a checkpoint of the task already records (every move of a
-    daemon-held head records one): that checkpoint is the safety checkpoint. A commit of the target's
-    tree on top of the head is made in the object store, to become the head (see `record_rewind`).
+    Either way the head becomes a commit of the target's tree on top of the safety commit (see
+    `record_rewind`): history stays linear and `git status` is clean. Service-held: worktree and
+    index = the target's tree; what the safety checkpoint cannot hold (ignored files, nested
+    repositories) standing where the target has something else refuses the rewind with
+    FAILED_PRECONDITION UNTRACKED_IN_THE_WAY naming it, unless `force`. Daemon-held (not running):
+    the code before the rewind is the head, which a checkpoint of the task already records (every
+    move of a daemon-held head records one): that checkpoint is the safety checkpoint, and the
+    rewind commit is made in the object store.
     """
     if not daemon_held(task):
         await tx.hold(ws.lock(worktree_of(task)))
-        return await _rewind_worktree(tx, ws, task, target)
+        return await _rewind_worktree(tx, ws, task, target, force=force)
     head = await stored_commit(tx, head_of(task))
     safety = await commit_records.newest_checkpoint_of_commit(
         tx.session, owner_id=tx.owner_id, task_id=task.id, commit_sha=head.sha
@@ -351,7 +364,7 @@ async def rewind_code(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint)
             metadata={"task": str(task.id), "head_commit_sha": head.sha},
         )
     wanted = await stored_commit(tx, target.commit_sha)
-    message = f"rewind to checkpoint {target.commit_sha[:12]}"
+    message = _rewind_message(target)
 
     def rewind(store: OwnerObjectStore) -> tuple[CommitInfo, list[git.FileChange]]:
         made = commits.make_commit(store, tree_sha=wanted.tree_sha, parent_sha=head.sha, message=message)
@@ -362,18 +375,21 @@ async def rewind_code(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint)
 
 
 async def record_rewind(tx: Tx, task: Task, code: CodeRewound | None) -> TaskCheckpoint | None:
-    """Record a daemon-held task's rewind commit as its head checkpoint (kind REWIND), with the
-    conversation as the use case left it; None for a service-held task or no code rewind."""
-    if code is None or code.rewind_commit is None:
+    """Record a code rewind's commit as the task's head checkpoint (kind REWIND), with the
+    conversation as the use case left it; None if the code was not rewound."""
+    if code is None:
         return None
     return await record_checkpoint(
         tx, task, code.rewind_commit, message=code.rewind_message, kind=CheckpointKind.REWIND
     )
 
 
-async def _rewind_worktree(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint) -> CodeRewound:
-    """Safety checkpoint of the current state, then worktree and index = the target's tree."""
+async def _rewind_worktree(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint, *, force: bool) -> CodeRewound:
+    """Safety checkpoint of the current state, worktree and index = the target's tree, and the
+    rewind commit on top of the safety commit, published after it once the transaction commits."""
     path = worktree_of(task)
+    assert task.branch is not None
+    branch = task.branch
     safety = await checkpoint_locked(
         tx,
         ws,
@@ -382,9 +398,15 @@ async def _rewind_worktree(tx: Tx, ws: Workspace, task: Task, target: TaskCheckp
         kind=CheckpointKind.SAFETY,
         write_index=False,
     )
-    tx.undo.append(lambda: ws.run(git.restore, path, commit_sha=safety.commit_sha))
-    changes = await ws.run(git.restore, path, commit_sha=target.commit_sha)
-    return CodeRewound(safety=safety, changes=changes)
+    tx.undo.append(lambda: ws.run(git.restore, path, commit_sha=safety.commit_sha, force=True))
+    changes = await ws.run(git.restore, path, commit_sha=target.commit_sha, force=force)
+    message = _rewind_message(target)
+    wanted = await stored_commit(tx, target.commit_sha)
+    made = await ws.run(git.commit_tree, path, tree_sha=wanted.tree_sha, parent_sha=safety.commit_sha, message=message)
+    await store_commit(tx, ws, path, made.commit_sha)
+    tx.after_commit.append(lambda: ws.run(git.publish, path, branch=branch, snapshot=made, write_index=False))
+    commit = CommitInfo(sha=made.commit_sha, tree_sha=made.tree_sha, parent_shas=(safety.commit_sha,))
+    return CodeRewound(safety=safety, changes=changes, rewind_commit=commit, rewind_message=message)
 
 
 async def load_checkpoint(tx: Tx, task: Task, checkpoint_id: uuid.UUID) -> TaskCheckpoint:

@@ -11,6 +11,7 @@ from makima.server.git.paths import SourceRepository, resolve_inside, resolve_re
 from makima.server.git.repo import (
     Snapshot,
     clone_worktree,
+    commit_tree,
     compare,
     create_branch,
     delete_branch,
@@ -29,6 +30,7 @@ from makima.worktree.errors import (
     NotARepositoryError,
     PathEscapeError,
     RefNotFoundError,
+    UntrackedInTheWayError,
 )
 from makima.worktree.repository import init_worktree
 
@@ -45,7 +47,9 @@ __all__ = [
     "RefNotFoundError",
     "Snapshot",
     "SourceRepository",
+    "UntrackedInTheWayError",
     "clone_worktree",
+    "commit_tree",
     "compare",
     "create_branch",
     "delete_branch",

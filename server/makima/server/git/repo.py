@@ -11,11 +11,14 @@ own: its worktrees' alternates, publishing, branches, and cloning a repository o
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dulwich.objects import Commit, ObjectID, ShaFile, Tag, valid_hexsha
+from dulwich import objectspec
+from dulwich.objects import Commit, ObjectID
+from dulwich.objectspec import AmbiguousShortId
 from dulwich.refs import DiskRefsContainer, Ref, check_ref_format
 from dulwich.repo import BaseRepo, Repo
 
@@ -73,8 +76,9 @@ def clone_worktree(source: SourceRepository, path: Path, *, ref: str | None, bra
     objects/info/alternates, never copied, so a fork of a large repository costs only its checkout.
     The alternates file lists the source's whole chain, flattened: git refuses alternates nested
     more than five deep, and the service reads none beyond that file (see `ObjectDir`). Returns the
-    commit sha; RefNotFoundError if `ref` (branch, tag or full sha; None for the source's HEAD) is
-    unknown. On failure `path` is left as it was found.
+    commit sha; RefNotFoundError if `ref` (what `git rev-parse` reads: a branch, a tag, a full or
+    abbreviated sha, with `~N`, `^N` or `^{}`; None for the source's HEAD) names no commit. On
+    failure `path` is left as it was found.
     """
     new_ref = branch_ref(branch)
     alternates = [os.fspath(p) for p in (source.objects_dir, *source.alternates)]
@@ -164,17 +168,32 @@ def publish(path: Path, *, branch: str, snapshot: Snapshot, write_index: bool = 
         replace_index(repo, entries)
 
 
-def restore(path: Path, *, commit_sha: str) -> list[FileChange]:
+def restore(path: Path, *, commit_sha: str, force: bool = False) -> list[FileChange]:
     """Make the worktree and the index hold exactly the tree of `commit_sha`; refs do not move.
 
     Only the differences are applied: changed files rewritten, files absent from the commit removed
     (ignored files are left alone) with the directories they leave empty, missing files brought back.
     Files are replaced, never written through, so a symlink or hard link planted in the worktree
-    cannot carry a write outside it. Returns what changed, relative to the worktree before.
+    cannot carry a write outside it. What no commit holds (an ignored file or directory, a nested
+    repository) standing where the commit has something else refuses the restore with
+    UntrackedInTheWayError, nothing changed, unless `force` removes it. Returns what changed,
+    relative to the worktree before.
     """
     with _open(path) as repo:
-        result = checkout(repo, path, commit_of(repo.object_store, object_id(commit_sha)).tree)
+        result = checkout(repo, path, commit_of(repo.object_store, object_id(commit_sha)).tree, force=force)
     return [FileChange(path_text(p), kind) for p, kind in result.changes]
+
+
+def commit_tree(path: Path, *, tree_sha: str, parent_sha: str, message: str) -> Snapshot:
+    """Write a commit of the stored tree `tree_sha` on top of `parent_sha`, without moving any ref.
+
+    A rewind's new head: its tree is the target's, its parent the safety commit, so history stays
+    linear. `publish` it (after the parent) with `write_index` False: the restore wrote the index.
+    """
+    with _open(path) as repo:
+        commit = new_commit(object_id(tree_sha), commit_of(repo.object_store, object_id(parent_sha)).id, message)
+        store_objects(repo.object_store, [commit])
+    return Snapshot(commit_sha=commit.id.decode(), parent_sha=parent_sha, tree_sha=tree_sha)
 
 
 def compare(path: Path, *, base_sha: str, target_sha: str | None) -> list[FileChange]:
@@ -236,29 +255,66 @@ def _open(path: Path) -> Repo:
 
 
 def _resolve_commit(repo: BaseRepo, ref: str | None) -> ObjectID:
-    """Commit named by `ref` the way `git rev-parse` orders names: full sha, then tags, then branches."""
-    if ref is None:
-        candidates = [_HEAD]
-    else:
-        raw = ref.encode("utf-8", "surrogateescape")
-        if len(raw) == 40 and valid_hexsha(raw) and ObjectID(raw.lower()) in repo.object_store:
-            return _peel(repo, ObjectID(raw.lower()), ref)
-        names = [raw] if raw.startswith(b"refs/") else [b"refs/tags/" + raw, b"refs/heads/" + raw]
-        candidates = [Ref(name) for name in names]
+    """The commit `ref` names as `git rev-parse <ref>^{commit}` reads it (None: HEAD).
+
+    A name is a full or abbreviated sha (at least 4 digits, refused if ambiguous), HEAD-like names,
+    or a ref looked up in git's order (refs/, refs/tags/, refs/heads/, refs/remotes/), followed by
+    any of `~N`, `^N`, `^{}` and `^{commit}`. Every ref name read must pass git's ref format rules, so
+    a hostile name such as '../../x' is never read as a path; what git would read outside refs/
+    (`:path`, `@{...}` reflogs, ranges) is refused. RefNotFoundError for anything that names no commit.
+    """
+    text = "HEAD" if ref is None else ref
+    spec = _REVISION.fullmatch(text.encode("utf-8", "surrogateescape"))
+    if spec is None:
+        raise RefNotFoundError(f"unknown ref {text!r}", ref=text)
+    try:
+        commit = objectspec.parse_commit(repo, _base_name(repo, spec["base"], text))
+        for step in _STEP.finditer(spec["steps"]):
+            commit = _walk_step(repo, commit, step)
+    except AmbiguousShortId:
+        raise RefNotFoundError(f"short sha {text!r} is ambiguous", ref=text) from None
+    except (KeyError, ValueError, IndexError):
+        raise RefNotFoundError(f"unknown ref {text!r}, or it names no commit", ref=text) from None
+    return commit.id
+
+
+# A revision: a name, then steps to a parent or a peel (git's `~N`, `^N`, `^{}`, `^{commit}`).
+_REVISION = re.compile(rb"(?P<base>[^~^]+)(?P<steps>(?:~[0-9]*|\^[0-9]*|\^\{(?:commit)?\})*)")
+_STEP = re.compile(rb"~(?P<back>[0-9]*)|\^\{(?:commit)?\}|\^(?P<parent>[0-9]*)")
+# Names git reads directly in the repository directory, as HEAD (git's rule: upper case and '_').
+_PSEUDO_REF = re.compile(rb"[A-Z_]+")
+_HEX = re.compile(rb"[0-9a-fA-F]{4,40}")
+
+
+def _base_name(repo: BaseRepo, base: bytes, text: str) -> bytes:
+    """The full ref or the (abbreviated) sha that `base` stands for, checked before anything is read."""
+    if len(base) == 40 and _HEX.fullmatch(base):
+        return base.lower()
+    candidates = [base] if _PSEUDO_REF.fullmatch(base) or base.startswith(b"refs/") else []
+    candidates += [b"refs/" + base, b"refs/tags/" + base, b"refs/heads/" + base, b"refs/remotes/" + base]
+    candidates.append(b"refs/remotes/" + base + b"/HEAD")
     for candidate in candidates:
-        # check_ref_format keeps a hostile name such as '../../x' from being read as a path.
-        if candidate != _HEAD and not check_ref_format(candidate):
-            continue
-        sha = read_ref(repo, candidate)
-        if sha is not None:
-            return _peel(repo, sha, ref)
-    raise RefNotFoundError(f"unknown ref {ref or 'HEAD'!r}", ref=ref or "HEAD")
+        ok = (candidate == base and _PSEUDO_REF.fullmatch(base)) or check_ref_format(Ref(candidate))
+        if ok and read_ref(repo, Ref(candidate)) is not None:
+            return candidate
+    if _HEX.fullmatch(base):
+        return base.lower()
+    raise RefNotFoundError(f"unknown ref {text!r}", ref=text)
 
 
-def _peel(repo: BaseRepo, sha: ObjectID, ref: str | None) -> ObjectID:
-    obj: ShaFile = repo.object_store[sha]
-    while isinstance(obj, Tag):
-        obj = repo.object_store[obj.object[1]]
-    if not isinstance(obj, Commit):
-        raise RefNotFoundError(f"{ref or 'HEAD'!r} does not name a commit", ref=ref or "HEAD")
-    return obj.id
+def _walk_step(repo: BaseRepo, commit: Commit, step: re.Match[bytes]) -> Commit:
+    """One `~N` (N first parents back), `^N` (the N-th parent, ^0 itself) or peel (a commit is one already)."""
+    if step["back"] is not None:
+        for _ in range(int(step["back"] or 1)):
+            commit = _parent(repo, commit, 1)
+    elif step["parent"] is not None:
+        number = int(step["parent"] or 1)
+        commit = commit if number == 0 else _parent(repo, commit, number)
+    return commit
+
+
+def _parent(repo: BaseRepo, commit: Commit, number: int) -> Commit:
+    parent = repo.object_store[commit.parents[number - 1]]  # IndexError: no such parent
+    if not isinstance(parent, Commit):
+        raise ValueError("a parent that is not a commit")
+    return parent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -70,15 +71,22 @@ async def get_checkpoint(
 
 
 async def newest_at_or_before(
-    session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, message_count: int
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    message_count: int,
+    excluded_kinds: Collection[str] = (),
 ) -> TaskCheckpoint | None:
-    """The newest checkpoint of a task taken when its conversation had at most `message_count` messages."""
+    """The newest checkpoint of a task taken when its conversation had at most `message_count` messages,
+    of none of the `excluded_kinds`."""
     stmt = (
         select(TaskCheckpoint)
         .where(
             TaskCheckpoint.owner_id == owner_id,
             TaskCheckpoint.task_id == task_id,
             TaskCheckpoint.message_count <= message_count,
+            TaskCheckpoint.kind.not_in(excluded_kinds),
         )
         .order_by(TaskCheckpoint.create_time.desc(), TaskCheckpoint.id.desc())
         .limit(1)
