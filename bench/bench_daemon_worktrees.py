@@ -8,9 +8,10 @@ daemon driven by `makima.client.DaemonWorktrees`, in this process, as a daemon w
 claims a new daemon-held task and prepares its worktree; the same 1,000 files (200 B to 8 KB, 40
 directories, some executable, a .gitignore) are written into it and into a git repository, salted
 per run so that no run reuses another's objects. Then, timed:
-- upload first: `DaemonWorktrees.checkpoint` (snapshot, commit, pack of what the service lacks,
-  PushCheckpoint) against `git push` of the same files' commit to a fresh local bare repository, and
-  against `git add -A && git commit && git push` (git's whole way to the same state);
+- upload first: what `DaemonWorktrees.checkpoint` does after committing (the pack of what the
+  service lacks, PushCheckpoint) against `git push` of the same files' commit to a fresh local bare
+  repository; and the commit (snapshot of the directory) plus the upload against `git add -A && git
+  commit && git push` (git's whole way to the same state);
 - upload incremental: the same after 100 files changed;
 - materialize: `DaemonWorktrees.prepare` of a new claim of the task in an empty directory
   (FetchObjects, verified pack intake, checkout) against `git init && git fetch && git checkout` from
@@ -38,13 +39,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 import asyncpg
 from grpc import aio
 
 from makima.client import AsyncClient, DaemonWorktrees
-from makima.v1 import resources_pb2
+from makima.v1 import daemon_pb2, resources_pb2
 from makima.worktree import LocalWorktree
 
 T = TypeVar("T")
@@ -166,7 +167,10 @@ def pack_size(path: Path, commit: str, parent: str) -> float:
 
 async def bench(client: AsyncClient, base: Path, runs: int) -> tuple[Results, Results]:
     """Both ways, run after run, so that both see the same load of the machine."""
-    ours: Results = {k: [] for k in ("first", "incremental", "materialize", "bytes first", "bytes incremental")}
+    ours: Results = {
+        k: [] for k in ("commit first", "first", "commit incremental", "incremental", "materialize", "bytes first",
+                        "bytes incremental")
+    }  # fmt: skip
     theirs: Results = {k: [] for k in ("first", "incremental", "first+", "incremental+", "materialize", "bytes")}
     daemon_id = (await client.register_daemon(name="bench")).daemon.id
     for run in range(runs):
@@ -186,12 +190,11 @@ async def our_run(client: AsyncClient, daemon_id: str, base: Path, run: int, res
     worktrees = DaemonWorktrees(client, base / f"daemon-{run}")
     path = await worktrees.prepare(claimed)
     write_files(path, run)
-    first = await timed_async(worktrees.checkpoint(claimed, "first"), results["first"])
+    first = await checkpoint(client, claimed, path, "first", claimed.worktree.start_commit_sha, results)
     change_files(path)
-    second = await timed_async(worktrees.checkpoint(claimed, "second"), results["incremental"])
-    assert first is not None and second is not None
-    results["bytes first"].append(pack_size(path, first.commit_sha, first.parent_commit_sha))
-    results["bytes incremental"].append(pack_size(path, second.commit_sha, first.commit_sha))
+    second = await checkpoint(client, claimed, path, "incremental", first, results)
+    results["bytes first"].append(pack_size(path, first, claimed.worktree.start_commit_sha))
+    results["bytes incremental"].append(pack_size(path, second, first))
     interrupted = resources_pb2.TASK_STATUS_INTERRUPTED
     await client.report_task_status(
         daemon_id=daemon_id, task_id=task.id, status=interrupted, lease_token=claimed.lease_token
@@ -203,6 +206,39 @@ async def our_run(client: AsyncClient, daemon_id: str, base: Path, run: int, res
     await client.report_task_status(
         daemon_id=daemon_id, task_id=task.id, status=completed, lease_token=again.lease_token
     )
+
+
+async def checkpoint(
+    client: AsyncClient, claimed: daemon_pb2.ClaimedTask, path: Path, step: str, parent: str, results: Results
+) -> str:
+    """What `DaemonWorktrees.checkpoint` does, in its two timed parts: the local commit (snapshot of
+    the directory), then the upload (pack of what the service lacks, PushCheckpoint). Returns the commit."""
+
+    def commit() -> str:
+        with LocalWorktree.open(path) as worktree:
+            return worktree.checkpoint(step, parent=parent).id.decode()
+
+    def pack(commit_sha: str, into: BinaryIO) -> None:
+        with LocalWorktree.open(path) as worktree:
+            for chunk in worktree.outgoing(commit_sha, known=[parent]).chunks:
+                into.write(chunk)
+
+    async def upload(commit_sha: str) -> None:
+        with tempfile.TemporaryFile() as f:
+            await asyncio.to_thread(pack, commit_sha, f)
+            await client.push_checkpoint(
+                task_id=claimed.task.id,
+                lease_token=claimed.lease_token,
+                commit_sha=commit_sha,
+                parent_commit_sha=parent,
+                message=step,
+                request_id=str(uuid.uuid4()),
+                pack=f,
+            )
+
+    commit_sha = await timed_async(asyncio.to_thread(commit), results[f"commit {step}"])
+    await timed_async(upload(commit_sha), results[step])
+    return commit_sha
 
 
 def git_run(base: Path, run: int, results: Results) -> str:
@@ -286,10 +322,10 @@ def main() -> None:
 
                 ours, theirs = asyncio.run(run())
                 print(f"-- {name} (makima-server serve, the daemon in this process)")
-                line("upload first (1,000 files): checkpoint + push / git push", ours["first"], theirs["first"])
-                line("  the same / git add -A + commit + push", ours["first"], theirs["first+"])
-                line("upload incremental (100 files) / git push", ours["incremental"], theirs["incremental"])
-                line("  the same / git add -A + commit + push", ours["incremental"], theirs["incremental+"])
+                for step, label in (("first", "first (1,000 files)"), ("incremental", "incremental (100 files)")):
+                    whole = [c + u for c, u in zip(ours[f"commit {step}"], ours[step], strict=True)]
+                    line(f"upload {label}: pack + PushCheckpoint / git push", ours[step], theirs[step])
+                    line("  commit + upload / git add -A + commit + push", whole, theirs[f"{step}+"])
                 line("materialize: prepare / git init + fetch + checkout", ours["materialize"], theirs["materialize"])
                 full, incremental = statistics.median(ours["bytes first"]), statistics.median(ours["bytes incremental"])
                 label = "bytes sent: incremental / first"
