@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import uuid
+import zlib
 from pathlib import Path
 
 import grpc
@@ -133,6 +134,28 @@ async def test_a_rewind_moves_the_branch_to_a_commit_of_the_target_and_leaves_st
     listed = await checkpoints_of(api, task.id)
     # Newest first; the two of one rewind share its time, in no set order.
     assert {c.kind for c in listed[:2]} == {resources_pb2.CHECKPOINT_KIND_REWIND, resources_pb2.CHECKPOINT_KIND_SAFETY}
+
+
+async def test_a_rewind_of_an_unchanged_worktree_keeps_its_head_checkpoint_as_the_safety_one(api: Api) -> None:
+    """Nothing to save: the checkpoint of the head is the safety checkpoint, and no commit is added."""
+    task = await create_task(api, "coder", worktree=EMPTY)
+    path = Path(task.worktree_path)
+    write(path, {"a.txt": "target\n"})
+    target = await checkpoint(api, task.id, "target")
+    write(path, {"a.txt": "later\n", "b.txt": "later\n"})
+    later = await checkpoint(api, task.id, "later")
+    count = len(await checkpoints_of(api, task.id))
+
+    done = await rewind(api, task.id, target.id)
+
+    assert done.safety_checkpoint.id == later.id
+    assert git(path, "rev-parse", "HEAD^").strip() == later.commit_sha
+    assert git(path, "status", "--porcelain") == "" and tree_sha(path, "HEAD") == tree_sha(path, target.commit_sha)
+    assert len(await checkpoints_of(api, task.id)) == count + 1  # the REWIND checkpoint only
+    # Back to the later state: the rewind commit, unchanged since, is the safety checkpoint now.
+    again = await rewind(api, task.id, later.id)
+    assert again.safety_checkpoint.id == done.rewind_checkpoint.id
+    assert (path / "b.txt").read_text() == "later\n"
 
 
 async def test_a_rewind_refuses_to_delete_a_nested_repository_or_an_ignored_directory_unless_forced(api: Api) -> None:
@@ -306,3 +329,29 @@ async def test_real_history_replays_as_checkpoints_with_the_same_trees(api: Api,
     assert git(path, "fsck", "--strict", "--no-dangling") == ""
     history = git(path, "rev-list", "--count", "HEAD").strip()
     assert int(history) == len(commits)
+
+
+async def test_what_the_object_store_refuses_is_not_checkpointed(api: Api) -> None:
+    """A name some file system reads as .git, or an object the agent corrupted in the worktree's
+    repository: the checkpoint is refused (WORKTREE_NOT_STORABLE) and nothing is recorded."""
+    task = await create_task(api, "coder", worktree=EMPTY)
+    path = Path(task.worktree_path)
+    write(path, {"a.txt": "good\n"})
+    await checkpoint(api, task.id, "good")
+    before = len(await checkpoints_of(api, task.id))
+    write(path, {"GIT~1/config": "a name Windows reads as .git\n"})
+    unsafe = await fails(checkpoint(api, task.id), grpc.StatusCode.FAILED_PRECONDITION, reason="WORKTREE_NOT_STORABLE")
+    shutil.rmtree(path / "GIT~1")
+    # The agent commits with git on the task's branch, then overwrites a loose object of it.
+    write(path, {"b.txt": "agent\n"})
+    git(path, "add", "b.txt")
+    git(path, "commit", "-q", "-m", "by the agent")
+    blob = git(path, "rev-parse", "HEAD:b.txt").strip()
+    loose = path / ".git" / "objects" / blob[:2] / blob[2:]
+    loose.chmod(0o644)
+    loose.write_bytes(zlib.compress(b"blob 5\x00evil\n"))
+    corrupt = await fails(checkpoint(api, task.id), grpc.StatusCode.FAILED_PRECONDITION, reason="WORKTREE_NOT_STORABLE")
+
+    assert (unsafe.metadata["problem"], unsafe.metadata["path"]) == ("unsafe_path", "GIT~1")
+    assert (corrupt.metadata["problem"], corrupt.metadata["object"]) == ("bad_object", blob)
+    assert len(await checkpoints_of(api, task.id)) == before

@@ -36,7 +36,8 @@ async def test_checkpoint_compare_and_rewind(makima: Makima) -> None:
         ["added", "extra.py"],
     ]  # sorted by path
     assert rewound["code_rewound"] and rewound["conversation_rewound"]
-    assert rewound["safety_checkpoint"]["kind"] == "CHECKPOINT_KIND_SAFETY"
+    # The worktree had not changed since v2: its checkpoint is the safety one.
+    assert rewound["safety_checkpoint"]["id"] == second["id"]
     assert (worktree / "app.py").read_text() == "print('v1')\n"
     assert not (worktree / "extra.py").exists()
     assert rewound["conversation_snapshot"]["id"] in {s["id"] for s in snapshots["snapshots"]}

@@ -32,6 +32,7 @@ async def test_checkpoint_kinds_render_and_a_blocked_rewind_needs_force(makima: 
     await makima("task-checkpoint", task["id"])
 
     refused = await makima("task-rewind", task["id"], "--checkpoint", target["id"])
+    (worktree / "notes.txt").write_text("not checkpointed: the rewind keeps it in a SAFETY checkpoint\n")
     forced = await makima("task-rewind", task["id"], "--checkpoint", target["id"], "--force")
     listed = await makima("task-checkpoints", task["id"])
 

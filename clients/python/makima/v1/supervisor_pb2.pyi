@@ -345,7 +345,9 @@ class ResumeSupervisorResponse(_message.Message):
 
     @_builtins.property
     def safety_checkpoint(self) -> _resources_pb2.Checkpoint:
-        """Safety checkpoint of the code as it was before the rewind; set when code_rewound."""
+        """Safety checkpoint of the code as it was before the rewind; set when code_rewound. The checkpoint
+        that recorded the head when the worktree had not changed since.
+        """
 
     def __init__(
         self,

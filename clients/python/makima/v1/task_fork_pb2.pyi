@@ -407,8 +407,8 @@ class RewindTaskResponse(_message.Message):
 
     @_builtins.property
     def safety_checkpoint(self) -> _resources_pb2.Checkpoint:
-        """Safety checkpoint of the code before the rewind; set when code_rewound. For a daemon-held task,
-        the checkpoint that recorded its head.
+        """Safety checkpoint of the code before the rewind; set when code_rewound. The checkpoint that
+        recorded the head when the worktree had not changed since (always, for a daemon-held task).
         """
 
     @_builtins.property

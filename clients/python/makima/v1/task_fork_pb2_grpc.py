@@ -176,7 +176,9 @@ class TaskForkServiceServicer:
 
     def RewindTask(self, request, context):
         """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-        conversation snapshot make the rewind undoable. A code rewind of a service-held worktree makes
+        conversation snapshot make the rewind undoable. The safety checkpoint is a new SAFETY one of
+        the worktree as it is, or, when the worktree still holds its branch head's tree, the existing
+        checkpoint of that head (nothing needs saving). A code rewind of a service-held worktree makes
         the worktree and index the target's tree and moves the branch to a new commit of that tree
         whose parent is the safety commit (`rewind_checkpoint`): history stays linear and `git status`
         is clean. What the safety checkpoint cannot hold (an ignored file or directory, or a nested

@@ -83,7 +83,9 @@ class TaskForkServiceStub:
     """
     RewindTask: _grpc.UnaryUnaryMultiCallable[_task_fork_pb2.RewindTaskRequest, _task_fork_pb2.RewindTaskResponse]
     """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-    conversation snapshot make the rewind undoable. A code rewind of a service-held worktree makes
+    conversation snapshot make the rewind undoable. The safety checkpoint is a new SAFETY one of
+    the worktree as it is, or, when the worktree still holds its branch head's tree, the existing
+    checkpoint of that head (nothing needs saving). A code rewind of a service-held worktree makes
     the worktree and index the target's tree and moves the branch to a new commit of that tree
     whose parent is the safety commit (`rewind_checkpoint`): history stays linear and `git status`
     is clean. What the safety checkpoint cannot hold (an ignored file or directory, or a nested
@@ -188,7 +190,9 @@ class TaskForkServiceAsyncStub(TaskForkServiceStub):
     """
     RewindTask: _aio.UnaryUnaryMultiCallable[_task_fork_pb2.RewindTaskRequest, _task_fork_pb2.RewindTaskResponse]  # type: ignore[assignment]
     """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-    conversation snapshot make the rewind undoable. A code rewind of a service-held worktree makes
+    conversation snapshot make the rewind undoable. The safety checkpoint is a new SAFETY one of
+    the worktree as it is, or, when the worktree still holds its branch head's tree, the existing
+    checkpoint of that head (nothing needs saving). A code rewind of a service-held worktree makes
     the worktree and index the target's tree and moves the branch to a new commit of that tree
     whose parent is the safety commit (`rewind_checkpoint`): history stays linear and `git status`
     is clean. What the safety checkpoint cannot hold (an ignored file or directory, or a nested
@@ -320,7 +324,9 @@ class TaskForkServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_task_fork_pb2.RewindTaskResponse, _abc.Awaitable[_task_fork_pb2.RewindTaskResponse]]:
         """Rewinds a task's code, conversation or both to a checkpoint; a safety checkpoint and a
-        conversation snapshot make the rewind undoable. A code rewind of a service-held worktree makes
+        conversation snapshot make the rewind undoable. The safety checkpoint is a new SAFETY one of
+        the worktree as it is, or, when the worktree still holds its branch head's tree, the existing
+        checkpoint of that head (nothing needs saving). A code rewind of a service-held worktree makes
         the worktree and index the target's tree and moves the branch to a new commit of that tree
         whose parent is the safety commit (`rewind_checkpoint`): history stays linear and `git status`
         is clean. What the safety checkpoint cannot hold (an ignored file or directory, or a nested

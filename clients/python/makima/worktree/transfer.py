@@ -70,6 +70,8 @@ class Missing:
     objects: list[ObjectID]
     # Objects the receiver has for sure: the boundary commits and all their trees reach.
     remote_has: set[ObjectID]
+    # The trees among `objects`.
+    trees: set[ObjectID]
 
 
 def find_missing(store: BaseObjectStore, *, wants: Iterable[str], haves: Iterable[str]) -> Missing:
@@ -111,16 +113,17 @@ def find_missing(store: BaseObjectStore, *, wants: Iterable[str], haves: Iterabl
     sent = set(remote_has)
     out = list(missing)
     sent.update(missing)
+    trees: set[ObjectID] = set()
     for sha in missing:
-        _walk_trees(objects, [_parse_commit(objects.get_raw(sha)[1], sha).tree], sent, out)
+        _walk_trees(objects, [_parse_commit(objects.get_raw(sha)[1], sha).tree], sent, out, trees)
     for sha in others:
         if sha not in sent:
             if objects.get_raw(sha)[0] == Tree.type_num:
-                _walk_trees(objects, [sha], sent, out)
+                _walk_trees(objects, [sha], sent, out, trees)
             else:
                 sent.add(sha)
                 out.append(sha)
-    return Missing(out, remote_has)
+    return Missing(out, remote_has, trees)
 
 
 def reachable(store: BaseObjectStore, start: Iterable[ObjectID]) -> set[ObjectID]:
@@ -176,10 +179,17 @@ def _ancestry(objects: PackedObjects, commits: Iterable[ObjectID]) -> set[Object
     return seen
 
 
-def _walk_trees(objects: PackedObjects, roots: list[ObjectID], seen: set[ObjectID], out: list[ObjectID] | None) -> None:
+def _walk_trees(
+    objects: PackedObjects,
+    roots: list[ObjectID],
+    seen: set[ObjectID],
+    out: list[ObjectID] | None,
+    trees: set[ObjectID] | None = None,
+) -> None:
     """Add to `seen` (and `out`) the trees `roots` and all they reach that `seen` lacks; gitlinks are skipped.
 
-    A subtree already in `seen` is not walked: whatever reaches it was walked with it.
+    A subtree already in `seen` is not walked: whatever reaches it was walked with it. The trees
+    added go to `trees` too, if given.
     """
     pending = list(reversed(roots))
     while pending:
@@ -189,6 +199,8 @@ def _walk_trees(objects: PackedObjects, roots: list[ObjectID], seen: set[ObjectI
         seen.add(tree)
         if out is not None:
             out.append(tree)
+        if trees is not None:
+            trees.add(tree)
         for _name, mode, sha in _parse_tree(objects.get_raw(tree)[1], objects.oid_length):
             if mode == MODE_GITLINK or sha in seen:
                 continue

@@ -392,6 +392,14 @@ def verify_pack(
     )
 
 
+def check_trees(trees: Iterable[ShaFile]) -> None:
+    """The checks `verify_pack` makes of a pack's trees (names, modes, strict syntax), for objects the
+    service built itself from a worktree: their ids are right by construction, their names are not."""
+    checker = ObjectChecker()
+    for tree in trees:
+        checker.add(tree)
+
+
 class _Walk(DeltaChainIterator[UnpackedObject]):
     """Every object of a pack once, resolved, with the CRC32 of its entry (for the index)."""
 

@@ -49,6 +49,9 @@ log = logging.getLogger(__name__)
 BUCKET_CALL_TIMEOUT = 300.0
 # Connections of the PostgreSQL buckets' own engine, shared by every owner's store of the process.
 BUCKET_POOL_SIZE = 4
+# An owner's packs are merged once there are more than this many: a few packs cost lookups little,
+# and merging less often spares the work of checkpoints that follow each other closely.
+MERGE_ABOVE_PACKS = 8
 
 
 class PostgresBucket:
@@ -179,17 +182,19 @@ class ObjectStores:
     async def run(self, owner_id: uuid.UUID, work: Callable[[OwnerObjectStore], T], *, consolidate: bool = False) -> T:
         """Run `work` on the owner's store in a worker thread, and close the store afterwards.
 
-        With `consolidate`, a `work` that added packs is followed, in the background, by a merge of
-        the owner's small packs (`OwnerObjectStore.consolidate`): use cases that store checkpoints
-        ask for it, so that the number of packs, which every lookup pays for, stays logarithmic.
+        With `consolidate`, a `work` that added a pack beyond MERGE_ABOVE_PACKS is followed, in the
+        background, by a merge of the owner's small packs (`OwnerObjectStore.consolidate`): use
+        cases that store checkpoints ask for it, so that the number of packs, which every lookup
+        pays for, stays logarithmic.
         """
 
         def in_thread() -> tuple[T, int]:
             with self.open(owner_id) as store:
-                return work(store), store.packs_added
+                result = work(store)
+                return result, len(store.packs) if store.packs_added else 0
 
-        result, added = await asyncio.to_thread(in_thread)
-        if consolidate and added:
+        result, packs = await asyncio.to_thread(in_thread)
+        if consolidate and packs > MERGE_ABOVE_PACKS:
             self._consolidate_soon(owner_id)
         return result
 

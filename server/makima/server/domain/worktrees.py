@@ -236,12 +236,12 @@ async def _source_repository(ws: Workspace, repository: str, *, from_caller: boo
 
 async def store_commit(tx: Tx, ws: Workspace, path: Path, commit_sha: str) -> None:
     """Put what the owner's object store lacks of `commit_sha` into it, from the service-held worktree `path`."""
-    await _store_from(tx, await _source_repository(ws, str(path), from_caller=False), commit_sha)
+    await _store_from(tx, await _source_repository(ws, str(path), from_caller=False), commit_sha, worktree=True)
 
 
-async def _store_from(tx: Tx, source: git.SourceRepository, commit_sha: str) -> None:
+async def _store_from(tx: Tx, source: git.SourceRepository, commit_sha: str, *, worktree: bool = False) -> None:
     try:
-        await tx.in_store(lambda store: commits.store_from_repository(store, source, commit_sha))
+        await tx.in_store(lambda store: commits.store_from_repository(store, source, commit_sha, worktree=worktree))
     except InvalidPackError as exc:
         # The store keeps only what every daemon can check out safely, e.g. no name some file
         # system reads as .git; the service-held snapshot took such a file as it found it.
@@ -390,23 +390,45 @@ async def _rewind_worktree(tx: Tx, ws: Workspace, task: Task, target: TaskCheckp
     path = worktree_of(task)
     assert task.branch is not None
     branch = task.branch
-    safety = await checkpoint_locked(
-        tx,
-        ws,
-        task,
-        message=f"safety checkpoint before rewinding to {target.commit_sha[:12]}",
-        kind=CheckpointKind.SAFETY,
-        write_index=False,
-    )
-    tx.undo.append(lambda: ws.run(git.restore, path, commit_sha=safety.commit_sha, force=True))
+    safety, snap = await _safety_checkpoint(tx, ws, task, target)
+    # By value: an undo runs after the rollback, which expires the rows the transaction loaded.
+    before = safety.commit_sha
+    tx.undo.append(lambda: ws.run(git.restore, path, commit_sha=before, force=True))
     changes = await ws.run(git.restore, path, commit_sha=target.commit_sha, force=force)
     message = _rewind_message(target)
     wanted = await stored_commit(tx, target.commit_sha)
-    made = await ws.run(git.commit_tree, path, tree_sha=wanted.tree_sha, parent_sha=safety.commit_sha, message=message)
+    made = await ws.run(git.commit_tree, path, tree_sha=wanted.tree_sha, parent_sha=before, message=message)
+    # One pack for both: the rewind commit's history holds the safety commit.
     await store_commit(tx, ws, path, made.commit_sha)
+    if snap is not None:
+        tx.after_commit.append(lambda: ws.run(git.publish, path, branch=branch, snapshot=snap, write_index=False))
     tx.after_commit.append(lambda: ws.run(git.publish, path, branch=branch, snapshot=made, write_index=False))
     commit = CommitInfo(sha=made.commit_sha, tree_sha=made.tree_sha, parent_shas=(safety.commit_sha,))
     return CodeRewound(safety=safety, changes=changes, rewind_commit=commit, rewind_message=message)
+
+
+async def _safety_checkpoint(
+    tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint
+) -> tuple[TaskCheckpoint, git.Snapshot | None]:
+    """What a rewind keeps of the worktree as it is, and the snapshot to publish for it (None: none).
+
+    A worktree that still holds its branch head's tree, which a checkpoint records, needs no new
+    commit: that checkpoint is the safety one. Otherwise a SAFETY checkpoint is recorded; its
+    objects are stored with the rewind commit, whose parent it is.
+    """
+    assert task.branch is not None
+    message = f"safety checkpoint before rewinding to {target.commit_sha[:12]}"
+    snap = await ws.run(git.snapshot, worktree_of(task), branch=task.branch, message=message)
+    if snap.parent_sha is not None and snap.tree_sha == snap.parent_tree_sha:
+        head = await commit_records.newest_checkpoint_of_commit(
+            tx.session, owner_id=tx.owner_id, task_id=task.id, commit_sha=snap.parent_sha
+        )
+        if head is not None:
+            return head, None
+    commit = CommitInfo(
+        sha=snap.commit_sha, tree_sha=snap.tree_sha, parent_shas=() if snap.parent_sha is None else (snap.parent_sha,)
+    )
+    return await record_checkpoint(tx, task, commit, message=message, kind=CheckpointKind.SAFETY), snap
 
 
 async def load_checkpoint(tx: Tx, task: Task, checkpoint_id: uuid.UUID) -> TaskCheckpoint:

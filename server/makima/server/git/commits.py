@@ -23,7 +23,7 @@ from dulwich.refs import Ref
 from dulwich.repo import Repo
 
 from makima.server import git
-from makima.server.git.objects import OwnerObjectStore, outgoing_pack
+from makima.server.git.objects import OwnerObjectStore, find_missing, outgoing_pack
 
 # The identity of every commit the service writes (the git layer's snapshots use the same).
 IDENTITY = b"makima <makima@localhost>"
@@ -98,12 +98,17 @@ def changes_between(store: OwnerObjectStore, base: CommitInfo, target: CommitInf
     return sorted(changes, key=lambda c: c.path)
 
 
-def store_from_repository(store: OwnerObjectStore, source: git.SourceRepository, commit_sha: str) -> int:
+def store_from_repository(
+    store: OwnerObjectStore, source: git.SourceRepository, commit_sha: str, *, worktree: bool = False
+) -> int:
     """Put into the store what it lacks of `commit_sha` and its history, read from the repository `source`.
 
     As a push would: the commit's parents that the store holds are the haves, so a checkpoint on top
-    of a stored one sends only its new objects (as a thin pack the store completes). The pack is
-    verified like any other (InvalidPackError). Returns the number of objects sent (0: all stored).
+    of a stored one sends only its new objects. A repository imported from the workspace is sent as
+    a thin pack verified like any upload; the repository of a service-held worktree (`worktree`),
+    whose new objects the service's snapshots wrote, takes the lighter checks of
+    `OwnerObjectStore.add_from_worktree`. InvalidPackError either way. Returns the number of objects
+    sent (0: all stored).
     """
     if not store.lacking([commit_sha]):
         return 0
@@ -111,6 +116,10 @@ def store_from_repository(store: OwnerObjectStore, source: git.SourceRepository,
         commit = local[ObjectID(commit_sha.encode("ascii"))]
         assert isinstance(commit, Commit)
         haves = [p.decode("ascii") for p in commit.parents if p in store]
+        if worktree:
+            missing = find_missing(local, wants=[commit_sha], haves=haves)
+            store.add_from_worktree(local, missing)
+            return len(missing.objects)
         outgoing = outgoing_pack(local, wants=[commit_sha], haves=haves)
         store.receive_pack(outgoing.chunks, commit=commit_sha, limits=store.limits)
     return outgoing.object_count

@@ -63,6 +63,8 @@ class Snapshot:
     commit_sha: str
     parent_sha: str | None
     tree_sha: str
+    # The tree of the parent: equal to `tree_sha` when nothing changed since the branch's head.
+    parent_tree_sha: str | None = None
     # The stat of every file as the snapshot hashed it, so `publish` refreshes the index without
     # reading the files again. Not part of the value: a Snapshot rebuilt from stored shas also works.
     _index_entries: Mapping[bytes, IndexEntry] | None = field(default=None, compare=False, repr=False)
@@ -129,10 +131,12 @@ def snapshot(path: Path, *, branch: str, message: str) -> Snapshot:
         shot = read_worktree(repo, path)
         commit = new_commit(shot.tree, parent, message)
         store_objects(repo.object_store, [*shot.objects, commit])
+        parent_tree = None if parent is None else commit_of(repo.object_store, parent).tree.decode()
     return Snapshot(
         commit_sha=commit.id.decode(),
         parent_sha=None if parent is None else parent.decode(),
         tree_sha=shot.tree.decode(),
+        parent_tree_sha=parent_tree,
         _index_entries=shot.index,
     )
 

@@ -12,7 +12,14 @@ from makima.server.git.objects.bucket import LocalDirBucket, PackBucket, PackInf
 from makima.server.git.objects.store import GarbageCollection, OwnerObjectStore
 from makima.worktree.errors import InvalidPackError
 from makima.worktree.paths import GIT_MODES, check_name
-from makima.worktree.transfer import DEFAULT_CHUNK_SIZE, OutgoingPack, is_object_id, outgoing_pack, rechunk
+from makima.worktree.transfer import (
+    DEFAULT_CHUNK_SIZE,
+    OutgoingPack,
+    find_missing,
+    is_object_id,
+    outgoing_pack,
+    rechunk,
+)
 from makima.worktree.verify import PackLimits, StoredPack
 
 __all__ = [
@@ -29,6 +36,7 @@ __all__ = [
     "StoredPack",
     "check_name",
     "check_pack_name",
+    "find_missing",
     "index_object_count",
     "is_object_id",
     "outgoing_pack",

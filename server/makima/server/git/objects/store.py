@@ -26,14 +26,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from dulwich.object_store import BucketBasedObjectStore
-from dulwich.objects import ObjectID, ShaFile
+from dulwich.object_store import BucketBasedObjectStore, PackBasedObjectStore
+from dulwich.objects import ObjectID, ShaFile, object_header
 from dulwich.pack import Pack, PackFileDisappeared
 
+from makima.server.git.errors import InvalidPackError
 from makima.server.git.objects.bucket import PackBucket, PackInfo, install_files, names_in, pack_basename, remove_files
 from makima.worktree.packs import PackedObjects
 from makima.worktree.transfer import (
     DEFAULT_CHUNK_SIZE,
+    Missing,
     OutgoingPack,
     find_missing,
     object_ids,
@@ -41,7 +43,7 @@ from makima.worktree.transfer import (
     reachable,
     repack,
 )
-from makima.worktree.verify import PackLimits, StoredPack, receive_pack_file, verify_pack
+from makima.worktree.verify import PackLimits, StoredPack, check_trees, receive_pack_file, verify_pack
 
 # Temporary files left in the incoming directory by a process that died are removed after this long.
 _STALE_INCOMING_SECONDS = 24 * 3600
@@ -214,6 +216,38 @@ class OwnerObjectStore(BucketBasedObjectStore):
             receive_pack_file(f, chunks, limits)
             stored, _pack = self._ingest(f, path, commit=commit, limits=limits, keep_duplicate=False)
             return stored
+
+    def add_from_worktree(self, source: PackBasedObjectStore, missing: Missing) -> StoredPack:
+        """Store the objects `missing` lists, read from `source`, the repository of a service-held
+        worktree, on top of the commits this store holds (the haves `missing` was found with).
+
+        Lighter than `receive_pack`, which guards against a sender: the history is complete by
+        construction (the walk stopped at stored commits) and nothing is thin or a bomb, so each
+        object is read once, its id checked against its content (the agent may have written to
+        the repository) and its tree names and modes checked as any pack's (InvalidPackError);
+        the pack's entries are then copied and its index written from the known ids (`repack`).
+        """
+        reader = PackedObjects(source)
+        trees = []
+        for sha in missing.objects:
+            type_num, raw = reader.get_raw(sha)
+            if self.object_format.hash_object_hex(object_header(type_num, len(raw)) + raw) != sha:
+                raise InvalidPackError(
+                    f"object {sha.decode()} does not match its content", problem="bad_object", object=sha.decode()
+                )
+            if sha in missing.trees:
+                trees.append(ShaFile.from_raw_string(type_num, raw, sha=sha))
+        check_trees(trees)
+        held = PackedObjects(self)
+        if all(sha in held for sha in missing.objects):
+            return StoredPack(name=None, object_count=len(missing.objects), byte_size=0)
+        with self._scratch(".pack") as (f, path):
+            index_path = path.removesuffix(".pack") + ".idx"
+            with open(index_path, "wb") as index_file:
+                name = repack(source, missing.objects, f, index_file)
+            f.flush()
+            self._put(name, path, index_path)
+            return StoredPack(name=name, object_count=len(missing.objects), byte_size=os.path.getsize(path))
 
     # dulwich annotates the commit callable as returning None, yet returns its Pack from add_pack_data.
     def add_pack(self) -> tuple[BinaryIO, Callable[[], Pack | None], Callable[[], None]]:  # type: ignore[override]
