@@ -16,8 +16,9 @@ def _words(parser: argparse.ArgumentParser, path: str, out: dict[str, list[str]]
     words: list[str] = []
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
+            # Offer the commands the help lists; earlier names still complete their options once typed.
+            words.extend(choice.dest for choice in action._choices_actions)
             for name, sub in action.choices.items():
-                words.append(name)
                 _words(sub, f"{path} {name}", out)
         elif action.help != argparse.SUPPRESS:
             long_options = [o for o in action.option_strings if o.startswith("--")]

@@ -777,7 +777,10 @@ def _config_use_context(p: argparse.ArgumentParser) -> LocalRun:
 
 
 @command(
-    "config get-contexts", "list the contexts (keys are never shown)", "makima --json config get-contexts", local=True
+    "config get-contexts",
+    "list the contexts (keys are never shown)",
+    "makima --json config get-contexts | python3 -m json.tool",
+    local=True,
 )
 def _config_get_contexts(p: argparse.ArgumentParser) -> LocalRun:
     def run(a: argparse.Namespace) -> int:
