@@ -261,6 +261,12 @@ class AsyncClient:
         self.get_task_lineage = AsyncUnary(
             self, history.GetTaskLineage, h.GetTaskLineageRequest, h.GetTaskLineageResponse, idempotent=True
         )
+        self.list_contracts = AsyncPaged(
+            self, history.ListContracts, h.ListContractsRequest, h.ListContractsResponse, lambda r: r.contracts
+        )
+        self.list_tasks = AsyncPaged(
+            self, history.ListTasks, h.ListTasksRequest, h.ListTasksResponse, lambda r: r.tasks
+        )
         # SupervisorService
         self.create_contract = AsyncUnary(
             self, supervisor.CreateContract, s.CreateContractRequest, s.CreateContractResponse, idempotent=True

@@ -256,6 +256,10 @@ class Client:
         self.get_task_lineage = Unary(
             self, history.GetTaskLineage, h.GetTaskLineageRequest, h.GetTaskLineageResponse, idempotent=True
         )
+        self.list_contracts = Paged(
+            self, history.ListContracts, h.ListContractsRequest, h.ListContractsResponse, lambda r: r.contracts
+        )
+        self.list_tasks = Paged(self, history.ListTasks, h.ListTasksRequest, h.ListTasksResponse, lambda r: r.tasks)
         # SupervisorService
         self.create_contract = Unary(
             self, supervisor.CreateContract, s.CreateContractRequest, s.CreateContractResponse, idempotent=True

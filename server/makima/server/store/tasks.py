@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from makima.server.store.checkpoints import NewestKey
 from makima.server.store.models import Task
 
 
@@ -31,4 +32,27 @@ async def related(session: AsyncSession, *, owner_id: uuid.UUID, task_ids: set[u
             Task.parent_task_id.in_(task_ids),
         ),
     )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def page(
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    contract_id: uuid.UUID | None,
+    statuses: tuple[str, ...],
+    before: NewestKey | None,
+    limit: int,
+) -> list[Task]:
+    """The owner's tasks newest first, by (create_time, id) keyset, optionally of one contract or in
+    some statuses."""
+    stmt = select(Task).where(Task.owner_id == owner_id)
+    if contract_id is not None:
+        stmt = stmt.where(Task.contract_id == contract_id)
+    if statuses:
+        stmt = stmt.where(Task.status.in_(statuses))  # type: ignore[attr-defined]
+    if before is not None:
+        time, row_id = before
+        stmt = stmt.where(or_(Task.create_time < time, and_(Task.create_time == time, Task.id < row_id)))
+    stmt = stmt.order_by(Task.create_time.desc(), Task.id.desc()).limit(limit)  # type: ignore[attr-defined]
     return list((await session.execute(stmt)).scalars())
