@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ from makima.server.app import App
 from makima.v1 import daemon_pb2, resources_pb2
 from tests.cli.conftest import MAKIMA, Makima, run_makima
 from tests.client.net import server_without_makima
-from tests.helpers import Api
+from tests.helpers import Api, free_port
 
 
 def listing(out: str) -> dict[str, str]:
@@ -246,3 +247,94 @@ def test_every_earlier_name_runs_its_command(name: str, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert exited.value.code == 0
     assert "example" in out
+
+
+async def test_contract_and_task_lists_with_filters(makima: Makima, server: App, api: Api) -> None:
+    contract = json.loads((await makima("--json", "contract", "create", "--name", "listed")).out)["contract"]
+    inside = json.loads((await makima("--json", "task-create", "--name", "in", "--contract", contract["id"])).out)
+    outside = json.loads((await makima("--json", "task", "create", "--name", "out")).out)
+    async with AsyncClient(f"127.0.0.1:{server.port}", api.key) as client:
+        daemon = (await client.register_daemon(name="d")).daemon
+        running = (await client.claim_task(daemon_id=daemon.id)).claimed.task
+
+    contracts = await makima("contract-list", "-o", "wide")
+    tasks = json.loads((await makima("task", "list", "-o", "json")).out)
+    of_contract = json.loads((await makima("--json", "task", "list", "--contract", contract["id"][:8])).out)
+    pending = json.loads((await makima("--json", "task-list", "--status", "pending")).out)
+    bad_status = await makima("task", "list", "--status", "runing")
+
+    assert contracts.code == 0, contracts.err
+    assert contracts.out.splitlines()[1].split() == ["ID", "NAME", "PHASE", "STATUS", "CREATED"]
+    assert contracts.out.splitlines()[2].split()[:4] == [contract["id"], "listed", "research", "active"]
+    assert [t["id"] for t in tasks["tasks"]] == [outside["task"]["id"], inside["task"]["id"]]  # newest first
+    assert [t["id"] for t in of_contract["tasks"]] == [inside["task"]["id"]]
+    assert running.id == inside["task"]["id"]  # the oldest pending task
+    assert [t["id"] for t in pending["tasks"]] == [outside["task"]["id"]]
+    assert bad_status.code == 2 and "did you mean running?" in bad_status.err
+
+
+async def test_ids_are_taken_and_shown_as_unique_prefixes(makima: Makima) -> None:
+    # 17 tasks: two of them must share their first hex digit, so that one-digit prefix is ambiguous.
+    ids = [json.loads((await makima("--json", "task-create", "--name", f"t{i}")).out)["task"]["id"] for i in range(17)]
+    shared = next(i[0] for i in ids if sum(j[0] == i[0] for j in ids) > 1)
+    unique = next(i for i in ids if sum(j[:8] == i[:8] for j in ids) == 1)
+
+    got = json.loads((await makima("--json", "task", "get", unique[:8])).out)
+    ambiguous = await makima("task", "get", shared)
+    unknown = await makima("task-get", "0" if not any(i.startswith("0") for i in ids) else "fffffffff")
+    listed = await makima("task", "list")
+
+    assert got["task"]["id"] == unique
+    assert ambiguous.code == 2
+    assert f"task id prefix {shared!r} is ambiguous: it starts " in ambiguous.err
+    assert all(i in ambiguous.err for i in ids if i.startswith(shared))  # every candidate, in full
+    assert unknown.code == 64 + 5 and unknown.err.startswith("error: NOT_FOUND: no task id starts with ")
+    shown = [line.split()[0] for line in listed.out.splitlines()[2:]]
+    assert len(set(shown)) == 17 and all(len(s) >= 8 and any(i.startswith(s) for i in ids) for s in shown)
+
+
+async def test_json_errors_version_and_did_you_mean(makima: Makima) -> None:
+    missing = await makima("--json", "contract", "get", str(uuid.uuid4()))
+    mistyped = await makima("task-histroy", "x")
+    version = await makima("--version")
+
+    error = json.loads(missing.err)["error"]
+    assert missing.code == 64 + 5 and missing.out == ""
+    assert (error["code"], error["status"], error["reason"]) == ("NOT_FOUND", 5, "NOT_FOUND")
+    assert error["message"].startswith("contract ")
+    assert mistyped.code == 2 and "unknown command 'task-histroy'; did you mean task-history?" in mistyped.err
+    assert version.code == 0 and version.out.startswith("makima 0.")
+
+
+async def test_follow_fails_fast_when_it_cannot_connect(makima: Makima) -> None:
+    result = await makima("timeline", "--follow", "--address", f"127.0.0.1:{free_port()}")
+    assert result.code == 64 + 14
+    assert "error: UNAVAILABLE: " in result.err
+
+
+async def test_contexts_and_their_precedence(makima: Makima, cli_env: dict[str, str], server: App, api: Api) -> None:
+    address = f"127.0.0.1:{server.port}"
+    saved = await makima("config", "set-context", "here", "--address", address, "--api-key", api.key)
+    other = await makima("config", "set-context", "nowhere", "--address", f"127.0.0.1:{free_port()}", "--use")
+    no_env = {"MAKIMA_ADDRESS": "", "MAKIMA_API_KEY": ""}
+    listed = json.loads((await makima("--json", "config", "get-contexts")).out)
+    through_nowhere = await makima("contract", "create", "--name", "x", MAKIMA_ADDRESS="")
+    through_flag = await makima("--context", "here", "contract", "create", "--name", "x", MAKIMA_ADDRESS="")
+    used = await makima("config", "use-context", "here")
+    through_current = await makima("contract", "create", "--name", "x", **no_env)
+    env_wins = await makima("contract", "create", "--name", "x", MAKIMA_API_KEY="wrong")
+    unknown = await makima("config", "use-context", "elsewhere")
+    config = Path(cli_env["XDG_CONFIG_HOME"]) / "makima" / "config.toml"
+
+    assert saved.code == other.code == used.code == 0, saved.err + other.err
+    assert [(c["name"], c["current"], c["api_key_set"]) for c in listed["contexts"]] == [
+        ("here", False, True),
+        ("nowhere", True, False),
+    ]
+    assert api.key not in json.dumps(listed)  # keys are never printed back
+    assert through_nowhere.code == 64 + 14  # the current context's address, the env key
+    assert through_flag.code == 0, through_flag.err
+    assert through_current.code == 0, through_current.err  # address and key from the context alone
+    assert env_wins.code == 64 + 16  # the environment's key beats the context's
+    assert unknown.code == 2 and "no context 'elsewhere' (known: here, nowhere)" in unknown.err
+    assert config.stat().st_mode & 0o777 == 0o600

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.message import Message
@@ -49,6 +50,7 @@ from makima.client import (
     DEFAULT_TIMEOUT,
     Client,
     MakimaError,
+    NotFoundError,
     Paged,
     RetryPolicy,
     UnavailableError,
@@ -132,6 +134,9 @@ def _configure(p: argparse.ArgumentParser, cmd: Command) -> None:
     if cmd.subject is not None:
         p.add_argument(cmd.subject.dest, metavar=cmd.subject.metavar, help="its id, or a unique prefix of it")
     run = cmd.setup(p)
+    ids = [(action.dest, _ID_KINDS[action.metavar]) for action in p._actions if action.metavar in _ID_KINDS]
+    # Tasks and contracts first: a checkpoint prefix is looked up among its (resolved) task's checkpoints.
+    p.set_defaults(ids=sorted(ids, key=lambda pair: pair[1] not in {"contract", "task"}))
     if cmd.mutation:
         p.add_argument(
             "--request-id",
@@ -140,6 +145,54 @@ def _configure(p: argparse.ArgumentParser, cmd: Command) -> None:
             help="idempotency key: running the command again with it repeats no effect (default: a new one)",
         )
     p.set_defaults(run=run, local=cmd.local)
+
+
+# The metavars of id arguments, and the kind of resource each names: one place says what takes an id.
+_ID_KINDS = {
+    "CONTRACT_ID": "contract",
+    "TASK_ID": "task",
+    "CHECKPOINT_ID": "checkpoint",
+    "BASE_CHECKPOINT_ID": "checkpoint",
+    "TARGET_CHECKPOINT_ID": "checkpoint",
+    "SNAPSHOT_ID": "snapshot",
+}
+_PREFIX = re.compile(r"[0-9a-f][0-9a-f-]{0,34}", re.IGNORECASE)
+
+
+class UsageError(Exception):
+    """A mistake in the command line found only with the server's help (an ambiguous id prefix)."""
+
+
+def _resolve_ids(c: Client, a: argparse.Namespace) -> None:
+    """Replace each id prefix (up to 35 hex digits or dashes) by the one full id it starts, as git
+    accepts an abbreviated commit and docker any unique prefix of an id: the owner's resources of that
+    kind are listed to find it. None is NOT_FOUND; several are a usage error naming them."""
+    for dest, kind in a.ids:
+        value = getattr(a, dest)
+        if not value or not _PREFIX.fullmatch(value):
+            continue  # a full id, or something the server will judge
+        matches = sorted({i for i in _candidates(c, a, kind) if i.startswith(value.lower())})
+        if not matches:
+            raise NotFoundError(grpc.StatusCode.NOT_FOUND, f"no {kind} id starts with {value!r}")
+        if len(matches) > 1:
+            raise UsageError(f"{kind} id prefix {value!r} is ambiguous: it starts {', '.join(matches)}")
+        setattr(a, dest, matches[0])
+
+
+def _candidates(c: Client, a: argparse.Namespace, kind: str) -> list[str]:
+    if kind == "contract":
+        return [x.id for x in c.list_contracts.items(page_size=1000)]
+    if kind == "task":
+        return [x.id for x in c.list_tasks.items(page_size=1000)]
+    task = getattr(a, "task_id", None) or getattr(a, "task", None)
+    contract = getattr(a, "contract_id", None) or getattr(a, "contract", None)
+    if not task and contract:  # a checkpoint or snapshot of the contract's supervisor
+        task = c.get_contract(contract_id=contract).contract.supervisor_task_id
+    if not task:
+        raise UsageError(f"a {kind} id prefix is only looked up within its task: give the full {kind} id")
+    if kind == "checkpoint":
+        return [x.id for x in c.list_checkpoints.items(task_id=task, page_size=1000)]
+    return [x.id for x in c.list_conversation_snapshots.items(task_id=task, page_size=1000)]
 
 
 def _present(**fields: Any) -> dict[str, Any]:
@@ -165,6 +218,18 @@ def _kinds_option(p: argparse.ArgumentParser, enum: EnumDescriptor, what: str) -
         choices=list(names),
         metavar="KIND",
         help=f"only {what} of this kind (repeatable): {', '.join(names)}",
+    )
+    return names
+
+
+def _statuses_option(p: argparse.ArgumentParser, enum: EnumDescriptor) -> dict[str, int]:
+    names = enum_names(enum)
+    p.add_argument(
+        "--status",
+        action="append",
+        choices=list(names),
+        metavar="STATUS",
+        help=f"only in this status (repeatable): {', '.join(names)}",
     )
     return names
 
@@ -251,6 +316,21 @@ def _contract_create(p: argparse.ArgumentParser) -> Run:
 @command("contract get", "show a contract", 'makima contract get "$CONTRACT"', alias="contract-get", subject=CONTRACT)
 def _contract_get(p: argparse.ArgumentParser) -> Run:
     return lambda c, a: c.get_contract(contract_id=a.contract_id)
+
+
+@command(
+    "contract list",
+    "list your contracts, newest first",
+    "makima contract list",
+    "makima contract list --status active -o wide",
+    alias="contract-list",
+)
+def _contract_list(p: argparse.ArgumentParser) -> Run:
+    statuses = _statuses_option(p, resources_pb2.ContractStatus.DESCRIPTOR)
+    p.add_argument("--limit", type=int, metavar="N", help="at most N contracts (default: all)")
+    return lambda c, a: _all_pages(
+        c.list_contracts, "contracts", limit=a.limit, statuses=[statuses[s] for s in a.status or ()]
+    )
 
 
 @command(
@@ -451,6 +531,22 @@ def _task_create(p: argparse.ArgumentParser) -> Run:
 @command("task get", "show a task", 'makima task get "$TASK"', alias="task-get", subject=TASK)
 def _task_get(p: argparse.ArgumentParser) -> Run:
     return lambda c, a: c.get_task(task_id=a.task_id)
+
+
+@command(
+    "task list",
+    "list your tasks, newest first",
+    "makima task list --status running --status interrupted",
+    'makima task list --contract "$CONTRACT"',
+    alias="task-list",
+)
+def _task_list(p: argparse.ArgumentParser) -> Run:
+    statuses = _statuses_option(p, resources_pb2.TaskStatus.DESCRIPTOR)
+    p.add_argument("--contract", default="", metavar="CONTRACT_ID", help="only the tasks of this contract")
+    p.add_argument("--limit", type=int, metavar="N", help="at most N tasks (default: all)")
+    return lambda c, a: _all_pages(
+        c.list_tasks, "tasks", limit=a.limit, contract_id=a.contract, statuses=[statuses[s] for s in a.status or ()]
+    )
 
 
 @command(
@@ -883,8 +979,8 @@ def _connection_options(a: argparse.Namespace) -> dict[str, Any]:
     client's defaults. The context's tls_ca, tls_cert and tls_key belong here too once the client takes
     TLS options."""
     context = _config.selected(_config.load(), a.context)
-    api_key = a.api_key if a.api_key is not None else os.environ.get(API_KEY_ENV, context.get("api_key"))
-    return {
+    api_key = a.api_key if a.api_key is not None else os.environ.get(API_KEY_ENV) or context.get("api_key")
+    return {  # an empty variable counts as unset, as an empty flag value does not
         "address": a.address or os.environ.get(ADDRESS_ENV) or context.get("address"),
         "api_key": api_key or "",
         "timeout": a.timeout,
@@ -1068,12 +1164,15 @@ def main(argv: list[str] | None = None) -> int:
             return daemon.run(args, options)
         with Client(**options) as client:
             with _progress(sys.stderr.isatty() and not getattr(args, "follow", False)):
+                _resolve_ids(client, args)
                 output = args.run(client, args)
             if output is not None:
                 print(to_json(output) if _as_json(args) else to_text(output, _view(args)), flush=True)
     except MakimaError as err:
         _report(err, _hint(err, options), as_json=_as_json(args))
         return RPC_ERROR_EXIT_BASE + int(err.code.value[0])
+    except UsageError as err:
+        parser.error(str(err))
     except KeyboardInterrupt:
         return INTERRUPTED_EXIT
     except BrokenPipeError:
