@@ -794,11 +794,11 @@ def _follow(c: Client, a: argparse.Namespace, **request: Any) -> None:
     view = _view(a)
     width = None if view.wide else view.width
     cursor, printed, connected, failures = request.pop("after_cursor"), 0, False, 0
-    if not _as_json(a):
-        print(timeline_header(width=width, wide=view.wide), flush=True)
     while True:
         try:
             for response in c.stream_timeline(after_cursor=cursor, **request):
+                if not connected and not _as_json(a):
+                    print(timeline_header(width=width, wide=view.wide), flush=True)
                 connected, failures = True, 0
                 if response.HasField("keep_alive"):
                     cursor = max(cursor, response.keep_alive.cursor)
@@ -1031,7 +1031,8 @@ def build_parser() -> argparse.ArgumentParser:
         f"  {_config.CONTEXT_ENV}   context of the config file to use\n"
         "  settings come from flags, then the environment, then the context, then the defaults\n\n"
         "exit status:\n"
-        "  0 success, 2 usage error, 130 interrupted, 64 + the gRPC status code of a failed call\n"
+        "  0 success, 2 usage error, 130 interrupted, 141 its reader went away (`| head`),\n"
+        "  64 + the gRPC status code of a failed call\n"
         "  (67 INVALID_ARGUMENT, 68 DEADLINE_EXCEEDED, 69 NOT_FOUND, 73 FAILED_PRECONDITION, 74 ABORTED,\n"
         "  78 UNAVAILABLE, 80 UNAUTHENTICATED)\n\n"
         f"earlier names, still accepted:\n{aliases}\n\n"
