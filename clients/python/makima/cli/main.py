@@ -210,26 +210,15 @@ def _time(text: str) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _kinds_option(p: argparse.ArgumentParser, enum: EnumDescriptor, what: str) -> dict[str, int]:
+def _enum_filter(p: argparse.ArgumentParser, enum: EnumDescriptor, name: str, only: str) -> dict[str, int]:
+    """A repeatable `--NAME` filter over an enum's short names; returns the names' numbers."""
     names = enum_names(enum)
     p.add_argument(
-        "--kind",
+        f"--{name}",
         action="append",
         choices=list(names),
-        metavar="KIND",
-        help=f"only {what} of this kind (repeatable): {', '.join(names)}",
-    )
-    return names
-
-
-def _statuses_option(p: argparse.ArgumentParser, enum: EnumDescriptor) -> dict[str, int]:
-    names = enum_names(enum)
-    p.add_argument(
-        "--status",
-        action="append",
-        choices=list(names),
-        metavar="STATUS",
-        help=f"only in this status (repeatable): {', '.join(names)}",
+        metavar=name.upper(),
+        help=f"{only} (repeatable): {', '.join(names)}",
     )
     return names
 
@@ -326,7 +315,7 @@ def _contract_get(p: argparse.ArgumentParser) -> Run:
     alias="contract-list",
 )
 def _contract_list(p: argparse.ArgumentParser) -> Run:
-    statuses = _statuses_option(p, resources_pb2.ContractStatus.DESCRIPTOR)
+    statuses = _enum_filter(p, resources_pb2.ContractStatus.DESCRIPTOR, "status", "only in this status")
     p.add_argument("--limit", type=int, metavar="N", help="at most N contracts (default: all)")
     return lambda c, a: _all_pages(
         c.list_contracts, "contracts", limit=a.limit, statuses=[statuses[s] for s in a.status or ()]
@@ -362,7 +351,7 @@ def _advance_phase(p: argparse.ArgumentParser) -> Run:
 )
 def _contract_history(p: argparse.ArgumentParser) -> Run:
     p.add_argument("--phase", default="", help="only events recorded while in this phase")
-    kinds = _kinds_option(p, resources_pb2.TimelineEventKind.DESCRIPTOR, "events")
+    kinds = _enum_filter(p, resources_pb2.TimelineEventKind.DESCRIPTOR, "kind", "only events of this kind")
     _time_options(p)
     return lambda c, a: _all_pages(
         c.get_contract_history,
@@ -541,7 +530,7 @@ def _task_get(p: argparse.ArgumentParser) -> Run:
     alias="task-list",
 )
 def _task_list(p: argparse.ArgumentParser) -> Run:
-    statuses = _statuses_option(p, resources_pb2.TaskStatus.DESCRIPTOR)
+    statuses = _enum_filter(p, resources_pb2.TaskStatus.DESCRIPTOR, "status", "only in this status")
     p.add_argument("--contract", default="", metavar="CONTRACT_ID", help="only the tasks of this contract")
     p.add_argument("--limit", type=int, metavar="N", help="at most N tasks (default: all)")
     return lambda c, a: _all_pages(
@@ -558,7 +547,7 @@ def _task_list(p: argparse.ArgumentParser) -> Run:
     subject=TASK,
 )
 def _task_history(p: argparse.ArgumentParser) -> Run:
-    kinds = _kinds_option(p, resources_pb2.TaskEventKind.DESCRIPTOR, "events")
+    kinds = _enum_filter(p, resources_pb2.TaskEventKind.DESCRIPTOR, "kind", "only events of this kind")
     _time_options(p)
     return lambda c, a: {
         "conversation": _all_pages(c.get_task_conversation, "messages", task_id=a.task_id),
@@ -756,7 +745,7 @@ def _task_lineage(p: argparse.ArgumentParser) -> Run:
 def _timeline(p: argparse.ArgumentParser) -> Run:
     p.add_argument("--contract", default="", metavar="CONTRACT_ID", help="only this contract and its tasks")
     p.add_argument("--task", default="", metavar="TASK_ID", help="only this task")
-    kinds = _kinds_option(p, resources_pb2.TimelineEventKind.DESCRIPTOR, "events")
+    kinds = _enum_filter(p, resources_pb2.TimelineEventKind.DESCRIPTOR, "kind", "only events of this kind")
     p.add_argument("--after", type=int, default=0, metavar="CURSOR", help="only events after this cursor")
     _time_options(p)
     p.add_argument("--limit", type=int, metavar="N", help="stop after N events")

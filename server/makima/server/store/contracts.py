@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from makima.server.store.checkpoints import NewestKey
+from makima.server.store.checkpoints import NewestKey, newest_first
 from makima.server.store.models import Contract, SupervisorState
 
 
@@ -39,11 +39,11 @@ async def page(
     stmt = select(Contract).where(Contract.owner_id == owner_id)
     if statuses:
         stmt = stmt.where(Contract.status.in_(statuses))  # type: ignore[attr-defined]
-    if before is not None:
-        time, row_id = before
-        stmt = stmt.where(or_(Contract.create_time < time, and_(Contract.create_time == time, Contract.id < row_id)))
-    stmt = stmt.order_by(Contract.create_time.desc(), Contract.id.desc()).limit(limit)  # type: ignore[attr-defined]
-    return list((await session.execute(stmt)).scalars())
+    return list(
+        (
+            await session.execute(newest_first(stmt, Contract.create_time, Contract.id, before=before, limit=limit))
+        ).scalars()
+    )
 
 
 async def supervisor_tasks(

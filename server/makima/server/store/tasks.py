@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from makima.server.store.checkpoints import NewestKey
+from makima.server.store.checkpoints import NewestKey, newest_first
 from makima.server.store.models import Task
 
 
@@ -51,8 +51,6 @@ async def page(
         stmt = stmt.where(Task.contract_id == contract_id)
     if statuses:
         stmt = stmt.where(Task.status.in_(statuses))  # type: ignore[attr-defined]
-    if before is not None:
-        time, row_id = before
-        stmt = stmt.where(or_(Task.create_time < time, and_(Task.create_time == time, Task.id < row_id)))
-    stmt = stmt.order_by(Task.create_time.desc(), Task.id.desc()).limit(limit)  # type: ignore[attr-defined]
-    return list((await session.execute(stmt)).scalars())
+    return list(
+        (await session.execute(newest_first(stmt, Task.create_time, Task.id, before=before, limit=limit))).scalars()
+    )
