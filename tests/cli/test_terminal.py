@@ -9,6 +9,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -157,6 +158,41 @@ def test_the_bash_completion_function_follows_the_command_tree(words: str, expec
     script += '_makima; echo "${COMPREPLY[*]}"'
     completed = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     assert completed.stdout.split() == [expected]
+
+
+@pytest.mark.skipif(shutil.which("zsh") is None, reason="zsh is not installed")
+async def test_zsh_completes_through_bashcompinit(tty_env: dict[str, str]) -> None:
+    env = {**tty_env, "PS1": "$ ", "PATH": f"{Path(MAKIMA).parent}:{tty_env['PATH']}"}
+    shell = Terminal("zsh", ["-f", "-i"], env, columns=200)
+    shell.send('autoload -U compinit && compinit -u; eval "$(makima completion zsh)"\n')
+    shell.send("makima ta\t")
+    await shell.expect("task")
+    shell.send("rew\t")
+    await shell.expect("rewind")
+    shell.send("x --mo\t")
+    await shell.expect("--mode")
+    shell.process.kill()
+    await shell.finish()
+
+
+@pytest.mark.skipif(shutil.which("fish") is None, reason="fish is not installed")
+def test_fish_completes_commands_verbs_and_choices(tmp_path: Path) -> None:
+    script = tmp_path / "makima.fish"
+    script.write_text(subprocess.run([MAKIMA, "completion", "fish"], capture_output=True, text=True, check=True).stdout)
+
+    def complete(line: str) -> list[str]:
+        done = subprocess.run(
+            ["fish", "--no-config", "-c", f"source {script}; complete -C '{line}'"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return [row.split("\t")[0] for row in done.stdout.splitlines()]
+
+    assert complete("makima ta") == ["task"]
+    assert complete("makima task rew") == ["rewind"]
+    assert complete("makima task rewind x --mode ") == ["both", "code", "conversation"]
+    assert complete("makima config use") == ["use-context"]
 
 
 @pytest.fixture

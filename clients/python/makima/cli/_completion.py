@@ -45,24 +45,25 @@ def script(parser: argparse.ArgumentParser, shell: str) -> str:
 
 def _bash(words: dict[str, list[str]], *, zsh: bool) -> str:
     table = "\n".join(f"    [{shlex.quote(path)}]={shlex.quote(' '.join(w))}" for path, w in sorted(words.items()))
-    # zsh runs the bash function through its bashcompinit layer.
+    # zsh runs the bash function through its bashcompinit layer, with bash's 0-based arrays.
     prelude = "autoload -U +X bashcompinit && bashcompinit\n" if zsh else ""
+    arrays = "\n    setopt localoptions ksharrays" if zsh else ""
     return f"""# {"zsh" if zsh else "bash"} completion of makima: eval "$(makima completion {"zsh" if zsh else "bash"})"
 {prelude}declare -gA _makima_words=(
 {table}
 )
-_makima() {{
-    local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}} path={_ROOT} word i
+_makima() {{{arrays}
+    local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}} at={_ROOT} word i
     for ((i = 1; i < COMP_CWORD; i++)); do
         word=${{COMP_WORDS[i]}}
-        if [[ $word != -* && -n ${{_makima_words["$path $word"]+set}} ]]; then
-            path="$path $word"
+        if [[ $word != -* && -n ${{_makima_words[$at $word]+set}} ]]; then
+            at="$at $word"
         fi
     done
-    if [[ $prev == --* && -n ${{_makima_words["$path $prev"]+set}} ]]; then
-        path="$path $prev"
+    if [[ $prev == --* && -n ${{_makima_words[$at $prev]+set}} ]]; then
+        at="$at $prev"
     fi
-    COMPREPLY=($(compgen -W "${{_makima_words[$path]}}" -- "$cur"))
+    COMPREPLY=($(compgen -W "${{_makima_words[$at]}}" -- "$cur"))
 }}
 complete -F _makima makima
 """
