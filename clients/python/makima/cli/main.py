@@ -57,7 +57,6 @@ from makima.client import (
 )
 from makima.v1 import resources_pb2, supervisor_pb2, task_fork_pb2
 
-USAGE_EXIT = 2
 RPC_ERROR_EXIT_BASE = 64
 INTERRUPTED_EXIT = 130
 BROKEN_PIPE_EXIT = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
