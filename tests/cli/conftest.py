@@ -41,9 +41,15 @@ async def run_makima(*args: str, env: dict[str, str]) -> Result:
 
 
 @pytest.fixture
-def cli_env(server: App, api: Api) -> dict[str, str]:
-    """Environment of a user of the test's owner: address and key from MAKIMA_ADDRESS / MAKIMA_API_KEY."""
-    return {**_clean_env(), "MAKIMA_ADDRESS": f"127.0.0.1:{server.port}", "MAKIMA_API_KEY": api.key}
+def cli_env(server: App, api: Api, tmp_path: Path) -> dict[str, str]:
+    """Environment of a user of the test's owner: address and key from MAKIMA_ADDRESS / MAKIMA_API_KEY,
+    and a config directory of its own (no context of the machine's user leaks in)."""
+    return {
+        **_clean_env(),
+        "MAKIMA_ADDRESS": f"127.0.0.1:{server.port}",
+        "MAKIMA_API_KEY": api.key,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+    }
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ async def test_checkpoint_compare_and_rewind(makima: Makima) -> None:
     (worktree / "extra.py").write_text("x = 1\n")
     second = (await run_json(makima, "task-checkpoint", task["id"], "--message", "v2"))["checkpoint"]
 
-    listed = await makima("task-checkpoints", task["id"])
+    listed = await makima("task-checkpoints", task["id"], "-o", "wide")
     compared = await makima("task-compare", task["id"], first["id"], second["id"])
     rewound = await run_json(makima, "task-rewind", task["id"], "--checkpoint", first["id"], "--mode", "both")
     snapshots = await run_json(makima, "task-snapshots", task["id"])
@@ -63,4 +63,4 @@ async def test_branch_fork_continue_and_resume(makima: Makima) -> None:
     assert resumed["resumed_from"]["checkpoint_id"] == checkpoint["id"]
     assert resumed["task"]["status"] == "TASK_STATUS_PENDING"
     assert not_resumable.code == 64 + 9  # FAILED_PRECONDITION: a pending task is not interrupted
-    assert not_resumable.err.startswith("error: FAILED_PRECONDITION NOT_RESUMABLE: ")
+    assert not_resumable.err.startswith("error: FAILED_PRECONDITION NOT_RESUMABLE: ")  # the reason says more

@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from makima.cli._render import enum_names
 from makima.client import AsyncClient
@@ -123,8 +124,9 @@ def add_commands(
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run `makima daemon run` until it stops; returns the exit status (MakimaError propagates)."""
+def run(args: argparse.Namespace, connection: dict[str, Any]) -> int:
+    """Run `makima daemon run` until it stops, connected with `connection` (AsyncClient's address,
+    api_key and timeout); returns the exit status (MakimaError propagates)."""
     try:
         config = DaemonConfig(
             command=args.shell_command,
@@ -139,13 +141,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:  # a usage error, as argparse reports its own
         print(f"makima daemon run: error: {err}", file=sys.stderr)
         return USAGE_EXIT
-    return asyncio.run(_serve(args, config))
+    return asyncio.run(_serve(args, config, connection))
 
 
-async def _serve(args: argparse.Namespace, config: DaemonConfig) -> int:
+async def _serve(args: argparse.Namespace, config: DaemonConfig, connection: dict[str, Any]) -> int:
     log = _quiet if args.quiet else _step
     received: list[signal.Signals] = []
-    async with AsyncClient(args.address, args.api_key, timeout=args.timeout) as client:
+    async with AsyncClient(**connection) as client:
         daemon = Daemon(client, config, log=log)
 
         def stop(signum: signal.Signals) -> None:

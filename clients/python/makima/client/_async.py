@@ -305,6 +305,16 @@ class AsyncClient:
             history_pb2.GetTaskLineageResponse,
             idempotent=True,
         )
+        self.list_contracts = AsyncPaged(
+            self,
+            history.ListContracts,
+            history_pb2.ListContractsRequest,
+            history_pb2.ListContractsResponse,
+            lambda r: r.contracts,
+        )
+        self.list_tasks = AsyncPaged(
+            self, history.ListTasks, history_pb2.ListTasksRequest, history_pb2.ListTasksResponse, lambda r: r.tasks
+        )
         # SupervisorService
         self.create_contract = AsyncUnary(
             self,

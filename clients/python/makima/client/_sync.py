@@ -301,6 +301,16 @@ class Client:
             history_pb2.GetTaskLineageResponse,
             idempotent=True,
         )
+        self.list_contracts = Paged(
+            self,
+            history.ListContracts,
+            history_pb2.ListContractsRequest,
+            history_pb2.ListContractsResponse,
+            lambda r: r.contracts,
+        )
+        self.list_tasks = Paged(
+            self, history.ListTasks, history_pb2.ListTasksRequest, history_pb2.ListTasksResponse, lambda r: r.tasks
+        )
         # SupervisorService
         self.create_contract = Unary(
             self,

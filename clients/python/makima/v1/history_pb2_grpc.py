@@ -91,6 +91,16 @@ class HistoryServiceStub:
                 request_serializer=makima_dot_v1_dot_history__pb2.GetTaskLineageRequest.SerializeToString,
                 response_deserializer=makima_dot_v1_dot_history__pb2.GetTaskLineageResponse.FromString,
                 _registered_method=True)
+        self.ListContracts = channel.unary_unary(
+                '/makima.v1.HistoryService/ListContracts',
+                request_serializer=makima_dot_v1_dot_history__pb2.ListContractsRequest.SerializeToString,
+                response_deserializer=makima_dot_v1_dot_history__pb2.ListContractsResponse.FromString,
+                _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/makima.v1.HistoryService/ListTasks',
+                request_serializer=makima_dot_v1_dot_history__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=makima_dot_v1_dot_history__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
 
 
 class HistoryServiceServicer:
@@ -182,6 +192,23 @@ class HistoryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListContracts(self, request, context):
+        """Lists the owner's contracts, newest first, optionally only those in some statuses (so that a
+        client can find a contract without keeping its id, and match an id prefix as git does).
+        Errors: INVALID_ARGUMENT (statuses, page token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTasks(self, request, context):
+        """Lists the owner's tasks, newest first, optionally only those of one contract or in some statuses.
+        Errors: INVALID_ARGUMENT (contract_id not a UUID, statuses, page token), NOT_FOUND (contract).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HistoryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +256,16 @@ def add_HistoryServiceServicer_to_server(servicer, server):
                     servicer.GetTaskLineage,
                     request_deserializer=makima_dot_v1_dot_history__pb2.GetTaskLineageRequest.FromString,
                     response_serializer=makima_dot_v1_dot_history__pb2.GetTaskLineageResponse.SerializeToString,
+            ),
+            'ListContracts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContracts,
+                    request_deserializer=makima_dot_v1_dot_history__pb2.ListContractsRequest.FromString,
+                    response_serializer=makima_dot_v1_dot_history__pb2.ListContractsResponse.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=makima_dot_v1_dot_history__pb2.ListTasksRequest.FromString,
+                    response_serializer=makima_dot_v1_dot_history__pb2.ListTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +523,60 @@ class HistoryService:
             '/makima.v1.HistoryService/GetTaskLineage',
             makima_dot_v1_dot_history__pb2.GetTaskLineageRequest.SerializeToString,
             makima_dot_v1_dot_history__pb2.GetTaskLineageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContracts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/makima.v1.HistoryService/ListContracts',
+            makima_dot_v1_dot_history__pb2.ListContractsRequest.SerializeToString,
+            makima_dot_v1_dot_history__pb2.ListContractsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/makima.v1.HistoryService/ListTasks',
+            makima_dot_v1_dot_history__pb2.ListTasksRequest.SerializeToString,
+            makima_dot_v1_dot_history__pb2.ListTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

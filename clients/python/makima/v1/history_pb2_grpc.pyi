@@ -85,6 +85,15 @@ class HistoryServiceStub:
     """Returns the fork / continuation / sub-task tree that a task belongs to.
     Errors: INVALID_ARGUMENT, NOT_FOUND.
     """
+    ListContracts: _grpc.UnaryUnaryMultiCallable[_history_pb2.ListContractsRequest, _history_pb2.ListContractsResponse]
+    """Lists the owner's contracts, newest first, optionally only those in some statuses (so that a
+    client can find a contract without keeping its id, and match an id prefix as git does).
+    Errors: INVALID_ARGUMENT (statuses, page token).
+    """
+    ListTasks: _grpc.UnaryUnaryMultiCallable[_history_pb2.ListTasksRequest, _history_pb2.ListTasksResponse]
+    """Lists the owner's tasks, newest first, optionally only those of one contract or in some statuses.
+    Errors: INVALID_ARGUMENT (contract_id not a UUID, statuses, page token), NOT_FOUND (contract).
+    """
 
 @_typing.type_check_only
 class HistoryServiceAsyncStub(HistoryServiceStub):
@@ -140,6 +149,15 @@ class HistoryServiceAsyncStub(HistoryServiceStub):
     GetTaskLineage: _aio.UnaryUnaryMultiCallable[_history_pb2.GetTaskLineageRequest, _history_pb2.GetTaskLineageResponse]  # type: ignore[assignment]
     """Returns the fork / continuation / sub-task tree that a task belongs to.
     Errors: INVALID_ARGUMENT, NOT_FOUND.
+    """
+    ListContracts: _aio.UnaryUnaryMultiCallable[_history_pb2.ListContractsRequest, _history_pb2.ListContractsResponse]  # type: ignore[assignment]
+    """Lists the owner's contracts, newest first, optionally only those in some statuses (so that a
+    client can find a contract without keeping its id, and match an id prefix as git does).
+    Errors: INVALID_ARGUMENT (statuses, page token).
+    """
+    ListTasks: _aio.UnaryUnaryMultiCallable[_history_pb2.ListTasksRequest, _history_pb2.ListTasksResponse]  # type: ignore[assignment]
+    """Lists the owner's tasks, newest first, optionally only those of one contract or in some statuses.
+    Errors: INVALID_ARGUMENT (contract_id not a UUID, statuses, page token), NOT_FOUND (contract).
     """
 
 class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -247,6 +265,27 @@ class HistoryServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_history_pb2.GetTaskLineageResponse, _abc.Awaitable[_history_pb2.GetTaskLineageResponse]]:
         """Returns the fork / continuation / sub-task tree that a task belongs to.
         Errors: INVALID_ARGUMENT, NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
+    def ListContracts(
+        self,
+        request: _history_pb2.ListContractsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.ListContractsResponse, _abc.Awaitable[_history_pb2.ListContractsResponse]]:
+        """Lists the owner's contracts, newest first, optionally only those in some statuses (so that a
+        client can find a contract without keeping its id, and match an id prefix as git does).
+        Errors: INVALID_ARGUMENT (statuses, page token).
+        """
+
+    @_abc_1.abstractmethod
+    def ListTasks(
+        self,
+        request: _history_pb2.ListTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_history_pb2.ListTasksResponse, _abc.Awaitable[_history_pb2.ListTasksResponse]]:
+        """Lists the owner's tasks, newest first, optionally only those of one contract or in some statuses.
+        Errors: INVALID_ARGUMENT (contract_id not a UUID, statuses, page token), NOT_FOUND (contract).
         """
 
 def add_HistoryServiceServicer_to_server(servicer: HistoryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf.message import Message
@@ -58,10 +58,13 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
     async def _next_cursor(self, request: Message, page: history.Page[Any], attr: str) -> str:
         return await self._token(request, [getattr(page.items[-1], attr)]) if page.more else ""
 
-    async def _next_newest(self, request: Message, page: history.Page[Any]) -> str:
+    async def _next_newest(
+        self, request: Message, page: history.Page[Any], row: Callable[[Any], Any] = lambda item: item
+    ) -> str:
+        """The token after the last item of a newest-first page; `row` gives the item's stored row."""
         if not page.more:
             return ""
-        last = page.items[-1]
+        last = row(page.items[-1])
         return await self._token(request, [last.create_time.isoformat(), str(last.id)])
 
     async def GetContractHistory(
@@ -178,6 +181,37 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         return pb.ListCheckpointsResponse(
             checkpoints=[convert.checkpoint(c) for c in page.items],
             next_page_token=await self._next_newest(request, page),
+        )
+
+    async def ListContracts(
+        self, request: pb.ListContractsRequest, context: aio.ServicerContext
+    ) -> pb.ListContractsResponse:
+        principal = current_principal()
+        statuses = kinds(request.statuses, resources_pb2.ContractStatus, "CONTRACT_STATUS", "statuses")
+        limit = page_size(request.page_size)
+        page = await history.list_contracts(
+            self.rt, principal, statuses=statuses, before=token_newest(await self._key(request)), limit=limit
+        )
+        return pb.ListContractsResponse(
+            contracts=[convert.contract(view) for view in page.items],
+            next_page_token=await self._next_newest(request, page, lambda view: view.contract),
+        )
+
+    async def ListTasks(self, request: pb.ListTasksRequest, context: aio.ServicerContext) -> pb.ListTasksResponse:
+        principal = current_principal()
+        contract_id = optional_uuid(request.contract_id, "contract_id")
+        statuses = kinds(request.statuses, resources_pb2.TaskStatus, "TASK_STATUS", "statuses")
+        limit = page_size(request.page_size)
+        page = await history.list_tasks(
+            self.rt,
+            principal,
+            contract_id=contract_id,
+            statuses=statuses,
+            before=token_newest(await self._key(request)),
+            limit=limit,
+        )
+        return pb.ListTasksResponse(
+            tasks=[convert.task(t) for t in page.items], next_page_token=await self._next_newest(request, page)
         )
 
     def _filter(self, request: Any) -> TimelineFilter:

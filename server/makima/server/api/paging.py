@@ -125,8 +125,9 @@ def time_range(request: Message) -> tuple[datetime | None, datetime | None]:
     return start, end
 
 
-def kinds(values: Any, wrapper: EnumTypeWrapper, prefix: str) -> tuple[str, ...]:
-    """Repeated enum filter -> stored lowercase names; UNSPECIFIED or unknown numbers are errors."""
+def kinds(values: Any, wrapper: EnumTypeWrapper, prefix: str, field: str = "kinds") -> tuple[str, ...]:
+    """Repeated enum filter -> stored lowercase names; UNSPECIFIED or unknown numbers are errors
+    naming `field` and the index."""
     out = []
     for i, number in enumerate(values):
         try:
@@ -134,6 +135,6 @@ def kinds(values: Any, wrapper: EnumTypeWrapper, prefix: str) -> tuple[str, ...]
         except ValueError:
             name = ""
         if not name or name.endswith("_UNSPECIFIED"):
-            raise InvalidArgument.of(f"kinds[{i}]", f"is not a valid {prefix.lower()} ({number})")
+            raise InvalidArgument.of(f"{field}[{i}]", f"is not a valid {prefix.lower()} ({number})")
         out.append(name.removeprefix(prefix + "_").lower())
     return tuple(sorted(set(out)))

@@ -183,6 +183,43 @@ async def list_task_events(
     return _page(rows, limit)
 
 
+async def list_contracts(
+    rt: Runtime, principal: Principal, *, statuses: tuple[str, ...], before: NewestKey | None, limit: int
+) -> Page[ContractView]:
+    async with rt.read() as session:
+        rows = await contract_store.page(
+            session, owner_id=principal.owner_id, statuses=statuses, before=before, limit=limit + 1
+        )
+        page = _page(rows, limit)
+        supervisors = await contract_store.supervisor_tasks(
+            session, owner_id=principal.owner_id, contract_ids=[c.id for c in page.items]
+        )
+    return Page([ContractView(c, supervisors.get(c.id)) for c in page.items], page.more)
+
+
+async def list_tasks(
+    rt: Runtime,
+    principal: Principal,
+    *,
+    contract_id: uuid.UUID | None,
+    statuses: tuple[str, ...],
+    before: NewestKey | None,
+    limit: int,
+) -> Page[Task]:
+    async with rt.read() as session:
+        if contract_id is not None:
+            await load_contract(session, principal.owner_id, contract_id)  # NotFound for another owner's
+        rows = await task_store.page(
+            session,
+            owner_id=principal.owner_id,
+            contract_id=contract_id,
+            statuses=statuses,
+            before=before,
+            limit=limit + 1,
+        )
+    return _page(rows, limit)
+
+
 @dataclass(frozen=True)
 class LineageNode:
     task: Task

@@ -7,12 +7,22 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, and_, or_, select
+from sqlalchemy import Row, Select, Table, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.models import ConversationSnapshot, TaskCheckpoint
 
 NewestKey = tuple[datetime, uuid.UUID]
+
+
+def newest_first(
+    stmt: Select[Any], create_time: Any, row_id: Any, *, before: NewestKey | None, limit: int
+) -> Select[Any]:
+    """`stmt` ordered newest first by (create_time, id), from just after the keyset `before`."""
+    if before is not None:
+        time, last_id = before
+        stmt = stmt.where(or_(create_time < time, and_(create_time == time, row_id < last_id)))
+    return stmt.order_by(create_time.desc(), row_id.desc()).limit(limit)
 
 
 async def _newest_first(
@@ -25,11 +35,9 @@ async def _newest_first(
     limit: int,
 ) -> list[Row[Any]]:
     stmt = select(table).where(table.c.owner_id == owner_id, table.c.task_id == task_id)
-    if before is not None:
-        time, row_id = before
-        stmt = stmt.where(or_(table.c.create_time < time, and_(table.c.create_time == time, table.c.id < row_id)))
-    stmt = stmt.order_by(table.c.create_time.desc(), table.c.id.desc()).limit(limit)
-    return list((await session.execute(stmt)).all())
+    return list(
+        (await session.execute(newest_first(stmt, table.c.create_time, table.c.id, before=before, limit=limit))).all()
+    )
 
 
 async def checkpoint_page(

@@ -7,6 +7,7 @@ import uuid
 from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from makima.server.store.checkpoints import NewestKey, newest_first
 from makima.server.store.models import Task
 
 
@@ -32,3 +33,24 @@ async def related(session: AsyncSession, *, owner_id: uuid.UUID, task_ids: set[u
         ),
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def page(
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    contract_id: uuid.UUID | None,
+    statuses: tuple[str, ...],
+    before: NewestKey | None,
+    limit: int,
+) -> list[Task]:
+    """The owner's tasks newest first, by (create_time, id) keyset, optionally of one contract or in
+    some statuses."""
+    stmt = select(Task).where(Task.owner_id == owner_id)
+    if contract_id is not None:
+        stmt = stmt.where(Task.contract_id == contract_id)
+    if statuses:
+        stmt = stmt.where(Task.status.in_(statuses))  # type: ignore[attr-defined]
+    return list(
+        (await session.execute(newest_first(stmt, Task.create_time, Task.id, before=before, limit=limit))).scalars()
+    )
