@@ -142,7 +142,16 @@ async def start(settings: Settings) -> App:
     sweeper.start()
     collector = ObjectCollector(runtime, objects, interval=GC_INTERVAL_SECONDS, grace=GC_GRACE)
     collector.start()
-    log.info("serving", extra={"listen": settings.listen, "port": port, "database": db.shown_url})
+    log.info(
+        "serving",
+        extra={
+            "listen": settings.listen,
+            "port": port,
+            "database": db.shown_url,
+            "workspace_root": str(workspace.root),
+            "workers": settings.workers,
+        },
+    )
     return App(
         server=server,
         port=port,

@@ -461,7 +461,8 @@ def _serve(values: _Values, log_level: str) -> int:
         sweep_seconds=values["sweep_seconds"],
     )
     if values["workers"] > 1:
-        return _serve_workers(replace(settings, reuse_port=True), values["workers"], log_level, values.labels)
+        settings = replace(settings, reuse_port=True, workers=values["workers"])
+        return _serve_workers(settings, values["workers"], log_level, values.labels)
     asyncio.run(serve(settings))
     return 0
 

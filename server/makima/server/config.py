@@ -108,3 +108,5 @@ class Settings:
     # Share the port with other processes (SO_REUSEPORT): only for the workers of one `serve --workers N`.
     # Off, a port that another server holds fails to bind instead of silently splitting its calls.
     reuse_port: bool = False
+    # How many server processes `serve --workers N` runs (named in the start-up line of each).
+    workers: int = 1

@@ -25,7 +25,7 @@ from google.protobuf.message import Message
 from grpc import aio
 
 from makima.server.api.checks import check_request
-from makima.server.api.errors import status_for
+from makima.server.api.errors import as_domain_error, status_for
 from makima.server.domain.auth import Authenticator
 from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.runtime import Principal
@@ -112,22 +112,21 @@ class ServiceInterceptor(aio.ServerInterceptor):
         async def handle(request: Any, context: aio.ServicerContext) -> Any:
             started = time.perf_counter()
             peer = context.peer()  # read now: grpc may crash reading it after a cancellation
-            code = grpc.StatusCode.OK
+            outcome = _Outcome()
             received = request
             try:
                 request = await self._begin(request, context, route)
                 result = behavior(request, context)
                 return await result if inspect.isawaitable(result) else result
             except BaseException as exc:
-                code = _code_of(exc, context)
-                if code is None:
-                    code, status = status_for(exc, route.method)
+                status = outcome.failed(exc, context, route.method)
+                if status is not None:
                     if route.request_streaming:
                         await _drain(received)
                     await context.abort_with_status(status)
                 raise
             finally:
-                _log(route.method, code, started, peer)
+                _log(route.method, outcome, started, peer)
 
         return handle
 
@@ -135,19 +134,18 @@ class ServiceInterceptor(aio.ServerInterceptor):
         async def handle(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
             started = time.perf_counter()
             peer = context.peer()  # read now: grpc may crash reading it after a cancellation
-            code = grpc.StatusCode.OK
+            outcome = _Outcome()
             try:
                 request = await self._begin(request, context, route)
                 async for item in behavior(request, context):
                     yield item
             except BaseException as exc:
-                code = _code_of(exc, context)
-                if code is None:
-                    code, status = status_for(exc, route.method)
+                status = outcome.failed(exc, context, route.method)
+                if status is not None:
                     await context.abort_with_status(status)
                 raise
             finally:
-                _log(route.method, code, started, peer)
+                _log(route.method, outcome, started, peer)
 
         return handle
 
@@ -208,22 +206,42 @@ async def _checked_stream(requests: AsyncIterator[Any], method: str) -> AsyncIte
         yield _checked(request, method)
 
 
-def _code_of(exc: BaseException, context: aio.ServicerContext) -> grpc.StatusCode | None:
-    """The code of a call already ended (cancelled or aborted); None if `exc` must be mapped."""
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return grpc.StatusCode.CANCELLED
-    if isinstance(exc, aio.AbortError):
-        return context.code() or grpc.StatusCode.UNKNOWN
-    return None
+@dataclass
+class _Outcome:
+    """How one call ended, for its access-log line: a failure carries its reason and message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    reason: str | None = None
+    message: str | None = None
+
+    def failed(self, exc: BaseException, context: aio.ServicerContext, method: str) -> grpc.Status | None:
+        """Record how `exc` ended the call; the status to answer with, or None if the call has ended already."""
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self.code, self.reason = grpc.StatusCode.CANCELLED, "CANCELLED"
+            return None
+        if isinstance(exc, aio.AbortError):
+            self.code = context.code() or grpc.StatusCode.UNKNOWN
+            self.reason, self.message = self.code.name, context.details()
+            return None
+        error = as_domain_error(exc, method)
+        self.code, status = status_for(error, method)
+        self.reason, self.message = error.reason, error.message
+        return status
 
 
-def _log(method: str, code: grpc.StatusCode, started: float, peer: str) -> None:
-    access_log.info(
-        "rpc",
-        extra={
-            "rpc_method": method,
-            "rpc_code": code.name,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            "peer": peer,
-        },
-    )
+def _log(method: str, outcome: _Outcome, started: float, peer: str) -> None:
+    """One line per call; a failed call's line also names its owner, reason and message."""
+    extra: dict[str, Any] = {
+        "rpc_method": method,
+        "rpc_code": outcome.code.name,
+        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "peer": peer,
+    }
+    if outcome.code != grpc.StatusCode.OK:
+        principal = _principal.get(None)
+        extra |= {
+            "owner_id": None if principal is None else str(principal.owner_id),
+            "reason": outcome.reason,
+            "error": outcome.message,
+        }
+    access_log.info("rpc", extra=extra)
