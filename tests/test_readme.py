@@ -35,6 +35,8 @@ async def test_cli_daemon_and_grpcurl_examples_run(server: App, database_url: st
     )
     code, out, err = await run("bash", "-c", script, env=environment(server, database_url), cwd=repo_root)
     assert code == 0, f"{out}\n{err}"
+    assert re.search(r"^\s*status\s+interrupted$", out, flags=re.M)  # the supervisor, before its resume
+    assert "resumed (continue)" in out  # contract-history shows the supervisor resumed
     assert "first form" in out  # task-checkpoints listed the checkpoint
     assert "form.html" in out  # task-compare saw the change
     assert "claimed task" in err and "(write the form)" in err  # the daemon's steps
