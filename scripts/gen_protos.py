@@ -21,11 +21,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT_ROOT = ROOT / "clients" / "python"
 PACKAGE_DIR = Path("makima") / "v1"
+# Every makima.v1 file and its imports, with source info (the protos' comments): what reflection serves.
+DESCRIPTOR_SET = "descriptors.binpb"
 INIT_TEXT = '"""Generated protobuf and gRPC stubs of the makima.v1 API (see scripts/gen_protos.py)."""\n'
 
 
 def generate(out_root: Path) -> None:
-    """Run protoc (from grpcio-tools) with the message, gRPC and mypy-protobuf typing plugins."""
+    """Run protoc (from grpcio-tools) with the message, gRPC and mypy-protobuf typing plugins, and write
+    the descriptor set with source info that server reflection serves (generated `_pb2` descriptors
+    carry no comments)."""
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = [
@@ -36,6 +40,9 @@ def generate(out_root: Path) -> None:
         f"--grpc_python_out={out_root}",
         f"--mypy_out={out_root}",
         f"--mypy_grpc_out={out_root}",
+        f"--descriptor_set_out={out_root / PACKAGE_DIR / DESCRIPTOR_SET}",
+        "--include_imports",
+        "--include_source_info",
         *protos,
     ]
     # The mypy-protobuf plugins live beside the interpreter; protoc finds plugins on PATH.

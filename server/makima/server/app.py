@@ -11,12 +11,12 @@ from dataclasses import dataclass
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError
 
 from makima.server.api.daemon import DaemonServicer
 from makima.server.api.history import HistoryServicer
 from makima.server.api.interceptor import ServiceInterceptor
+from makima.server.api.reflection import add_reflection
 from makima.server.api.supervisor import SupervisorServicer
 from makima.server.api.task_fork import TaskForkServicer
 from makima.server.config import EXIT_FAILURE, Address, SettingError, Settings, parse_listen
@@ -124,10 +124,7 @@ async def start(settings: Settings) -> App:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    add_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
     try:
         port = server.add_insecure_port(str(address))
     except RuntimeError as exc:  # grpc's whole report of a failed bind; the socket error says why
