@@ -8,7 +8,9 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy.exc import DBAPIError
@@ -19,7 +21,7 @@ from makima.server.api.interceptor import ServiceInterceptor
 from makima.server.api.reflection import add_reflection
 from makima.server.api.supervisor import SupervisorServicer
 from makima.server.api.task_fork import TaskForkServicer
-from makima.server.config import EXIT_FAILURE, Address, SettingError, Settings, parse_listen
+from makima.server.config import EXIT_FAILURE, Address, SettingError, Settings, is_loopback, parse_listen
 from makima.server.domain.auth import Authenticator
 from makima.server.domain.collector import GC_GRACE, GC_INTERVAL_SECONDS, ObjectCollector
 from makima.server.domain.objects import ObjectStores
@@ -88,6 +90,7 @@ async def start(settings: Settings) -> App:
     cannot work; the port is checked first, so a taken one fails before the database is touched.
     """
     address = _address(settings.listen)
+    credentials = server_credentials(settings)
     _check_bindable(address, reuse_port=settings.reuse_port)
     db = await open_database(settings.database_url)
     try:
@@ -125,8 +128,17 @@ async def start(settings: Settings) -> App:
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     add_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
+    if credentials is None and not is_loopback(address.host):
+        log.warning(
+            "serving plaintext on a non-loopback address: API keys cross the network in the clear; "
+            "give --tls-cert and --tls-key",
+            extra={"listen": settings.listen},
+        )
     try:
-        port = server.add_insecure_port(str(address))
+        if credentials is None:
+            port = server.add_insecure_port(str(address))
+        else:
+            port = server.add_secure_port(str(address), credentials)
     except RuntimeError as exc:  # grpc's whole report of a failed bind; the socket error says why
         if listener is not None:
             await listener.stop()
@@ -147,6 +159,7 @@ async def start(settings: Settings) -> App:
             "database": db.shown_url,
             "workspace_root": str(workspace.root),
             "workers": settings.workers,
+            "tls": "off" if credentials is None else "mutual" if settings.tls_client_ca else "on",
         },
     )
     return App(
@@ -161,6 +174,31 @@ async def start(settings: Settings) -> App:
         page_tokens=page_tokens,
         objects=objects,
         collector=collector,
+    )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The TLS credentials `settings` ask for, None for plaintext; SettingError names a missing or unreadable file."""
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        raise SettingError("tls_client_ca", "requiring client certificates needs TLS: give tls_cert and tls_key too")
+    if settings.tls_cert is None and settings.tls_key is None:
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        missing = "tls_key" if settings.tls_key is None else "tls_cert"
+        raise SettingError(missing, "TLS needs both the certificate and its key")
+    pem: dict[str, bytes] = {}
+    for field in ("tls_cert", "tls_key", "tls_client_ca"):
+        path: Path | None = getattr(settings, field)
+        if path is None:
+            continue
+        try:
+            pem[field] = path.read_bytes()
+        except OSError as exc:
+            raise SettingError(field, f"cannot read {path}: {exc.strerror}", exit_code=EXIT_FAILURE) from exc
+    return grpc.ssl_server_credentials(
+        [(pem["tls_key"], pem["tls_cert"])],
+        root_certificates=pem.get("tls_client_ca"),
+        require_client_auth="tls_client_ca" in pem,
     )
 
 

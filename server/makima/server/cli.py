@@ -84,6 +84,10 @@ def _owner(text: str) -> str:
     return text
 
 
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
 def _optional_owner(text: str) -> str | None:
     return _owner(text) if text else None
 
@@ -172,6 +176,21 @@ SERVE_OPTIONS = (
         "5",
         _seconds,
         "seconds between sweeps that interrupt tasks whose lease expired",
+    ),
+    _Option(
+        "--tls-cert",
+        "MAKIMA_TLS_SERVER_CERT",
+        "",
+        _optional_path,
+        "serve TLS with this certificate chain (PEM); needs --tls-key. Without: plaintext, meant for 127.0.0.1",
+    ),
+    _Option("--tls-key", "MAKIMA_TLS_SERVER_KEY", "", _optional_path, "private key (PEM) of --tls-cert"),
+    _Option(
+        "--tls-client-ca",
+        "MAKIMA_TLS_CLIENT_CA",
+        "",
+        _optional_path,
+        "require client certificates signed by this CA (PEM): mutual TLS; needs --tls-cert",
     ),
     _Option(
         "--workers",
@@ -415,8 +434,9 @@ def _serve_workers(settings: Settings, workers: int, log_level: str, labels: Map
     workers alone (`hold_port`) and migrations run once here, so the workers start on an
     up-to-date schema; SIGTERM or SIGINT is passed on to every worker.
     """
-    from makima.server.app import hold_port
+    from makima.server.app import hold_port, server_credentials
 
+    server_credentials(settings)  # a TLS file that cannot work fails here once, not in every worker
     if not settings.database_url.startswith("postgresql"):
         raise SettingError("workers", "more than 1 needs a PostgreSQL database URL")
     if settings.listen.rsplit(":", 1)[-1] == "0":
@@ -459,6 +479,9 @@ def _serve(values: _Values, log_level: str) -> int:
         timeline_recheck_seconds=values["timeline_recheck_seconds"],
         lease_seconds=values["lease_seconds"],
         sweep_seconds=values["sweep_seconds"],
+        tls_cert=values["tls_cert"],
+        tls_key=values["tls_key"],
+        tls_client_ca=values["tls_client_ca"],
     )
     if values["workers"] > 1:
         settings = replace(settings, reuse_port=True, workers=values["workers"])

@@ -110,3 +110,18 @@ class Settings:
     reuse_port: bool = False
     # How many server processes `serve --workers N` runs (named in the start-up line of each).
     workers: int = 1
+    # TLS: the server's certificate chain and key (PEM); None serves plaintext.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Mutual TLS: clients must present a certificate signed by this CA (PEM); needs tls_cert.
+    tls_client_ca: Path | None = None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (plaintext is for those addresses alone)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

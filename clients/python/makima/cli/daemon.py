@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from makima.cli._render import enum_names
-from makima.client import AsyncClient
+from makima.client import AsyncClient, Tls
 from makima.client.daemon import Daemon, DaemonConfig
 from makima.v1 import resources_pb2
 
@@ -123,7 +123,7 @@ def add_commands(
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, tls: Tls | None) -> int:
     """Run `makima daemon run` until it stops; returns the exit status (MakimaError propagates)."""
     try:
         config = DaemonConfig(
@@ -139,13 +139,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:  # a usage error, as argparse reports its own
         print(f"makima daemon run: error: {err}", file=sys.stderr)
         return USAGE_EXIT
-    return asyncio.run(_serve(args, config))
+    return asyncio.run(_serve(args, config, tls))
 
 
-async def _serve(args: argparse.Namespace, config: DaemonConfig) -> int:
+async def _serve(args: argparse.Namespace, config: DaemonConfig, tls: Tls | None) -> int:
     log = _quiet if args.quiet else _step
     received: list[signal.Signals] = []
-    async with AsyncClient(args.address, args.api_key, timeout=args.timeout) as client:
+    async with AsyncClient(args.address, args.api_key, timeout=args.timeout, tls=tls) as client:
         daemon = Daemon(client, config, log=log)
 
         def stop(signum: signal.Signals) -> None:

@@ -24,15 +24,20 @@ from makima.client import (
     API_KEY_ENV,
     DEFAULT_ADDRESS,
     DEFAULT_TIMEOUT,
+    TLS_CA_ENV,
+    TLS_CERT_ENV,
+    TLS_KEY_ENV,
     Client,
     MakimaError,
     Paged,
     RetryPolicy,
+    Tls,
 )
 from makima.v1 import resources_pb2, supervisor_pb2, task_fork_pb2
 
 RPC_ERROR_EXIT_BASE = 64
 INTERRUPTED_EXIT = 130
+USAGE_EXIT = 2
 # A follower outlives server restarts: it reconnects for as long as the user lets it run.
 FOLLOW_RETRY = RetryPolicy(max_attempts=None, max_backoff=10.0)
 
@@ -582,6 +587,12 @@ def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
         "--address", default=default(None), help=f"server host:port (env {ADDRESS_ENV}, default {DEFAULT_ADDRESS})"
     )
     p.add_argument("--api-key", default=default(None), help=f"API key (env {API_KEY_ENV})")
+    for flag, env, what in (
+        ("--tls-ca", TLS_CA_ENV, "connect over TLS, verifying the server with this CA certificate (PEM)"),
+        ("--tls-cert", TLS_CERT_ENV, "client certificate (PEM) for a server that requires one; needs --tls-key"),
+        ("--tls-key", TLS_KEY_ENV, "private key (PEM) of --tls-cert"),
+    ):
+        p.add_argument(flag, default=default(None), metavar="FILE", help=f"{what} (env {env})")
     p.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of a listing")
     p.add_argument(
         "--timeout",
@@ -602,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Command line of the makima history & resume service.",
         epilog=f"environment:\n"
         f"  {ADDRESS_ENV}   server host:port (default {DEFAULT_ADDRESS})\n"
-        f"  {API_KEY_ENV}   API key, sent as `authorization: Bearer <key>`\n\n"
+        f"  {API_KEY_ENV}   API key, sent as `authorization: Bearer <key>`\n"
+        f"  {TLS_CA_ENV}, {TLS_CERT_ENV}, {TLS_KEY_ENV}   TLS files, as --tls-ca, --tls-cert, --tls-key\n\n"
         "exit status:\n"
         "  0 success, 2 usage error, 130 interrupted, 64 + the gRPC status code of a failed call\n"
         "  (67 INVALID_ARGUMENT, 69 NOT_FOUND, 73 FAILED_PRECONDITION, 74 ABORTED, 78 UNAVAILABLE,\n"
@@ -640,9 +652,14 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit status."""
     args = build_parser().parse_args(argv)
     try:
+        tls = Tls.resolve(args.tls_ca, args.tls_cert, args.tls_key)
+    except (ValueError, OSError) as err:
+        print(f"error: TLS: {err}", file=sys.stderr)
+        return USAGE_EXIT
+    try:
         if args.command == "daemon":  # a long-running asyncio program: its own client and exit status
-            return daemon.run(args)
-        with Client(args.address, args.api_key, timeout=args.timeout) as client:
+            return daemon.run(args, tls)
+        with Client(args.address, args.api_key, timeout=args.timeout, tls=tls) as client:
             output = args.run(client, args)
             if output is not None:
                 print(to_json(output) if args.json else to_text(output))
