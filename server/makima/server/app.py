@@ -7,14 +7,17 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from sqlalchemy.exc import DBAPIError
 
+from makima.server import telemetry
 from makima.server.api.daemon import DaemonServicer
 from makima.server.api.history import HistoryServicer
 from makima.server.api.interceptor import ServiceInterceptor
@@ -28,6 +31,7 @@ from makima.server.domain.objects import ObjectStores
 from makima.server.domain.page_tokens import PageTokenKeys
 from makima.server.domain.runtime import Runtime
 from makima.server.domain.sweeper import LeaseSweeper
+from makima.server.domain.telemetry import MetricsSampler
 from makima.server.domain.workspace import Workspace
 from makima.server.store import migrate
 from makima.server.store.engine import Database, DatabaseUnreachable, DatabaseUrlError, describe_database_error
@@ -43,6 +47,9 @@ from makima.v1 import (
     task_fork_pb2,
     task_fork_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,9 @@ class App:
     page_tokens: PageTokenKeys
     objects: ObjectStores
     collector: ObjectCollector
+    sampler: MetricsSampler | None
+    stop_metrics: Callable[[], None] | None
+    tracing: TracerProvider | None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, end live streams, let in-flight calls finish within `grace`, release the rest."""
@@ -77,22 +87,51 @@ class App:
         await self.server.stop(grace)
         await self.sweeper.stop()
         await self.collector.stop()
+        if self.sampler is not None:
+            await self.sampler.stop()
+        if self.stop_metrics is not None:
+            self.stop_metrics()
+        if self.tracing is not None:
+            self.tracing.force_flush()
         if self.listener is not None:
             await self.listener.stop()
         await self.objects.close()
         await self.runtime.db.dispose()
 
 
-async def start(settings: Settings) -> App:
+async def start(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> App:
     """Migrate the database, then start serving on `settings.listen` (port 0 picks a free port).
+
+    Traces go to `tracer_provider`, else to what the OTEL_* variables ask for (none by default).
 
     SettingError names the setting at fault when the address, the database or the workspace root
     cannot work; the port is checked first, so a taken one fails before the database is touched.
     """
     address = _address(settings.listen)
     credentials = server_credentials(settings)
+    tracing = tracer_provider if tracer_provider is not None else telemetry.tracer_provider_from_env()
     _check_bindable(address, reuse_port=settings.reuse_port)
+    if settings.metrics:
+        telemetry.enable_metrics()
+    stop_metrics = telemetry.serve_metrics(settings.metrics_listen) if settings.metrics_listen else None
+    try:
+        return await _start(settings, address, credentials, tracing, stop_metrics)
+    except BaseException:
+        if stop_metrics is not None:
+            stop_metrics()
+        raise
+
+
+async def _start(
+    settings: Settings,
+    address: Address,
+    credentials: grpc.ServerCredentials | None,
+    tracing: TracerProvider | None,
+    stop_metrics: Callable[[], None] | None,
+) -> App:
     db = await open_database(settings.database_url)
+    if tracing is not None:
+        telemetry.trace_database(db.engine, tracing)
     try:
         workspace = Workspace(settings.workspace_root)
     except OSError as exc:
@@ -109,7 +148,11 @@ async def start(settings: Settings) -> App:
     if listener is not None:
         listener.start()
     server = aio.server(
-        interceptors=[ServiceInterceptor(Authenticator(runtime))],
+        interceptors=[
+            ServiceInterceptor(
+                Authenticator(runtime), tracer=None if tracing is None else tracing.get_tracer("makima.server")
+            )
+        ],
         options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)],
     )
     history = HistoryServicer(
@@ -151,6 +194,10 @@ async def start(settings: Settings) -> App:
     sweeper.start()
     collector = ObjectCollector(runtime, objects, interval=GC_INTERVAL_SECONDS, grace=GC_GRACE)
     collector.start()
+    sampler = None
+    if telemetry.METRICS is not None:
+        sampler = MetricsSampler(runtime, telemetry.METRICS, interval=telemetry.SAMPLE_SECONDS)
+        sampler.start()
     log.info(
         "serving",
         extra={
@@ -160,6 +207,8 @@ async def start(settings: Settings) -> App:
             "workspace_root": str(workspace.root),
             "workers": settings.workers,
             "tls": "off" if credentials is None else "mutual" if settings.tls_client_ca else "on",
+            "metrics": settings.metrics_listen,
+            "traces": tracing is not None,
         },
     )
     return App(
@@ -174,6 +223,9 @@ async def start(settings: Settings) -> App:
         page_tokens=page_tokens,
         objects=objects,
         collector=collector,
+        sampler=sampler,
+        stop_metrics=stop_metrics,
+        tracing=tracing,
     )
 
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from makima.server import logs
+from makima.server import logs, telemetry
 from makima.server.config import DEFAULT_LISTEN, EXIT_FAILURE, SettingError, Settings, parse_listen
 from makima.server.domain.errors import DomainError
 from makima.server.store.engine import DEFAULT_DATABASE_URL, normalize_database_url
@@ -82,6 +82,10 @@ def _owner(text: str) -> str:
     if not text or len(text) > 200 or not text.isprintable() or any(c.isspace() for c in text):
         raise ValueError(f"must be a name or UUID of 1-200 printable characters without spaces, not {text!r}")
     return text
+
+
+def _optional_listen(text: str) -> str | None:
+    return _listen(text) if text else None
 
 
 def _optional_path(text: str) -> Path | None:
@@ -191,6 +195,14 @@ SERVE_OPTIONS = (
         "",
         _optional_path,
         "require client certificates signed by this CA (PEM): mutual TLS; needs --tls-cert",
+    ),
+    _Option(
+        "--metrics-listen",
+        "MAKIMA_METRICS_LISTEN",
+        "",
+        _optional_listen,
+        "serve Prometheus metrics at http://HOST:PORT/metrics (with --workers: the sum of every worker); "
+        "empty: no metrics",
     ),
     _Option(
         "--workers",
@@ -442,8 +454,14 @@ def _serve_workers(settings: Settings, workers: int, log_level: str, labels: Map
     if settings.listen.rsplit(":", 1)[-1] == "0":
         raise SettingError("workers", "more than 1 needs a fixed port in the listen address, not 0")
     port_lock = hold_port(settings.listen)
+    metrics_dir = stop_metrics = None
     try:
         asyncio.run(_migrate(settings.database_url))
+        if settings.metrics_listen is not None:
+            # Before any worker starts: each one records into this directory, this process serves the sum.
+            metrics_dir = telemetry.MultiprocessDir()
+            stop_metrics = telemetry.serve_metrics(settings.metrics_listen)
+            settings = replace(settings, metrics_listen=None)
         context = multiprocessing.get_context("spawn")
         children = [
             context.Process(target=_serve_worker, args=(settings, log_level, dict(labels)), name=f"makima-worker-{i}")
@@ -461,8 +479,14 @@ def _serve_workers(settings: Settings, workers: int, log_level: str, labels: Map
         signal.signal(signal.SIGINT, stop)
         for child in children:
             child.join()
+            if metrics_dir is not None and child.pid is not None:
+                metrics_dir.worker_exited(child.pid)
         return max((child.exitcode or 0) for child in children)
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
+        if metrics_dir is not None:
+            metrics_dir.close()
         if port_lock is not None:
             port_lock.close()
 
@@ -482,6 +506,8 @@ def _serve(values: _Values, log_level: str) -> int:
         tls_cert=values["tls_cert"],
         tls_key=values["tls_key"],
         tls_client_ca=values["tls_client_ca"],
+        metrics=values["metrics_listen"] is not None,
+        metrics_listen=values["metrics_listen"],
     )
     if values["workers"] > 1:
         settings = replace(settings, reuse_port=True, workers=values["workers"])

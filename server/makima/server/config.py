@@ -115,6 +115,10 @@ class Settings:
     tls_key: Path | None = None
     # Mutual TLS: clients must present a certificate signed by this CA (PEM); needs tls_cert.
     tls_client_ca: Path | None = None
+    # Record Prometheus metrics (see telemetry.py).
+    metrics: bool = False
+    # Where this process serves /metrics; None: nowhere (the parent of `serve --workers N` serves them).
+    metrics_listen: str | None = None
 
 
 def is_loopback(host: str) -> bool:

@@ -16,14 +16,16 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 from grpc import aio
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from makima.server import telemetry
 from makima.server.api.checks import check_request
 from makima.server.api.errors import as_domain_error, status_for
 from makima.server.domain.auth import Authenticator
@@ -76,10 +78,48 @@ def api_key_from(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
 
 
 class ServiceInterceptor(aio.ServerInterceptor):
-    """Authenticates, maps errors to rich statuses and logs one line per RPC."""
+    """Authenticates, maps errors to rich statuses, logs one line per RPC, and counts and traces it
+    when metrics (`telemetry.METRICS`) or traces (`tracer`) are on."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, *, tracer: Tracer | None = None) -> None:
         self._auth = authenticator
+        self._tracer = tracer
+
+    @contextlib.contextmanager
+    def _observed(
+        self, method: str, outcome: _Outcome, context: aio.ServicerContext, *, streaming: bool
+    ) -> Iterator[None]:
+        """Around one call: its access-log line, its metrics and its span (each only when switched on)."""
+        started = time.perf_counter()
+        peer = context.peer()  # read now: grpc may crash reading it after a cancellation
+        metrics = telemetry.METRICS
+        if metrics is not None and streaming:
+            metrics.streams.labels(method).inc()
+        span_scope: contextlib.AbstractContextManager[Span | None] = contextlib.nullcontext()
+        if self._tracer is not None:
+            service, _, name = method.strip("/").rpartition("/")
+            span_scope = self._tracer.start_as_current_span(
+                method,
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+        with span_scope as span:
+            try:
+                yield
+            finally:
+                seconds = time.perf_counter() - started
+                _log(method, outcome, seconds, peer)
+                if metrics is not None:
+                    metrics.rpcs.labels(method, outcome.code.name).inc()
+                    metrics.latency.labels(method).observe(seconds)
+                    if streaming:
+                        metrics.streams.labels(method).dec()
+                if span is not None:
+                    span.set_attribute("rpc.grpc.status_code", outcome.code.value[0])
+                    if outcome.code != grpc.StatusCode.OK:
+                        span.set_status(Status(StatusCode.ERROR, f"{outcome.reason}: {outcome.message}"))
 
     async def intercept_service(
         self,
@@ -110,42 +150,36 @@ class ServiceInterceptor(aio.ServerInterceptor):
 
     def _unary(self, behavior: Callable[..., Any], route: _Route) -> Callable[..., Any]:
         async def handle(request: Any, context: aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            peer = context.peer()  # read now: grpc may crash reading it after a cancellation
             outcome = _Outcome()
             received = request
-            try:
-                request = await self._begin(request, context, route)
-                result = behavior(request, context)
-                return await result if inspect.isawaitable(result) else result
-            except BaseException as exc:
-                status = outcome.failed(exc, context, route.method)
-                if status is not None:
-                    if route.request_streaming:
-                        await _drain(received)
-                    await context.abort_with_status(status)
-                raise
-            finally:
-                _log(route.method, outcome, started, peer)
+            with self._observed(route.method, outcome, context, streaming=False):
+                try:
+                    request = await self._begin(request, context, route)
+                    result = behavior(request, context)
+                    return await result if inspect.isawaitable(result) else result
+                except BaseException as exc:
+                    status = outcome.failed(exc, context, route.method)
+                    if status is not None:
+                        if route.request_streaming:
+                            await _drain(received)
+                        await context.abort_with_status(status)
+                    raise
 
         return handle
 
     def _stream(self, behavior: Callable[..., Any], route: _Route) -> Callable[..., Any]:
         async def handle(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            peer = context.peer()  # read now: grpc may crash reading it after a cancellation
             outcome = _Outcome()
-            try:
-                request = await self._begin(request, context, route)
-                async for item in behavior(request, context):
-                    yield item
-            except BaseException as exc:
-                status = outcome.failed(exc, context, route.method)
-                if status is not None:
-                    await context.abort_with_status(status)
-                raise
-            finally:
-                _log(route.method, outcome, started, peer)
+            with self._observed(route.method, outcome, context, streaming=True):
+                try:
+                    request = await self._begin(request, context, route)
+                    async for item in behavior(request, context):
+                        yield item
+                except BaseException as exc:
+                    status = outcome.failed(exc, context, route.method)
+                    if status is not None:
+                        await context.abort_with_status(status)
+                    raise
 
         return handle
 
@@ -229,12 +263,12 @@ class _Outcome:
         return status
 
 
-def _log(method: str, outcome: _Outcome, started: float, peer: str) -> None:
+def _log(method: str, outcome: _Outcome, seconds: float, peer: str) -> None:
     """One line per call; a failed call's line also names its owner, reason and message."""
     extra: dict[str, Any] = {
         "rpc_method": method,
         "rpc_code": outcome.code.name,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+        "duration_ms": round(seconds * 1000, 3),
         "peer": peer,
     }
     if outcome.code != grpc.StatusCode.OK:

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
+from makima.server import telemetry
 from makima.server.domain.history import check_timeline_scope
 from makima.server.domain.runtime import Principal, Runtime
 from makima.server.store import timeline
@@ -92,6 +93,8 @@ async def follow_timeline(
                         session, owner_id=owner, where=where, after=last, upto=mark, limit=REPLAY_BATCH
                     )
                 full = len(rows) == REPLAY_BATCH
+            if rows and telemetry.METRICS is not None:
+                telemetry.METRICS.lag.observe(mark - last)
             for row in rows:
                 yield row
                 last = row.cursor
