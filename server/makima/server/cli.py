@@ -17,16 +17,20 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from makima.server import logs, telemetry
 from makima.server.config import DEFAULT_LISTEN, EXIT_FAILURE, SettingError, Settings, parse_listen
 from makima.server.domain.errors import DomainError
 from makima.server.store.engine import DEFAULT_DATABASE_URL, normalize_database_url
+
+if TYPE_CHECKING:
+    from makima.server.domain.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -360,34 +364,37 @@ async def _migrate(database_url: str) -> None:
     await db.dispose()
 
 
-async def _create_api_key(database_url: str, owner: str, name: str, expires_in: timedelta | None) -> str:
+@asynccontextmanager
+async def _runtime(database_url: str) -> AsyncIterator[Runtime]:
+    """The database of an operator command, migrated, for the length of the command."""
     from makima.server.app import open_database
-    from makima.server.domain.auth import create_api_key
     from makima.server.domain.runtime import Runtime
+
+    db = await open_database(database_url)
+    try:
+        yield Runtime(db)
+    finally:
+        await db.dispose()
+
+
+async def _create_api_key(database_url: str, owner: str, name: str, expires_in: timedelta | None) -> str:
+    from makima.server.domain.auth import create_api_key
 
     try:
         by_id: dict[str, Any] = {"owner_id": uuid.UUID(owner)}
     except ValueError:
         by_id = {"owner_name": owner}
     expire_time = None if expires_in is None else datetime.now(UTC) + expires_in
-    db = await open_database(database_url)
-    try:
-        return (await create_api_key(Runtime(db), name=name, expire_time=expire_time, **by_id)).secret
-    finally:
-        await db.dispose()
+    async with _runtime(database_url) as rt:
+        return (await create_api_key(rt, name=name, expire_time=expire_time, **by_id)).secret
 
 
 async def _list_api_keys(database_url: str, owner: str | None) -> str:
     """One line a key, as tab-separated columns under a header."""
-    from makima.server.app import open_database
     from makima.server.domain.auth import list_api_keys
-    from makima.server.domain.runtime import Runtime
 
-    db = await open_database(database_url)
-    try:
-        keys = await list_api_keys(Runtime(db), owner=owner)
-    finally:
-        await db.dispose()
+    async with _runtime(database_url) as rt:
+        keys = await list_api_keys(rt, owner=owner)
 
     def when(moment: datetime | None) -> str:
         return "-" if moment is None else moment.isoformat(timespec="seconds")
@@ -402,28 +409,18 @@ async def _list_api_keys(database_url: str, owner: str | None) -> str:
 
 
 async def _revoke_api_key(database_url: str, key_id: uuid.UUID) -> None:
-    from makima.server.app import open_database
     from makima.server.domain.auth import revoke_api_key
-    from makima.server.domain.runtime import Runtime
 
-    db = await open_database(database_url)
-    try:
-        await revoke_api_key(Runtime(db), key_id=key_id)
-    finally:
-        await db.dispose()
+    async with _runtime(database_url) as rt:
+        await revoke_api_key(rt, key_id=key_id)
 
 
 async def _rotate_page_token_key(database_url: str, keep: int | None) -> str:
-    from makima.server.app import open_database
     from makima.server.domain.page_tokens import rotate
-    from makima.server.domain.runtime import Runtime
 
-    db = await open_database(database_url)
-    try:
-        done = await rotate(Runtime(db), keep=keep)
-        return f"new page-token key {done.key_id}; {done.removed} older key(s) dropped, {done.remaining} kept"
-    finally:
-        await db.dispose()
+    async with _runtime(database_url) as rt:
+        done = await rotate(rt, keep=keep)
+    return f"new page-token key {done.key_id}; {done.removed} older key(s) dropped, {done.remaining} kept"
 
 
 def _serve_worker(settings: Settings, log_level: str, labels: Mapping[str, str]) -> None:
