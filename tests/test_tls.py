@@ -59,7 +59,7 @@ async def new_key(app: App) -> str:
     return (await create_api_key(app.runtime, owner_id=uuid.uuid4())).secret
 
 
-async def test_tls_for_the_client_the_cli_and_grpcurl(tls_app: App, ca: Authority) -> None:
+async def test_tls_for_the_client_the_cli_the_daemon_and_grpcurl(tls_app: App, ca: Authority, tmp_path: Path) -> None:
     address, key = f"127.0.0.1:{tls_app.port}", await new_key(tls_app)
     async with AsyncClient(address, key, tls=Tls(ca=ca.cert.read_bytes()), timeout=10) as client:
         assert (await client.create_contract(name="over tls")).contract.name == "over tls"
@@ -77,6 +77,21 @@ async def test_tls_for_the_client_the_cli_and_grpcurl(tls_app: App, ca: Authorit
         str(BIN / "makima"), "--json", "contract-create", "--name", "env", env=env | {"MAKIMA_TLS_CA": str(ca.cert)}
     )
     assert code == 0, err
+    async with AsyncClient(address, key, tls=Tls(ca=ca.cert.read_bytes()), timeout=10) as client:
+        task = (await client.create_task(name="over tls")).task
+    code, _, err = await run(
+        str(BIN / "makima"),
+        "daemon",
+        "run",
+        "--once",
+        "--dir",
+        str(tmp_path / "daemon"),
+        "--command",
+        "echo done",
+        env=env | {"MAKIMA_TLS_CA": str(ca.cert)},
+    )
+    assert code == 0, err
+    assert task.id in err  # the daemon claimed it over TLS
     code, _, err = await run(str(BIN / "makima"), "--timeout", "3", "contract-create", "--name", "x", env=env)
     assert code == 64 + 14, err  # plaintext to a TLS server: UNAVAILABLE
 
