@@ -111,11 +111,10 @@ async def start(settings: Settings, *, tracer_provider: TracerProvider | None = 
     credentials = server_credentials(settings)
     tracing = tracer_provider if tracer_provider is not None else telemetry.tracer_provider_from_env()
     _check_bindable(address, reuse_port=settings.reuse_port)
-    if settings.metrics:
-        telemetry.enable_metrics()
+    metrics = telemetry.enable_metrics() if settings.metrics else None
     stop_metrics = telemetry.serve_metrics(settings.metrics_listen) if settings.metrics_listen else None
     try:
-        return await _start(settings, address, credentials, tracing, stop_metrics)
+        return await _start(settings, address, credentials, tracing, metrics, stop_metrics)
     except BaseException:
         if stop_metrics is not None:
             stop_metrics()
@@ -127,6 +126,7 @@ async def _start(
     address: Address,
     credentials: grpc.ServerCredentials | None,
     tracing: TracerProvider | None,
+    metrics: telemetry.Metrics | None,
     stop_metrics: Callable[[], None] | None,
 ) -> App:
     db = await open_database(settings.database_url)
@@ -195,8 +195,8 @@ async def _start(
     collector = ObjectCollector(runtime, objects, interval=GC_INTERVAL_SECONDS, grace=GC_GRACE)
     collector.start()
     sampler = None
-    if telemetry.METRICS is not None:
-        sampler = MetricsSampler(runtime, telemetry.METRICS, interval=telemetry.SAMPLE_SECONDS)
+    if metrics is not None:
+        sampler = MetricsSampler(runtime, metrics, interval=telemetry.SAMPLE_SECONDS)
         sampler.start()
     log.info(
         "serving",
