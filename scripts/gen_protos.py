@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "protos"
 OUT_ROOT = ROOT / "clients" / "python"
 PACKAGE_DIR = Path("makima") / "v1"
+# Every makima.v1 file and its imports, with source info (the protos' comments): what reflection serves.
+DESCRIPTOR_SET = "descriptors.binpb"
 INIT_TEXT = '"""Generated protobuf and gRPC stubs of the makima.v1 API (see scripts/gen_protos.py)."""\n'
 # The client's table of call objects (see rpc_table); the blocking client is generated from it.
 CLIENT_SOURCE = OUT_ROOT / "makima" / "client" / "_async.py"
@@ -38,7 +40,9 @@ PAGE_ITEMS = {"makima.v1.HistoryService.GetContractHistory": "events"}
 
 
 def generate(out_root: Path) -> None:
-    """Run protoc (from grpcio-tools) with the message, gRPC and mypy-protobuf typing plugins."""
+    """Run protoc (from grpcio-tools) with the message, gRPC and mypy-protobuf typing plugins, and write
+    the descriptor set with source info that server reflection serves (generated `_pb2` descriptors
+    carry no comments)."""
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     args = [
@@ -49,6 +53,9 @@ def generate(out_root: Path) -> None:
         f"--grpc_python_out={out_root}",
         f"--mypy_out={out_root}",
         f"--mypy_grpc_out={out_root}",
+        f"--descriptor_set_out={out_root / PACKAGE_DIR / DESCRIPTOR_SET}",
+        "--include_imports",
+        "--include_source_info",
         *protos,
     ]
     # The mypy-protobuf plugins live beside the interpreter; protoc finds plugins on PATH.
@@ -56,18 +63,6 @@ def generate(out_root: Path) -> None:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     (out_root / PACKAGE_DIR / "__init__.py").write_text(INIT_TEXT)
-
-
-def descriptors() -> descriptor_pb2.FileDescriptorSet:
-    """The descriptors of the makima.v1 protos, as protoc reads them."""
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE_DIR).glob("*.proto"))
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "set.pb"
-        args = ["grpc_tools.protoc", f"-I{PROTO_ROOT}", f"-I{well_known}", f"--descriptor_set_out={out}", *protos]
-        if protoc.main(args) != 0:
-            raise SystemExit("protoc failed")
-        return descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes())
 
 
 def rpc_table(files: descriptor_pb2.FileDescriptorSet) -> str:
@@ -137,6 +132,7 @@ def main() -> int:
         fresh = Path(tmp)
         (fresh / PACKAGE_DIR).mkdir(parents=True)
         generate(fresh)
+        descriptors = descriptor_pb2.FileDescriptorSet.FromString((fresh / PACKAGE_DIR / DESCRIPTOR_SET).read_bytes())
         target = OUT_ROOT / PACKAGE_DIR
         names = generated_files(fresh)
         if ns.check:
@@ -147,7 +143,7 @@ def main() -> int:
                 or not (fresh / PACKAGE_DIR / n).exists()
                 or not filecmp.cmp(target / n, fresh / PACKAGE_DIR / n, shallow=False)
             )
-            if CLIENT_SOURCE.read_text() != client_source(descriptors()):
+            if CLIENT_SOURCE.read_text() != client_source(descriptors):
                 stale.append(str(CLIENT_SOURCE.relative_to(ROOT)))
             if stale:
                 print("stale generated stubs (run scripts/gen_protos.py):", *stale, file=sys.stderr)
@@ -160,7 +156,7 @@ def main() -> int:
         for name in names:
             shutil.copyfile(fresh / PACKAGE_DIR / name, target / name)
         (target / "py.typed").touch()
-    CLIENT_SOURCE.write_text(client_source(descriptors()))
+    CLIENT_SOURCE.write_text(client_source(descriptors))
     unasync.main([])
     return 0
 

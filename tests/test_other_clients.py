@@ -63,8 +63,10 @@ async def test_grpcurl_describes_and_streams_the_timeline(server: App, api: Api)
         "makima.v1.HistoryService/StreamTimeline",
     )
     assert code == 64 + 4, (code, err)  # the stream never ends by itself: grpcurl stops it at -max-time
-    events = [json.loads(chunk)["event"] for chunk in out.replace("}\n{", "}\0{").split("\0") if chunk.strip()]
+    items = [json.loads(chunk) for chunk in out.replace("}\n{", "}\0{").split("\0") if chunk.strip()]
+    events = [item["event"] for item in items if "event" in item]
     assert [(e["cursor"], e["contract_id"]) for e in events] == [("1", first.id), ("2", second.id)]
+    assert items[2]["replay_ended"]["cursor"] == "2"
 
 
 async def test_buf_curl_calls_through_reflection(server: App, api: Api) -> None:

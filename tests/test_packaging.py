@@ -21,7 +21,13 @@ def test_wheel_installs_and_both_commands_run(repo_root: Path, tmp_path: Path) -
     )
     (wheel,) = dist.glob("makima_history-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"makima/server/cli.py", "makima/v1/history_pb2.py", "makima/v1/py.typed", "makima/cli/main.py"} <= names
+    assert {
+        "makima/server/cli.py",
+        "makima/v1/history_pb2.py",
+        "makima/v1/descriptors.binpb",  # what reflection serves, comments included
+        "makima/v1/py.typed",
+        "makima/cli/main.py",
+    } <= names
     assert "makima/__init__.py" not in names  # a namespace package over server/ and clients/python/
     assert any(n.startswith("makima/server/store/migrations/versions/") for n in names)
 

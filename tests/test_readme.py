@@ -7,6 +7,8 @@ import re
 import sys
 from pathlib import Path
 
+import pytest
+
 from makima.server.app import App
 from tests.test_server import run
 
@@ -27,14 +29,18 @@ def environment(server: App, database_url: str) -> dict[str, str]:
     return env | {"MAKIMA_ADDRESS": f"127.0.0.1:{server.port}", "MAKIMA_DATABASE_URL": database_url}
 
 
+@pytest.mark.timeout(320)
 async def test_cli_daemon_and_grpcurl_examples_run(server: App, database_url: str, repo_root: Path) -> None:
     """The daemon's block continues the CLI's session, as a second terminal would."""
     cli, grpcurl, daemon, remote = blocks(repo_root, "sh")
     script = (
         "set -euo pipefail\n" + cli + daemon + remote + grpcurl.replace(DEFAULT_ADDRESS, f"127.0.0.1:{server.port}")
     )
-    code, out, err = await run("bash", "-c", script, env=environment(server, database_url), cwd=repo_root)
+    # A walkthrough of some 40 commands, each a fresh Python process: minutes on a loaded machine.
+    code, out, err = await run("bash", "-c", script, env=environment(server, database_url), cwd=repo_root, seconds=300)
     assert code == 0, f"{out}\n{err}"
+    assert re.search(r"^\s*status\s+interrupted$", out, flags=re.M)  # the supervisor, before its resume
+    assert "resumed (continue)" in out  # contract-history shows the supervisor resumed
     assert "first form" in out  # task-checkpoints listed the checkpoint
     assert "form.html" in out  # task-compare saw the change
     assert "claimed task" in err and "(write the form)" in err  # the daemon's steps

@@ -25,12 +25,14 @@ from tests.helpers import Api, create_contract, free_port
 GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or "grpcurl"
 
 
-async def run(*argv: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> tuple[int, str, str]:
+async def run(
+    *argv: str, env: dict[str, str] | None = None, cwd: Path | None = None, seconds: float = 60
+) -> tuple[int, str, str]:
     """Run a command without blocking the event loop that serves the in-process server."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=cwd
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    out, err = await asyncio.wait_for(proc.communicate(), seconds)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
 
@@ -41,7 +43,12 @@ async def test_reflection_lists_every_service(channel: aio.Channel) -> None:
         r async for r in stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
     ]
     names = {s.name for s in responses[0].list_services_response.service}
-    assert names == {*SERVICE_NAMES, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    assert names == {
+        *SERVICE_NAMES,
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
 
 
 async def test_health_is_serving_without_a_key(channel: aio.Channel) -> None:

@@ -179,7 +179,8 @@ BAD_VALUES = [
         "--workers",
         ["fixed port"],
     ),
-    (["create-api-key", "--owner", "nope"], {}, 2, "--owner", ["UUID"]),
+    (["create-api-key", "--owner", "no pe"], {}, 2, "--owner", ["without spaces"]),
+    (["serve", "--metrics-listen", "nowhere"], {}, 2, "--metrics-listen", ["port is missing"]),
     (["create-api-key"], {}, 2, "--owner", ["required"]),
 ]
 BAD_DATABASE_URLS = [

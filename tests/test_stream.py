@@ -51,11 +51,32 @@ async def test_replays_then_delivers_live_events(api: Api) -> None:
     call.cancel()
 
 
+async def test_the_end_of_the_replay_is_marked_at_once(api: Api) -> None:
+    """Right after the past events, long before the first keep-alive (15 s by default), then live ones."""
+    for name in ("one", "two", "three"):
+        await create_contract(api, name)
+    call = stream(api, after_cursor=1)
+    items = [await asyncio.wait_for(call.read(), 5) for _ in range(3)]
+    assert [i.WhichOneof("item") for i in items] == ["event", "event", "replay_ended"]
+    assert [i.event.cursor for i in items[:2]] == [2, 3]
+    assert items[2].replay_ended.cursor == 3 and items[2].replay_ended.server_time.seconds > 0
+    live = await create_contract(api, "four")
+    item = await asyncio.wait_for(call.read(), 5)
+    assert (item.WhichOneof("item"), item.event.contract_id) == ("event", live.id)
+    call.cancel()
+
+    caught_up = stream(api, after_cursor=4)
+    first = await asyncio.wait_for(caught_up.read(), 5)
+    assert (first.WhichOneof("item"), first.replay_ended.cursor) == ("replay_ended", 4)
+    caught_up.cancel()
+
+
 async def test_keep_alive_carries_the_watermark_past_filtered_events(api: Api) -> None:
     task = await create_task(api)
     await create_contract(api)
     call = stream(api, task_id=task.id, keep_alive_seconds=1)
     assert (await next_event(call)).cursor == 1
+    assert (await asyncio.wait_for(call.read(), 10)).replay_ended.cursor == 2
     item = await asyncio.wait_for(call.read(), 10)
     assert item.HasField("keep_alive")
     assert item.keep_alive.cursor == 2  # the contract event did not match, but it is behind us
@@ -103,7 +124,7 @@ async def test_exactly_once_in_order_across_random_reconnects_with_concurrent_wr
                         last = item.event.cursor
                         quota -= 1
                     else:
-                        last = max(last, item.keep_alive.cursor)
+                        last = max(last, getattr(item, item.WhichOneof("item")).cursor)
             finally:
                 call.cancel()
             await asyncio.sleep(rng.random() / 50)
@@ -134,6 +155,7 @@ async def test_server_shutdown_ends_streams_cleanly(empty_database_url: str, tmp
         await create_contract(api)
         call = stream(api)
         assert (await next_event(call)).cursor == 1
+        assert (await asyncio.wait_for(call.read(), 10)).HasField("replay_ended")
         await app.stop(5)
         assert await asyncio.wait_for(call.read(), 10) is aio.EOF
         assert await call.code() == grpc.StatusCode.OK

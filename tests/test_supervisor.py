@@ -248,3 +248,31 @@ async def test_rewind_conversation_with_code(api: Api) -> None:
     kept = await rewind(api, task_id=early.id, to_message_index=0, rewind_code=True)
     # Only the initial checkpoint (0 messages) is at or before the kept point, so the code goes back to it.
     assert kept.code_rewound and not (Path(early.worktree_path) / "g").exists()
+
+
+async def test_one_resume_rule_for_supervisors_and_tasks(api: Api, server: App) -> None:
+    """Resuming as is needs an interrupted or failed run; going back to a point needs only a stopped one."""
+    contract = await create_contract(api)
+    supervisor = (await start(api, contract.id)).supervisor_task
+    worker = (
+        await api.tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="w", contract_id=contract.id), metadata=api.md)
+    ).task
+    assert supervisor.status == worker.status == resources_pb2.TASK_STATUS_PENDING
+    never_started = (
+        resume(api, contract.id, supervisor_pb2.RESUME_MODE_CONTINUE),
+        api.tasks.ResumeTask(task_fork_pb2.ResumeTaskRequest(task_id=worker.id), metadata=api.md),
+    )
+    for call in never_started:
+        failure = await fails(call, grpc.StatusCode.FAILED_PRECONDITION, reason="NOT_RESUMABLE")
+        assert failure.metadata["status"] == "pending"
+
+    restarted = await resume(api, contract.id, supervisor_pb2.RESUME_MODE_RESTART_PHASE)  # goes back: allowed
+    assert restarted.supervisor_task.status == resources_pb2.TASK_STATUS_PENDING
+
+    for status in ("interrupted", "failed"):
+        await set_status(server, supervisor.id, status)
+        await set_status(server, worker.id, status)
+        assert (await resume(api, contract.id, supervisor_pb2.RESUME_MODE_CONTINUE)).supervisor_task.status == (
+            resources_pb2.TASK_STATUS_PENDING
+        )
+        await api.tasks.ResumeTask(task_fork_pb2.ResumeTaskRequest(task_id=worker.id), metadata=api.md)

@@ -116,11 +116,11 @@ async def test_stream_timeline_gives_keep_alives_as_they_come(client: AsyncClien
     await create_contract(api, "only")
     responses = client.stream_timeline(keep_alive_seconds=1)
     try:
-        first = await asyncio.wait_for(anext(responses), 10)
-        second = await asyncio.wait_for(anext(responses), 10)
+        first, second, third = [await asyncio.wait_for(anext(responses), 10) for _ in range(3)]
     finally:
         await responses.aclose()
     assert first.event.cursor == 1
-    assert second.keep_alive.cursor == 1
+    assert second.replay_ended.cursor == 1
+    assert third.keep_alive.cursor == 1
     with pytest.raises(InvalidArgumentError):
         await anext(client.stream_timeline(keep_alive_seconds=-1))

@@ -69,6 +69,6 @@ async def test_follow_timeline(sync_client: Client, api: Api) -> None:
 async def test_stream_timeline(sync_client: Client, api: Api) -> None:
     await create_contract(api, "streamed")
     responses = sync_client.stream_timeline(keep_alive_seconds=1)
-    first, second = await asyncio.to_thread(lambda: list(itertools.islice(responses, 2)))
+    first, second, third = await asyncio.to_thread(lambda: list(itertools.islice(responses, 3)))
     await asyncio.to_thread(responses.close)
-    assert (first.event.cursor, second.keep_alive.cursor) == (1, 1)
+    assert (first.event.cursor, second.replay_ended.cursor, third.keep_alive.cursor) == (1, 1, 1)

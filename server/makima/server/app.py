@@ -7,25 +7,31 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
+import grpc
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from sqlalchemy.exc import DBAPIError
 
+from makima.server import telemetry
 from makima.server.api.daemon import DaemonServicer
 from makima.server.api.history import HistoryServicer
 from makima.server.api.interceptor import ServiceInterceptor
+from makima.server.api.reflection import add_reflection
 from makima.server.api.supervisor import SupervisorServicer
 from makima.server.api.task_fork import TaskForkServicer
-from makima.server.config import EXIT_FAILURE, Address, SettingError, Settings, parse_listen
+from makima.server.config import EXIT_FAILURE, Address, SettingError, Settings, is_loopback, parse_listen
 from makima.server.domain.auth import Authenticator
 from makima.server.domain.collector import GC_GRACE, GC_INTERVAL_SECONDS, ObjectCollector
 from makima.server.domain.objects import ObjectStores
 from makima.server.domain.page_tokens import PageTokenKeys
 from makima.server.domain.runtime import Runtime
 from makima.server.domain.sweeper import LeaseSweeper
+from makima.server.domain.telemetry import MetricsSampler
 from makima.server.domain.workspace import Workspace
 from makima.server.store import migrate
 from makima.server.store.engine import Database, DatabaseUnreachable, DatabaseUrlError, describe_database_error
@@ -41,6 +47,9 @@ from makima.v1 import (
     task_fork_pb2,
     task_fork_pb2_grpc,
 )
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,9 @@ class App:
     page_tokens: PageTokenKeys
     objects: ObjectStores
     collector: ObjectCollector
+    sampler: MetricsSampler | None
+    stop_metrics: Callable[[], None] | None
+    tracing: TracerProvider | None
 
     async def stop(self, grace: float) -> None:
         """Report NOT_SERVING, end live streams, let in-flight calls finish within `grace`, release the rest."""
@@ -75,21 +87,51 @@ class App:
         await self.server.stop(grace)
         await self.sweeper.stop()
         await self.collector.stop()
+        if self.sampler is not None:
+            await self.sampler.stop()
+        if self.stop_metrics is not None:
+            self.stop_metrics()
+        if self.tracing is not None:
+            self.tracing.force_flush()
         if self.listener is not None:
             await self.listener.stop()
         await self.objects.close()
         await self.runtime.db.dispose()
 
 
-async def start(settings: Settings) -> App:
+async def start(settings: Settings, *, tracer_provider: TracerProvider | None = None) -> App:
     """Migrate the database, then start serving on `settings.listen` (port 0 picks a free port).
+
+    Traces go to `tracer_provider`, else to what the OTEL_* variables ask for (none by default).
 
     SettingError names the setting at fault when the address, the database or the workspace root
     cannot work; the port is checked first, so a taken one fails before the database is touched.
     """
     address = _address(settings.listen)
+    credentials = server_credentials(settings)
+    tracing = tracer_provider if tracer_provider is not None else telemetry.tracer_provider_from_env()
     _check_bindable(address, reuse_port=settings.reuse_port)
+    metrics = telemetry.enable_metrics() if settings.metrics else None
+    stop_metrics = telemetry.serve_metrics(settings.metrics_listen) if settings.metrics_listen else None
+    try:
+        return await _start(settings, address, credentials, tracing, metrics, stop_metrics)
+    except BaseException:
+        if stop_metrics is not None:
+            stop_metrics()
+        raise
+
+
+async def _start(
+    settings: Settings,
+    address: Address,
+    credentials: grpc.ServerCredentials | None,
+    tracing: TracerProvider | None,
+    metrics: telemetry.Metrics | None,
+    stop_metrics: Callable[[], None] | None,
+) -> App:
     db = await open_database(settings.database_url)
+    if tracing is not None:
+        telemetry.trace_database(db.engine, tracing)
     try:
         workspace = Workspace(settings.workspace_root)
     except OSError as exc:
@@ -106,7 +148,11 @@ async def start(settings: Settings) -> App:
     if listener is not None:
         listener.start()
     server = aio.server(
-        interceptors=[ServiceInterceptor(Authenticator(runtime))],
+        interceptors=[
+            ServiceInterceptor(
+                Authenticator(runtime), tracer=None if tracing is None else tracing.get_tracer("makima.server")
+            )
+        ],
         options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)],
     )
     history = HistoryServicer(
@@ -124,12 +170,18 @@ async def start(settings: Settings) -> App:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
-        server,
-    )
+    add_reflection((*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
+    if credentials is None and not is_loopback(address.host):
+        log.warning(
+            "serving plaintext on a non-loopback address: API keys cross the network in the clear; "
+            "give --tls-cert and --tls-key",
+            extra={"listen": settings.listen},
+        )
     try:
-        port = server.add_insecure_port(str(address))
+        if credentials is None:
+            port = server.add_insecure_port(str(address))
+        else:
+            port = server.add_secure_port(str(address), credentials)
     except RuntimeError as exc:  # grpc's whole report of a failed bind; the socket error says why
         if listener is not None:
             await listener.stop()
@@ -142,7 +194,23 @@ async def start(settings: Settings) -> App:
     sweeper.start()
     collector = ObjectCollector(runtime, objects, interval=GC_INTERVAL_SECONDS, grace=GC_GRACE)
     collector.start()
-    log.info("serving", extra={"listen": settings.listen, "port": port, "database": db.shown_url})
+    sampler = None
+    if metrics is not None:
+        sampler = MetricsSampler(runtime, metrics, interval=telemetry.SAMPLE_SECONDS)
+        sampler.start()
+    log.info(
+        "serving",
+        extra={
+            "listen": settings.listen,
+            "port": port,
+            "database": db.shown_url,
+            "workspace_root": str(workspace.root),
+            "workers": settings.workers,
+            "tls": "off" if credentials is None else "mutual" if settings.tls_client_ca else "on",
+            "metrics": settings.metrics_listen,
+            "traces": tracing is not None,
+        },
+    )
     return App(
         server=server,
         port=port,
@@ -155,6 +223,34 @@ async def start(settings: Settings) -> App:
         page_tokens=page_tokens,
         objects=objects,
         collector=collector,
+        sampler=sampler,
+        stop_metrics=stop_metrics,
+        tracing=tracing,
+    )
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """The TLS credentials `settings` ask for, None for plaintext; SettingError names a missing or unreadable file."""
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
+        raise SettingError("tls_client_ca", "requiring client certificates needs TLS: give tls_cert and tls_key too")
+    if settings.tls_cert is None and settings.tls_key is None:
+        return None
+    if settings.tls_cert is None or settings.tls_key is None:
+        missing = "tls_key" if settings.tls_key is None else "tls_cert"
+        raise SettingError(missing, "TLS needs both the certificate and its key")
+    pem: dict[str, bytes] = {}
+    for field in ("tls_cert", "tls_key", "tls_client_ca"):
+        path: Path | None = getattr(settings, field)
+        if path is None:
+            continue
+        try:
+            pem[field] = path.read_bytes()
+        except OSError as exc:
+            raise SettingError(field, f"cannot read {path}: {exc.strerror}", exit_code=EXIT_FAILURE) from exc
+    return grpc.ssl_server_credentials(
+        [(pem["tls_key"], pem["tls_cert"])],
+        root_certificates=pem.get("tls_client_ca"),
+        require_client_auth="tls_client_ca" in pem,
     )
 
 

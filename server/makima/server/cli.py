@@ -17,14 +17,20 @@ import os
 import signal
 import sys
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from makima.server import logs
+from makima.server import logs, telemetry
 from makima.server.config import DEFAULT_LISTEN, EXIT_FAILURE, SettingError, Settings, parse_listen
+from makima.server.domain.errors import DomainError
 from makima.server.store.engine import DEFAULT_DATABASE_URL, normalize_database_url
+
+if TYPE_CHECKING:
+    from makima.server.domain.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +81,43 @@ def _keep(text: str) -> int | None:
     return value
 
 
-def _owner(text: str) -> uuid.UUID:
+def _owner(text: str) -> str:
+    """An owner's name or UUID: printable, no spaces, at most 200 characters."""
+    if not text or len(text) > 200 or not text.isprintable() or any(c.isspace() for c in text):
+        raise ValueError(f"must be a name or UUID of 1-200 printable characters without spaces, not {text!r}")
+    return text
+
+
+def _optional_listen(text: str) -> str | None:
+    return _listen(text) if text else None
+
+
+def _optional_path(text: str) -> Path | None:
+    return Path(text) if text else None
+
+
+def _optional_owner(text: str) -> str | None:
+    return _owner(text) if text else None
+
+
+def _key_id(text: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
     except ValueError:
-        raise ValueError(f"must be a UUID, not {text!r}") from None
+        raise ValueError(f"must be a key id (a UUID, as list-api-keys shows it), not {text!r}") from None
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _expires_in(text: str) -> timedelta | None:
+    """A lifetime such as 90d, 12h, 30m or 45s (empty: never expires)."""
+    if text == "":
+        return None
+    number, unit = text[:-1], text[-1:]
+    if unit not in _UNITS or not number.isdigit() or int(number) < 1:
+        raise ValueError(f"must be a whole number of s, m, h or d, such as 90d, not {text!r}")
+    return timedelta(seconds=int(number) * _UNITS[unit])
 
 
 @dataclass(frozen=True)
@@ -148,6 +186,29 @@ SERVE_OPTIONS = (
         "seconds between sweeps that interrupt tasks whose lease expired",
     ),
     _Option(
+        "--tls-cert",
+        "MAKIMA_TLS_SERVER_CERT",
+        "",
+        _optional_path,
+        "serve TLS with this certificate chain (PEM); needs --tls-key. Without: plaintext, meant for 127.0.0.1",
+    ),
+    _Option("--tls-key", "MAKIMA_TLS_SERVER_KEY", "", _optional_path, "private key (PEM) of --tls-cert"),
+    _Option(
+        "--tls-client-ca",
+        "MAKIMA_TLS_CLIENT_CA",
+        "",
+        _optional_path,
+        "require client certificates signed by this CA (PEM): mutual TLS; needs --tls-cert",
+    ),
+    _Option(
+        "--metrics-listen",
+        "MAKIMA_METRICS_LISTEN",
+        "",
+        _optional_listen,
+        "serve Prometheus metrics at http://HOST:PORT/metrics (with --workers: the sum of every worker); "
+        "empty: no metrics",
+    ),
+    _Option(
         "--workers",
         "MAKIMA_WORKERS",
         "1",
@@ -157,8 +218,29 @@ SERVE_OPTIONS = (
 )
 KEY_OPTIONS = (
     DATABASE_URL,
-    _Option("--owner", None, None, _owner, "owner UUID (created if new)"),
+    _Option(
+        "--owner",
+        None,
+        None,
+        _owner,
+        "the owner's name (found, else created) or UUID (created if new)",
+    ),
     _Option("--name", None, "", str, "a label for the key"),
+    _Option("--expires-in", None, "", _expires_in, "lifetime of the key, such as 90d, 12h or 30m; empty: none"),
+)
+LIST_KEY_OPTIONS = (
+    DATABASE_URL,
+    _Option("--owner", None, "", _optional_owner, "only the keys of this owner (name or UUID); empty: all"),
+)
+REVOKE_KEY_OPTIONS = (
+    DATABASE_URL,
+    _Option(
+        "--key-id",
+        None,
+        None,
+        _key_id,
+        "the id of the key to revoke, from list-api-keys; every server refuses it within 5 seconds",
+    ),
 )
 ROTATE_OPTIONS = (
     DATABASE_URL,
@@ -175,6 +257,8 @@ COMMAND_OPTIONS = {
     "serve": SERVE_OPTIONS,
     "migrate": (DATABASE_URL,),
     "create-api-key": KEY_OPTIONS,
+    "list-api-keys": LIST_KEY_OPTIONS,
+    "revoke-api-key": REVOKE_KEY_OPTIONS,
     "rotate-page-token-key": ROTATE_OPTIONS,
 }
 
@@ -195,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  makima-server serve\n"
         "  makima-server serve --listen 0.0.0.0:50051 "
         "--database-url postgresql://makima@db/makima\n"
-        "  makima-server create-api-key --owner 4f1c2e1a-0000-4000-8000-000000000001 --name laptop\n"
+        "  makima-server create-api-key --owner alice --name laptop --expires-in 90d\n"
+        "  makima-server list-api-keys --owner alice\n"
+        "  makima-server revoke-api-key --key-id <KEY ID from list-api-keys>\n"
         "\n"
         "exit codes: 0 done; 2 a bad value of a flag or MAKIMA_* variable; 1 a setting the machine\n"
         "refuses (port in use, database unreachable or not writable) or an unexpected failure.\n"
@@ -208,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve": "migrate the database, then serve gRPC until SIGTERM/SIGINT",
         "migrate": "apply database migrations and exit",
         "create-api-key": "create an API key for an owner and print it once",
+        "list-api-keys": "list API keys (id, owner, name, prefix, times); never their secrets",
+        "revoke-api-key": "revoke an API key: it stops working on every server within seconds",
         "rotate-page-token-key": "add a new page-token signing key; older keys still verify tokens until "
         "dropped with --keep",
     }
@@ -260,6 +348,9 @@ def _reported(labels: Mapping[str, str], run: Callable[[], int]) -> int:
         return run()
     except SettingError as exc:
         return _fail(labels, exc)
+    except DomainError as exc:  # e.g. an unknown key or owner named on the command line
+        print(f"makima-server: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
     except Exception as exc:
         log.error("unexpected failure", exc_info=exc)
         print(f"makima-server: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
@@ -273,29 +364,63 @@ async def _migrate(database_url: str) -> None:
     await db.dispose()
 
 
-async def _create_api_key(database_url: str, owner: uuid.UUID, name: str) -> str:
+@asynccontextmanager
+async def _runtime(database_url: str) -> AsyncIterator[Runtime]:
+    """The database of an operator command, migrated, for the length of the command."""
     from makima.server.app import open_database
-    from makima.server.domain.auth import create_api_key
     from makima.server.domain.runtime import Runtime
 
     db = await open_database(database_url)
     try:
-        return (await create_api_key(Runtime(db), owner_id=owner, name=name)).secret
+        yield Runtime(db)
     finally:
         await db.dispose()
+
+
+async def _create_api_key(database_url: str, owner: str, name: str, expires_in: timedelta | None) -> str:
+    from makima.server.domain.auth import create_api_key
+
+    try:
+        by_id: dict[str, Any] = {"owner_id": uuid.UUID(owner)}
+    except ValueError:
+        by_id = {"owner_name": owner}
+    expire_time = None if expires_in is None else datetime.now(UTC) + expires_in
+    async with _runtime(database_url) as rt:
+        return (await create_api_key(rt, name=name, expire_time=expire_time, **by_id)).secret
+
+
+async def _list_api_keys(database_url: str, owner: str | None) -> str:
+    """One line a key, as tab-separated columns under a header."""
+    from makima.server.domain.auth import list_api_keys
+
+    async with _runtime(database_url) as rt:
+        keys = await list_api_keys(rt, owner=owner)
+
+    def when(moment: datetime | None) -> str:
+        return "-" if moment is None else moment.isoformat(timespec="seconds")
+
+    lines = ["KEY ID\tOWNER\tOWNER ID\tNAME\tPREFIX\tCREATED\tEXPIRES\tREVOKED"]
+    lines += [
+        f"{k.key_id}\t{k.owner_name or '-'}\t{k.owner_id}\t{k.name or '-'}\t{k.key_prefix}\t"
+        f"{when(k.create_time)}\t{when(k.expire_time)}\t{when(k.revoke_time)}"
+        for k in keys
+    ]
+    return "\n".join(lines)
+
+
+async def _revoke_api_key(database_url: str, key_id: uuid.UUID) -> None:
+    from makima.server.domain.auth import revoke_api_key
+
+    async with _runtime(database_url) as rt:
+        await revoke_api_key(rt, key_id=key_id)
 
 
 async def _rotate_page_token_key(database_url: str, keep: int | None) -> str:
-    from makima.server.app import open_database
     from makima.server.domain.page_tokens import rotate
-    from makima.server.domain.runtime import Runtime
 
-    db = await open_database(database_url)
-    try:
-        done = await rotate(Runtime(db), keep=keep)
-        return f"new page-token key {done.key_id}; {done.removed} older key(s) dropped, {done.remaining} kept"
-    finally:
-        await db.dispose()
+    async with _runtime(database_url) as rt:
+        done = await rotate(rt, keep=keep)
+    return f"new page-token key {done.key_id}; {done.removed} older key(s) dropped, {done.remaining} kept"
 
 
 def _serve_worker(settings: Settings, log_level: str, labels: Mapping[str, str]) -> None:
@@ -318,15 +443,22 @@ def _serve_workers(settings: Settings, workers: int, log_level: str, labels: Map
     workers alone (`hold_port`) and migrations run once here, so the workers start on an
     up-to-date schema; SIGTERM or SIGINT is passed on to every worker.
     """
-    from makima.server.app import hold_port
+    from makima.server.app import hold_port, server_credentials
 
+    server_credentials(settings)  # a TLS file that cannot work fails here once, not in every worker
     if not settings.database_url.startswith("postgresql"):
         raise SettingError("workers", "more than 1 needs a PostgreSQL database URL")
     if settings.listen.rsplit(":", 1)[-1] == "0":
         raise SettingError("workers", "more than 1 needs a fixed port in the listen address, not 0")
     port_lock = hold_port(settings.listen)
+    metrics_dir = stop_metrics = None
     try:
         asyncio.run(_migrate(settings.database_url))
+        if settings.metrics_listen is not None:
+            # Before any worker starts: each one records into this directory, this process serves the sum.
+            metrics_dir = telemetry.MultiprocessDir()
+            stop_metrics = telemetry.serve_metrics(settings.metrics_listen)
+            settings = replace(settings, metrics_listen=None)
         context = multiprocessing.get_context("spawn")
         children = [
             context.Process(target=_serve_worker, args=(settings, log_level, dict(labels)), name=f"makima-worker-{i}")
@@ -344,8 +476,14 @@ def _serve_workers(settings: Settings, workers: int, log_level: str, labels: Map
         signal.signal(signal.SIGINT, stop)
         for child in children:
             child.join()
+            if metrics_dir is not None and child.pid is not None:
+                metrics_dir.worker_exited(child.pid)
         return max((child.exitcode or 0) for child in children)
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
+        if metrics_dir is not None:
+            metrics_dir.close()
         if port_lock is not None:
             port_lock.close()
 
@@ -362,9 +500,15 @@ def _serve(values: _Values, log_level: str) -> int:
         timeline_recheck_seconds=values["timeline_recheck_seconds"],
         lease_seconds=values["lease_seconds"],
         sweep_seconds=values["sweep_seconds"],
+        tls_cert=values["tls_cert"],
+        tls_key=values["tls_key"],
+        tls_client_ca=values["tls_client_ca"],
+        metrics=values["metrics_listen"] is not None,
+        metrics_listen=values["metrics_listen"],
     )
     if values["workers"] > 1:
-        return _serve_workers(replace(settings, reuse_port=True), values["workers"], log_level, values.labels)
+        settings = replace(settings, reuse_port=True, workers=values["workers"])
+        return _serve_workers(settings, values["workers"], log_level, values.labels)
     asyncio.run(serve(settings))
     return 0
 
@@ -398,8 +542,26 @@ def main(argv: list[str] | None = None) -> int:
 
         return _reported(labels, rotate)
 
+    if args.command == "list-api-keys":
+
+        def list_keys() -> int:
+            print(asyncio.run(_list_api_keys(values["database_url"], values["owner"])))
+            return 0
+
+        return _reported(labels, list_keys)
+    if args.command == "revoke-api-key":
+
+        def revoke() -> int:
+            asyncio.run(_revoke_api_key(values["database_url"], values["key_id"]))
+            print(f"revoked {values['key_id']}: every server refuses it within 5 seconds")
+            return 0
+
+        return _reported(labels, revoke)
+
     def create_key() -> int:
-        secret = asyncio.run(_create_api_key(values["database_url"], values["owner"], values["name"]))
+        secret = asyncio.run(
+            _create_api_key(values["database_url"], values["owner"], values["name"], values["expires_in"])
+        )
         print(secret)
         print("store this key now: it cannot be shown again", file=sys.stderr)
         return 0

@@ -108,3 +108,24 @@ class Settings:
     # Share the port with other processes (SO_REUSEPORT): only for the workers of one `serve --workers N`.
     # Off, a port that another server holds fails to bind instead of silently splitting its calls.
     reuse_port: bool = False
+    # How many server processes `serve --workers N` runs (named in the start-up line of each).
+    workers: int = 1
+    # TLS: the server's certificate chain and key (PEM); None serves plaintext.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # Mutual TLS: clients must present a certificate signed by this CA (PEM); needs tls_cert.
+    tls_client_ca: Path | None = None
+    # Record Prometheus metrics (see telemetry.py).
+    metrics: bool = False
+    # Where this process serves /metrics; None: nowhere (the parent of `serve --workers N` serves them).
+    metrics_listen: str | None = None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is reachable from this machine only (plaintext is for those addresses alone)."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

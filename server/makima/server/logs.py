@@ -16,6 +16,7 @@ class JsonFormatter(logging.Formatter):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
+            "pid": record.process,  # which worker of `serve --workers N` wrote it
             "msg": record.getMessage(),
         }
         entry |= {k: v for k, v in record.__dict__.items() if k not in _STANDARD}

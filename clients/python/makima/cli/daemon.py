@@ -126,7 +126,7 @@ def add_commands(
 
 def run(args: argparse.Namespace, connection: dict[str, Any]) -> int:
     """Run `makima daemon run` until it stops, connected with `connection` (AsyncClient's address,
-    api_key and timeout); returns the exit status (MakimaError propagates)."""
+    api_key, timeout and tls); returns the exit status (MakimaError propagates)."""
     try:
         config = DaemonConfig(
             command=args.shell_command,

@@ -48,11 +48,15 @@ from makima.client import (
     API_KEY_ENV,
     DEFAULT_ADDRESS,
     DEFAULT_TIMEOUT,
+    TLS_CA_ENV,
+    TLS_CERT_ENV,
+    TLS_KEY_ENV,
     Client,
     MakimaError,
     NotFoundError,
     Paged,
     RetryPolicy,
+    Tls,
     UnavailableError,
 )
 from makima.v1 import resources_pb2, supervisor_pb2, task_fork_pb2
@@ -934,6 +938,12 @@ def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
         "--address", default=default(None), help=f"server host:port (env {ADDRESS_ENV}, default {DEFAULT_ADDRESS})"
     )
     p.add_argument("--api-key", default=default(None), help=f"API key (env {API_KEY_ENV})")
+    for flag, env, what in (
+        ("--tls-ca", TLS_CA_ENV, "connect over TLS, verifying the server with this CA certificate (PEM)"),
+        ("--tls-cert", TLS_CERT_ENV, "client certificate (PEM) for a server that requires one; needs --tls-key"),
+        ("--tls-key", TLS_KEY_ENV, "private key (PEM) of --tls-cert"),
+    ):
+        p.add_argument(flag, default=default(None), metavar="FILE", help=f"{what} (env {env})")
     p.add_argument("--json", action="store_true", default=default(False), help="print JSON instead of a listing")
     p.add_argument(
         "--timeout",
@@ -968,15 +978,27 @@ def _view(a: argparse.Namespace) -> View:
 
 
 def _connection_options(a: argparse.Namespace) -> dict[str, Any]:
-    """Address, key and deadline of the client: flags, then the environment, then the context, then the
-    client's defaults. The context's tls_ca, tls_cert and tls_key belong here too once the client takes
-    TLS options."""
+    """Address, key, deadline and TLS of the client: flags, then the environment, then the context,
+    then the client's defaults. ConfigError for TLS files that cannot serve, before any call."""
     context = _config.selected(_config.load(), a.context)
     api_key = a.api_key if a.api_key is not None else os.environ.get(API_KEY_ENV) or context.get("api_key")
+    tls_files = [
+        flag or os.environ.get(env) or context.get(key)
+        for flag, env, key in (
+            (a.tls_ca, TLS_CA_ENV, "tls_ca"),
+            (a.tls_cert, TLS_CERT_ENV, "tls_cert"),
+            (a.tls_key, TLS_KEY_ENV, "tls_key"),
+        )
+    ]
+    try:
+        tls = Tls.resolve(*tls_files)
+    except (ValueError, OSError) as err:
+        raise _config.ConfigError(f"TLS: {err}") from None
     return {  # an empty variable counts as unset, as an empty flag value does not
         "address": a.address or os.environ.get(ADDRESS_ENV) or context.get("address"),
         "api_key": api_key or "",
         "timeout": a.timeout,
+        "tls": tls,
     }
 
 
@@ -1021,6 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"environment:\n"
         f"  {ADDRESS_ENV}   server host:port (default {DEFAULT_ADDRESS})\n"
         f"  {API_KEY_ENV}   API key, sent as `authorization: Bearer <key>`\n"
+        f"  {TLS_CA_ENV}, {TLS_CERT_ENV}, {TLS_KEY_ENV}   TLS files, as --tls-ca, --tls-cert, --tls-key\n"
         f"  {_config.CONTEXT_ENV}   context of the config file to use\n"
         "  settings come from flags, then the environment, then the context, then the defaults\n\n"
         "exit status:\n"

@@ -28,7 +28,17 @@ from makima.client._errors import (
     UnavailableError,
     UnimplementedError,
 )
-from makima.client._options import ADDRESS_ENV, API_KEY_ENV, DEFAULT_ADDRESS, DEFAULT_TIMEOUT, RetryPolicy
+from makima.client._options import (
+    ADDRESS_ENV,
+    API_KEY_ENV,
+    DEFAULT_ADDRESS,
+    DEFAULT_TIMEOUT,
+    TLS_CA_ENV,
+    TLS_CERT_ENV,
+    TLS_KEY_ENV,
+    RetryPolicy,
+    Tls,
+)
 from makima.client._sync import Client, Paged, TimelineFollower, Unary
 from makima.client.daemon import Daemon, DaemonConfig, TaskSetupError, WorktreeProvider
 from makima.client.worktrees import DaemonWorktrees
@@ -38,6 +48,9 @@ __all__ = [
     "API_KEY_ENV",
     "DEFAULT_ADDRESS",
     "DEFAULT_TIMEOUT",
+    "TLS_CA_ENV",
+    "TLS_CERT_ENV",
+    "TLS_KEY_ENV",
     "AbortedError",
     "AlreadyExistsError",
     "AsyncClient",
@@ -60,6 +73,7 @@ __all__ = [
     "RetryPolicy",
     "TaskSetupError",
     "TimelineFollower",
+    "Tls",
     "Unary",
     "UnauthenticatedError",
     "UnavailableError",

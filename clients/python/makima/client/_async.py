@@ -17,6 +17,7 @@ from makima.client._options import (
     DEFAULT_TIMEOUT,
     PACK_CHUNK_SIZE,
     RetryPolicy,
+    Tls,
     auth_metadata,
     resolve_address,
 )
@@ -194,6 +195,9 @@ class AsyncClient:
     with reason LEASE_LOST then means the task is not the daemon's any more (it was interrupted or
     claimed again): stop working on it, nothing of the refused write was stored.
 
+    `tls` (default: as MAKIMA_TLS_CA, MAKIMA_TLS_CERT and MAKIMA_TLS_KEY say; none set: plaintext)
+    connects over TLS, with a client certificate for a server that requires one.
+
         async with AsyncClient() as client:
             contract = (await client.create_contract(name="login page")).contract
             async for event in client.list_timeline.items(contract_id=contract.id):
@@ -207,12 +211,16 @@ class AsyncClient:
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         retry: RetryPolicy = DEFAULT_RETRY,
+        tls: Tls | None = None,
     ) -> None:
         self.address = resolve_address(address)
         self._metadata = auth_metadata(api_key)
         self._timeout = timeout
         self._retry = retry
-        self._channel = aio.insecure_channel(self.address)
+        tls = tls or Tls.resolve()
+        self._channel = (
+            aio.insecure_channel(self.address) if tls is None else aio.secure_channel(self.address, tls.credentials())
+        )
         history = history_pb2_grpc.HistoryServiceStub(self._channel)
         supervisor = supervisor_pb2_grpc.SupervisorServiceStub(self._channel)
         task_fork = task_fork_pb2_grpc.TaskForkServiceStub(self._channel)

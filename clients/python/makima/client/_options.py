@@ -6,11 +6,15 @@ import os
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 ADDRESS_ENV = "MAKIMA_ADDRESS"
 API_KEY_ENV = "MAKIMA_API_KEY"
+TLS_CA_ENV = "MAKIMA_TLS_CA"
+TLS_CERT_ENV = "MAKIMA_TLS_CERT"
+TLS_KEY_ENV = "MAKIMA_TLS_KEY"
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_TIMEOUT = 30.0
 # The most bytes the service takes in one `pack_chunk` of PushCheckpoint (makima/v1/daemon.proto).
@@ -29,6 +33,38 @@ def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     server answers UNAUTHENTICATED instead of the client guessing."""
     key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
     return (("authorization", f"Bearer {key}"),) if key else ()
+
+
+@dataclass(frozen=True)
+class Tls:
+    """TLS to the server, as PEM bytes: `ca` verifies the server (None: the system's roots); `cert` and
+    `key`, both or neither, are this client's certificate for a server that requires one (mutual TLS)."""
+
+    ca: bytes | None = None
+    cert: bytes | None = None
+    key: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("a client certificate needs its key: give both the TLS cert and key, or neither")
+
+    @classmethod
+    def resolve(cls, ca: str | None = None, cert: str | None = None, key: str | None = None) -> Tls | None:
+        """TLS from the files given, each else the one its MAKIMA_TLS_CA, MAKIMA_TLS_CERT or MAKIMA_TLS_KEY
+        variable names; None (plaintext) when none is set. ValueError for a certificate without its
+        key, OSError for a file that cannot be read: both before any connection is made."""
+        given = (ca, cert, key)
+        names = (TLS_CA_ENV, TLS_CERT_ENV, TLS_KEY_ENV)
+        paths = [value or os.environ.get(name) or None for value, name in zip(given, names, strict=True)]
+        if not any(paths):
+            return None
+        ca_pem, cert_pem, key_pem = (Path(p).read_bytes() if p else None for p in paths)
+        return cls(ca=ca_pem, cert=cert_pem, key=key_pem)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
+        )
 
 
 @dataclass(frozen=True)

@@ -70,10 +70,14 @@ class TimelineCursor:
         return resumed
 
     def take(self, response: history_pb2.StreamTimelineResponse) -> resources_pb2.TimelineEvent | None:
-        """Advance over one stream message; returns the event to hand out, None for a keep-alive or a
-        replayed event already handed out (so that each event is yielded once across reconnects)."""
+        """Advance over one stream message; returns the event to hand out, None for a keep-alive, the
+        end-of-replay marker or a replayed event already handed out (so that each event is yielded
+        once across reconnects)."""
         if response.HasField("keep_alive"):
             self.cursor = max(self.cursor, response.keep_alive.cursor)
+            return None
+        if response.HasField("replay_ended"):
+            self.cursor = max(self.cursor, response.replay_ended.cursor)
             return None
         event = response.event
         if event.cursor <= self.cursor:

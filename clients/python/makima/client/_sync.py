@@ -16,6 +16,7 @@ from makima.client._options import (
     DEFAULT_TIMEOUT,
     PACK_CHUNK_SIZE,
     RetryPolicy,
+    Tls,
     auth_metadata,
     resolve_address,
 )
@@ -190,6 +191,9 @@ class Client:
     with reason LEASE_LOST then means the task is not the daemon's any more (it was interrupted or
     claimed again): stop working on it, nothing of the refused write was stored.
 
+    `tls` (default: as MAKIMA_TLS_CA, MAKIMA_TLS_CERT and MAKIMA_TLS_KEY say; none set: plaintext)
+    connects over TLS, with a client certificate for a server that requires one.
+
         with Client() as client:
             contract = (client.create_contract(name="login page")).contract
             for event in client.list_timeline.items(contract_id=contract.id):
@@ -203,12 +207,16 @@ class Client:
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
         retry: RetryPolicy = DEFAULT_RETRY,
+        tls: Tls | None = None,
     ) -> None:
         self.address = resolve_address(address)
         self._metadata = auth_metadata(api_key)
         self._timeout = timeout
         self._retry = retry
-        self._channel = grpc.insecure_channel(self.address)
+        tls = tls or Tls.resolve()
+        self._channel = (
+            grpc.insecure_channel(self.address) if tls is None else grpc.secure_channel(self.address, tls.credentials())
+        )
         history = history_pb2_grpc.HistoryServiceStub(self._channel)
         supervisor = supervisor_pb2_grpc.SupervisorServiceStub(self._channel)
         task_fork = task_fork_pb2_grpc.TaskForkServiceStub(self._channel)

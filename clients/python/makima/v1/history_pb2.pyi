@@ -641,12 +641,13 @@ Global___StreamTimelineRequest: _TypeAlias = StreamTimelineRequest  # noqa: Y015
 
 @_typing.final
 class StreamTimelineResponse(_message.Message):
-    """A message of StreamTimeline: an event, or a keep-alive."""
+    """A message of StreamTimeline: an event, a keep-alive, or the end of the replay."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    REPLAY_ENDED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _resources_pb2.TimelineEvent:
         """A timeline event."""
@@ -655,21 +656,54 @@ class StreamTimelineResponse(_message.Message):
     def keep_alive(self) -> Global___KeepAlive:
         """A keep-alive sent while nothing matching happened."""
 
+    @_builtins.property
+    def replay_ended(self) -> Global___ReplayEnded:
+        """Sent once per stream, right after the replay of past events: what follows is live."""
+
     def __init__(
         self,
         *,
         event: _resources_pb2.TimelineEvent | None = ...,
         keep_alive: Global___KeepAlive | None = ...,
+        replay_ended: Global___ReplayEnded | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "keep_alive", b"keep_alive"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "keep_alive", b"keep_alive", "replay_ended", b"replay_ended"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "keep_alive", b"keep_alive"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "keep_alive", b"keep_alive", "replay_ended", b"replay_ended"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "keep_alive"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "keep_alive", "replay_ended"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 
 Global___StreamTimelineResponse: _TypeAlias = StreamTimelineResponse  # noqa: Y015
+
+@_typing.final
+class ReplayEnded(_message.Message):
+    """The moment a StreamTimeline has replayed every past event and starts live delivery."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURSOR_FIELD_NUMBER: _builtins.int
+    SERVER_TIME_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    """Every event up to this cursor has been delivered or filtered out; safe to resume after it."""
+    @_builtins.property
+    def server_time(self) -> _timestamp_pb2.Timestamp:
+        """Server time when the replay ended."""
+
+    def __init__(
+        self,
+        *,
+        cursor: _builtins.int = ...,
+        server_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["server_time", b"server_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "server_time", b"server_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplayEnded: _TypeAlias = ReplayEnded  # noqa: Y015
 
 @_typing.final
 class KeepAlive(_message.Message):

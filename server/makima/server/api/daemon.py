@@ -13,6 +13,7 @@ from typing import Any
 from google.protobuf import duration_pb2, json_format
 from grpc import aio
 
+from makima.server import telemetry
 from makima.server.api import convert
 from makima.server.api.base import Servicer, idempotency
 from makima.server.api.convert import enum_from_pb
@@ -218,7 +219,10 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             lease=self.lease,
             wait=_claim_wait(request, context),
         )
-        return _claimed(await work.claim_task(self.rt, self.hub, current_principal(), inp, recheck=self.recheck))
+        claimed = await work.claim_task(self.rt, self.hub, current_principal(), inp, recheck=self.recheck)
+        if claimed is not None and telemetry.METRICS is not None:
+            telemetry.METRICS.claims.inc()
+        return _claimed(claimed)
 
     async def ReportTaskStatus(
         self, request: pb.ReportTaskStatusRequest, context: aio.ServicerContext

@@ -34,13 +34,19 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, grpc.Status]:
-    """The status to answer with; unexpected errors become a generic INTERNAL (trace logged)."""
+def as_domain_error(exc: BaseException, method: str) -> errors.DomainError:
+    """`exc` as the domain error the client will see; an unexpected one is a generic INTERNAL (trace logged)."""
+    if isinstance(exc, errors.DomainError):
+        return exc
     if isinstance(exc, NotImplementedError):
-        exc = errors.Unimplemented(f"{method} is not implemented yet", metadata={"method": method})
-    if not isinstance(exc, errors.DomainError):
-        log.error("unexpected error in %s", method, exc_info=exc)
-        exc = errors.DomainError("internal error", reason="INTERNAL")
+        return errors.Unimplemented(f"{method} is not implemented yet", metadata={"method": method})
+    log.error("unexpected error in %s", method, exc_info=exc)
+    return errors.DomainError("internal error", reason="INTERNAL")
+
+
+def status_for(exc: BaseException, method: str) -> tuple[grpc.StatusCode, grpc.Status]:
+    """The status to answer with (see `as_domain_error`)."""
+    exc = as_domain_error(exc, method)
     code = _CODES.get(type(exc), grpc.StatusCode.INTERNAL)
     metadata = {valid_text(k): valid_text(v) for k, v in exc.metadata.items()}
     details = [_pack(error_details_pb2.ErrorInfo(reason=exc.reason, domain=DOMAIN, metadata=metadata))]

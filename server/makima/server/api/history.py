@@ -262,6 +262,10 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
                 yield pb.StreamTimelineResponse(
                     keep_alive=pb.KeepAlive(cursor=item.cursor, server_time=convert.ts(item.server_time))
                 )
+            elif isinstance(item, streaming.ReplayEnded):
+                yield pb.StreamTimelineResponse(
+                    replay_ended=pb.ReplayEnded(cursor=item.cursor, server_time=convert.ts(item.server_time))
+                )
             else:
                 yield pb.StreamTimelineResponse(event=convert.timeline_event(item))
 

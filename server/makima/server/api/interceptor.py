@@ -16,16 +16,18 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.message import Message
 from grpc import aio
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from makima.server import telemetry
 from makima.server.api.checks import check_request
-from makima.server.api.errors import status_for
+from makima.server.api.errors import as_domain_error, status_for
 from makima.server.domain.auth import Authenticator
 from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.runtime import Principal
@@ -76,10 +78,48 @@ def api_key_from(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
 
 
 class ServiceInterceptor(aio.ServerInterceptor):
-    """Authenticates, maps errors to rich statuses and logs one line per RPC."""
+    """Authenticates, maps errors to rich statuses, logs one line per RPC, and counts and traces it
+    when metrics (`telemetry.METRICS`) or traces (`tracer`) are on."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(self, authenticator: Authenticator, *, tracer: Tracer | None = None) -> None:
         self._auth = authenticator
+        self._tracer = tracer
+
+    @contextlib.contextmanager
+    def _observed(
+        self, method: str, outcome: _Outcome, context: aio.ServicerContext, *, streaming: bool
+    ) -> Iterator[None]:
+        """Around one call: its access-log line, its metrics and its span (each only when switched on)."""
+        started = time.perf_counter()
+        peer = context.peer()  # read now: grpc may crash reading it after a cancellation
+        metrics = telemetry.METRICS
+        if metrics is not None and streaming:
+            metrics.streams.labels(method).inc()
+        span_scope: contextlib.AbstractContextManager[Span | None] = contextlib.nullcontext()
+        if self._tracer is not None:
+            service, _, name = method.strip("/").rpartition("/")
+            span_scope = self._tracer.start_as_current_span(
+                method,
+                kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+        with span_scope as span:
+            try:
+                yield
+            finally:
+                seconds = time.perf_counter() - started
+                _log(method, outcome, seconds, peer)
+                if metrics is not None:
+                    metrics.rpcs.labels(method, outcome.code.name).inc()
+                    metrics.latency.labels(method).observe(seconds)
+                    if streaming:
+                        metrics.streams.labels(method).dec()
+                if span is not None:
+                    span.set_attribute("rpc.grpc.status_code", outcome.code.value[0])
+                    if outcome.code != grpc.StatusCode.OK:
+                        span.set_status(Status(StatusCode.ERROR, f"{outcome.reason}: {outcome.message}"))
 
     async def intercept_service(
         self,
@@ -110,44 +150,36 @@ class ServiceInterceptor(aio.ServerInterceptor):
 
     def _unary(self, behavior: Callable[..., Any], route: _Route) -> Callable[..., Any]:
         async def handle(request: Any, context: aio.ServicerContext) -> Any:
-            started = time.perf_counter()
-            peer = context.peer()  # read now: grpc may crash reading it after a cancellation
-            code = grpc.StatusCode.OK
+            outcome = _Outcome()
             received = request
-            try:
-                request = await self._begin(request, context, route)
-                result = behavior(request, context)
-                return await result if inspect.isawaitable(result) else result
-            except BaseException as exc:
-                code = _code_of(exc, context)
-                if code is None:
-                    code, status = status_for(exc, route.method)
-                    if route.request_streaming:
-                        await _drain(received)
-                    await context.abort_with_status(status)
-                raise
-            finally:
-                _log(route.method, code, started, peer)
+            with self._observed(route.method, outcome, context, streaming=False):
+                try:
+                    request = await self._begin(request, context, route)
+                    result = behavior(request, context)
+                    return await result if inspect.isawaitable(result) else result
+                except BaseException as exc:
+                    status = outcome.failed(exc, context, route.method)
+                    if status is not None:
+                        if route.request_streaming:
+                            await _drain(received)
+                        await context.abort_with_status(status)
+                    raise
 
         return handle
 
     def _stream(self, behavior: Callable[..., Any], route: _Route) -> Callable[..., Any]:
         async def handle(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
-            started = time.perf_counter()
-            peer = context.peer()  # read now: grpc may crash reading it after a cancellation
-            code = grpc.StatusCode.OK
-            try:
-                request = await self._begin(request, context, route)
-                async for item in behavior(request, context):
-                    yield item
-            except BaseException as exc:
-                code = _code_of(exc, context)
-                if code is None:
-                    code, status = status_for(exc, route.method)
-                    await context.abort_with_status(status)
-                raise
-            finally:
-                _log(route.method, code, started, peer)
+            outcome = _Outcome()
+            with self._observed(route.method, outcome, context, streaming=True):
+                try:
+                    request = await self._begin(request, context, route)
+                    async for item in behavior(request, context):
+                        yield item
+                except BaseException as exc:
+                    status = outcome.failed(exc, context, route.method)
+                    if status is not None:
+                        await context.abort_with_status(status)
+                    raise
 
         return handle
 
@@ -208,22 +240,42 @@ async def _checked_stream(requests: AsyncIterator[Any], method: str) -> AsyncIte
         yield _checked(request, method)
 
 
-def _code_of(exc: BaseException, context: aio.ServicerContext) -> grpc.StatusCode | None:
-    """The code of a call already ended (cancelled or aborted); None if `exc` must be mapped."""
-    if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-        return grpc.StatusCode.CANCELLED
-    if isinstance(exc, aio.AbortError):
-        return context.code() or grpc.StatusCode.UNKNOWN
-    return None
+@dataclass
+class _Outcome:
+    """How one call ended, for its access-log line: a failure carries its reason and message."""
+
+    code: grpc.StatusCode = grpc.StatusCode.OK
+    reason: str | None = None
+    message: str | None = None
+
+    def failed(self, exc: BaseException, context: aio.ServicerContext, method: str) -> grpc.Status | None:
+        """Record how `exc` ended the call; the status to answer with, or None if the call has ended already."""
+        if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+            self.code, self.reason = grpc.StatusCode.CANCELLED, "CANCELLED"
+            return None
+        if isinstance(exc, aio.AbortError):
+            self.code = context.code() or grpc.StatusCode.UNKNOWN
+            self.reason, self.message = self.code.name, context.details()
+            return None
+        error = as_domain_error(exc, method)
+        self.code, status = status_for(error, method)
+        self.reason, self.message = error.reason, error.message
+        return status
 
 
-def _log(method: str, code: grpc.StatusCode, started: float, peer: str) -> None:
-    access_log.info(
-        "rpc",
-        extra={
-            "rpc_method": method,
-            "rpc_code": code.name,
-            "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-            "peer": peer,
-        },
-    )
+def _log(method: str, outcome: _Outcome, seconds: float, peer: str) -> None:
+    """One line per call; a failed call's line also names its owner, reason and message."""
+    extra: dict[str, Any] = {
+        "rpc_method": method,
+        "rpc_code": outcome.code.name,
+        "duration_ms": round(seconds * 1000, 3),
+        "peer": peer,
+    }
+    if outcome.code != grpc.StatusCode.OK:
+        principal = _principal.get(None)
+        extra |= {
+            "owner_id": None if principal is None else str(principal.owner_id),
+            "reason": outcome.reason,
+            "error": outcome.message,
+        }
+    access_log.info("rpc", extra=extra)

@@ -58,6 +58,24 @@ def refuse_if_running(task: Task) -> None:
         )
 
 
+def refuse_unless_resumable(task: Task, *, as_is: bool) -> None:
+    """The one rule of every resume, of a task or a supervisor.
+
+    A resume that keeps the task as it is (ResumeTask, ResumeSupervisor CONTINUE) needs a task that
+    stopped before it finished: INTERRUPTED or FAILED. A pending task is already waiting for a
+    daemon, a completed one has nothing left to do. A resume that first goes back to a point of the
+    history (a checkpoint, the start of the phase) needs only a task that is not running.
+    """
+    refuse_if_running(task)
+    if as_is and task.status not in (TaskStatus.INTERRUPTED, TaskStatus.FAILED):
+        raise FailedPrecondition(
+            f"task {task.id} is {task.status}; only interrupted or failed tasks resume as they are "
+            "(resume from a checkpoint to go back)",
+            reason="NOT_RESUMABLE",
+            metadata={"task": str(task.id), "status": task.status},
+        )
+
+
 async def create_checkpoint(tx: Tx, ws: Workspace, task_id: uuid.UUID, message: str) -> TaskCheckpoint:
     task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
     await tx.hold(ws.lock(worktree_of(task)))
@@ -184,7 +202,7 @@ async def resume_from_checkpoint(
 ) -> tuple[Rewound, ResumedFrom]:
     """Rewind code (if any) and conversation to a checkpoint, then put the task back to pending."""
     task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
-    refuse_if_running(task)
+    refuse_unless_resumable(task, as_is=False)
     target = await load_checkpoint(tx, task, checkpoint_id)
     mode = RewindMode.BOTH if task.placement else RewindMode.CONVERSATION
     done = await _rewind(tx, ws, task, target, mode)
@@ -207,13 +225,7 @@ async def resume_from_checkpoint(
 async def resume_task(tx: Tx, task_id: uuid.UUID) -> ResumedFrom:
     """Put an interrupted (or failed) task back to pending, conversation and worktree as they are."""
     task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
-    refuse_if_running(task)
-    if task.status not in (TaskStatus.INTERRUPTED, TaskStatus.FAILED):
-        raise FailedPrecondition(
-            f"task {task.id} is {task.status}; only interrupted or failed tasks resume",
-            reason="NOT_RESUMABLE",
-            metadata={"task": str(task.id), "status": task.status},
-        )
+    refuse_unless_resumable(task, as_is=True)
     previous = task.status
     task.status = TaskStatus.PENDING.value
     task.lease_expire_time = None

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Row
 
+from makima.server import telemetry
 from makima.server.domain.history import check_timeline_scope
 from makima.server.domain.runtime import Principal, Runtime
 from makima.server.store import timeline
@@ -35,6 +36,14 @@ class KeepAlive:
     server_time: datetime
 
 
+@dataclass(frozen=True)
+class ReplayEnded:
+    """Sent once, as soon as every past event up to `cursor` was replayed: what follows is live."""
+
+    cursor: int
+    server_time: datetime
+
+
 async def follow_timeline(
     rt: Runtime,
     hub: TimelineHub,
@@ -44,7 +53,7 @@ async def follow_timeline(
     after: int,
     keep_alive: float,
     recheck: float,
-) -> AsyncIterator[Row[Any] | KeepAlive]:
+) -> AsyncIterator[Row[Any] | KeepAlive | ReplayEnded]:
     """Yield matching events after `after` forever, until the hub closes (server shutdown).
 
     A stream behind the owner's shared tail pages through the database; once caught up it is served
@@ -66,6 +75,7 @@ async def follow_timeline(
             return mark, rows
 
     last = after
+    replaying = True
     quiet_since = time.monotonic()
     with hub.subscribe(owner) as (wake, tail):
         while not hub.closing.is_set():
@@ -83,6 +93,8 @@ async def follow_timeline(
                         session, owner_id=owner, where=where, after=last, upto=mark, limit=REPLAY_BATCH
                     )
                 full = len(rows) == REPLAY_BATCH
+            if rows and telemetry.METRICS is not None:
+                telemetry.METRICS.lag.observe(mark - last)
             for row in rows:
                 yield row
                 last = row.cursor
@@ -91,6 +103,9 @@ async def follow_timeline(
             if full:
                 continue
             last = max(last, mark)
+            if replaying:
+                replaying = False
+                yield ReplayEnded(cursor=last, server_time=utcnow())
             idle = time.monotonic() - quiet_since
             if idle >= keep_alive:
                 yield KeepAlive(cursor=last, server_time=utcnow())

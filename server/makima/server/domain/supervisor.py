@@ -9,7 +9,7 @@ from datetime import datetime
 from enum import StrEnum
 
 from makima.server.domain import conversation
-from makima.server.domain.code import refuse_if_running
+from makima.server.domain.code import refuse_if_running, refuse_unless_resumable
 from makima.server.domain.contracts import ContractView, load_contract
 from makima.server.domain.enums import CheckpointKind, SnapshotReason, TaskKind, TaskStatus, TimelineKind
 from makima.server.domain.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
@@ -101,7 +101,7 @@ class SupervisorResumed:
 
 
 async def resume_supervisor(tx: Tx, ws: Workspace, inp: ResumeSupervisorInput) -> SupervisorResumed:
-    """Put the supervisor back to pending with the context `mode` asks for."""
+    """Put the supervisor back to pending with the context `mode` asks for (see `refuse_unless_resumable`)."""
     contract = await load_contract(tx.session, tx.owner_id, inp.contract_id)
     state = await contract_store.supervisor_state(tx.session, owner_id=tx.owner_id, contract_id=contract.id)
     if state is None:
@@ -111,7 +111,7 @@ async def resume_supervisor(tx: Tx, ws: Workspace, inp: ResumeSupervisorInput) -
             metadata={"contract": str(contract.id)},
         )
     task = await load_task(tx.session, tx.owner_id, state.task_id, for_update=True)
-    refuse_if_running(task)
+    refuse_unless_resumable(task, as_is=inp.mode == ResumeMode.CONTINUE)
     previous, last_activity = task.status, task.last_activity_time
     snapshot = target = safety = None
     if inp.mode == ResumeMode.RESTART_PHASE:

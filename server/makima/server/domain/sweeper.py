@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 
+from makima.server import telemetry
 from makima.server.domain import work
 from makima.server.domain.periodic import Periodic
 from makima.server.domain.runtime import Runtime
@@ -50,3 +51,5 @@ class LeaseSweeper(Periodic):
     async def run_once(self) -> None:
         if swept := await self.sweep():
             log.info("interrupted tasks whose lease expired", extra={"count": swept})
+            if telemetry.METRICS is not None:
+                telemetry.METRICS.lease_expiries.inc(swept)

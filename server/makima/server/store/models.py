@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlmodel import Column, Field, SQLModel
 
@@ -42,9 +43,21 @@ def _time(**kw: Any) -> Any:
 
 
 class Owner(SQLModel, table=True):
-    """A tenant. Its row also holds the last allocated timeline cursor (row-locked per write)."""
+    """A tenant. Its row also holds the last allocated timeline cursor (row-locked per write).
+
+    A non-empty name is unique, so operators can name owners instead of quoting UUIDs.
+    """
 
     __tablename__ = "owners"
+    __table_args__ = (
+        Index(
+            "ux_owners_name",
+            "name",
+            unique=True,
+            sqlite_where=text("name <> ''"),
+            postgresql_where=text("name <> ''"),
+        ),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(default="", sa_type=String(200))
@@ -64,6 +77,8 @@ class ApiKey(SQLModel, table=True):
     key_prefix: str = Field(sa_type=String(16))
     create_time: datetime = _time()
     revoke_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # After this time the key no longer authenticates; None: it never expires.
+    expire_time: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class ServerSecret(SQLModel, table=True):

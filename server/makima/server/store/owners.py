@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.models import ApiKey, Owner
@@ -19,13 +21,63 @@ async def ensure_owner(session: AsyncSession, *, owner_id: uuid.UUID, name: str 
     return owner
 
 
-def add_api_key(session: AsyncSession, *, owner_id: uuid.UUID, name: str, key_hash: str, key_prefix: str) -> ApiKey:
-    key = ApiKey(owner_id=owner_id, name=name, key_hash=key_hash, key_prefix=key_prefix)
+async def find_owner_by_name(session: AsyncSession, *, name: str) -> Owner | None:
+    return (await session.execute(select(Owner).where(Owner.name == name))).scalar_one_or_none()
+
+
+async def find_owner(session: AsyncSession, *, ref: str) -> Owner | None:
+    """The owner named `ref`, else the owner whose id `ref` is."""
+    found = await find_owner_by_name(session, name=ref)
+    if found is not None:
+        return found
+    try:
+        return await session.get(Owner, uuid.UUID(ref))
+    except ValueError:
+        return None
+
+
+def add_api_key(
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    name: str,
+    key_hash: str,
+    key_prefix: str,
+    expire_time: datetime | None = None,
+) -> ApiKey:
+    key = ApiKey(owner_id=owner_id, name=name, key_hash=key_hash, key_prefix=key_prefix, expire_time=expire_time)
     session.add(key)
     return key
 
 
-async def find_active_key(session: AsyncSession, *, key_hash: str) -> ApiKey | None:
+async def find_active_key(session: AsyncSession, *, key_hash: str, now: datetime) -> ApiKey | None:
+    """The key with this hash if it is neither revoked nor expired at `now`."""
     return (
-        await session.execute(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoke_time.is_(None)))
+        await session.execute(
+            select(ApiKey).where(
+                ApiKey.key_hash == key_hash,
+                ApiKey.revoke_time.is_(None),
+                or_(ApiKey.expire_time.is_(None), ApiKey.expire_time > now),
+            )
+        )
     ).scalar_one_or_none()
+
+
+async def list_api_keys(session: AsyncSession, *, owner_id: uuid.UUID | None = None) -> Sequence[tuple[ApiKey, Owner]]:
+    """Every key (of one owner, if given) with its owner, oldest first."""
+    query = select(ApiKey, Owner).join(Owner, Owner.id == ApiKey.owner_id)
+    if owner_id is not None:
+        query = query.where(ApiKey.owner_id == owner_id)
+    rows = await session.execute(query.order_by(ApiKey.create_time, ApiKey.id))
+    return [(key, owner) for key, owner in rows.tuples()]
+
+
+async def revoke_api_key(session: AsyncSession, *, key_id: uuid.UUID, now: datetime) -> bool:
+    """Mark the key revoked at `now` unless it already is; False if no such key exists."""
+    key = await session.get(ApiKey, key_id)
+    if key is None:
+        return False
+    await session.execute(
+        update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoke_time.is_(None)).values(revoke_time=now)
+    )
+    return True

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, exists, select, update
+from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.models import Contract, Daemon, Task
@@ -108,3 +108,8 @@ async def contract_phases(
         return {}
     stmt = select(Contract.id, Contract.phase).where(Contract.owner_id == owner_id, Contract.id.in_(contract_ids))
     return {row.id: row.phase for row in (await session.execute(stmt)).all()}
+
+
+async def count_pending(session: AsyncSession) -> int:
+    """Pending tasks of every owner: the queue that daemons drain (a metric, not a per-owner view)."""
+    return int((await session.execute(select(func.count()).where(Task.status == _PENDING))).scalar_one())
