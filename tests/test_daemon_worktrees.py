@@ -8,7 +8,6 @@ made by the server's `git.objects.outgoing_pack` (as a daemon would), fetched pa
 
 from __future__ import annotations
 
-import itertools
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from grpc import aio
 
 from makima.server.app import App, start
 from makima.server.config import Settings
+from makima.server.domain.objects import MERGE_ABOVE_PACKS
 from makima.server.git.objects import outgoing_pack
 from makima.v1 import daemon_pb2, history_pb2, resources_pb2, supervisor_pb2, task_fork_pb2
 from tests.helpers import Api, append_messages, create_task, fails
@@ -673,20 +673,22 @@ async def test_two_server_processes_serve_each_others_uploads(api: Api, server: 
 
 
 async def test_the_packs_of_many_pushes_are_merged(api: Api, server: App, tmp_path: Path) -> None:
-    """Each push stores a pack; merged in the background, an owner keeps a logarithmic number of them."""
+    """Each push stores a pack; once an owner has more than MERGE_ABOVE_PACKS, they are merged in the
+    background (as `git repack --geometric` would), so the count stays bounded."""
     run = await run_on_daemon(api, tmp_path)
     parent = run.start
-    for n in range(16):
+    counts = []
+    for n in range(3 * MERGE_ABOVE_PACKS):
         commit_sha = run.repo.commit({f"file{i}.txt": f"{i} at push {n}\n".encode() for i in range(n + 1)}, parent)
         await push(api, run.task.id, run.token, commit_sha, parent, run.repo.pack(commit_sha, parent))
         parent = commit_sha
+        counts.append(len(await packs_of(server, api)))
 
-    packs = await packs_of(server, api)
-    sizes = sorted(
-        await server.objects.run(api.owner_id, lambda store: [p.object_count for p in store.bucket.list_packs()])
-    )
-    assert len(packs) <= 5 and len(packs) == len(sizes)  # 17 packs unmerged (the start commit's, 16 pushes)
-    assert all(larger >= 2 * smaller for smaller, larger in itertools.pairwise(sizes))
+    # Unmerged there would be one more pack per push (and the start commit's).
+    assert max(counts) <= MERGE_ABOVE_PACKS + 1 and counts[-1] < len(counts)
     other = LocalRepo.create(tmp_path / "other")
     other.take((await fetch(api, task_id=run.task.id))[1])
-    assert other.checkout(parent) == {f"file{i}.txt": f"{i} at push 15\n".encode() for i in range(16)}
+    expected = {
+        f"file{i}.txt": f"{i} at push {3 * MERGE_ABOVE_PACKS - 1}\n".encode() for i in range(3 * MERGE_ABOVE_PACKS)
+    }
+    assert other.checkout(parent) == expected
