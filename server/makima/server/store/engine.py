@@ -127,7 +127,12 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             _tune_sqlite(self.engine)
-        self._reads = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+        # A PostgreSQL read runs without BEGIN/COMMIT (two round trips of a three-trip read): at READ
+        # COMMITTED every statement takes its own snapshot inside a transaction too, so a read-only
+        # block sees the same rows either way. SQLite reads keep their transaction, which does hold one
+        # snapshot across statements, and costs no round trip.
+        reads = self.engine if self.dialect == "sqlite" else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._reads = async_sessionmaker(reads, expire_on_commit=False, autoflush=False)
         self._writes = async_sessionmaker(
             self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False, autoflush=False
         )
@@ -159,7 +164,7 @@ class Database:
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
-        """A read-only transaction (rolled back at the end)."""
+        """A read-only block: a transaction on SQLite, autocommit statements on PostgreSQL (see __init__)."""
         async with self._reads() as session, session.begin():
             yield session
 
