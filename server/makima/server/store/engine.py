@@ -133,6 +133,7 @@ class Database:
         # snapshot across statements, and costs no round trip.
         reads = self.engine if self.dialect == "sqlite" else self.engine.execution_options(isolation_level="AUTOCOMMIT")
         self._reads = async_sessionmaker(reads, expire_on_commit=False, autoflush=False)
+        self._locking_reads = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self._writes = async_sessionmaker(
             self.engine.execution_options(**{_WRITE: True}), expire_on_commit=False, autoflush=False
         )
@@ -163,9 +164,13 @@ class Database:
         return self.url.get_backend_name()
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
-        """A read-only block: a transaction on SQLite, autocommit statements on PostgreSQL (see __init__)."""
-        async with self._reads() as session, session.begin():
+    async def read(self, *, holds_locks: bool = False) -> AsyncIterator[AsyncSession]:
+        """A read-only block: a transaction on SQLite, autocommit statements on PostgreSQL (see __init__).
+
+        `holds_locks` makes it a transaction on PostgreSQL too, for a block whose transaction-scoped
+        locks (pg_try_advisory_xact_lock) must last until it ends.
+        """
+        async with (self._locking_reads if holds_locks else self._reads)() as session, session.begin():
             yield session
 
     @asynccontextmanager
