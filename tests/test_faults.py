@@ -351,9 +351,7 @@ async def test_connections_ended_by_the_database_cost_at_most_one_failed_call(
         await asyncio.gather(*(api.supervisor.GetContract(request, metadata=api.md, timeout=10) for _ in range(40)))
 
         await end_connections(database)
-        codes = [
-            await code_of(api.supervisor.GetContract(request, metadata=api.md, timeout=10)) for _ in range(30)
-        ]
+        codes = [await code_of(api.supervisor.GetContract(request, metadata=api.md, timeout=10)) for _ in range(30)]
     failed = [code for code in codes if code != grpc.StatusCode.OK]
     assert failed in ([], [grpc.StatusCode.UNAVAILABLE]), f"answers after the connections ended: {codes}"
 
