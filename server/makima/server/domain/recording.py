@@ -62,19 +62,15 @@ async def record_task_events(
     first = _first_of_each_sequence(task.id, batch)
     stored = await events.insert_new(
         tx.session,
-        [
-            {
-                "owner_id": tx.owner_id,
-                "task_id": task.id,
-                "sequence": e.sequence,
-                "kind": e.kind.value,
-                "text": e.text,
-                "data": e.data,
-                "event_time": e.event_time or tx.now,
-                "record_time": tx.now,
-            }
+        owner_id=tx.owner_id,
+        task_id=task.id,
+        rows=[
+            events.EventRow(
+                sequence=e.sequence, kind=e.kind.value, text=e.text, data=e.data, event_time=e.event_time or tx.now
+            )
             for e in first.values()
         ],
+        now=tx.now,
     )
     resent = first.keys() - set(stored)
     if resent:
@@ -88,7 +84,6 @@ async def record_task_events(
             )
             _check_resend(task.id, first[row.sequence], kept)
     if stored:
-        task.last_activity_time = tx.now
         new = set(stored)
         kinds = dict(Counter(e.kind.value for e in batch if e.sequence in new))
         tx.record(

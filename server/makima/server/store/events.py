@@ -4,29 +4,101 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Row, func, select, text, update
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
-from makima.server.store.models import TaskEvent
+from makima.server.store.models import Task, TaskEvent
+from makima.server.store.types import json_text
 
 _table = TaskEvent.__table__
+_tasks = Task.__table__
 
 
-async def insert_new(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[int]:
-    """Insert events, skipping (task_id, sequence) pairs already stored; returns the stored sequences."""
-    dialect_insert = postgresql.insert if dialect_of(session) == "postgresql" else sqlite.insert
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """A task event to store; owner, task and record time are the batch's."""
+
+    sequence: int
+    kind: str
+    text: str
+    data: dict[str, Any] | None
+    event_time: datetime
+
+
+# One statement and one round trip for a whole batch: the rows travel as one array per column
+# (asyncpg encodes them in C, no per-row parameter processing), and the task's last activity is
+# updated by the same statement when anything was new.
+_PG_INSERT_NEW = text(
+    """
+    WITH new AS (
+        INSERT INTO task_events (owner_id, task_id, sequence, kind, text, data, event_time, record_time)
+        SELECT CAST(:owner_id AS UUID), CAST(:task_id AS UUID), u.sequence, u.kind, u.text,
+               CAST(u.data AS JSONB), u.event_time, CAST(:now AS TIMESTAMPTZ)
+        FROM unnest(CAST(:sequences AS BIGINT[]), CAST(:kinds AS TEXT[]), CAST(:texts AS TEXT[]),
+                    CAST(:datas AS TEXT[]), CAST(:event_times AS TIMESTAMPTZ[]))
+             AS u(sequence, kind, text, data, event_time)
+        ON CONFLICT (task_id, sequence) DO NOTHING
+        RETURNING sequence
+    ), touched AS (
+        UPDATE tasks SET last_activity_time = CAST(:now AS TIMESTAMPTZ)
+        WHERE id = CAST(:task_id AS UUID) AND owner_id = CAST(:owner_id AS UUID) AND EXISTS (SELECT 1 FROM new)
+    )
+    SELECT sequence FROM new
+    """
+)
+
+
+async def insert_new(
+    session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, rows: Sequence[EventRow], now: datetime
+) -> list[int]:
+    """Insert events, skipping sequences the task already has; returns the stored sequences.
+
+    When any is stored, the task's last activity time becomes `now`.
+    """
+    if not rows:
+        return []
+    if dialect_of(session) == "postgresql":
+        params = {
+            "owner_id": owner_id,
+            "task_id": task_id,
+            "now": now,
+            "sequences": [r.sequence for r in rows],
+            "kinds": [r.kind for r in rows],
+            "texts": [r.text for r in rows],
+            "datas": [json_text(r.data) for r in rows],
+            "event_times": [r.event_time for r in rows],
+        }
+        return [int(s) for s in (await session.execute(_PG_INSERT_NEW, params)).scalars()]
     stmt = (
-        dialect_insert(_table)
+        sqlite.insert(_table)
         .on_conflict_do_nothing(index_elements=[_table.c.task_id, _table.c.sequence])
         .returning(_table.c.sequence)
     )
-    result = await session.execute(stmt, list(rows))
-    return [int(s) for s in result.scalars()]
+    values = [
+        {
+            "owner_id": owner_id,
+            "task_id": task_id,
+            "sequence": r.sequence,
+            "kind": r.kind,
+            "text": r.text,
+            "data": r.data,
+            "event_time": r.event_time,
+            "record_time": now,
+        }
+        for r in rows
+    ]
+    stored = [int(s) for s in (await session.execute(stmt, values)).scalars()]
+    if stored:
+        await session.execute(
+            update(_tasks).where(_tasks.c.id == task_id, _tasks.c.owner_id == owner_id).values(last_activity_time=now)
+        )
+    return stored
 
 
 async def contents(
