@@ -209,28 +209,21 @@ async def append_messages(tx: Tx, inp: AppendMessagesInput) -> MessagesAppended:
     first = task.message_count
     await conversations.append(
         tx.session,
-        [
-            {
-                "owner_id": tx.owner_id,
-                "conversation_id": task.conversation_id,
-                "position": first + i,
-                "role": m.role.value,
-                "content": m.content,
-                "meta": m.metadata,
-                "create_time": tx.now,
-            }
-            for i, m in enumerate(inp.messages)
+        owner_id=tx.owner_id,
+        task_id=task.id,
+        conversation_id=task.conversation_id,
+        first=first,
+        messages=[
+            conversations.MessageRow(role=m.role.value, content=m.content, meta=m.metadata) for m in inp.messages
         ],
+        now=tx.now,
     )
-    task.message_count = first + len(inp.messages)
-    task.version += 1
-    task.last_activity_time = tx.now
-    task.update_time = tx.now
+    next_index = first + len(inp.messages)
     tx.record(
         TimelineKind.MESSAGES_APPENDED,
         f"{len(inp.messages)} message(s) appended to task {task.name!r}",
         contract_id=task.contract_id,
         task_id=task.id,
-        data={"count": len(inp.messages), "first_index": first, "next_index": task.message_count},
+        data={"count": len(inp.messages), "first_index": first, "next_index": next_index},
     )
-    return MessagesAppended(task_id=task.id, first_index=first, next_index=task.message_count)
+    return MessagesAppended(task_id=task.id, first_index=first, next_index=next_index)
