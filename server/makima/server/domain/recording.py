@@ -35,17 +35,20 @@ class NewEvent:
 
 
 @dataclass(frozen=True)
-class EventsRecorded:
-    """Outcome of one batch: how many events were new and how many were resends."""
+class EventsSummary:
+    """The highest stored sequence of a task and the runs of missing sequences below it."""
 
-    stored: int
-    duplicates: int
+    last_sequence: int
+    gaps: list[tuple[int, int]]
 
 
 @dataclass(frozen=True)
-class EventsSummary:
-    last_sequence: int
-    gaps: list[tuple[int, int]]
+class EventsRecorded:
+    """Outcome of one batch: how many events were new and how many were resends, and the task's summary."""
+
+    stored: int
+    duplicates: int
+    summary: EventsSummary
 
 
 async def record_task_events(
@@ -72,7 +75,7 @@ async def record_task_events(
         ],
         now=tx.now,
     )
-    resent = first.keys() - set(stored)
+    resent = first.keys() - set(stored.sequences)
     if resent:
         for row in await events.contents(tx.session, owner_id=tx.owner_id, task_id=task.id, sequences=resent):
             kept = NewEvent(
@@ -83,17 +86,28 @@ async def record_task_events(
                 event_time=row.event_time,
             )
             _check_resend(task.id, first[row.sequence], kept)
-    if stored:
-        new = set(stored)
-        kinds = dict(Counter(e.kind.value for e in batch if e.sequence in new))
+    new = stored.sequences
+    if new:
+        stored_now = set(new)
+        kinds = dict(Counter(e.kind.value for e in batch if e.sequence in stored_now))
         tx.record(
             TimelineKind.TASK_EVENTS_RECORDED,
-            f"{len(stored)} event(s) recorded for task {task.name!r}",
+            f"{len(new)} event(s) recorded for task {task.name!r}",
             contract_id=task.contract_id,
             task_id=task.id,
-            data={"count": len(stored), "first_sequence": min(stored), "last_sequence": max(stored), "kinds": kinds},
+            data={"count": len(new), "first_sequence": min(new), "last_sequence": max(new), "kinds": kinds},
         )
-    return EventsRecorded(stored=len(stored), duplicates=len(batch) - len(stored))
+    summary = await _summary(tx.session, tx.owner_id, task.id, stored.event_count, stored.last_sequence)
+    return EventsRecorded(stored=len(new), duplicates=len(batch) - len(new), summary=summary)
+
+
+async def _summary(
+    session: AsyncSession, owner_id: uuid.UUID, task_id: uuid.UUID, event_count: int, last_sequence: int
+) -> EventsSummary:
+    """From the task's counters: sequences start at 1, so there are gaps only when fewer are stored than the last."""
+    has_gaps = event_count < last_sequence
+    gaps = await events.gaps(session, owner_id=owner_id, task_id=task_id) if has_gaps else []
+    return EventsSummary(last_sequence=last_sequence, gaps=gaps)
 
 
 def _first_of_each_sequence(task_id: uuid.UUID, batch: list[NewEvent]) -> dict[int, NewEvent]:
@@ -135,10 +149,7 @@ async def summarize_task_events(rt: Runtime, principal: Principal, task_id: uuid
     """The highest stored sequence of a task and the gaps below it."""
     async with rt.read() as session:
         task = await load_task(session, principal.owner_id, task_id)
-        return EventsSummary(
-            last_sequence=await events.last_sequence(session, owner_id=principal.owner_id, task_id=task.id),
-            gaps=await events.gaps(session, owner_id=principal.owner_id, task_id=task.id),
-        )
+        return await _summary(session, principal.owner_id, task.id, task.event_count, task.last_event_sequence)
 
 
 @dataclass(frozen=True)

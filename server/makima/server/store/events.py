@@ -31,9 +31,18 @@ class EventRow:
     event_time: datetime
 
 
+@dataclass(frozen=True)
+class Stored:
+    """What a batch stored, and the task's event counters after it."""
+
+    sequences: list[int]
+    event_count: int
+    last_sequence: int
+
+
 # One statement and one round trip for a whole batch: the rows travel as one array per column
-# (asyncpg encodes them in C, no per-row parameter processing), and the task's last activity is
-# updated by the same statement when anything was new.
+# (asyncpg encodes them in C, no per-row parameter processing), and the same statement updates the
+# task's counters (and its last activity when anything was new).
 _PG_INSERT_NEW = text(
     """
     WITH new AS (
@@ -45,24 +54,27 @@ _PG_INSERT_NEW = text(
              AS u(sequence, kind, text, data, event_time)
         ON CONFLICT (task_id, sequence) DO NOTHING
         RETURNING sequence
-    ), touched AS (
-        UPDATE tasks SET last_activity_time = CAST(:now AS TIMESTAMPTZ)
-        WHERE id = CAST(:task_id AS UUID) AND owner_id = CAST(:owner_id AS UUID) AND EXISTS (SELECT 1 FROM new)
+    ), counted AS (
+        UPDATE tasks SET
+            event_count = event_count + (SELECT count(*) FROM new),
+            last_event_sequence = GREATEST(last_event_sequence, COALESCE((SELECT max(sequence) FROM new), 0)),
+            last_activity_time = CASE WHEN EXISTS (SELECT 1 FROM new) THEN CAST(:now AS TIMESTAMPTZ)
+                                      ELSE last_activity_time END
+        WHERE id = CAST(:task_id AS UUID) AND owner_id = CAST(:owner_id AS UUID)
+        RETURNING event_count, last_event_sequence
     )
-    SELECT sequence FROM new
+    SELECT (SELECT array_agg(sequence) FROM new), event_count, last_event_sequence FROM counted
     """
 )
 
 
 async def insert_new(
     session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, rows: Sequence[EventRow], now: datetime
-) -> list[int]:
-    """Insert events, skipping sequences the task already has; returns the stored sequences.
+) -> Stored:
+    """Insert events, skipping sequences the task already has, and count them on the task.
 
     When any is stored, the task's last activity time becomes `now`.
     """
-    if not rows:
-        return []
     if dialect_of(session) == "postgresql":
         params = {
             "owner_id": owner_id,
@@ -74,7 +86,8 @@ async def insert_new(
             "datas": [json_text(r.data) for r in rows],
             "event_times": [r.event_time for r in rows],
         }
-        return [int(s) for s in (await session.execute(_PG_INSERT_NEW, params)).scalars()]
+        new, count, last = (await session.execute(_PG_INSERT_NEW, params)).one()
+        return Stored(sequences=[int(s) for s in new or ()], event_count=int(count), last_sequence=int(last))
     stmt = (
         sqlite.insert(_table)
         .on_conflict_do_nothing(index_elements=[_table.c.task_id, _table.c.sequence])
@@ -93,12 +106,22 @@ async def insert_new(
         }
         for r in rows
     ]
-    stored = [int(s) for s in (await session.execute(stmt, values)).scalars()]
+    stored = [int(s) for s in (await session.execute(stmt, values)).scalars()] if values else []
+    counters: dict[str, Any] = {
+        "event_count": _tasks.c.event_count + len(stored),
+        "last_event_sequence": func.max(_tasks.c.last_event_sequence, max(stored, default=0)),
+    }
     if stored:
+        counters["last_activity_time"] = now
+    count, last = (
         await session.execute(
-            update(_tasks).where(_tasks.c.id == task_id, _tasks.c.owner_id == owner_id).values(last_activity_time=now)
+            update(_tasks)
+            .where(_tasks.c.id == task_id, _tasks.c.owner_id == owner_id)
+            .values(**counters)
+            .returning(_tasks.c.event_count, _tasks.c.last_event_sequence)
         )
-    return stored
+    ).one()
+    return Stored(sequences=stored, event_count=int(count), last_sequence=int(last))
 
 
 async def contents(
@@ -117,8 +140,9 @@ async def contents(
 
 
 async def last_sequence(session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID) -> int:
+    """The highest sequence stored for a task (0 for none), from its counter."""
     result = await session.execute(
-        select(func.max(_table.c.sequence)).where(_table.c.owner_id == owner_id, _table.c.task_id == task_id)
+        select(_tasks.c.last_event_sequence).where(_tasks.c.owner_id == owner_id, _tasks.c.id == task_id)
     )
     return int(result.scalar_one_or_none() or 0)
 
