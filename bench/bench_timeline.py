@@ -1,8 +1,8 @@
 """Timeline benchmarks on PostgreSQL, each printed as a ratio against a baseline measured in this run.
 
-1. Ingest: RecordTaskEvents (batches of 100, through gRPC) vs raw asyncpg executemany into task_events.
-2. ListTimeline page latency at 10k vs 1M events (first page and a page deep in the list).
-3. StreamTimeline delivery latency with 100 subscribers vs 1 subscriber (and raw NOTIFY latency).
+1. ListTimeline page latency at 10k vs 1M events (first page and a page deep in the list).
+2. StreamTimeline delivery latency with 100 subscribers vs 1 subscriber (and raw NOTIFY latency).
+Ingest is measured by bench_ingest.py.
 
 Run: .venv/bin/python bench/bench_timeline.py [--postgres-url postgresql+asyncpg://postgres@127.0.0.1:5432/test]
 It creates and drops its own databases.
@@ -29,15 +29,10 @@ from makima.server.app import App, start
 from makima.server.config import Settings
 from makima.server.domain.auth import create_api_key
 from makima.v1 import (
-    daemon_pb2,
-    daemon_pb2_grpc,
     history_pb2,
     history_pb2_grpc,
-    resources_pb2,
     supervisor_pb2,
     supervisor_pb2_grpc,
-    task_fork_pb2,
-    task_fork_pb2_grpc,
 )
 
 
@@ -75,49 +70,6 @@ class Bench:
         key = await create_api_key(app.runtime, owner_id=owner)
         channel = aio.insecure_channel(f"127.0.0.1:{app.port}")
         return app, channel, (("authorization", f"Bearer {key.secret}"),), owner
-
-
-async def bench_ingest(b: Bench, events: int = 20_000) -> None:
-    url = await b.fresh_database()
-    app, channel, md, owner = await b.server(url)
-    tasks = task_fork_pb2_grpc.TaskForkServiceStub(channel)
-    daemon = daemon_pb2_grpc.DaemonServiceStub(channel)
-    ours_task = (await tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="ingest"), metadata=md)).task.id
-    raw_task = (await tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="raw"), metadata=md)).task.id
-
-    async def messages():  # type: ignore[no-untyped-def]
-        for first in range(1, events + 1, 100):
-            yield daemon_pb2.RecordTaskEventsRequest(
-                task_id=ours_task,
-                events=[
-                    resources_pb2.NewTaskEvent(sequence=s, kind=resources_pb2.TASK_EVENT_KIND_OUTPUT, text=f"line {s}")
-                    for s in range(first, first + 100)
-                ],
-            )
-
-    started = time.perf_counter()
-    response = await daemon.RecordTaskEvents(messages(), metadata=md)
-    ours = events / (time.perf_counter() - started)
-    assert response.stored_count == events
-
-    conn = await asyncpg.connect(dsn(url))
-    now = datetime.now(UTC)
-    started = time.perf_counter()
-    for first in range(1, events + 1, 100):
-        async with conn.transaction():
-            await conn.executemany(
-                "INSERT INTO task_events (owner_id, task_id, sequence, kind, text, event_time, record_time)"
-                " VALUES ($1, $2, $3, 'output', $4, $5, $5) ON CONFLICT DO NOTHING",
-                [(owner, uuid.UUID(raw_task), s, f"line {s}", now) for s in range(first, first + 100)],
-            )
-    raw = events / (time.perf_counter() - started)
-    await conn.close()
-    print(
-        f"ingest   RecordTaskEvents {ours:,.0f} events/s | raw asyncpg executemany {raw:,.0f} events/s "
-        f"| ratio ours/raw {ours / raw:.2f}"
-    )
-    await channel.close()
-    await app.stop(1)
 
 
 async def fill_timeline(url: str, owner: uuid.UUID, count: int) -> None:
@@ -276,11 +228,11 @@ async def main() -> None:
         "--postgres-url",
         default=os.environ.get("MAKIMA_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"),
     )
-    parser.add_argument("--only", choices=["ingest", "pages", "stream"], help="run one benchmark")
+    parser.add_argument("--only", choices=["pages", "stream"], help="run one benchmark")
     args = parser.parse_args()
     b = Bench(args.postgres_url)
     try:
-        for name, run in (("ingest", bench_ingest), ("pages", bench_pages), ("stream", bench_stream)):
+        for name, run in (("pages", bench_pages), ("stream", bench_stream)):
             if args.only in (None, name):
                 await run(b)
     finally:
