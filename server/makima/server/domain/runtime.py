@@ -295,7 +295,7 @@ class Runtime:
                 return answer, None
         result = await body(tx)
         if idem is not None:
-            idempotency.add(
+            await idempotency.add(
                 session,
                 owner_id=tx.owner_id,
                 method=idem.method,
