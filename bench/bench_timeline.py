@@ -2,6 +2,7 @@
 
 1. ListTimeline page latency at 10k vs 1M events (first page and a page deep in the list).
 2. StreamTimeline delivery latency with 100 subscribers vs 1 subscriber (and raw NOTIFY latency).
+3. Reconnect storm: 100 followers replaying 2,000 events at once vs one, and live delivery meanwhile.
 Ingest is measured by bench_ingest.py.
 
 Run: .venv/bin/python bench/bench_timeline.py [--postgres-url postgresql+asyncpg://postgres@127.0.0.1:5432/test]
@@ -222,17 +223,94 @@ async def bench_stream(b: Bench) -> None:
     )
 
 
+async def storm(b: Bench, followers: int = 100, history: int = 2_000, live: int = 5) -> None:
+    """Reconnect storm: `followers` streams replay `history` events from cursor 0 at once, while `live`
+    caught-up streams receive new writes. Prints the storm's catch-up time against one follower's and
+    the live delivery latency during the storm."""
+    url = await b.fresh_database()
+    proc, address, secret = await served(url)
+    channel = aio.insecure_channel(address)
+    await asyncio.wait_for(channel.channel_ready(), 30)
+    md = (("authorization", f"Bearer {secret}"),)
+    history_stub = history_pb2_grpc.HistoryServiceStub(channel)
+    supervisor = supervisor_pb2_grpc.SupervisorServiceStub(channel)
+    conn = await asyncpg.connect(dsn(url))
+    owner = await conn.fetchval("SELECT id FROM owners")
+    await conn.close()
+    await fill_timeline(url, owner, history)
+
+    async def replay() -> float:
+        started = time.perf_counter()
+        call = history_stub.StreamTimeline(history_pb2.StreamTimelineRequest(keep_alive_seconds=30), metadata=md)
+        got = 0
+        while got < history:
+            item = await call.read()
+            got += item.HasField("event")
+        call.cancel()
+        return time.perf_counter() - started
+
+    one = statistics.median([await replay() for _ in range(3)])
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    live_ready = asyncio.Event()
+    subscribed = 0
+    storm_over = asyncio.Event()
+
+    async def live_follower() -> None:
+        nonlocal subscribed
+        call = history_stub.StreamTimeline(
+            history_pb2.StreamTimelineRequest(after_cursor=history, keep_alive_seconds=1), metadata=md
+        )
+        await call.read()
+        subscribed += 1
+        if subscribed == live:
+            live_ready.set()
+        while (item := await call.read()) is not aio.EOF:
+            if item.HasField("event") and item.event.data["name"] in sent:
+                latencies.append((time.perf_counter() - sent[item.event.data["name"]]) * 1000)
+            if storm_over.is_set():
+                call.cancel()
+                return
+
+    watchers = [asyncio.create_task(live_follower()) for _ in range(live)]
+    await asyncio.wait_for(live_ready.wait(), 60)
+
+    async def writer() -> None:
+        i = 0
+        while not storm_over.is_set():
+            sent[f"live{i}"] = time.perf_counter()
+            await supervisor.CreateContract(supervisor_pb2.CreateContractRequest(name=f"live{i}"), metadata=md)
+            i += 1
+            await asyncio.sleep(0.05)
+
+    writing = asyncio.create_task(writer())
+    started = time.perf_counter()
+    await asyncio.gather(*(replay() for _ in range(followers)))
+    took = time.perf_counter() - started
+    storm_over.set()
+    await writing
+    await asyncio.wait_for(asyncio.gather(*watchers), 30)
+    await channel.close()
+    proc.terminate()
+    await proc.wait()
+    print(
+        f"storm    {followers} followers replaying {history} events: {took:.2f} s vs 1 follower {one:.2f} s "
+        f"| ratio {took / one:.2f} (target <= 3) | live delivery during the storm p50/p99 "
+        f"{statistics.median(latencies):.1f}/{pct(latencies, 0.99):.1f} ms over {len(latencies)} (target p99 <= 100)"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("MAKIMA_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"),
     )
-    parser.add_argument("--only", choices=["pages", "stream"], help="run one benchmark")
+    parser.add_argument("--only", choices=["pages", "stream", "storm"], help="run one benchmark")
     args = parser.parse_args()
     b = Bench(args.postgres_url)
     try:
-        for name, run in (("pages", bench_pages), ("stream", bench_stream)):
+        for name, run in (("pages", bench_pages), ("stream", bench_stream), ("storm", storm)):
             if args.only in (None, name):
                 await run(b)
     finally:

@@ -76,16 +76,20 @@ async def follow_timeline(
             if tail.covers(last):
                 mark = tail.mark
                 rows = [row for row in tail.after(last) if where.matches(row)]
+                for row in rows:
+                    yield row
+                    last = row.cursor
             else:
-                async with rt.read() as session:
-                    mark = await timeline.watermark(session, owner_id=owner)
-                    rows = await timeline.page(
-                        session, owner_id=owner, where=where, after=last, upto=mark, limit=REPLAY_BATCH
-                    )
-                full = len(rows) == REPLAY_BATCH
-            for row in rows:
-                yield row
-                last = row.cursor
+                async with tail.replays:  # held until the batch is sent (see REPLAYS_PER_OWNER)
+                    async with rt.read() as session:
+                        mark = await timeline.watermark(session, owner_id=owner)
+                        rows = await timeline.page(
+                            session, owner_id=owner, where=where, after=last, upto=mark, limit=REPLAY_BATCH
+                        )
+                    full = len(rows) == REPLAY_BATCH
+                    for row in rows:
+                        yield row
+                        last = row.cursor
             if rows:
                 quiet_since = time.monotonic()
             if full:
