@@ -1,8 +1,9 @@
 """Timeline benchmarks on PostgreSQL, each printed as a ratio against a baseline measured in this run.
 
-1. Ingest: RecordTaskEvents (batches of 100, through gRPC) vs raw asyncpg executemany into task_events.
-2. ListTimeline page latency at 10k vs 1M events (first page and a page deep in the list).
-3. StreamTimeline delivery latency with 100 subscribers vs 1 subscriber (and raw NOTIFY latency).
+1. ListTimeline page latency at 10k vs 1M events (first page and a page deep in the list).
+2. StreamTimeline delivery latency with 100 subscribers vs 1 subscriber (and raw NOTIFY latency).
+3. Reconnect storm: 100 followers replaying 2,000 events at once vs one, and live delivery meanwhile.
+Ingest is measured by bench_ingest.py.
 
 Run: .venv/bin/python bench/bench_timeline.py [--postgres-url postgresql+asyncpg://postgres@127.0.0.1:5432/test]
 It creates and drops its own databases.
@@ -16,28 +17,20 @@ import os
 import socket
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+from bench_unary import cpu_seconds
 from grpc import aio
 
-from makima.server.app import App, start
-from makima.server.config import Settings
-from makima.server.domain.auth import create_api_key
 from makima.v1 import (
-    daemon_pb2,
-    daemon_pb2_grpc,
     history_pb2,
     history_pb2_grpc,
-    resources_pb2,
     supervisor_pb2,
     supervisor_pb2_grpc,
-    task_fork_pb2,
-    task_fork_pb2_grpc,
 )
 
 
@@ -68,56 +61,6 @@ class Bench:
         for name in self.databases:
             await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await conn.close()
-
-    async def server(self, url: str) -> tuple[App, aio.Channel, tuple[tuple[str, str], ...], uuid.UUID]:
-        app = await start(Settings(listen="127.0.0.1:0", database_url=url, workspace_root=Path(tempfile.mkdtemp())))
-        owner = uuid.uuid4()
-        key = await create_api_key(app.runtime, owner_id=owner)
-        channel = aio.insecure_channel(f"127.0.0.1:{app.port}")
-        return app, channel, (("authorization", f"Bearer {key.secret}"),), owner
-
-
-async def bench_ingest(b: Bench, events: int = 20_000) -> None:
-    url = await b.fresh_database()
-    app, channel, md, owner = await b.server(url)
-    tasks = task_fork_pb2_grpc.TaskForkServiceStub(channel)
-    daemon = daemon_pb2_grpc.DaemonServiceStub(channel)
-    ours_task = (await tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="ingest"), metadata=md)).task.id
-    raw_task = (await tasks.CreateTask(task_fork_pb2.CreateTaskRequest(name="raw"), metadata=md)).task.id
-
-    async def messages():  # type: ignore[no-untyped-def]
-        for first in range(1, events + 1, 100):
-            yield daemon_pb2.RecordTaskEventsRequest(
-                task_id=ours_task,
-                events=[
-                    resources_pb2.NewTaskEvent(sequence=s, kind=resources_pb2.TASK_EVENT_KIND_OUTPUT, text=f"line {s}")
-                    for s in range(first, first + 100)
-                ],
-            )
-
-    started = time.perf_counter()
-    response = await daemon.RecordTaskEvents(messages(), metadata=md)
-    ours = events / (time.perf_counter() - started)
-    assert response.stored_count == events
-
-    conn = await asyncpg.connect(dsn(url))
-    now = datetime.now(UTC)
-    started = time.perf_counter()
-    for first in range(1, events + 1, 100):
-        async with conn.transaction():
-            await conn.executemany(
-                "INSERT INTO task_events (owner_id, task_id, sequence, kind, text, event_time, record_time)"
-                " VALUES ($1, $2, $3, 'output', $4, $5, $5) ON CONFLICT DO NOTHING",
-                [(owner, uuid.UUID(raw_task), s, f"line {s}", now) for s in range(first, first + 100)],
-            )
-    raw = events / (time.perf_counter() - started)
-    await conn.close()
-    print(
-        f"ingest   RecordTaskEvents {ours:,.0f} events/s | raw asyncpg executemany {raw:,.0f} events/s "
-        f"| ratio ours/raw {ours / raw:.2f}"
-    )
-    await channel.close()
-    await app.stop(1)
 
 
 async def fill_timeline(url: str, owner: uuid.UUID, count: int) -> None:
@@ -156,25 +99,52 @@ async def page_latency(
     return samples
 
 
+async def raw_page_latency(url: str, owner: uuid.UUID, after: int, runs: int = 300) -> list[float]:
+    """The same keyset page as a prepared asyncpg query, rows decoded and nothing else."""
+    conn = await asyncpg.connect(dsn(url))
+    query = await conn.prepare(
+        "SELECT * FROM history_events WHERE owner_id = $1 AND cursor > $2 ORDER BY cursor LIMIT 100"
+    )
+    for _ in range(20):
+        await query.fetch(owner, after)
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        rows = await query.fetch(owner, after)
+        samples.append((time.perf_counter() - started) * 1000)
+        assert len(rows) == 100
+    await conn.close()
+    return samples
+
+
 async def bench_pages(b: Bench) -> None:
-    results = {}
+    """Medians of 3 rounds of 300 pages each, at each size and place, ours and raw interleaved."""
     for size in (10_000, 1_000_000):
         url = await b.fresh_database()
-        app, channel, md, owner = await b.server(url)
+        proc, address, secret = await served(url)
+        channel = aio.insecure_channel(address)
+        await asyncio.wait_for(channel.channel_ready(), 30)
+        md = (("authorization", f"Bearer {secret}"),)
+        conn = await asyncpg.connect(dsn(url))
+        owner = await conn.fetchval("SELECT id FROM owners")
+        await conn.close()
         await fill_timeline(url, owner, size)
-        results[size] = {
-            "first": await page_latency(channel, md, 0),
-            "deep": await page_latency(channel, md, size - 1_000),
-        }
+        for where, after in (("first", 0), ("deep", size - 1_000)):
+            ours, raw, cpu = [], [], []
+            for _ in range(3):
+                started = cpu_seconds(proc.pid)
+                samples = await page_latency(channel, md, after)
+                cpu.append((cpu_seconds(proc.pid) - started) / (len(samples) + 20) * 1000)
+                ours.append(statistics.median(samples))
+                raw.append(statistics.median(await raw_page_latency(url, owner, after)))
+            o, r = statistics.median(ours), statistics.median(raw)
+            print(
+                f"page     ListTimeline page of 100, {where} @{size:,}: p50 {o:.2f} ms vs raw keyset {r:.2f} ms "
+                f"| ratio ours/raw {o / r:.2f} (target <= 3) | server CPU {statistics.median(cpu):.2f} ms/call"
+            )
         await channel.close()
-        await app.stop(1)
-    for where in ("first", "deep"):
-        small, big = results[10_000][where], results[1_000_000][where]
-        print(
-            f"page     ListTimeline {where:5} page p50 {statistics.median(small):.2f} ms @10k | "
-            f"{statistics.median(big):.2f} ms @1M (p99 {pct(small, 0.99):.2f} / {pct(big, 0.99):.2f} ms) "
-            f"| ratio 1M/10k p50 {statistics.median(big) / statistics.median(small):.2f}"
-        )
+        proc.terminate()
+        await proc.wait()
 
 
 async def served(url: str) -> tuple[asyncio.subprocess.Process, str, str]:
@@ -270,17 +240,94 @@ async def bench_stream(b: Bench) -> None:
     )
 
 
+async def storm(b: Bench, followers: int = 100, history: int = 2_000, live: int = 5) -> None:
+    """Reconnect storm: `followers` streams replay `history` events from cursor 0 at once, while `live`
+    caught-up streams receive new writes. Prints the storm's catch-up time against one follower's and
+    the live delivery latency during the storm."""
+    url = await b.fresh_database()
+    proc, address, secret = await served(url)
+    channel = aio.insecure_channel(address)
+    await asyncio.wait_for(channel.channel_ready(), 30)
+    md = (("authorization", f"Bearer {secret}"),)
+    history_stub = history_pb2_grpc.HistoryServiceStub(channel)
+    supervisor = supervisor_pb2_grpc.SupervisorServiceStub(channel)
+    conn = await asyncpg.connect(dsn(url))
+    owner = await conn.fetchval("SELECT id FROM owners")
+    await conn.close()
+    await fill_timeline(url, owner, history)
+
+    async def replay() -> float:
+        started = time.perf_counter()
+        call = history_stub.StreamTimeline(history_pb2.StreamTimelineRequest(keep_alive_seconds=30), metadata=md)
+        got = 0
+        while got < history:
+            item = await call.read()
+            got += item.HasField("event")
+        call.cancel()
+        return time.perf_counter() - started
+
+    one = statistics.median([await replay() for _ in range(3)])
+    sent: dict[str, float] = {}
+    latencies: list[float] = []
+    live_ready = asyncio.Event()
+    subscribed = 0
+    storm_over = asyncio.Event()
+
+    async def live_follower() -> None:
+        nonlocal subscribed
+        call = history_stub.StreamTimeline(
+            history_pb2.StreamTimelineRequest(after_cursor=history, keep_alive_seconds=1), metadata=md
+        )
+        await call.read()
+        subscribed += 1
+        if subscribed == live:
+            live_ready.set()
+        while (item := await call.read()) is not aio.EOF:
+            if item.HasField("event") and item.event.data["name"] in sent:
+                latencies.append((time.perf_counter() - sent[item.event.data["name"]]) * 1000)
+            if storm_over.is_set():
+                call.cancel()
+                return
+
+    watchers = [asyncio.create_task(live_follower()) for _ in range(live)]
+    await asyncio.wait_for(live_ready.wait(), 60)
+
+    async def writer() -> None:
+        i = 0
+        while not storm_over.is_set():
+            sent[f"live{i}"] = time.perf_counter()
+            await supervisor.CreateContract(supervisor_pb2.CreateContractRequest(name=f"live{i}"), metadata=md)
+            i += 1
+            await asyncio.sleep(0.05)
+
+    writing = asyncio.create_task(writer())
+    started = time.perf_counter()
+    await asyncio.gather(*(replay() for _ in range(followers)))
+    took = time.perf_counter() - started
+    storm_over.set()
+    await writing
+    await asyncio.wait_for(asyncio.gather(*watchers), 30)
+    await channel.close()
+    proc.terminate()
+    await proc.wait()
+    print(
+        f"storm    {followers} followers replaying {history} events: {took:.2f} s vs 1 follower {one:.2f} s "
+        f"| ratio {took / one:.2f} (target <= 3) | live delivery during the storm p50/p99 "
+        f"{statistics.median(latencies):.1f}/{pct(latencies, 0.99):.1f} ms over {len(latencies)} (target p99 <= 100)"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("MAKIMA_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"),
     )
-    parser.add_argument("--only", choices=["ingest", "pages", "stream"], help="run one benchmark")
+    parser.add_argument("--only", choices=["pages", "stream", "storm"], help="run one benchmark")
     args = parser.parse_args()
     b = Bench(args.postgres_url)
     try:
-        for name, run in (("ingest", bench_ingest), ("pages", bench_pages), ("stream", bench_stream)):
+        for name, run in (("pages", bench_pages), ("stream", bench_stream), ("storm", storm)):
             if args.only in (None, name):
                 await run(b)
     finally:

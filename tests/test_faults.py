@@ -324,6 +324,38 @@ async def test_postgresql_outage_answers_unavailable_then_recovers_with_nothing_
             await client.close()
 
 
+async def end_connections(database: str) -> None:
+    """End every open connection to `database` (as a server restart does), leaving it open to new ones."""
+    admin = await asyncpg.connect(_asyncpg_dsn(postgres_base_url()))
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
+            database,
+        )
+    finally:
+        await admin.close()
+
+
+@pytest.mark.postgresql_only
+@pytest.mark.timeout(60)
+async def test_connections_ended_by_the_database_cost_at_most_one_failed_call(
+    empty_database_url: str, tmp_path: Path
+) -> None:
+    """With the pool full of connections the database has ended, one call answers UNAVAILABLE at most:
+    the pool replaces the rest on checkout, so the calls after it are served."""
+    database = empty_database_url.rsplit("/", 1)[1]
+    async with served(empty_database_url, tmp_path) as server, api_of(server) as api:
+        contract_id = (await create_contracts(api, ["c"]))[0]
+        request = supervisor_pb2.GetContractRequest(contract_id=contract_id)
+        # Enough concurrent calls to open every pooled connection.
+        await asyncio.gather(*(api.supervisor.GetContract(request, metadata=api.md, timeout=10) for _ in range(40)))
+
+        await end_connections(database)
+        codes = [await code_of(api.supervisor.GetContract(request, metadata=api.md, timeout=10)) for _ in range(30)]
+    failed = [code for code in codes if code != grpc.StatusCode.OK]
+    assert failed in ([], [grpc.StatusCode.UNAVAILABLE]), f"answers after the connections ended: {codes}"
+
+
 def _created(events: list[resources_pb2.TimelineEvent]) -> set[str]:
     return {e.contract_id for e in events if e.kind == CONTRACT_CREATED}
 

@@ -76,6 +76,7 @@ async def fuzz(server: App, channel: aio.Channel) -> AsyncIterator[Fuzz]:
         owner, other = await new_api(server, channel), await new_api(server, channel)
         marker = f"zqfuzz{uuid.uuid4().hex[:10]}"
         pool = Pool(own=await populate(owner), other=await populate(other, marker), own_key=owner.key, marker=marker)
+        assert server.runtime.objects is not None
         oracle = Oracle(
             channel=channel,
             db=server.runtime.db,
@@ -84,6 +85,7 @@ async def fuzz(server: App, channel: aio.Channel) -> AsyncIterator[Fuzz]:
             owner_id=owner.owner_id,
             other_owner_id=other.owner_id,
             backend=server.runtime.db.dialect,
+            settle=server.runtime.objects.settle,
         )
         await oracle.start()
         yield Fuzz(oracle=oracle, pool=pool)

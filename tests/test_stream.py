@@ -19,7 +19,11 @@ from makima.server.config import Settings
 from makima.server.domain import contracts
 from makima.server.domain.auth import create_api_key
 from makima.server.domain.runtime import Principal, Runtime
+from makima.server.store import timeline
 from makima.server.store.engine import Database
+from makima.server.store.timeline import NewHistoryEvent
+from makima.server.store.types import utcnow
+from makima.server.timeline.tail import REPLAYS_PER_OWNER
 from makima.v1 import history_pb2, resources_pb2
 from tests.helpers import Api, append_messages, create_contract, create_task, fails, free_port
 
@@ -145,6 +149,21 @@ async def test_cancelled_streams_unsubscribe(api: Api, server: App) -> None:
             break
         await asyncio.sleep(0.05)
     assert server.hub.subscriber_count == before
+
+
+async def test_followers_that_leave_mid_replay_give_back_their_turn(api: Api, server: App) -> None:
+    """Replays of one owner take turns (REPLAYS_PER_OWNER at once); streams cancelled while their replay
+    is held up by an unread window must give their turn back, or later followers never replay."""
+    events = [NewHistoryEvent(kind="contract_created", summary=f"{i} " + "x" * 2_000) for i in range(200)]
+    async with server.runtime.db.write() as session:
+        await timeline.append(session, owner_id=api.owner_id, events=events, now=utcnow())
+    stalled = [stream(api) for _ in range(REPLAYS_PER_OWNER + 1)]
+    await asyncio.gather(*(next_event(call) for call in stalled))  # then read no more: their windows fill
+    for call in stalled:
+        call.cancel()
+    call = stream(api)
+    assert [(await next_event(call)).cursor for _ in events] == list(range(1, len(events) + 1))
+    call.cancel()
 
 
 async def test_server_shutdown_ends_streams_cleanly(empty_database_url: str, tmp_path: Path) -> None:

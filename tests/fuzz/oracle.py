@@ -29,7 +29,7 @@ import re
 import time
 import traceback
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -292,8 +292,12 @@ class Oracle:
         owner_id: uuid.UUID,
         other_owner_id: uuid.UUID,
         backend: str,
+        settle: Callable[[], Awaitable[None]],
     ) -> None:
         self.channel = channel
+        # Waits for the server's background pack merges, which earlier calls start and which change
+        # object_packs rows (not the objects) whenever they end.
+        self.settle = settle
         self.pool = pool
         self.owner_id = owner_id
         self.other_owner_id = other_owner_id
@@ -319,6 +323,7 @@ class Oracle:
         if rpc.name in self._found:
             _fail(self._found[rpc.name])
         problems: list[str] = []
+        await self.settle()
         before = await self.reader.read(self.owner_id)
         records = _Records()
         logging.getLogger().addHandler(records)  # the server's and grpc's own loggers

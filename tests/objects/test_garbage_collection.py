@@ -8,6 +8,7 @@ from pathlib import Path
 
 from makima.server.domain.objects import ObjectStores
 from makima.server.git.objects import GarbageCollection, LocalDirBucket, OwnerObjectStore
+from makima.server.store import commits
 from makima.server.store.engine import Database
 from tests.objects.helpers import (
     History,
@@ -127,3 +128,17 @@ async def test_partly_reachable_old_packs_are_repacked(
     assert packs_left == [result.repacked]
     assert count == len(rev_list_objects(history.path, history.second))
     assert lacking == [orphan_commit]
+
+
+async def test_an_owner_collect_lock_is_held_until_its_read_block_ends(
+    objects_db: Database, owner_id: uuid.UUID
+) -> None:
+    """Reads run without a transaction on PostgreSQL; a block that takes the lock keeps one, so a second
+    process cannot collect the same owner meanwhile (SQLite serves one process: always granted)."""
+    postgres = objects_db.dialect == "postgresql"
+    async with objects_db.read(holds_locks=True) as session:
+        assert await commits.try_lock_owner(session, owner_id=owner_id, purpose="gc")
+        async with objects_db.read(holds_locks=True) as other:
+            assert await commits.try_lock_owner(other, owner_id=owner_id, purpose="gc") is not postgres
+    async with objects_db.read(holds_locks=True) as session:
+        assert await commits.try_lock_owner(session, owner_id=owner_id, purpose="gc")

@@ -280,8 +280,9 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
                 principal,
                 functools.partial(recording.record_task_events, task_id=task_id, batch=batch, lease=lease),
             )
-            stored, duplicates = outcome.stored, outcome.duplicates
-        summary = await recording.summarize_task_events(self.rt, principal, task_id)
+            stored, duplicates, summary = outcome.stored, outcome.duplicates, outcome.summary
+        else:
+            summary = await recording.summarize_task_events(self.rt, principal, task_id)
         return pb.RecordTaskEventsResponse(
             stored_count=stored,
             duplicate_count=duplicates,

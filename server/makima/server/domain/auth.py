@@ -22,7 +22,8 @@ from makima.server.store import owners
 from makima.server.store.types import utcnow
 
 KEY_PREFIX = "mk_"
-# How long a key proven valid is trusted without a database read: the most a revocation waits.
+# A key proven valid is trusted this long without a database read: the one bound on how long a
+# revoked key keeps working, and what spares every call a round trip to check its key.
 CACHE_SECONDS = 5.0
 
 

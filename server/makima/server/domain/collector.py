@@ -58,7 +58,7 @@ class ObjectCollector(Periodic):
 
     async def collect(self, owner_id: uuid.UUID, *, grace: timedelta | None = None) -> GarbageCollection | None:
         """Collect one owner's store now; None when another process is collecting it."""
-        async with self.rt.read() as session:
+        async with self.rt.read(holds_locks=True) as session:
             if not await commits.try_lock_owner(session, owner_id=owner_id, purpose=_LOCK_PURPOSE):
                 return None
             roots = await commits.commit_roots(session, owner_id=owner_id)

@@ -82,7 +82,10 @@ async def create_contract(tx: Tx, inp: CreateContractInput) -> ContractView:
 
 async def get_contract(rt: Runtime, principal: Principal, contract_id: uuid.UUID) -> ContractView:
     async with rt.read() as session:
-        return await _view(session, await load_contract(session, principal.owner_id, contract_id))
+        found = await store.get_with_supervisor(session, owner_id=principal.owner_id, contract_id=contract_id)
+    if found is None:
+        raise NotFound.resource("contract", contract_id)
+    return ContractView(contract=found[0], supervisor_task_id=found[1])
 
 
 async def advance_phase(tx: Tx, inp: AdvancePhaseInput) -> PhaseAdvanced:

@@ -35,17 +35,20 @@ class NewEvent:
 
 
 @dataclass(frozen=True)
-class EventsRecorded:
-    """Outcome of one batch: how many events were new and how many were resends."""
+class EventsSummary:
+    """The highest stored sequence of a task and the runs of missing sequences below it."""
 
-    stored: int
-    duplicates: int
+    last_sequence: int
+    gaps: list[tuple[int, int]]
 
 
 @dataclass(frozen=True)
-class EventsSummary:
-    last_sequence: int
-    gaps: list[tuple[int, int]]
+class EventsRecorded:
+    """Outcome of one batch: how many events were new and how many were resends, and the task's summary."""
+
+    stored: int
+    duplicates: int
+    summary: EventsSummary
 
 
 async def record_task_events(
@@ -62,21 +65,17 @@ async def record_task_events(
     first = _first_of_each_sequence(task.id, batch)
     stored = await events.insert_new(
         tx.session,
-        [
-            {
-                "owner_id": tx.owner_id,
-                "task_id": task.id,
-                "sequence": e.sequence,
-                "kind": e.kind.value,
-                "text": e.text,
-                "data": e.data,
-                "event_time": e.event_time or tx.now,
-                "record_time": tx.now,
-            }
+        owner_id=tx.owner_id,
+        task_id=task.id,
+        rows=[
+            events.EventRow(
+                sequence=e.sequence, kind=e.kind.value, text=e.text, data=e.data, event_time=e.event_time or tx.now
+            )
             for e in first.values()
         ],
+        now=tx.now,
     )
-    resent = first.keys() - set(stored)
+    resent = first.keys() - set(stored.sequences)
     if resent:
         for row in await events.contents(tx.session, owner_id=tx.owner_id, task_id=task.id, sequences=resent):
             kept = NewEvent(
@@ -87,18 +86,28 @@ async def record_task_events(
                 event_time=row.event_time,
             )
             _check_resend(task.id, first[row.sequence], kept)
-    if stored:
-        task.last_activity_time = tx.now
-        new = set(stored)
-        kinds = dict(Counter(e.kind.value for e in batch if e.sequence in new))
+    new = stored.sequences
+    if new:
+        stored_now = set(new)
+        kinds = dict(Counter(e.kind.value for e in batch if e.sequence in stored_now))
         tx.record(
             TimelineKind.TASK_EVENTS_RECORDED,
-            f"{len(stored)} event(s) recorded for task {task.name!r}",
+            f"{len(new)} event(s) recorded for task {task.name!r}",
             contract_id=task.contract_id,
             task_id=task.id,
-            data={"count": len(stored), "first_sequence": min(stored), "last_sequence": max(stored), "kinds": kinds},
+            data={"count": len(new), "first_sequence": min(new), "last_sequence": max(new), "kinds": kinds},
         )
-    return EventsRecorded(stored=len(stored), duplicates=len(batch) - len(stored))
+    summary = await _summary(tx.session, tx.owner_id, task.id, stored.event_count, stored.last_sequence)
+    return EventsRecorded(stored=len(new), duplicates=len(batch) - len(new), summary=summary)
+
+
+async def _summary(
+    session: AsyncSession, owner_id: uuid.UUID, task_id: uuid.UUID, event_count: int, last_sequence: int
+) -> EventsSummary:
+    """From the task's counters: sequences start at 1, so there are gaps only when fewer are stored than the last."""
+    has_gaps = event_count < last_sequence
+    gaps = await events.gaps(session, owner_id=owner_id, task_id=task_id) if has_gaps else []
+    return EventsSummary(last_sequence=last_sequence, gaps=gaps)
 
 
 def _first_of_each_sequence(task_id: uuid.UUID, batch: list[NewEvent]) -> dict[int, NewEvent]:
@@ -140,10 +149,7 @@ async def summarize_task_events(rt: Runtime, principal: Principal, task_id: uuid
     """The highest stored sequence of a task and the gaps below it."""
     async with rt.read() as session:
         task = await load_task(session, principal.owner_id, task_id)
-        return EventsSummary(
-            last_sequence=await events.last_sequence(session, owner_id=principal.owner_id, task_id=task.id),
-            gaps=await events.gaps(session, owner_id=principal.owner_id, task_id=task.id),
-        )
+        return await _summary(session, principal.owner_id, task.id, task.event_count, task.last_event_sequence)
 
 
 @dataclass(frozen=True)
@@ -214,28 +220,21 @@ async def append_messages(tx: Tx, inp: AppendMessagesInput) -> MessagesAppended:
     first = task.message_count
     await conversations.append(
         tx.session,
-        [
-            {
-                "owner_id": tx.owner_id,
-                "conversation_id": task.conversation_id,
-                "position": first + i,
-                "role": m.role.value,
-                "content": m.content,
-                "meta": m.metadata,
-                "create_time": tx.now,
-            }
-            for i, m in enumerate(inp.messages)
+        owner_id=tx.owner_id,
+        task_id=task.id,
+        conversation_id=task.conversation_id,
+        first=first,
+        messages=[
+            conversations.MessageRow(role=m.role.value, content=m.content, meta=m.metadata) for m in inp.messages
         ],
+        now=tx.now,
     )
-    task.message_count = first + len(inp.messages)
-    task.version += 1
-    task.last_activity_time = tx.now
-    task.update_time = tx.now
+    next_index = first + len(inp.messages)
     tx.record(
         TimelineKind.MESSAGES_APPENDED,
         f"{len(inp.messages)} message(s) appended to task {task.name!r}",
         contract_id=task.contract_id,
         task_id=task.id,
-        data={"count": len(inp.messages), "first_index": first, "next_index": task.message_count},
+        data={"count": len(inp.messages), "first_index": first, "next_index": next_index},
     )
-    return MessagesAppended(task_id=task.id, first_index=first, next_index=task.message_count)
+    return MessagesAppended(task_id=task.id, first_index=first, next_index=next_index)

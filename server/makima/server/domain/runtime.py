@@ -218,9 +218,9 @@ class Runtime:
         self._on_commit = on_commit
 
     @asynccontextmanager
-    async def read(self) -> AsyncIterator[AsyncSession]:
-        """A read transaction."""
-        async with _database_errors(), self.db.read() as session:
+    async def read(self, *, holds_locks: bool = False) -> AsyncIterator[AsyncSession]:
+        """A read-only block (see Database.read)."""
+        async with _database_errors(), self.db.read(holds_locks=holds_locks) as session:
             yield session
 
     async def mutate(
@@ -295,7 +295,7 @@ class Runtime:
                 return answer, None
         result = await body(tx)
         if idem is not None:
-            idempotency.add(
+            await idempotency.add(
                 session,
                 owner_id=tx.owner_id,
                 method=idem.method,

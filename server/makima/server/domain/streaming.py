@@ -86,18 +86,22 @@ async def follow_timeline(
             if tail.covers(last):
                 mark = tail.mark
                 rows = [row for row in tail.after(last) if where.matches(row)]
+                _observe_lag(rows, mark, last)
+                for row in rows:
+                    yield row
+                    last = row.cursor
             else:
-                async with rt.read() as session:
-                    mark = await timeline.watermark(session, owner_id=owner)
-                    rows = await timeline.page(
-                        session, owner_id=owner, where=where, after=last, upto=mark, limit=REPLAY_BATCH
-                    )
-                full = len(rows) == REPLAY_BATCH
-            if rows and telemetry.METRICS is not None:
-                telemetry.METRICS.lag.observe(mark - last)
-            for row in rows:
-                yield row
-                last = row.cursor
+                async with tail.replays:  # held until the batch is sent (see REPLAYS_PER_OWNER)
+                    async with rt.read() as session:
+                        mark = await timeline.watermark(session, owner_id=owner)
+                        rows = await timeline.page(
+                            session, owner_id=owner, where=where, after=last, upto=mark, limit=REPLAY_BATCH
+                        )
+                    full = len(rows) == REPLAY_BATCH
+                    _observe_lag(rows, mark, last)
+                    for row in rows:
+                        yield row
+                        last = row.cursor
             if rows:
                 quiet_since = time.monotonic()
             if full:
@@ -115,3 +119,9 @@ async def follow_timeline(
                 await asyncio.wait_for(wake.wait(), timeout=min(recheck, keep_alive - idle))
             except TimeoutError:
                 pass
+
+
+def _observe_lag(rows: list[Any], mark: int, last: int) -> None:
+    """How far behind the newest cursor a stream was when it woke with rows to send (metrics on)."""
+    if rows and telemetry.METRICS is not None:
+        telemetry.METRICS.lag.observe(mark - last)

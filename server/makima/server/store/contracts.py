@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.checkpoints import NewestKey, newest_first
 from makima.server.store.models import Contract, SupervisorState
 
+# Built once: building a statement and its cache key on every call cost more CPU than running it.
+_BY_ID = (Contract.id == bindparam("contract_id")) & (Contract.owner_id == bindparam("owner_id"))
+_GET = select(Contract).where(_BY_ID)
+_GET_FOR_UPDATE = _GET.with_for_update()
+_GET_WITH_SUPERVISOR = (
+    select(Contract, SupervisorState.task_id)
+    .outerjoin(
+        SupervisorState,
+        (SupervisorState.contract_id == Contract.id) & (SupervisorState.owner_id == Contract.owner_id),
+    )
+    .where(_BY_ID)
+)
+
 
 async def get(
     session: AsyncSession, *, owner_id: uuid.UUID, contract_id: uuid.UUID, for_update: bool = False
 ) -> Contract | None:
-    stmt = select(Contract).where(Contract.id == contract_id, Contract.owner_id == owner_id)
-    if for_update:
-        stmt = stmt.with_for_update()
-    return (await session.execute(stmt)).scalar_one_or_none()
+    stmt = _GET_FOR_UPDATE if for_update else _GET
+    return (await session.execute(stmt, {"contract_id": contract_id, "owner_id": owner_id})).scalar_one_or_none()
+
+
+async def get_with_supervisor(
+    session: AsyncSession, *, owner_id: uuid.UUID, contract_id: uuid.UUID
+) -> tuple[Contract, uuid.UUID | None] | None:
+    """The contract and the id of its supervisor task (None until started), in one statement."""
+    params = {"contract_id": contract_id, "owner_id": owner_id}
+    row = (await session.execute(_GET_WITH_SUPERVISOR, params)).one_or_none()
+    return None if row is None else (row[0], row[1])
 
 
 async def supervisor_state(

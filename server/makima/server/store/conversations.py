@@ -5,15 +5,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, insert, or_, select
+from sqlalchemy import Row, and_, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from makima.server.store.models import Conversation, ConversationMessage
+from makima.server.store.engine import dialect_of
+from makima.server.store.models import Conversation, ConversationMessage, Task
+from makima.server.store.types import json_text
 
 _conversations = Conversation.__table__
 _messages = ConversationMessage.__table__
+_tasks = Task.__table__
 
 
 @dataclass(frozen=True)
@@ -81,9 +85,84 @@ async def read(
     return list((await session.execute(stmt)).all())
 
 
-async def append(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert messages (each row names its version and absolute position)."""
-    await session.execute(insert(_messages), list(rows))
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    """A message to append; owner, version, position and time are the batch's."""
+
+    role: str
+    content: str
+    meta: dict[str, Any] | None
+
+
+# One statement and one round trip for a whole batch: one array per column, and the task's message
+# count, version and activity times updated by the same statement.
+_PG_APPEND = text(
+    """
+    WITH appended AS (
+        INSERT INTO conversation_messages (owner_id, conversation_id, position, role, content, meta, create_time)
+        SELECT CAST(:owner_id AS UUID), CAST(:conversation_id AS UUID), CAST(:first AS BIGINT) + u.ord - 1,
+               u.role, u.content, CAST(u.meta AS JSONB), CAST(:now AS TIMESTAMPTZ)
+        FROM unnest(CAST(:roles AS TEXT[]), CAST(:contents AS TEXT[]), CAST(:metas AS TEXT[]))
+             WITH ORDINALITY AS u(role, content, meta, ord)
+    )
+    UPDATE tasks SET message_count = CAST(:first AS BIGINT) + CAST(:count AS BIGINT), version = version + 1,
+                     last_activity_time = CAST(:now AS TIMESTAMPTZ), update_time = CAST(:now AS TIMESTAMPTZ)
+    WHERE id = CAST(:task_id AS UUID) AND owner_id = CAST(:owner_id AS UUID)
+    """
+)
+
+
+async def append(
+    session: AsyncSession,
+    *,
+    owner_id: uuid.UUID,
+    task_id: uuid.UUID,
+    conversation_id: uuid.UUID,
+    first: int,
+    messages: Sequence[MessageRow],
+    now: datetime,
+) -> None:
+    """Insert messages at positions first, first + 1, ... of a version and count them on the task
+    (message_count, version, last activity and update times)."""
+    if dialect_of(session) == "postgresql":
+        params = {
+            "owner_id": owner_id,
+            "task_id": task_id,
+            "conversation_id": conversation_id,
+            "first": first,
+            "count": len(messages),
+            "now": now,
+            "roles": [m.role for m in messages],
+            "contents": [m.content for m in messages],
+            "metas": [json_text(m.meta) for m in messages],
+        }
+        await session.execute(_PG_APPEND, params)
+        return
+    await session.execute(
+        insert(_messages),
+        [
+            {
+                "owner_id": owner_id,
+                "conversation_id": conversation_id,
+                "position": first + i,
+                "role": m.role,
+                "content": m.content,
+                "meta": m.meta,
+                "create_time": now,
+            }
+            for i, m in enumerate(messages)
+        ],
+    )
+    await session.execute(
+        update(_tasks)
+        .where(_tasks.c.id == task_id, _tasks.c.owner_id == owner_id)
+        .values(
+            message_count=first + len(messages),
+            version=_tasks.c.version + 1,
+            last_activity_time=now,
+            update_time=now,
+        )
+    )
 
 
 async def new_version(

@@ -162,6 +162,10 @@ class Task(SQLModel, table=True):
     # The conversation version the task currently reads and appends to (see Conversation).
     conversation_id: uuid.UUID | None = Field(default=None)
     message_count: int = Field(default=0, sa_type=BigInteger)
+    # Kept by every batch of task events in the statement that stores it: how many are stored and the
+    # highest sequence, so a daemon learns of gaps without a scan of the task's events (none if equal).
+    event_count: int = Field(default=0, sa_type=BigInteger)
+    last_event_sequence: int = Field(default=0, sa_type=BigInteger)
     parent_task_id: uuid.UUID | None = Field(default=None, foreign_key="tasks.id")
     forked_from_task_id: uuid.UUID | None = Field(default=None, foreign_key="tasks.id")
     forked_from_checkpoint_id: uuid.UUID | None = Field(default=None)

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
 from makima.server.store.models import Contract, HistoryEvent, Owner
+from makima.server.store.types import json_text
 
 NOTIFY_CHANNEL = "makima_timeline"
 
@@ -29,6 +30,34 @@ class NewHistoryEvent:
     data: dict[str, Any] | None = None
 
 
+# Cursor allocation, insert and notification in one statement and one round trip on PostgreSQL.
+# The events travel as one array per column; `ord` numbers them from 1 in the order given.
+_PG_APPEND = text(
+    """
+    WITH allocated AS (
+        UPDATE owners SET timeline_cursor = timeline_cursor + CAST(:count AS BIGINT)
+        WHERE id = CAST(:owner_id AS UUID)
+        RETURNING timeline_cursor
+    ), inserted AS (
+        INSERT INTO history_events (owner_id, cursor, kind, contract_id, task_id, phase, summary, data, create_time)
+        SELECT CAST(:owner_id AS UUID), a.timeline_cursor - CAST(:count AS BIGINT) + u.ord, u.kind, u.contract_id,
+               u.task_id,
+               CASE WHEN u.phase IS NULL AND u.contract_id IS NOT NULL
+                    THEN (SELECT c.phase FROM contracts c
+                          WHERE c.owner_id = CAST(:owner_id AS UUID) AND c.id = u.contract_id)
+                    ELSE u.phase END,
+               u.summary, CAST(u.data AS JSONB), CAST(:now AS TIMESTAMPTZ)
+        FROM allocated a,
+             unnest(CAST(:kinds AS TEXT[]), CAST(:contract_ids AS UUID[]), CAST(:task_ids AS UUID[]),
+                    CAST(:phases AS TEXT[]), CAST(:summaries AS TEXT[]), CAST(:datas AS TEXT[]))
+             WITH ORDINALITY AS u(kind, contract_id, task_id, phase, summary, data, ord)
+    )
+    SELECT timeline_cursor, pg_notify(:channel, CAST(:owner_id AS TEXT) || ':' || timeline_cursor)
+    FROM allocated
+    """
+)
+
+
 async def append(
     session: AsyncSession, *, owner_id: uuid.UUID, events: Sequence[NewHistoryEvent], now: datetime
 ) -> int:
@@ -42,6 +71,21 @@ async def append(
     An event of a contract that names no phase gets the contract's phase as this transaction sees it,
     so that every event of a contract can be filtered by the phase it happened in.
     """
+    if dialect_of(session) == "postgresql":
+        # Notified at commit, to every server process listening (see makima.server.timeline).
+        params = {
+            "owner_id": owner_id,
+            "count": len(events),
+            "now": now,
+            "channel": NOTIFY_CHANNEL,
+            "kinds": [e.kind for e in events],
+            "contract_ids": [e.contract_id for e in events],
+            "task_ids": [e.task_id for e in events],
+            "phases": [e.phase for e in events],
+            "summaries": [e.summary for e in events],
+            "datas": [json_text(e.data) for e in events],
+        }
+        return int((await session.execute(_PG_APPEND, params)).scalar_one())
     phases = await _contract_phases(
         session, owner_id=owner_id, contract_ids={e.contract_id for e in events if e.phase is None and e.contract_id}
     )
@@ -71,11 +115,6 @@ async def append(
             for i, e in enumerate(events)
         ],
     )
-    if dialect_of(session) == "postgresql":
-        # Delivered at commit, to every server process listening (see makima.server.timeline).
-        await session.execute(
-            text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": f"{owner_id}:{last}"}
-        )
     return last
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -41,3 +42,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 def utcnow() -> datetime:
     """The current time, timezone-aware in UTC."""
     return datetime.now(UTC)
+
+
+def json_text(value: dict[str, Any] | None) -> str | None:
+    """A JSON document as the text a `CAST(... AS JSONB)` reads, for array parameters (None stays NULL)."""
+    return None if value is None else json.dumps(value)

@@ -17,11 +17,18 @@ from typing import Any
 Fetch = Callable[[int, int], Awaitable[tuple[int, list[Any]]]]
 
 
+# Streams of one owner that may replay from the database at once. A reconnect storm (every follower
+# of an owner back from cursor 0) otherwise fills the event loop with replays, and the owner's live
+# streams, served from the tail, wait behind them; the rest of the storm waits its turn here instead.
+REPLAYS_PER_OWNER = 4
+
+
 class OwnerTail:
     """Holds exactly the events with cursor in (floor, mark], at most `capacity` of them."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
+        self.replays = asyncio.Semaphore(REPLAYS_PER_OWNER)
         self.rows: deque[Any] = deque()
         self.floor = 0
         self.mark = 0
