@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 from grpc import aio
 
+from makima.server.cli import COMMAND_OPTIONS
 from makima.server.config import Address, parse_listen
 from makima.server.store.engine import DatabaseUrlError, normalize_database_url
 from tests.helpers import Api, create_contract, free_port
@@ -290,7 +292,7 @@ async def test_plain_scheme_urls_work_with_the_async_driver(empty_database_url: 
         plain = empty_database_url.replace("sqlite+aiosqlite://", "sqlite://", 1)
         also = plain
     code, out, err = await run("migrate", "--database-url", also, cwd=tmp_path)
-    assert (code, out.strip()) == (0, "database is up to date"), err
+    assert (code, out.splitlines()[-1]) == (0, "database is up to date"), err
     key = await new_key(plain, tmp_path)
     port = free_port()
     env = clean_env(MAKIMA_DATABASE_URL=plain, MAKIMA_WORKSPACE_ROOT=str(tmp_path / "ws"))
@@ -336,3 +338,32 @@ def test_a_database_url_error_never_repeats_the_url() -> None:
     with pytest.raises(DatabaseUrlError) as info:
         normalize_database_url("oracle://u:hunter2@h/db")
     assert "hunter2" not in str(info.value)
+
+
+# -- the operator's command line ---------------------------------------------------------------------
+
+
+async def test_migrate_names_the_migrations_it_applies(empty_database_url: str, tmp_path: Path) -> None:
+    first = await run("migrate", "--database-url", empty_database_url, cwd=tmp_path)
+    again = await run("migrate", "--database-url", empty_database_url, cwd=tmp_path)
+
+    applied = [line.split()[1] for line in first[1].splitlines() if line.startswith("applied ")]
+    assert first[0] == 0 and applied == sorted(applied) and applied[0] == "0001" and len(applied) >= 8, first
+    assert first[1].splitlines()[-1] == "database is up to date"
+    assert again[:2] == (0, "database is up to date\n"), again
+
+
+async def test_every_command_has_help_with_examples_and_serve_lists_its_variables(tmp_path: Path) -> None:
+    """`--version`, each command's `--help` with examples, and every server variable the README's
+    configuration table lists named by `serve --help`."""
+    version = await run("--version", cwd=tmp_path)
+    helps = {command: await run(command, "--help", cwd=tmp_path) for command in COMMAND_OPTIONS}
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("For PostgreSQL use")]
+    variables = set(re.findall(r"MAKIMA_[A-Z_]+", table))
+
+    assert version[0] == 0 and version[1].startswith("makima-server ") and version[1].split()[1][0].isdigit()
+    for command, (code, out, _err) in helps.items():
+        assert code == 0 and "examples:" in out and f"makima-server {command}" in out, command
+    assert len(variables) >= 14
+    assert all(variable in helps["serve"][1] for variable in variables), variables - set(helps["serve"][1].split())

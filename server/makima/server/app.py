@@ -129,7 +129,7 @@ async def _start(
     metrics: telemetry.Metrics | None,
     stop_metrics: Callable[[], None] | None,
 ) -> App:
-    db = await open_database(settings.database_url)
+    db, _applied = await open_database(settings.database_url)
     if tracing is not None:
         telemetry.trace_database(db.engine, tracing)
     try:
@@ -254,8 +254,9 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-async def open_database(url: str) -> Database:
-    """Connect to the database at `url` and bring its schema up to date.
+async def open_database(url: str) -> tuple[Database, list[str]]:
+    """Connect to the database at `url` and bring its schema up to date; returns it and the
+    migrations applied (see `migrate.upgrade`).
 
     SettingError on `database_url` otherwise: EXIT_USAGE for a URL that cannot work anywhere,
     EXIT_FAILURE for a database that cannot be reached, opened or migrated here.
@@ -266,7 +267,7 @@ async def open_database(url: str) -> Database:
         raise SettingError("database_url", str(exc)) from exc
     try:
         await db.ping()
-        await migrate.upgrade(db)
+        applied = await migrate.upgrade(db)
     except DatabaseUnreachable as exc:
         await db.dispose()
         raise SettingError("database_url", str(exc), exit_code=EXIT_FAILURE) from exc
@@ -274,7 +275,7 @@ async def open_database(url: str) -> Database:
         await db.dispose()
         problem = f"cannot migrate {db.shown_url}: {describe_database_error(exc)}"
         raise SettingError("database_url", problem, exit_code=EXIT_FAILURE) from exc
-    return db
+    return db, applied
 
 
 def _address(listen: str) -> Address:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import logging
 import math
 import multiprocessing
@@ -289,21 +290,73 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add(parser, LOG_LEVEL)
+    parser.add_argument("--version", action="version", version=f"makima-server {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
-    helps = {
-        "serve": "migrate the database, then serve gRPC until SIGTERM/SIGINT",
-        "migrate": "apply database migrations and exit",
-        "create-api-key": "create an API key for an owner and print it once",
-        "list-api-keys": "list API keys (id, owner, name, prefix, times); never their secrets",
-        "revoke-api-key": "revoke an API key: it stops working on every server within seconds",
-        "rotate-page-token-key": "add a new page-token signing key; older keys still verify tokens until "
-        "dropped with --keep",
-    }
     for command, options in COMMAND_OPTIONS.items():
-        sub = commands.add_parser(command, help=helps[command])
+        summary, *examples = COMMAND_HELP[command]
+        epilog = "examples:\n" + "\n".join(f"  {example}" for example in examples)
+        if command == "serve":
+            epilog += "\n\n" + _SERVE_ENVIRONMENT
+        sub = commands.add_parser(
+            command,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         for option in options:
             _add(sub, option)
     return parser
+
+
+def _version() -> str:
+    return importlib.metadata.version("makima-history")
+
+
+# Each command's one-line summary, then examples of it.
+COMMAND_HELP = {
+    "serve": (
+        "migrate the database, then serve gRPC until SIGTERM/SIGINT",
+        "makima-server serve",
+        "makima-server serve --listen 0.0.0.0:50051 --database-url postgresql://makima@db/makima --workers 4",
+        "makima-server serve --tls-cert server.pem --tls-key server-key.pem --metrics-listen 127.0.0.1:9464",
+        "MAKIMA_LOG_LEVEL=DEBUG makima-server serve --workspace-root /srv/makima",
+    ),
+    "migrate": (
+        "apply the database migrations it lacks, name each one, and exit",
+        "makima-server migrate",
+        "makima-server migrate --database-url postgresql://makima@db/makima",
+    ),
+    "create-api-key": (
+        "create an API key for an owner (found by name, else created) and print it once",
+        "makima-server create-api-key --owner alice",
+        "makima-server create-api-key --owner alice --name laptop --expires-in 90d",
+        "export MAKIMA_API_KEY=$(makima-server create-api-key --owner alice)",
+    ),
+    "list-api-keys": (
+        "list API keys (id, owner, name, prefix, times); never their secrets",
+        "makima-server list-api-keys",
+        "makima-server list-api-keys --owner alice",
+    ),
+    "revoke-api-key": (
+        "revoke an API key: it stops working on every server within seconds",
+        "makima-server revoke-api-key --key-id 6f1c0b1e-2c1d-4e0b-9a57-0c9f6f1f2a10",
+    ),
+    "rotate-page-token-key": (
+        "add a new page-token signing key; older keys still verify tokens until dropped with --keep",
+        "makima-server rotate-page-token-key",
+        "makima-server rotate-page-token-key --keep 1",
+    ),
+}
+_SERVE_ENVIRONMENT = "environment (each flag above names its own MAKIMA_* variable):\n" + "\n".join(
+    [
+        *(f"  {option.env:<34}{option.flag}" for option in SERVE_OPTIONS if option.env),
+        f"  {LOG_LEVEL.env:<34}{LOG_LEVEL.flag} (given before the command)",
+        f"  {'OTEL_TRACES_EXPORTER':<34}console or otlp: OpenTelemetry traces of RPCs and SQL (off when unset)",
+        f"  {'OTEL_SERVICE_NAME, OTEL_*':<34}the standard OpenTelemetry SDK settings",
+        f"  {'PROMETHEUS_MULTIPROC_DIR':<34}where --workers keep their metrics (default: a temporary directory)",
+    ]
+)
 
 
 class _Values:
@@ -357,11 +410,13 @@ def _reported(labels: Mapping[str, str], run: Callable[[], int]) -> int:
         return EXIT_FAILURE
 
 
-async def _migrate(database_url: str) -> None:
+async def _migrate(database_url: str) -> list[str]:
+    """Apply the migrations the database lacks; returns them (see `migrate.upgrade`)."""
     from makima.server.app import open_database
 
-    db = await open_database(database_url)
+    db, applied = await open_database(database_url)
     await db.dispose()
+    return applied
 
 
 @asynccontextmanager
@@ -370,7 +425,7 @@ async def _runtime(database_url: str) -> AsyncIterator[Runtime]:
     from makima.server.app import open_database
     from makima.server.domain.runtime import Runtime
 
-    db = await open_database(database_url)
+    db, _applied = await open_database(database_url)
     try:
         yield Runtime(db)
     finally:
@@ -529,7 +584,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
 
         def migrate() -> int:
-            asyncio.run(_migrate(values["database_url"]))
+            for migration in asyncio.run(_migrate(values["database_url"])):
+                print(f"applied {migration}")
             print("database is up to date")
             return 0
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -21,13 +23,24 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return cfg
 
 
-async def upgrade(db: Database, revision: str = "head") -> None:
-    """Bring the database schema to `revision` (idempotent; safe with several processes)."""
+async def upgrade(db: Database, revision: str = "head") -> list[str]:
+    """Bring the database schema to `revision` (idempotent; safe with several processes).
 
-    def _upgrade(connection: Connection) -> None:
+    Returns the migrations applied, oldest first, each as its revision and the first line of its
+    description ("0007 Branches of daemon-held tasks, …"); none when the schema was up to date.
+    """
+
+    def _upgrade(connection: Connection) -> list[str]:
         if connection.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
-        command.upgrade(alembic_config(connection), revision)
+        before = MigrationContext.configure(connection).get_current_revision()
+        config = alembic_config(connection)
+        command.upgrade(config, revision)
+        after = MigrationContext.configure(connection).get_current_revision()
+        if after == before or after is None:
+            return []
+        applied = ScriptDirectory.from_config(config).iterate_revisions(after, before or "base")
+        return [f"{rev.revision} {(rev.doc or '').splitlines()[0]}".strip() for rev in reversed(list(applied))]
 
     async with db.engine.begin() as conn:
-        await conn.run_sync(_upgrade)
+        return await conn.run_sync(_upgrade)
