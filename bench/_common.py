@@ -3,6 +3,7 @@ source-like files of the code benchmarks, and the timing and printing of medians
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import random
@@ -13,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TypeVar
 
@@ -121,3 +122,32 @@ async def timed_async(action: Awaitable[T], into: list[float]) -> T:
     result = await action
     into.append((time.perf_counter() - start) * 1000)
     return result
+
+
+def postgres_argument(parser: argparse.ArgumentParser) -> None:
+    """--postgres URL: a server to bench on too (a temporary database there); default from the environment."""
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("MAKIMA_BENCH_POSTGRES_URL") or os.environ.get("MAKIMA_TEST_POSTGRES_URL", ""),
+    )
+
+
+@contextmanager
+def backends(base: Path, postgres: str) -> Iterator[list[tuple[str, str]]]:
+    """The databases to bench, as (name, URL): SQLite under `base`, then a temporary PostgreSQL database
+    when `postgres` names a server; each gets its directory `base/<name>`. git runs with an identity
+    and configuration of its own, so the machine's never count."""
+    home = base / "home"
+    home.mkdir()
+    os.environ.update(
+        HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
+        GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost",
+    )  # fmt: skip
+    with postgres_database(postgres) if postgres else nullcontext("") as pg_url:
+        found = [("sqlite", f"sqlite+aiosqlite:///{base / 'sqlite' / 'makima.db'}")]
+        if pg_url:
+            found.append(("postgresql", pg_url))
+        for name, _url in found:
+            (base / name).mkdir()
+        yield found

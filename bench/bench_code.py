@@ -22,13 +22,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import tempfile
-from contextlib import nullcontext
 from pathlib import Path
 
-from _common import CHANGED, FILES, change_files, line, postgres_database, serving, timed, timed_async, write_files
+from _common import (
+    CHANGED,
+    FILES,
+    backends,
+    change_files,
+    line,
+    postgres_argument,
+    serving,
+    timed,
+    timed_async,
+    write_files,
+)
 
 from makima.client import AsyncClient
 from makima.v1 import resources_pb2, task_fork_pb2
@@ -106,28 +115,14 @@ def commit(work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument(
-        "--postgres",
-        default=os.environ.get("MAKIMA_BENCH_POSTGRES_URL") or os.environ.get("MAKIMA_TEST_POSTGRES_URL", ""),
-    )
+    postgres_argument(parser)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-code-") as tmp:
         base = Path(tmp)
-        home = base / "home"
-        home.mkdir()
-        os.environ.update(
-            HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), GIT_CONFIG_NOSYSTEM="1",
-            GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
-            GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost",
-        )  # fmt: skip
         print(f"code RPCs of a service-held worktree through the server vs git {git(base, 'version').split()[-1]}")
         print(f"{FILES} files, then {CHANGED} changed; median of {args.runs} runs, each a new task")
-        with postgres_database(args.postgres) if args.postgres else nullcontext("") as pg_url:
-            backends = [("sqlite", f"sqlite+aiosqlite:///{base / 'sqlite' / 'makima.db'}")]
-            if pg_url:
-                backends.append(("postgresql", pg_url))
-            for name, url in backends:
-                (base / name).mkdir()
+        with backends(base, args.postgres) as found:
+            for name, url in found:
 
                 async def run(name: str = name, url: str = url) -> tuple[Results, Results]:
                     async with serving(url, base / name / "workspace") as (address, key):

@@ -28,12 +28,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-import asyncpg
+from _common import postgres_database
 from dulwich.repo import Repo
 
 from makima.server.domain.objects import ObjectStores
@@ -154,26 +154,6 @@ class Backend:
     def close(self) -> None:
         self.on_loop(self.db.dispose())
         self.loop.call_soon_threadsafe(self.loop.stop)
-
-
-@contextmanager
-def postgres_database(url: str) -> Iterator[str]:
-    """A temporary database beside the one `url` names, dropped afterwards."""
-    name = f"makima_bench_{uuid.uuid4().hex[:12]}"
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield url.rsplit("/", 1)[0] + "/" + name
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 def bench(backend: Backend, src: Path, first: str, second: str, runs: int) -> dict[str, list[float]]:
