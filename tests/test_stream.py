@@ -88,6 +88,35 @@ async def test_keep_alive_carries_the_watermark_past_filtered_events(api: Api) -
     call.cancel()
 
 
+async def test_live_events_are_filtered_as_a_page_is(api: Api) -> None:
+    """Every filter field of a stream: what it delivers live (tested in memory) is what ListTimeline
+    returns (tested in SQL) for the same filter."""
+    contract = await create_contract(api, "filtered")
+    started = (await api.history.ListTimeline(history_pb2.ListTimelineRequest(), metadata=api.md)).events[-1]
+    created = resources_pb2.TIMELINE_EVENT_KIND_TASK_CREATED
+    filters: list[dict[str, object]] = [
+        {"contract_id": contract.id},
+        {"kinds": [created]},
+        {"contract_id": contract.id, "kinds": [created]},
+    ]
+    calls = [stream(api, after_cursor=started.cursor, keep_alive_seconds=1, **fields) for fields in filters]
+    for call in calls:
+        assert (await asyncio.wait_for(call.read(), 10)).HasField("replay_ended")
+    await create_task(api, "in the contract", contract_id=contract.id)
+    await create_task(api, "outside")
+    await create_contract(api, "another")
+
+    for fields, call in zip(filters, calls, strict=True):
+        page = await api.history.ListTimeline(
+            history_pb2.ListTimelineRequest(after_cursor=started.cursor, **fields), metadata=api.md
+        )
+        expected = [e.cursor for e in page.events]
+        live = [(await next_event(call)).cursor for _ in expected]
+        after = await asyncio.wait_for(call.read(), 10)  # nothing more matches: a keep-alive comes next
+        assert live == expected and expected and after.HasField("keep_alive"), fields
+        call.cancel()
+
+
 async def test_stream_rejects_bad_requests(api: Api, other_api: Api) -> None:
     for fields, field in (
         ({"after_cursor": -1}, "after_cursor"),

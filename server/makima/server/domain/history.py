@@ -176,9 +176,7 @@ async def list_task_events(
             task_id=task.id,
             after=after,
             limit=limit + 1,
-            kinds=kinds,
-            start_time=start_time,
-            end_time=end_time,
+            where=events.TaskEventFilter(kinds=kinds, start_time=start_time, end_time=end_time),
         )
     return _page(rows, limit)
 

@@ -6,13 +6,14 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import Row, func, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
+from makima.server.store.filters import AT_OR_AFTER, BEFORE, IS_IN, Filter, Predicate
 from makima.server.store.models import Task, TaskEvent
 from makima.server.store.types import json_text
 
@@ -166,6 +167,21 @@ async def gaps(
     return [(int(a), int(b)) for a, b in result.all()]
 
 
+@dataclass(frozen=True)
+class TaskEventFilter(Filter):
+    """Which events of a task a page wants (all fields optional)."""
+
+    PREDICATES: ClassVar[tuple[Predicate, ...]] = (
+        Predicate("kinds", "kind", IS_IN),
+        Predicate("start_time", "event_time", AT_OR_AFTER),
+        Predicate("end_time", "event_time", BEFORE),
+    )
+
+    kinds: tuple[str, ...] = ()
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+
+
 async def page(
     session: AsyncSession,
     *,
@@ -173,16 +189,9 @@ async def page(
     task_id: uuid.UUID,
     after: int,
     limit: int,
-    kinds: tuple[str, ...] = (),
-    start_time: datetime | None = None,
-    end_time: datetime | None = None,
+    where: TaskEventFilter,
 ) -> list[Row[Any]]:
     """Events with sequence > after, in sequence order (keyset page)."""
     stmt = select(_table).where(_table.c.owner_id == owner_id, _table.c.task_id == task_id, _table.c.sequence > after)
-    if kinds:
-        stmt = stmt.where(_table.c.kind.in_(kinds))
-    if start_time is not None:
-        stmt = stmt.where(_table.c.event_time >= start_time)
-    if end_time is not None:
-        stmt = stmt.where(_table.c.event_time < end_time)
+    stmt = stmt.where(*where.clauses(_table))
     return list((await session.execute(stmt.order_by(_table.c.sequence).limit(limit))).all())

@@ -6,12 +6,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import Row, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
+from makima.server.store.filters import AT_OR_AFTER, BEFORE, EQUALS, IS_IN, Filter, Predicate
 from makima.server.store.models import Contract, HistoryEvent, Owner
 from makima.server.store.types import json_text
 
@@ -133,8 +134,17 @@ async def _contract_phases(
 
 
 @dataclass(frozen=True)
-class TimelineFilter:
+class TimelineFilter(Filter):
     """Which timeline events a list or stream wants (all fields optional)."""
+
+    PREDICATES: ClassVar[tuple[Predicate, ...]] = (
+        Predicate("contract_id", "contract_id", EQUALS),
+        Predicate("task_id", "task_id", EQUALS),
+        Predicate("kinds", "kind", IS_IN),
+        Predicate("phase", "phase", EQUALS),
+        Predicate("start_time", "create_time", AT_OR_AFTER),
+        Predicate("end_time", "create_time", BEFORE),
+    )
 
     contract_id: uuid.UUID | None = None
     task_id: uuid.UUID | None = None
@@ -142,17 +152,6 @@ class TimelineFilter:
     phase: str | None = None
     start_time: datetime | None = None
     end_time: datetime | None = None
-
-    def matches(self, row: Any) -> bool:
-        """The same test as `page`'s WHERE clause, for events already in memory."""
-        return (
-            (self.contract_id is None or row.contract_id == self.contract_id)
-            and (self.task_id is None or row.task_id == self.task_id)
-            and (not self.kinds or row.kind in self.kinds)
-            and (self.phase is None or row.phase == self.phase)
-            and (self.start_time is None or row.create_time >= self.start_time)
-            and (self.end_time is None or row.create_time < self.end_time)
-        )
 
 
 async def watermark(session: AsyncSession, *, owner_id: uuid.UUID) -> int:
@@ -176,18 +175,7 @@ async def page(
     stmt = select(t).where(t.c.owner_id == owner_id, t.c.cursor > after)
     if upto is not None:
         stmt = stmt.where(t.c.cursor <= upto)
-    if where.contract_id is not None:
-        stmt = stmt.where(t.c.contract_id == where.contract_id)
-    if where.task_id is not None:
-        stmt = stmt.where(t.c.task_id == where.task_id)
-    if where.kinds:
-        stmt = stmt.where(t.c.kind.in_(where.kinds))
-    if where.phase is not None:
-        stmt = stmt.where(t.c.phase == where.phase)
-    if where.start_time is not None:
-        stmt = stmt.where(t.c.create_time >= where.start_time)
-    if where.end_time is not None:
-        stmt = stmt.where(t.c.create_time < where.end_time)
+    stmt = stmt.where(*where.clauses(t))
     return list((await session.execute(stmt.order_by(t.c.cursor).limit(limit))).all())
 
 
