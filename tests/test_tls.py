@@ -94,6 +94,15 @@ async def test_tls_for_the_client_the_cli_the_daemon_and_grpcurl(tls_app: App, c
     assert task.id in err  # the daemon claimed it over TLS
     code, _, err = await run(str(BIN / "makima"), "--timeout", "3", "contract-create", "--name", "x", env=env)
     assert code == 64 + 14, err  # plaintext to a TLS server: UNAVAILABLE
+    # A context can hold the CA too: flags, then the environment, then the context.
+    config = env | {"XDG_CONFIG_HOME": str(tmp_path / "config")}
+    code, _, err = await run(
+        str(BIN / "makima"), "config", "set-context", "tls", "--tls-ca", str(ca.cert), "--use", env=config
+    )
+    assert code == 0, err
+    code, out, err = await run(str(BIN / "makima"), "--json", "contract", "create", "--name", "context", env=config)
+    assert code == 0, err
+    assert json.loads(out)["contract"]["name"] == "context"
 
     code, out, err = await run(GRPCURL, "-cacert", str(ca.cert), address, "list")
     assert code == 0, err
