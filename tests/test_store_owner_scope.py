@@ -47,7 +47,11 @@ async def test_reads_with_another_owner_find_nothing(api: Api, other_api: Api, s
                         session, owner_id=owner, conversation_id=fork.conversation_id, count=3, start=0, limit=10
                     )
                 ],
-                "events": len(await events.page(session, owner_id=owner, task_id=task_id, after=0, limit=10)),
+                "events": len(
+                    await events.page(
+                        session, owner_id=owner, task_id=task_id, after=0, limit=10, where=events.TaskEventFilter()
+                    )
+                ),
                 "last_sequence": await events.last_sequence(session, owner_id=owner, task_id=task_id),
                 "gaps": await events.gaps(session, owner_id=owner, task_id=task_id),
                 "checkpoints": len(
