@@ -32,15 +32,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@asynccontextmanager
-async def serving(database_url: str, workspace: Path) -> AsyncIterator[tuple[str, str]]:
-    """A `makima-server serve` process on `database_url`; yields its address and an API key."""
-    port = free_port()
-    env = os.environ | {
-        "MAKIMA_LISTEN": f"127.0.0.1:{port}",
-        "MAKIMA_DATABASE_URL": database_url,
-        "MAKIMA_WORKSPACE_ROOT": str(workspace),
-    }
+async def new_api_key(env: dict[str, str]) -> str:
+    """An API key for a new owner, made by `makima-server create-api-key` on the database `env` names."""
     made = await asyncio.create_subprocess_exec(
         SERVER,
         "create-api-key",
@@ -50,7 +43,19 @@ async def serving(database_url: str, workspace: Path) -> AsyncIterator[tuple[str
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    key = (await made.communicate())[0].decode().strip()
+    return (await made.communicate())[0].decode().strip()
+
+
+@asynccontextmanager
+async def serving(database_url: str, workspace: Path) -> AsyncIterator[tuple[str, str]]:
+    """A `makima-server serve` process on `database_url`; yields its address and an API key."""
+    port = free_port()
+    env = os.environ | {
+        "MAKIMA_LISTEN": f"127.0.0.1:{port}",
+        "MAKIMA_DATABASE_URL": database_url,
+        "MAKIMA_WORKSPACE_ROOT": str(workspace),
+    }
+    key = await new_api_key(env)
     with (workspace.parent / f"{workspace.name}.log").open("wb") as log:
         process = await asyncio.create_subprocess_exec(SERVER, "serve", env=env, stdout=log, stderr=log)
     try:

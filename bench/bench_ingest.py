@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+from _common import new_api_key
 from bench_unary import cpu_seconds, free_port, ready
 
 from makima.v1 import daemon_pb2, daemon_pb2_grpc, resources_pb2, task_fork_pb2, task_fork_pb2_grpc
@@ -50,16 +51,7 @@ async def served(url: str) -> tuple[asyncio.subprocess.Process, str, str]:
         "MAKIMA_LOG_LEVEL": "WARNING",
         "MAKIMA_WORKSPACE_ROOT": tempfile.mkdtemp(),
     }
-    key = await asyncio.create_subprocess_exec(
-        str(bin_dir / "makima-server"),
-        "create-api-key",
-        "--owner",
-        str(uuid.uuid4()),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    secret = (await key.communicate())[0].decode().strip()
+    secret = await new_api_key(env)
     proc = await asyncio.create_subprocess_exec(str(bin_dir / "makima-server"), "serve", env=env)
     return proc, address, secret
 

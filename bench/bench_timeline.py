@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+from _common import new_api_key
 from bench_unary import cpu_seconds
 from grpc import aio
 
@@ -152,16 +153,7 @@ async def served(url: str) -> tuple[asyncio.subprocess.Process, str, str]:
     bin_dir = Path(sys.executable).parent
     port = free_port()
     env = os.environ | {"MAKIMA_DATABASE_URL": url, "MAKIMA_LISTEN": f"127.0.0.1:{port}", "MAKIMA_LOG_LEVEL": "WARNING"}
-    key = await asyncio.create_subprocess_exec(
-        str(bin_dir / "makima-server"),
-        "create-api-key",
-        "--owner",
-        str(uuid.uuid4()),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    secret = (await key.communicate())[0].decode().strip()
+    secret = await new_api_key(env)
     proc = await asyncio.create_subprocess_exec(str(bin_dir / "makima-server"), "serve", env=env)
     return proc, f"127.0.0.1:{port}", secret
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+from _common import new_api_key
 from grpc import aio
 
 from makima.v1 import supervisor_pb2, supervisor_pb2_grpc, task_fork_pb2, task_fork_pb2_grpc
@@ -125,16 +126,7 @@ async def ours(database_url: str, seconds: float) -> tuple[dict[str, Figures], d
         "MAKIMA_LOG_LEVEL": "WARNING",
         "MAKIMA_WORKSPACE_ROOT": tempfile.mkdtemp(),
     }
-    key_proc = await asyncio.create_subprocess_exec(
-        str(bin_dir / "makima-server"),
-        "create-api-key",
-        "--owner",
-        str(uuid.uuid4()),
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    key = (await key_proc.communicate())[0].decode().strip()
+    key = await new_api_key(env)
     server = await asyncio.create_subprocess_exec(str(bin_dir / "makima-server"), "serve", env=env)
     try:
         channel = await ready(address)
