@@ -9,9 +9,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.domain.contracts import ContractView, load_contract
@@ -23,8 +22,10 @@ from makima.server.store import checkpoints, conversations, events, timeline
 from makima.server.store import contracts as contract_store
 from makima.server.store import tasks as task_store
 from makima.server.store.checkpoints import NewestKey
-from makima.server.store.models import Task
-from makima.server.store.timeline import TimelineFilter
+from makima.server.store.conversations import StoredMessage
+from makima.server.store.events import StoredTaskEvent
+from makima.server.store.models import ConversationSnapshot, Task, TaskCheckpoint
+from makima.server.store.timeline import StoredHistoryEvent, TimelineFilter
 
 T = TypeVar("T")
 MAX_LINEAGE = 10_000
@@ -52,7 +53,7 @@ async def check_timeline_scope(session: AsyncSession, owner_id: uuid.UUID, where
 
 async def list_timeline(
     rt: Runtime, principal: Principal, *, where: TimelineFilter, after: int, limit: int
-) -> Page[Row[Any]]:
+) -> Page[StoredHistoryEvent]:
     async with rt.read() as session:
         await check_timeline_scope(session, principal.owner_id, where)
         rows = await timeline.page(session, owner_id=principal.owner_id, where=where, after=after, limit=limit + 1)
@@ -70,7 +71,7 @@ class PhaseSpan:
 class ContractHistory:
     view: ContractView
     phases: list[PhaseSpan]
-    events: Page[Row[Any]]
+    events: Page[StoredHistoryEvent]
 
 
 async def contract_history(
@@ -105,7 +106,7 @@ async def contract_history(
 class ConversationPage:
     task_id: uuid.UUID
     message_count: int
-    messages: Page[Row[Any]]
+    messages: Page[StoredMessage]
 
 
 async def conversation(
@@ -137,7 +138,7 @@ async def conversation(
 
 async def list_snapshots(
     rt: Runtime, principal: Principal, task_id: uuid.UUID, *, before: NewestKey | None, limit: int
-) -> Page[Row[Any]]:
+) -> Page[ConversationSnapshot]:
     async with rt.read() as session:
         task = await load_task(session, principal.owner_id, task_id)
         rows = await checkpoints.snapshot_page(
@@ -148,7 +149,7 @@ async def list_snapshots(
 
 async def list_checkpoints(
     rt: Runtime, principal: Principal, task_id: uuid.UUID, *, before: NewestKey | None, limit: int
-) -> Page[Row[Any]]:
+) -> Page[TaskCheckpoint]:
     async with rt.read() as session:
         task = await load_task(session, principal.owner_id, task_id)
         rows = await checkpoints.checkpoint_page(
@@ -167,7 +168,7 @@ async def list_task_events(
     end_time: datetime | None,
     after: int,
     limit: int,
-) -> Page[Row[Any]]:
+) -> Page[StoredTaskEvent]:
     async with rt.read() as session:
         task = await load_task(session, principal.owner_id, task_id)
         rows = await events.page(

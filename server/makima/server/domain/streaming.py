@@ -13,15 +13,12 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
-from sqlalchemy import Row
 
 from makima.server import telemetry
 from makima.server.domain.history import check_timeline_scope
 from makima.server.domain.runtime import Principal, Runtime
 from makima.server.store import timeline
-from makima.server.store.timeline import TimelineFilter
+from makima.server.store.timeline import StoredHistoryEvent, TimelineFilter
 from makima.server.store.types import utcnow
 from makima.server.timeline.hub import TAIL_CAPACITY, TimelineHub
 
@@ -53,7 +50,7 @@ async def follow_timeline(
     after: int,
     keep_alive: float,
     recheck: float,
-) -> AsyncIterator[Row[Any] | KeepAlive | ReplayEnded]:
+) -> AsyncIterator[StoredHistoryEvent | KeepAlive | ReplayEnded]:
     """Yield matching events after `after` forever, until the hub closes (server shutdown).
 
     A stream behind the owner's shared tail pages through the database; once caught up it is served
@@ -63,7 +60,7 @@ async def follow_timeline(
     async with rt.read() as session:
         await check_timeline_scope(session, owner, where)
 
-    async def fetch(after_cursor: int, floor: int) -> tuple[int, list[Row[Any]]]:
+    async def fetch(after_cursor: int, floor: int) -> tuple[int, list[StoredHistoryEvent]]:
         async with rt.read() as session:
             mark = await timeline.watermark(session, owner_id=owner)
             if floor < 0 or mark <= after_cursor:
@@ -121,7 +118,7 @@ async def follow_timeline(
                 pass
 
 
-def _observe_lag(rows: list[Any], mark: int, last: int) -> None:
+def _observe_lag(rows: list[StoredHistoryEvent], mark: int, last: int) -> None:
     """How far behind the newest cursor a stream was when it woke with rows to send (metrics on)."""
     if rows and telemetry.METRICS is not None:
         telemetry.METRICS.lag.observe(mark - last)

@@ -20,9 +20,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.domain.enums import TaskStatus, TimelineKind
@@ -32,6 +30,7 @@ from makima.server.domain.tasks import load_task
 from makima.server.store import branches as branch_records
 from makima.server.store import conversations, events
 from makima.server.store import work as store
+from makima.server.store.conversations import StoredMessage
 from makima.server.store.models import Daemon, Task, TaskBranch
 from makima.server.timeline.hub import TimelineHub
 
@@ -89,7 +88,7 @@ class ClaimedTask:
 
     task: Task
     phase: str | None
-    conversation: list[Row[Any]]
+    conversation: list[StoredMessage]
     last_event_sequence: int
     lease: Lease
     # Branches recorded for a daemon-held task (CreateBranch), for the daemon to create.
@@ -202,7 +201,7 @@ async def _take_next(tx: Tx, *, daemon_id: uuid.UUID, kinds: tuple[str, ...], le
     )
 
 
-async def _conversation(session: AsyncSession, task: Task) -> list[Row[Any]]:
+async def _conversation(session: AsyncSession, task: Task) -> list[StoredMessage]:
     """The first messages of the task's current conversation, within the claim's bounds."""
     assert task.conversation_id is not None
     rows = await conversations.read(

@@ -5,14 +5,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Row, Select, Table, and_, or_, select
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.models import ConversationSnapshot, TaskCheckpoint
 
 NewestKey = tuple[datetime, uuid.UUID]
+Record = TypeVar("Record", TaskCheckpoint, ConversationSnapshot)
 
 
 def newest_first(
@@ -27,32 +28,30 @@ def newest_first(
 
 async def _newest_first(
     session: AsyncSession,
-    table: Table,
+    model: type[Record],
     *,
     owner_id: uuid.UUID,
     task_id: uuid.UUID,
     before: NewestKey | None,
     limit: int,
-) -> list[Row[Any]]:
-    stmt = select(table).where(table.c.owner_id == owner_id, table.c.task_id == task_id)
+) -> list[Record]:
+    stmt = select(model).where(model.owner_id == owner_id, model.task_id == task_id)
     return list(
-        (await session.execute(newest_first(stmt, table.c.create_time, table.c.id, before=before, limit=limit))).all()
+        (await session.execute(newest_first(stmt, model.create_time, model.id, before=before, limit=limit))).scalars()
     )
 
 
 async def checkpoint_page(
     session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, before: NewestKey | None, limit: int
-) -> list[Row[Any]]:
-    return await _newest_first(
-        session, TaskCheckpoint.__table__, owner_id=owner_id, task_id=task_id, before=before, limit=limit
-    )
+) -> list[TaskCheckpoint]:
+    return await _newest_first(session, TaskCheckpoint, owner_id=owner_id, task_id=task_id, before=before, limit=limit)
 
 
 async def snapshot_page(
     session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, before: NewestKey | None, limit: int
-) -> list[Row[Any]]:
+) -> list[ConversationSnapshot]:
     return await _newest_first(
-        session, ConversationSnapshot.__table__, owner_id=owner_id, task_id=task_id, before=before, limit=limit
+        session, ConversationSnapshot, owner_id=owner_id, task_id=task_id, before=before, limit=limit
     )
 
 

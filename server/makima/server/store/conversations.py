@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Row, and_, insert, or_, select, text, update
+from sqlalchemy import and_, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
@@ -60,9 +60,23 @@ async def segments(
     return out
 
 
+class StoredMessage(NamedTuple):
+    """A message as a conversation holds it, at its position."""
+
+    position: int
+    role: str
+    content: str
+    meta: dict[str, Any] | None
+    create_time: datetime
+
+
+_m = _messages.c
+_STORED_MESSAGE = (_m.position, _m.role, _m.content, _m.meta, _m.create_time)
+
+
 async def read(
     session: AsyncSession, *, owner_id: uuid.UUID, conversation_id: uuid.UUID, count: int, start: int, limit: int
-) -> list[Row[Any]]:
+) -> list[StoredMessage]:
     """Messages at positions [start, min(count, start + limit)) of a version, in order.
 
     No stored segment in that range means no messages: never a query without a WHERE.
@@ -81,8 +95,8 @@ async def read(
     ]
     if not parts:
         return []
-    stmt = select(_messages).where(_messages.c.owner_id == owner_id, or_(*parts)).order_by(_messages.c.position)
-    return list((await session.execute(stmt)).all())
+    stmt = select(*_STORED_MESSAGE).where(_m.owner_id == owner_id, or_(*parts)).order_by(_m.position)
+    return list(map(StoredMessage._make, await session.execute(stmt)))
 
 
 @dataclass(frozen=True, slots=True)

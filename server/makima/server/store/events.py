@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
-from sqlalchemy import Row, func, select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -127,7 +127,7 @@ async def insert_new(
 
 async def contents(
     session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, sequences: Collection[int]
-) -> list[Row[Any]]:
+) -> list[EventRow]:
     """The stored content of the listed events of a task, in sequence order: to compare resends with."""
     if not sequences:
         return []
@@ -137,7 +137,7 @@ async def contents(
         .where(c.owner_id == owner_id, c.task_id == task_id, c.sequence.in_(sequences))
         .order_by(c.sequence)
     )
-    return list((await session.execute(stmt)).all())
+    return [EventRow(*row) for row in await session.execute(stmt)]
 
 
 async def last_sequence(session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID) -> int:
@@ -182,6 +182,22 @@ class TaskEventFilter(Filter):
     end_time: datetime | None = None
 
 
+class StoredTaskEvent(NamedTuple):
+    """A task event as stored: what the daemon sent, and when the service recorded it."""
+
+    task_id: uuid.UUID
+    sequence: int
+    kind: str
+    text: str
+    data: dict[str, Any] | None
+    event_time: datetime
+    record_time: datetime
+
+
+_c = _table.c
+_STORED_EVENT = (_c.task_id, _c.sequence, _c.kind, _c.text, _c.data, _c.event_time, _c.record_time)
+
+
 async def page(
     session: AsyncSession,
     *,
@@ -190,8 +206,8 @@ async def page(
     after: int,
     limit: int,
     where: TaskEventFilter,
-) -> list[Row[Any]]:
+) -> list[StoredTaskEvent]:
     """Events with sequence > after, in sequence order (keyset page)."""
-    stmt = select(_table).where(_table.c.owner_id == owner_id, _table.c.task_id == task_id, _table.c.sequence > after)
+    stmt = select(*_STORED_EVENT).where(_c.owner_id == owner_id, _c.task_id == task_id, _c.sequence > after)
     stmt = stmt.where(*where.clauses(_table))
-    return list((await session.execute(stmt.order_by(_table.c.sequence).limit(limit))).all())
+    return list(map(StoredTaskEvent._make, await session.execute(stmt.order_by(_c.sequence).limit(limit))))

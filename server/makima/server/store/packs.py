@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import NamedTuple
 
-from sqlalchemy import Row, delete, select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,10 +21,19 @@ _table = ObjectPack.__table__
 _c = _table.c
 
 
-async def list_packs(session: AsyncSession, *, owner_id: uuid.UUID) -> list[Row[Any]]:
-    """(name, object_count, byte_size, create_time) of every pack of the owner, without their bytes."""
+class PackRow(NamedTuple):
+    """A stored pack without its bytes."""
+
+    name: str
+    object_count: int
+    byte_size: int
+    create_time: datetime
+
+
+async def list_packs(session: AsyncSession, *, owner_id: uuid.UUID) -> list[PackRow]:
+    """Every pack of the owner, without their bytes."""
     stmt = select(_c.name, _c.object_count, _c.byte_size, _c.create_time).where(_c.owner_id == owner_id)
-    return list((await session.execute(stmt)).all())
+    return list(map(PackRow._make, await session.execute(stmt)))
 
 
 async def get_pack(session: AsyncSession, *, owner_id: uuid.UUID, name: str) -> tuple[bytes, bytes] | None:

@@ -6,9 +6,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
-from sqlalchemy import Row, insert, select, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
@@ -161,6 +161,31 @@ async def watermark(session: AsyncSession, *, owner_id: uuid.UUID) -> int:
     return int(result.scalar_one_or_none() or 0)
 
 
+class StoredHistoryEvent(NamedTuple):
+    """A timeline event as stored, at its cursor."""
+
+    cursor: int
+    kind: str
+    contract_id: uuid.UUID | None
+    task_id: uuid.UUID | None
+    phase: str | None
+    summary: str
+    data: dict[str, Any] | None
+    create_time: datetime
+
+
+class PhaseMove(NamedTuple):
+    """An event that moved a contract into `phase` (its creation included)."""
+
+    kind: str
+    phase: str | None
+    create_time: datetime
+
+
+_t = HistoryEvent.__table__.c
+_STORED_EVENT = (_t.cursor, _t.kind, _t.contract_id, _t.task_id, _t.phase, _t.summary, _t.data, _t.create_time)
+
+
 async def page(
     session: AsyncSession,
     *,
@@ -169,28 +194,26 @@ async def page(
     after: int,
     limit: int,
     upto: int | None = None,
-) -> list[Row[Any]]:
+) -> list[StoredHistoryEvent]:
     """Events with cursor in (after, upto], in cursor order: a keyset page (no OFFSET)."""
-    t = HistoryEvent.__table__
-    stmt = select(t).where(t.c.owner_id == owner_id, t.c.cursor > after)
+    stmt = select(*_STORED_EVENT).where(_t.owner_id == owner_id, _t.cursor > after)
     if upto is not None:
-        stmt = stmt.where(t.c.cursor <= upto)
-    stmt = stmt.where(*where.clauses(t))
-    return list((await session.execute(stmt.order_by(t.c.cursor).limit(limit))).all())
+        stmt = stmt.where(_t.cursor <= upto)
+    stmt = stmt.where(*where.clauses(HistoryEvent.__table__))
+    return list(map(StoredHistoryEvent._make, await session.execute(stmt.order_by(_t.cursor).limit(limit))))
 
 
 async def contract_phase_events(
     session: AsyncSession, *, owner_id: uuid.UUID, contract_id: uuid.UUID
-) -> list[Row[Any]]:
+) -> list[PhaseMove]:
     """The events that moved a contract between phases (creation included), in order."""
-    t = HistoryEvent.__table__
     stmt = (
-        select(t.c.kind, t.c.phase, t.c.create_time)
+        select(_t.kind, _t.phase, _t.create_time)
         .where(
-            t.c.owner_id == owner_id,
-            t.c.contract_id == contract_id,
-            t.c.kind.in_(("contract_created", "phase_advanced")),
+            _t.owner_id == owner_id,
+            _t.contract_id == contract_id,
+            _t.kind.in_(("contract_created", "phase_advanced")),
         )
-        .order_by(t.c.cursor)
+        .order_by(_t.cursor)
     )
-    return list((await session.execute(stmt)).all())
+    return list(map(PhaseMove._make, await session.execute(stmt)))
