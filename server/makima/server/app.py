@@ -141,7 +141,7 @@ async def _start(
         ) from exc
     hub = TimelineHub()
     objects = ObjectStores.for_database(db, workspace_root=workspace.root, cache_dir=settings.object_cache_dir)
-    runtime = Runtime(db, objects=objects, on_commit=hub.publish)
+    runtime = Runtime(db, objects=objects, workspace=workspace, hub=hub)
     page_tokens = PageTokenKeys(runtime)
     await page_tokens.load()
     listener = PostgresListener(db.url, hub) if db.dialect == "postgresql" else None

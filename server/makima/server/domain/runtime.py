@@ -1,8 +1,11 @@
 """The transaction runner every use case goes through.
 
-A mutating use case is a coroutine taking a `Tx`; `Runtime.mutate` runs it in exactly one write
-transaction together with its timeline events and its idempotency record, so a state change, its
-timeline entry and the stored answer to a retried request commit or roll back together.
+A use case is a coroutine taking its context and one keyword-only input, and returning one named
+result. A mutating use case takes a `Tx`: `Runtime.mutate` runs it in exactly one write transaction
+together with its timeline events and its idempotency record, so a state change, its timeline entry
+and the stored answer to a retried request commit or roll back together. Any other use case (a read,
+a long poll, a stream) takes a `Caller`. Both reach what the runtime holds (workspace, object
+stores, timeline hub) the same way, so no use case takes them as arguments.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -25,11 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from makima.server.domain.enums import TimelineKind
 from makima.server.domain.errors import DomainError, InvalidArgument, ResourceExhausted, Unavailable
 from makima.server.domain.objects import ObjectStores
+from makima.server.domain.workspace import Workspace
 from makima.server.git.objects import OwnerObjectStore
 from makima.server.store import idempotency, timeline
 from makima.server.store.engine import Database
 from makima.server.store.models import IdempotencyKey
 from makima.server.store.types import utcnow
+from makima.server.timeline.hub import TimelineHub
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -77,9 +82,15 @@ class Tx:
     now: datetime
     stack: AsyncExitStack
     objects: ObjectStores | None = None
+    workspace: Workspace | None = None
     events: list[timeline.NewHistoryEvent] = field(default_factory=list)
     undo: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
     after_commit: list[Callable[[], Awaitable[object]]] = field(default_factory=list)
+
+    @property
+    def ws(self) -> Workspace:
+        """The workspace of service-held worktrees (see `Runtime.ws`)."""
+        return _required_workspace(self.workspace)
 
     async def hold(self, lock: asyncio.Lock) -> None:
         """Acquire `lock` until the transaction and its after-commit work are over."""
@@ -200,10 +211,17 @@ def _raised_by_driver(exc: BaseException) -> bool:
     return False
 
 
-class Runtime:
-    """Shared state of the use cases: the database, the object stores and the timeline publisher.
+def _required_workspace(workspace: Workspace | None) -> Workspace:
+    if workspace is None:
+        raise RuntimeError("this runtime has no workspace")
+    return workspace
 
-    A runtime without object stores (a command-line tool's) serves every use case but those on code.
+
+class Runtime:
+    """Shared state of the use cases: the database, the workspace, the object stores and the timeline hub.
+
+    A runtime without a workspace and object stores (a command-line tool's) serves every use case but
+    those on code; without a hub, its commits wake no stream and nothing waits for them.
     """
 
     def __init__(
@@ -211,11 +229,25 @@ class Runtime:
         db: Database,
         *,
         objects: ObjectStores | None = None,
-        on_commit: Callable[[uuid.UUID, int], None] | None = None,
+        workspace: Workspace | None = None,
+        hub: TimelineHub | None = None,
     ) -> None:
         self.db = db
         self.objects = objects
-        self._on_commit = on_commit
+        self.workspace = workspace
+        self._hub = hub
+
+    @property
+    def ws(self) -> Workspace:
+        """The workspace of service-held worktrees; RuntimeError for a runtime without one."""
+        return _required_workspace(self.workspace)
+
+    @property
+    def hub(self) -> TimelineHub:
+        """Where commits are published to streams and waiting claims; RuntimeError for a runtime without one."""
+        if self._hub is None:
+            raise RuntimeError("this runtime has no timeline hub")
+        return self._hub
 
     @asynccontextmanager
     async def read(self, *, holds_locks: bool = False) -> AsyncIterator[AsyncSession]:
@@ -237,8 +269,8 @@ class Runtime:
             if idem is None:
                 raise
             result, last_cursor = await self._attempt(principal, body, idem)
-        if last_cursor is not None and self._on_commit is not None:
-            self._on_commit(principal.owner_id, last_cursor)
+        if last_cursor is not None and self._hub is not None:
+            self._hub.publish(principal.owner_id, last_cursor)
         return result
 
     async def replay(self, principal: Principal, idem: Idempotency[R]) -> R | None:
@@ -267,7 +299,12 @@ class Runtime:
             try:
                 async with _database_errors(), self.db.write() as session:
                     tx = Tx(
-                        session=session, owner_id=principal.owner_id, now=utcnow(), stack=stack, objects=self.objects
+                        session=session,
+                        owner_id=principal.owner_id,
+                        now=utcnow(),
+                        stack=stack,
+                        objects=self.objects,
+                        workspace=self.workspace,
                     )
                     outcome = await self._run(tx, body, idem)
             except BaseException:
@@ -309,6 +346,27 @@ class Runtime:
         if tx.events:
             last_cursor = await timeline.append(session, owner_id=tx.owner_id, events=tx.events, now=tx.now)
         return result, last_cursor
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The runtime as one principal uses it: the context of a use case that is not one write
+    transaction (a read, a long poll, a stream), scoped to the principal's owner."""
+
+    rt: Runtime
+    principal: Principal
+
+    @property
+    def owner_id(self) -> uuid.UUID:
+        return self.principal.owner_id
+
+    def read(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """A read-only block (see Runtime.read)."""
+        return self.rt.read()
+
+    async def mutate(self, body: Callable[[Tx], Awaitable[R]]) -> R:
+        """Run `body` in one write transaction of the principal (see Runtime.mutate)."""
+        return await self.rt.mutate(self.principal, body)
 
 
 def _stored_answer(stored: IdempotencyKey | None, idem: Idempotency[R]) -> R | None:
