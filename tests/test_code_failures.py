@@ -93,11 +93,10 @@ async def test_a_failed_rewind_puts_the_worktree_back(api: Api, server: App) -> 
 
 
 async def test_a_failed_task_creation_removes_its_worktree(api: Api, server: App) -> None:
-    workspace = Workspace(server.settings.workspace_root)
     created: list[Path] = []
 
     async def body(tx: Tx) -> None:
-        task = await tasks.create_task(tx, workspace, tasks.CreateTaskInput(name="doomed", worktree=WorktreeRequest()))
+        task = await tasks.create_task(tx, tasks.CreateTaskInput(name="doomed", worktree=WorktreeRequest()))
         created.append(Path(task.worktree_path or ""))
         assert (created[0] / ".git").is_dir()
         raise WriteFailed

@@ -7,7 +7,7 @@ from typing import Any, Protocol, Self, TypeVar
 
 from makima.server.api.interceptor import current_principal
 from makima.server.api.validate import optional_uuid
-from makima.server.domain.runtime import Idempotency, Runtime, Tx, fingerprint
+from makima.server.domain.runtime import Caller, Idempotency, Runtime, Tx, fingerprint
 
 
 class _Response(Protocol):
@@ -18,6 +18,8 @@ class _Response(Protocol):
 
 
 R = TypeVar("R", bound=_Response)
+In = TypeVar("In")
+Out = TypeVar("Out")
 
 
 class Servicer:
@@ -29,6 +31,14 @@ class Servicer:
     async def mutate(self, request: Any, response_type: type[R], body: Callable[[Tx], Awaitable[R]]) -> R:
         """Run a mutating use case; with a request_id, a retry replays the first answer."""
         return await self.rt.mutate(current_principal(), body, idempotency(request, response_type))
+
+    async def call(self, use_case: Callable[[Caller, In], Awaitable[Out]], inp: In) -> Out:
+        """Run a use case that is not one write transaction (a read, a long poll) for the RPC's caller."""
+        return await use_case(self.caller(), inp)
+
+    def caller(self) -> Caller:
+        """The runtime as the RPC's caller uses it."""
+        return Caller(self.rt, current_principal())
 
 
 def idempotency(request: Any, response_type: type[R]) -> Idempotency[R] | None:

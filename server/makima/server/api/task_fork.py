@@ -78,12 +78,12 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         )
 
         async def body(tx: Tx) -> pb.CreateTaskResponse:
-            return pb.CreateTaskResponse(task=convert.task(await tasks.create_task(tx, self.ws, inp)))
+            return pb.CreateTaskResponse(task=convert.task(await tasks.create_task(tx, inp)))
 
         return await self.mutate(request, pb.CreateTaskResponse, body)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: aio.ServicerContext) -> pb.GetTaskResponse:
-        task = await tasks.get_task(self.rt, current_principal(), uuid_field(request.task_id, "task_id"))
+        task = await self.call(tasks.get_task, tasks.GetTaskInput(task_id=uuid_field(request.task_id, "task_id")))
         return pb.GetTaskResponse(task=convert.task(task))
 
     async def CreateCheckpoint(

@@ -10,21 +10,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from makima.server.domain.contracts import load_contract
 from makima.server.domain.enums import TaskKind, TimelineKind
 from makima.server.domain.errors import NotFound
-from makima.server.domain.runtime import Principal, Runtime, Tx
-from makima.server.domain.workspace import Workspace
+from makima.server.domain.runtime import Caller, Tx
 from makima.server.domain.worktrees import WorktreeRequest, create_worktree, default_branch
 from makima.server.store import conversations
 from makima.server.store import tasks as store
 from makima.server.store.models import Task
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CreateTaskInput:
     name: str
     instructions: str = ""
     contract_id: uuid.UUID | None = None
     parent_task_id: uuid.UUID | None = None
     worktree: WorktreeRequest | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GetTaskInput:
+    task_id: uuid.UUID
 
 
 # The longest task name the tasks table holds (makima.v1 declares the same bound on every name field).
@@ -54,7 +58,11 @@ async def new_task(
     kind: TaskKind,
     contract_id: uuid.UUID | None,
     conversation_from: tuple[uuid.UUID, int] | None = None,
-    **lineage: object,
+    parent_task_id: uuid.UUID | None = None,
+    forked_from_task_id: uuid.UUID | None = None,
+    forked_from_checkpoint_id: uuid.UUID | None = None,
+    forked_at_message_index: int | None = None,
+    continued_from_task_id: uuid.UUID | None = None,
 ) -> Task:
     """Insert a pending task with a conversation of its own: empty, or the first n messages of a version."""
     task = Task(
@@ -66,7 +74,11 @@ async def new_task(
         create_time=tx.now,
         update_time=tx.now,
         last_activity_time=tx.now,
-        **lineage,
+        parent_task_id=parent_task_id,
+        forked_from_task_id=forked_from_task_id,
+        forked_from_checkpoint_id=forked_from_checkpoint_id,
+        forked_at_message_index=forked_at_message_index,
+        continued_from_task_id=continued_from_task_id,
     )
     tx.session.add(task)
     await tx.session.flush()
@@ -79,7 +91,7 @@ async def new_task(
     return task
 
 
-async def create_task(tx: Tx, ws: Workspace, inp: CreateTaskInput) -> Task:
+async def create_task(tx: Tx, inp: CreateTaskInput) -> Task:
     """A pending task; with a worktree request, its worktree and first checkpoint too."""
     phase = None
     if inp.contract_id is not None:
@@ -105,13 +117,13 @@ async def create_task(tx: Tx, ws: Workspace, inp: CreateTaskInput) -> Task:
         data={"name": task.name, "kind": task.kind, "parent_task_id": _str(task.parent_task_id)},
     )
     if inp.worktree is not None:
-        await create_worktree(tx, ws, task, inp.worktree)
+        await create_worktree(tx, tx.ws, task, inp.worktree)
     return task
 
 
-async def get_task(rt: Runtime, principal: Principal, task_id: uuid.UUID) -> Task:
-    async with rt.read() as session:
-        return await load_task(session, principal.owner_id, task_id)
+async def get_task(caller: Caller, inp: GetTaskInput) -> Task:
+    async with caller.read() as session:
+        return await load_task(session, caller.owner_id, inp.task_id)
 
 
 def _str(value: uuid.UUID | None) -> str | None:
