@@ -265,7 +265,7 @@ async def test_a_missed_notification_is_caught_by_the_periodic_recheck(empty_dat
             await create_contract(api, "notified")
             assert (await next_event(call)).cursor == 1
             await silent.mutate(
-                principal, lambda tx: contracts.create_contract(tx, contracts.CreateContractInput("silent"))
+                principal, lambda tx: contracts.create_contract(tx, contracts.CreateContractInput(name="silent"))
             )
             event = await asyncio.wait_for(next_event(call), 5)
             assert (event.cursor, event.data["name"]) == (2, "silent")

@@ -9,7 +9,6 @@ from grpc import aio
 
 from makima.server.api import convert
 from makima.server.api.base import Servicer
-from makima.server.api.interceptor import current_principal
 from makima.server.api.task_fork import worktree_request
 from makima.server.api.validate import text_field, uuid_field
 from makima.server.domain import contracts, supervisor
@@ -61,8 +60,8 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         return await self.mutate(request, pb.CreateContractResponse, body)
 
     async def GetContract(self, request: pb.GetContractRequest, context: aio.ServicerContext) -> pb.GetContractResponse:
-        contract_id = uuid_field(request.contract_id, "contract_id")
-        view = await contracts.get_contract(self.rt, current_principal(), contract_id)
+        inp = contracts.GetContractInput(contract_id=uuid_field(request.contract_id, "contract_id"))
+        view = await self.call(contracts.get_contract, inp)
         return pb.GetContractResponse(contract=convert.contract(view))
 
     async def AdvancePhase(

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.domain.enums import ContractStatus, TimelineKind
 from makima.server.domain.errors import Aborted, FailedPrecondition, NotFound
-from makima.server.domain.runtime import Principal, Runtime, Tx
+from makima.server.domain.runtime import Caller, Tx
 from makima.server.store import contracts as store
 from makima.server.store.models import Contract
 
@@ -24,14 +24,19 @@ class ContractView:
     supervisor_task_id: uuid.UUID | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class CreateContractInput:
     name: str
     description: str = ""
     initial_phase: str = DEFAULT_PHASE
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GetContractInput:
+    contract_id: uuid.UUID
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AdvancePhaseInput:
     contract_id: uuid.UUID
     phase: str
@@ -80,11 +85,11 @@ async def create_contract(tx: Tx, inp: CreateContractInput) -> ContractView:
     return ContractView(contract=contract, supervisor_task_id=None)
 
 
-async def get_contract(rt: Runtime, principal: Principal, contract_id: uuid.UUID) -> ContractView:
-    async with rt.read() as session:
-        found = await store.get_with_supervisor(session, owner_id=principal.owner_id, contract_id=contract_id)
+async def get_contract(caller: Caller, inp: GetContractInput) -> ContractView:
+    async with caller.read() as session:
+        found = await store.get_with_supervisor(session, owner_id=caller.owner_id, contract_id=inp.contract_id)
     if found is None:
-        raise NotFound.resource("contract", contract_id)
+        raise NotFound.resource("contract", inp.contract_id)
     return ContractView(contract=found[0], supervisor_task_id=found[1])
 
 
