@@ -89,7 +89,7 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         )
 
         async def body(tx: Tx) -> pb.StartSupervisorResponse:
-            started = await supervisor.start_supervisor(tx, self.ws, inp)
+            started = await supervisor.start_supervisor(tx, inp)
             return pb.StartSupervisorResponse(
                 contract=convert.contract(started.view), supervisor_task=convert.task(started.task)
             )
@@ -116,7 +116,7 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         )
 
         async def body(tx: Tx) -> pb.ResumeSupervisorResponse:
-            done = await supervisor.resume_supervisor(tx, self.ws, inp)
+            done = await supervisor.resume_supervisor(tx, inp)
             task = done.task
             return pb.ResumeSupervisorResponse(
                 supervisor_task=convert.task(task),
@@ -148,7 +148,7 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         )
 
         async def body(tx: Tx) -> pb.RewindConversationResponse:
-            done = await supervisor.rewind_conversation(tx, self.ws, inp)
+            done = await supervisor.rewind_conversation(tx, inp)
             return pb.RewindConversationResponse(
                 task_id=str(done.task.id),
                 messages_removed=done.removed,
@@ -165,13 +165,16 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
     async def RestoreConversation(
         self, request: pb.RestoreConversationRequest, context: aio.ServicerContext
     ) -> pb.RestoreConversationResponse:
-        snapshot_id = uuid_field(request.snapshot_id, "snapshot_id")
-        expected = _expected(request)
+        inp = supervisor.RestoreConversationInput(
+            snapshot_id=uuid_field(request.snapshot_id, "snapshot_id"), expected_message_count=_expected(request)
+        )
 
         async def body(tx: Tx) -> pb.RestoreConversationResponse:
-            task, previous = await supervisor.restore_conversation(tx, snapshot_id, expected)
+            done = await supervisor.restore_conversation(tx, inp)
             return pb.RestoreConversationResponse(
-                task_id=str(task.id), new_message_count=task.message_count, previous_snapshot=convert.snapshot(previous)
+                task_id=str(done.task.id),
+                new_message_count=done.task.message_count,
+                previous_snapshot=convert.snapshot(done.previous_snapshot),
             )
 
         return await self.mutate(request, pb.RestoreConversationResponse, body)

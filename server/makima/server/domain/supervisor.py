@@ -16,7 +16,6 @@ from makima.server.domain.errors import Aborted, AlreadyExists, InvalidArgument,
 from makima.server.domain.recording import conversation_task
 from makima.server.domain.runtime import Tx
 from makima.server.domain.tasks import derived_name, load_task, new_task
-from makima.server.domain.workspace import Workspace
 from makima.server.domain.worktrees import (
     WorktreeRequest,
     create_worktree,
@@ -30,7 +29,7 @@ from makima.server.store import contracts as contract_store
 from makima.server.store.models import ConversationSnapshot, SupervisorState, Task, TaskCheckpoint
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StartSupervisorInput:
     contract_id: uuid.UUID
     instructions: str
@@ -43,7 +42,7 @@ class Started:
     task: Task
 
 
-async def start_supervisor(tx: Tx, ws: Workspace, inp: StartSupervisorInput) -> Started:
+async def start_supervisor(tx: Tx, inp: StartSupervisorInput) -> Started:
     """Create the supervisor task (pending) of a contract; a contract has one supervisor."""
     contract = await load_contract(tx.session, tx.owner_id, inp.contract_id, for_update=True)
     if await contract_store.supervisor_state(tx.session, owner_id=tx.owner_id, contract_id=contract.id):
@@ -71,7 +70,7 @@ async def start_supervisor(tx: Tx, ws: Workspace, inp: StartSupervisorInput) -> 
     )
     if inp.worktree is not None:
         task.branch = default_branch(task)
-        await create_worktree(tx, ws, task, inp.worktree)
+        await create_worktree(tx, tx.ws, task, inp.worktree)
     return Started(view=ContractView(contract=contract, supervisor_task_id=task.id), task=task)
 
 
@@ -81,7 +80,7 @@ class ResumeMode(StrEnum):
     FROM_CHECKPOINT = "from_checkpoint"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ResumeSupervisorInput:
     contract_id: uuid.UUID
     mode: ResumeMode
@@ -100,7 +99,7 @@ class SupervisorResumed:
     safety: TaskCheckpoint | None
 
 
-async def resume_supervisor(tx: Tx, ws: Workspace, inp: ResumeSupervisorInput) -> SupervisorResumed:
+async def resume_supervisor(tx: Tx, inp: ResumeSupervisorInput) -> SupervisorResumed:
     """Put the supervisor back to pending with the context `mode` asks for (see `refuse_unless_resumable`)."""
     contract = await load_contract(tx.session, tx.owner_id, inp.contract_id)
     state = await contract_store.supervisor_state(tx.session, owner_id=tx.owner_id, contract_id=contract.id)
@@ -121,7 +120,7 @@ async def resume_supervisor(tx: Tx, ws: Workspace, inp: ResumeSupervisorInput) -
     elif inp.mode == ResumeMode.FROM_CHECKPOINT:
         assert inp.checkpoint_id is not None
         target = await load_checkpoint(tx, task, inp.checkpoint_id)
-        code = await rewind_code(tx, ws, task, target) if inp.rewind_code else None
+        code = await rewind_code(tx, tx.ws, task, target) if inp.rewind_code else None
         saved = await conversation.load_snapshot(tx, target.conversation_snapshot_id)
         snapshot = await conversation.rewind_to(tx, task, saved, SnapshotReason.REWIND)
         await record_rewind(tx, task, code)
@@ -156,7 +155,7 @@ async def resume_supervisor(tx: Tx, ws: Workspace, inp: ResumeSupervisorInput) -
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RewindConversationInput:
     task_id: uuid.UUID | None = None
     contract_id: uuid.UUID | None = None
@@ -198,7 +197,7 @@ def _kept(count: int, inp: RewindConversationInput) -> int:
     return count - removed
 
 
-async def rewind_conversation(tx: Tx, ws: Workspace, inp: RewindConversationInput) -> ConversationRewound:
+async def rewind_conversation(tx: Tx, inp: RewindConversationInput) -> ConversationRewound:
     """Rewind a conversation in O(1); the removed messages stay in a snapshot that restores them."""
     task = await conversation_task(tx.session, tx.owner_id, task_id=inp.task_id, contract_id=inp.contract_id)
     refuse_if_running(task)
@@ -222,7 +221,7 @@ async def rewind_conversation(tx: Tx, ws: Workspace, inp: RewindConversationInpu
             if code_checkpoint is None:
                 reason = f"no checkpoint was taken at or before message {keep}"
             else:
-                code = await rewind_code(tx, ws, task, code_checkpoint)
+                code = await rewind_code(tx, tx.ws, task, code_checkpoint)
                 safety = code.safety
     removed = task.message_count - keep
     snapshot = await conversation.take_snapshot(tx, task, SnapshotReason.REWIND)
@@ -251,14 +250,25 @@ async def rewind_conversation(tx: Tx, ws: Workspace, inp: RewindConversationInpu
     )
 
 
-async def restore_conversation(
-    tx: Tx, snapshot_id: uuid.UUID, expected_message_count: int | None
-) -> tuple[Task, ConversationSnapshot]:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RestoreConversationInput:
+    snapshot_id: uuid.UUID
+    expected_message_count: int | None = None
+
+
+@dataclass(frozen=True)
+class ConversationRestored:
+    task: Task
+    # The conversation the restore replaced, to undo it with.
+    previous_snapshot: ConversationSnapshot
+
+
+async def restore_conversation(tx: Tx, inp: RestoreConversationInput) -> ConversationRestored:
     """Bring back a snapshot's conversation; the replaced one is snapshotted so this can be undone too."""
-    saved = await conversation.load_snapshot(tx, snapshot_id)
+    saved = await conversation.load_snapshot(tx, inp.snapshot_id)
     task = await load_task(tx.session, tx.owner_id, saved.task_id, for_update=True)
     refuse_if_running(task)
-    _check_expected(task, expected_message_count)
+    _check_expected(task, inp.expected_message_count)
     previous = await conversation.rewind_to(tx, task, saved, SnapshotReason.RESTORE)
     tx.record(
         TimelineKind.CONVERSATION_RESTORED,
@@ -267,4 +277,4 @@ async def restore_conversation(
         task_id=task.id,
         data={"snapshot_id": str(saved.id), "previous_snapshot_id": str(previous.id)},
     )
-    return task, previous
+    return ConversationRestored(task=task, previous_snapshot=previous)
