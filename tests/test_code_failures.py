@@ -15,7 +15,6 @@ import pytest
 from makima.server.app import App
 from makima.server.domain import code, tasks
 from makima.server.domain.runtime import Principal, Tx
-from makima.server.domain.workspace import Workspace
 from makima.server.domain.worktrees import WorktreeRequest
 from makima.v1 import history_pb2, resources_pb2, task_fork_pb2
 from tests.helpers import Api, create_task
@@ -49,7 +48,7 @@ async def test_a_failed_checkpoint_leaves_its_commit_unreferenced(api: Api, serv
 
     async def body(tx: Tx) -> None:
         checkpoint = await code.create_checkpoint(
-            tx, Workspace(server.settings.workspace_root), uuid.UUID(task.id), "doomed"
+            tx, code.CreateCheckpointInput(task_id=uuid.UUID(task.id), message="doomed")
         )
         made.append(checkpoint.commit_sha)
         raise WriteFailed
@@ -76,10 +75,9 @@ async def test_a_failed_rewind_puts_the_worktree_back(api: Api, server: App) -> 
     async def body(tx: Tx) -> None:
         await code.rewind_task(
             tx,
-            Workspace(server.settings.workspace_root),
-            uuid.UUID(task.id),
-            uuid.UUID(target.id),
-            code.RewindMode.BOTH,
+            code.RewindTaskInput(
+                task_id=uuid.UUID(task.id), checkpoint_id=uuid.UUID(target.id), mode=code.RewindMode.BOTH
+            ),
         )
         assert (path / "f").read_text() == "old"  # the rewind happened inside the transaction
         raise WriteFailed

@@ -6,7 +6,6 @@ from grpc import aio
 
 from makima.server.api import convert
 from makima.server.api.base import Servicer
-from makima.server.api.interceptor import current_principal
 from makima.server.api.validate import optional_uuid, text_field, uuid_field
 from makima.server.domain import code, tasks
 from makima.server.domain.enums import WorktreePlacement
@@ -14,7 +13,6 @@ from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.runtime import Runtime, Tx
 from makima.server.domain.workspace import Workspace
 from makima.server.domain.worktrees import WorktreeRequest
-from makima.server.store.models import Task
 from makima.v1 import resources_pb2, task_fork_pb2_grpc
 from makima.v1 import task_fork_pb2 as pb
 
@@ -52,7 +50,8 @@ def _mode(value: int) -> code.RewindMode:
     return modes[value]
 
 
-def resumed_from(task: Task, resumed: code.ResumedFrom) -> resources_pb2.ResumedFrom:
+def resumed_from(done: code.TaskResumed) -> resources_pb2.ResumedFrom:
+    task, resumed = done.task, done.resumed_from
     return resources_pb2.ResumedFrom(
         phase=resumed.phase,
         last_activity_time=convert.ts(task.last_activity_time),
@@ -89,11 +88,13 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
     async def CreateCheckpoint(
         self, request: pb.CreateCheckpointRequest, context: aio.ServicerContext
     ) -> pb.CreateCheckpointResponse:
-        task_id = uuid_field(request.task_id, "task_id")
-        message = text_field(request.message, "message", required=False) or "checkpoint"
+        inp = code.CreateCheckpointInput(
+            task_id=uuid_field(request.task_id, "task_id"),
+            message=text_field(request.message, "message", required=False) or "checkpoint",
+        )
 
         async def body(tx: Tx) -> pb.CreateCheckpointResponse:
-            checkpoint = await code.create_checkpoint(tx, self.ws, task_id, message)
+            checkpoint = await code.create_checkpoint(tx, inp)
             return pb.CreateCheckpointResponse(checkpoint=convert.checkpoint(checkpoint))
 
         return await self.mutate(request, pb.CreateCheckpointResponse, body)
@@ -101,14 +102,12 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
     async def CompareCheckpoints(
         self, request: pb.CompareCheckpointsRequest, context: aio.ServicerContext
     ) -> pb.CompareCheckpointsResponse:
-        result = await code.compare_checkpoints(
-            self.rt,
-            self.ws,
-            current_principal(),
-            uuid_field(request.task_id, "task_id"),
-            uuid_field(request.base_checkpoint_id, "base_checkpoint_id"),
-            optional_uuid(request.target_checkpoint_id, "target_checkpoint_id"),
+        inp = code.CompareCheckpointsInput(
+            task_id=uuid_field(request.task_id, "task_id"),
+            base_checkpoint_id=uuid_field(request.base_checkpoint_id, "base_checkpoint_id"),
+            target_checkpoint_id=optional_uuid(request.target_checkpoint_id, "target_checkpoint_id"),
         )
+        result = await self.call(code.compare_checkpoints, inp)
         return pb.CompareCheckpointsResponse(
             base_commit_sha=result.base.commit_sha,
             target_commit_sha=result.target.commit_sha if result.target else "",
@@ -116,12 +115,15 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         )
 
     async def RewindTask(self, request: pb.RewindTaskRequest, context: aio.ServicerContext) -> pb.RewindTaskResponse:
-        task_id = uuid_field(request.task_id, "task_id")
-        checkpoint_id = uuid_field(request.checkpoint_id, "checkpoint_id")
-        mode = _mode(request.mode)
+        inp = code.RewindTaskInput(
+            task_id=uuid_field(request.task_id, "task_id"),
+            checkpoint_id=uuid_field(request.checkpoint_id, "checkpoint_id"),
+            mode=_mode(request.mode),
+            force=request.force,
+        )
 
         async def body(tx: Tx) -> pb.RewindTaskResponse:
-            done = await code.rewind_task(tx, self.ws, task_id, checkpoint_id, mode, force=request.force)
+            done = await code.rewind_task(tx, inp)
             return pb.RewindTaskResponse(
                 task=convert.task(done.task),
                 code_rewound=done.safety is not None,
@@ -136,31 +138,33 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         return await self.mutate(request, pb.RewindTaskResponse, body)
 
     async def ResumeTask(self, request: pb.ResumeTaskRequest, context: aio.ServicerContext) -> pb.ResumeTaskResponse:
-        task_id = uuid_field(request.task_id, "task_id")
+        inp = code.ResumeTaskInput(task_id=uuid_field(request.task_id, "task_id"))
 
         async def body(tx: Tx) -> pb.ResumeTaskResponse:
-            resumed = await code.resume_task(tx, task_id)
-            task = await tasks.load_task(tx.session, tx.owner_id, task_id)
-            return pb.ResumeTaskResponse(task=convert.task(task), resumed_from=resumed_from(task, resumed))
+            done = await code.resume_task(tx, inp)
+            return pb.ResumeTaskResponse(task=convert.task(done.task), resumed_from=resumed_from(done))
 
         return await self.mutate(request, pb.ResumeTaskResponse, body)
 
     async def ResumeTaskFromCheckpoint(
         self, request: pb.ResumeTaskFromCheckpointRequest, context: aio.ServicerContext
     ) -> pb.ResumeTaskFromCheckpointResponse:
-        task_id = uuid_field(request.task_id, "task_id")
-        checkpoint_id = uuid_field(request.checkpoint_id, "checkpoint_id")
+        inp = code.ResumeFromCheckpointInput(
+            task_id=uuid_field(request.task_id, "task_id"),
+            checkpoint_id=uuid_field(request.checkpoint_id, "checkpoint_id"),
+        )
 
         async def body(tx: Tx) -> pb.ResumeTaskFromCheckpointResponse:
-            done, resumed = await code.resume_from_checkpoint(tx, self.ws, task_id, checkpoint_id)
+            done = await code.resume_from_checkpoint(tx, inp)
+            rewound = done.rewound
             return pb.ResumeTaskFromCheckpointResponse(
                 task=convert.task(done.task),
-                resumed_from=resumed_from(done.task, resumed),
-                safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
-                conversation_snapshot=convert.snapshot(done.conversation_snapshot)
-                if done.conversation_snapshot
+                resumed_from=resumed_from(done),
+                safety_checkpoint=convert.checkpoint(rewound.safety) if rewound.safety else None,
+                conversation_snapshot=convert.snapshot(rewound.conversation_snapshot)
+                if rewound.conversation_snapshot
                 else None,
-                rewind_checkpoint=convert.checkpoint(done.rewind) if done.rewind else None,
+                rewind_checkpoint=convert.checkpoint(rewound.rewind) if rewound.rewind else None,
             )
 
         return await self.mutate(request, pb.ResumeTaskFromCheckpointResponse, body)
@@ -168,13 +172,15 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
     async def CreateBranch(
         self, request: pb.CreateBranchRequest, context: aio.ServicerContext
     ) -> pb.CreateBranchResponse:
-        task_id = uuid_field(request.task_id, "task_id")
-        checkpoint_id = uuid_field(request.checkpoint_id, "checkpoint_id")
-        name = text_field(request.branch_name, "branch_name")
-        code.git_name_ok(name)
+        inp = code.CreateBranchInput(
+            task_id=uuid_field(request.task_id, "task_id"),
+            checkpoint_id=uuid_field(request.checkpoint_id, "checkpoint_id"),
+            name=text_field(request.branch_name, "branch_name"),
+        )
+        code.git_name_ok(inp.name)
 
         async def body(tx: Tx) -> pb.CreateBranchResponse:
-            branch = await code.create_branch(tx, self.ws, task_id, checkpoint_id, name)
+            branch = await code.create_branch(tx, inp)
             return pb.CreateBranchResponse(ref=branch.ref, commit_sha=branch.commit_sha)
 
         return await self.mutate(request, pb.CreateBranchResponse, body)
@@ -195,7 +201,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         )
 
         async def body(tx: Tx) -> pb.ForkTaskResponse:
-            forked = await code.fork_task(tx, self.ws, inp)
+            forked = await code.fork_task(tx, inp)
             return pb.ForkTaskResponse(task=convert.task(forked.task), commit_sha=forked.commit_sha)
 
         return await self.mutate(request, pb.ForkTaskResponse, body)
@@ -211,7 +217,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         )
 
         async def body(tx: Tx) -> pb.ContinueTaskResponse:
-            done = await code.continue_task(tx, self.ws, inp)
+            done = await code.continue_task(tx, inp)
             return pb.ContinueTaskResponse(
                 task=convert.task(done.task),
                 source_checkpoint=convert.checkpoint(done.source_checkpoint) if done.source_checkpoint else None,

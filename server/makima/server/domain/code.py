@@ -20,7 +20,7 @@ from makima.server.domain.enums import (
     WorktreePlacement,
 )
 from makima.server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from makima.server.domain.runtime import Principal, Runtime, Tx
+from makima.server.domain.runtime import Caller, Tx
 from makima.server.domain.tasks import derived_name, load_task, new_task
 from makima.server.domain.workspace import Workspace
 from makima.server.domain.worktrees import (
@@ -76,10 +76,24 @@ def refuse_unless_resumable(task: Task, *, as_is: bool) -> None:
         )
 
 
-async def create_checkpoint(tx: Tx, ws: Workspace, task_id: uuid.UUID, message: str) -> TaskCheckpoint:
-    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
-    await tx.hold(ws.lock(worktree_of(task)))
-    return await checkpoint_locked(tx, ws, task, message=message, kind=CheckpointKind.MANUAL)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CreateCheckpointInput:
+    task_id: uuid.UUID
+    message: str
+
+
+async def create_checkpoint(tx: Tx, inp: CreateCheckpointInput) -> TaskCheckpoint:
+    task = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
+    await tx.hold(tx.ws.lock(worktree_of(task)))
+    return await checkpoint_locked(tx, tx.ws, task, message=inp.message, kind=CheckpointKind.MANUAL)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CompareCheckpointsInput:
+    task_id: uuid.UUID
+    base_checkpoint_id: uuid.UUID
+    # None: compare with the live worktree.
+    target_checkpoint_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True)
@@ -89,24 +103,18 @@ class Comparison:
     changes: list[git.FileChange]
 
 
-async def compare_checkpoints(
-    rt: Runtime,
-    ws: Workspace,
-    principal: Principal,
-    task_id: uuid.UUID,
-    base_id: uuid.UUID,
-    target_id: uuid.UUID | None,
-) -> Comparison:
+async def compare_checkpoints(caller: Caller, inp: CompareCheckpointsInput) -> Comparison:
     """Files changed from one checkpoint to another, or to the live worktree.
 
     Between two checkpoints of a daemon-held task, the trees are compared in the object store.
     """
-    async with rt.read() as session:
-        task = await load_task(session, principal.owner_id, task_id)
+    rt, base_id, target_id = caller.rt, inp.base_checkpoint_id, inp.target_checkpoint_id
+    async with caller.read() as session:
+        task = await load_task(session, caller.owner_id, inp.task_id)
         found = {}
         for checkpoint_id in filter(None, (base_id, target_id)):
             checkpoint = await checkpoints.get_checkpoint(
-                session, owner_id=principal.owner_id, checkpoint_id=checkpoint_id
+                session, owner_id=caller.owner_id, checkpoint_id=checkpoint_id
             )
             if checkpoint is None or checkpoint.task_id != task.id:
                 raise NotFound.resource("checkpoint", checkpoint_id)
@@ -119,10 +127,10 @@ async def compare_checkpoints(
         def compare(store: OwnerObjectStore) -> list[git.FileChange]:
             return commits.changes_between(store, *(required_commit(store, sha) for sha in shas))
 
-        return Comparison(base=base, target=target, changes=await rt.objects.run(principal.owner_id, compare))
+        return Comparison(base=base, target=target, changes=await rt.objects.run(caller.owner_id, compare))
     path = worktree_of(task)
-    async with ws.lock(path):
-        changes = await ws.run(
+    async with rt.ws.lock(path):
+        changes = await rt.ws.run(
             git.compare, path, base_sha=base.commit_sha, target_sha=target.commit_sha if target else None
         )
     return Comparison(base=base, target=target, changes=changes)
@@ -159,21 +167,28 @@ async def _rewind(
     )
 
 
-async def rewind_task(
-    tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID, mode: RewindMode, *, force: bool = False
-) -> Rewound:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RewindTaskInput:
+    task_id: uuid.UUID
+    checkpoint_id: uuid.UUID
+    mode: RewindMode
+    # Rewind even over what the safety checkpoint cannot hold (see `rewind_code`).
+    force: bool = False
+
+
+async def rewind_task(tx: Tx, inp: RewindTaskInput) -> Rewound:
     """Rewind code, conversation or both to a checkpoint; what it replaces stays recoverable, or the
     rewind is refused unless `force` (see `rewind_code`)."""
-    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    task = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
     refuse_if_running(task)
-    target = await load_checkpoint(tx, task, checkpoint_id)
-    done = await _rewind(tx, ws, task, target, mode, force=force)
+    target = await load_checkpoint(tx, task, inp.checkpoint_id)
+    done = await _rewind(tx, tx.ws, task, target, inp.mode, force=inp.force)
     tx.record(
         TimelineKind.TASK_REWOUND,
-        f"task {task.name!r} rewound ({mode.value}) to checkpoint {target.commit_sha[:12]}",
+        f"task {task.name!r} rewound ({inp.mode.value}) to checkpoint {target.commit_sha[:12]}",
         contract_id=task.contract_id,
         task_id=task.id,
-        data=_rewind_data(target, mode, done),
+        data=_rewind_data(target, inp.mode, done),
     )
     return done
 
@@ -197,15 +212,31 @@ class ResumedFrom:
     checkpoint_id: uuid.UUID | None
 
 
-async def resume_from_checkpoint(
-    tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID
-) -> tuple[Rewound, ResumedFrom]:
+@dataclass(frozen=True)
+class TaskResumed:
+    task: Task
+    resumed_from: ResumedFrom
+
+
+@dataclass(frozen=True)
+class TaskResumedFromCheckpoint(TaskResumed):
+    # What going back to the checkpoint did.
+    rewound: Rewound
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResumeFromCheckpointInput:
+    task_id: uuid.UUID
+    checkpoint_id: uuid.UUID
+
+
+async def resume_from_checkpoint(tx: Tx, inp: ResumeFromCheckpointInput) -> TaskResumedFromCheckpoint:
     """Rewind code (if any) and conversation to a checkpoint, then put the task back to pending."""
-    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    task = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
     refuse_unless_resumable(task, as_is=False)
-    target = await load_checkpoint(tx, task, checkpoint_id)
+    target = await load_checkpoint(tx, task, inp.checkpoint_id)
     mode = RewindMode.BOTH if task.placement else RewindMode.CONVERSATION
-    done = await _rewind(tx, ws, task, target, mode)
+    done = await _rewind(tx, tx.ws, task, target, mode)
     previous = task.status
     task.status = TaskStatus.PENDING.value
     task.lease_expire_time = None
@@ -219,12 +250,18 @@ async def resume_from_checkpoint(
         phase=phase or None,
         data={**_rewind_data(target, mode, done), "previous_status": previous},
     )
-    return done, ResumedFrom(phase=phase, previous_status=previous, checkpoint_id=target.id)
+    resumed_from = ResumedFrom(phase=phase, previous_status=previous, checkpoint_id=target.id)
+    return TaskResumedFromCheckpoint(task=task, resumed_from=resumed_from, rewound=done)
 
 
-async def resume_task(tx: Tx, task_id: uuid.UUID) -> ResumedFrom:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ResumeTaskInput:
+    task_id: uuid.UUID
+
+
+async def resume_task(tx: Tx, inp: ResumeTaskInput) -> TaskResumed:
     """Put an interrupted (or failed) task back to pending, conversation and worktree as they are."""
-    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
+    task = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
     refuse_unless_resumable(task, as_is=True)
     previous = task.status
     task.status = TaskStatus.PENDING.value
@@ -241,7 +278,7 @@ async def resume_task(tx: Tx, task_id: uuid.UUID) -> ResumedFrom:
         phase=phase or None,
         data={"previous_status": previous, "message_count": task.message_count},
     )
-    return ResumedFrom(phase=phase, previous_status=previous, checkpoint_id=None)
+    return TaskResumed(task=task, resumed_from=ResumedFrom(phase=phase, previous_status=previous, checkpoint_id=None))
 
 
 @dataclass(frozen=True)
@@ -250,7 +287,14 @@ class Branch:
     commit_sha: str
 
 
-async def create_branch(tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id: uuid.UUID, name: str) -> Branch:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class CreateBranchInput:
+    task_id: uuid.UUID
+    checkpoint_id: uuid.UUID
+    name: str
+
+
+async def create_branch(tx: Tx, inp: CreateBranchInput) -> Branch:
     """A git branch at a checkpoint's commit, in the task's repository.
 
     A service-held repository gets the branch at once. A daemon-held task's repository is on the
@@ -258,8 +302,9 @@ async def create_branch(tx: Tx, ws: Workspace, task_id: uuid.UUID, checkpoint_id
     (`ClaimedWorktree.branches`), as every code operation on such a task is; so the task must not be
     running. Either way a name that exists or clashes (`a` versus `a/b`) is ALREADY_EXISTS.
     """
-    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
-    target = await load_checkpoint(tx, task, checkpoint_id)
+    task = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
+    target = await load_checkpoint(tx, task, inp.checkpoint_id)
+    name, ws = inp.name, tx.ws
     if daemon_held(task):
         refuse_if_running(task)
         ref = await _record_branch(tx, task, target, name)
@@ -303,7 +348,7 @@ async def _record_branch(tx: Tx, task: Task, target: TaskCheckpoint, name: str) 
     return f"refs/heads/{name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ForkInput:
     task_id: uuid.UUID
     checkpoint_id: uuid.UUID | None = None
@@ -344,7 +389,7 @@ def git_name_ok(name: str) -> None:
         raise InvalidArgument.of("branch_name", str(exc), reason="INVALID_BRANCH_NAME") from None
 
 
-async def fork_task(tx: Tx, ws: Workspace, inp: ForkInput) -> Forked:
+async def fork_task(tx: Tx, inp: ForkInput) -> Forked:
     """A new task from a point of another task's history: code and conversation as they were there."""
     source = await load_task(tx.session, tx.owner_id, inp.task_id)
     if inp.checkpoint_id is not None:
@@ -383,7 +428,7 @@ async def fork_task(tx: Tx, ws: Workspace, inp: ForkInput) -> Forked:
     if source.placement and point is not None:
         commit_sha = point.commit_sha
         placement = _placement(source, inp.placement)
-        await _new_worktree_at(tx, ws, task, source, commit_sha, branch_name=inp.branch_name, placement=placement)
+        await _new_worktree_at(tx, tx.ws, task, source, commit_sha, branch_name=inp.branch_name, placement=placement)
     tx.record(
         TimelineKind.TASK_FORKED,
         f"task {task.name!r} forked from {source.name!r} at message {count}",
@@ -405,7 +450,7 @@ class Continued:
     source_checkpoint: TaskCheckpoint | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ContinueInput:
     task_id: uuid.UUID
     name: str = ""
@@ -414,13 +459,14 @@ class ContinueInput:
     placement: WorktreePlacement | None = None
 
 
-async def continue_task(tx: Tx, ws: Workspace, inp: ContinueInput) -> Continued:
+async def continue_task(tx: Tx, inp: ContinueInput) -> Continued:
     """A new task starting from the previous task's latest state: its worktree, checkpointed first; for a
     daemon-held source, its head on the records (recorded as the continuation checkpoint)."""
     source = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
     refuse_if_running(source)
     checkpoint = None
     message = "state handed to a continuation"
+    ws = tx.ws
     if daemon_held(source):
         head = await stored_commit(tx, head_of(source))
         checkpoint = await record_checkpoint(tx, source, head, message=message, kind=CheckpointKind.CONTINUATION)
