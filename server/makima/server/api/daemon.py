@@ -218,8 +218,9 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             kinds=kinds(request.kinds, resources_pb2.TaskKind, "TASK_KIND"),
             lease=self.lease,
             wait=_claim_wait(request, context),
+            recheck=self.recheck,
         )
-        claimed = await work.claim_task(self.rt, self.hub, current_principal(), inp, recheck=self.recheck)
+        claimed = await self.call(work.claim_task, inp)
         if claimed is not None and telemetry.METRICS is not None:
             telemetry.METRICS.claims.inc()
         return _claimed(claimed)
@@ -276,13 +277,13 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             raise InvalidArgument.of("task_id", "the stream carried no message")
         stored = duplicates = 0
         if batch:
-            outcome = await self.rt.mutate(
-                principal,
-                functools.partial(recording.record_task_events, task_id=task_id, batch=batch, lease=lease),
-            )
+            inp = recording.RecordTaskEventsInput(task_id=task_id, batch=batch, lease=lease)
+            outcome = await self.rt.mutate(principal, functools.partial(recording.record_task_events, inp=inp))
             stored, duplicates, summary = outcome.stored, outcome.duplicates, outcome.summary
         else:
-            summary = await recording.summarize_task_events(self.rt, principal, task_id)
+            summary = await recording.summarize_task_events(
+                self.caller(), recording.SummarizeTaskEventsInput(task_id=task_id)
+            )
         return pb.RecordTaskEventsResponse(
             stored_count=stored,
             duplicate_count=duplicates,
@@ -332,11 +333,12 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         idem = idempotency(first.header, pb.PushCheckpointResponse)
         if idem is not None and (answer := await self.rt.replay(principal, idem)) is not None:
             return answer
-        await daemon_code.check_push(self.rt, principal, inp)
-        received = await daemon_code.receive_push(self.rt.objects, principal, inp, _pack_chunks(requests))
+        received = await self.call(
+            daemon_code.receive_push, daemon_code.ReceivePushInput(push=inp, chunks=_pack_chunks(requests))
+        )
 
         async def body(tx: Tx) -> pb.PushCheckpointResponse:
-            pushed = await daemon_code.record_push(tx, inp, received)
+            pushed = await daemon_code.record_push(tx, daemon_code.RecordPushInput(push=inp, received=received))
             return pb.PushCheckpointResponse(
                 checkpoint=convert.checkpoint(pushed.checkpoint),
                 object_count=received.object_count,
@@ -349,7 +351,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
     async def FetchObjects(
         self, request: pb.FetchObjectsRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.FetchObjectsResponse]:
-        fetched = await daemon_code.fetch_objects(self.rt, current_principal(), _fetch_input(request))
+        fetched = await self.call(daemon_code.fetch_objects, _fetch_input(request))
         async with aclosing(fetched.chunks) as chunks:
             yield pb.FetchObjectsResponse(
                 header=pb.FetchObjectsHeader(

@@ -20,8 +20,7 @@ from typing import BinaryIO
 
 from makima.server.domain.enums import CheckpointKind
 from makima.server.domain.errors import Aborted, FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from makima.server.domain.objects import ObjectStores
-from makima.server.domain.runtime import Principal, Runtime, Tx
+from makima.server.domain.runtime import Caller, Tx
 from makima.server.domain.tasks import load_task
 from makima.server.domain.work import Lease, fence
 from makima.server.domain.worktrees import daemon_held, head_of, record_checkpoint
@@ -36,7 +35,7 @@ from makima.server.store.types import utcnow
 _PACK_HEADER = 12
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PushInput:
     """A pushed checkpoint as its header announces it."""
 
@@ -87,62 +86,68 @@ def _check_push(task: Task, inp: PushInput, now: datetime) -> None:
         )
 
 
-async def check_push(rt: Runtime, principal: Principal, inp: PushInput) -> None:
-    """The checks of `record_push`, made before the pack is read, so that a refused push stores nothing."""
-    async with rt.read() as session:
-        _check_push(await load_task(session, principal.owner_id, inp.task_id), inp, utcnow())
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ReceivePushInput:
+    push: PushInput
+    # The pack as the stream carries it, after the header.
+    chunks: AsyncIterator[bytes]
 
 
-async def receive_push(
-    objects: ObjectStores, principal: Principal, inp: PushInput, chunks: AsyncIterator[bytes]
-) -> Received:
-    """Verify and store the pack `chunks` carry.
+async def receive_push(caller: Caller, inp: ReceivePushInput) -> Received:
+    """Check the push as `record_push` will, then verify and store the pack it carries.
 
-    The stream is first spooled to a temporary file as it arrives, so a slow daemon holds no worker
-    thread (they run every git and store call of the process); the store then reads the file in one.
+    The checks come before the pack is read, so that a refused push stores nothing. The stream is
+    then spooled to a temporary file as it arrives, so a slow daemon holds no worker thread (they run
+    every git and store call of the process); the store then reads the file in one.
     INVALID_ARGUMENT reason INVALID_PACK for a pack the store refuses (nothing of it is kept), and
     INVALID_ARGUMENT naming the field when the stream does not match its header.
     """
+    push, objects = inp.push, caller.rt.objects
+    assert objects is not None
+    async with caller.read() as session:
+        _check_push(await load_task(session, caller.owner_id, push.task_id), push, utcnow())
     with tempfile.TemporaryFile() as spool:
         received = 0
-        async for chunk in chunks:
+        async for chunk in inp.chunks:
             received += len(chunk)
-            if received > inp.pack_size:
-                raise InvalidArgument.of("header.pack_size", f"declares {inp.pack_size} bytes, the stream carries more")
+            if received > push.pack_size:
+                raise InvalidArgument.of(
+                    "header.pack_size", f"declares {push.pack_size} bytes, the stream carries more"
+                )
             await asyncio.to_thread(spool.write, chunk)
-        if received != inp.pack_size:
+        if received != push.pack_size:
             raise InvalidArgument.of(
-                "header.pack_size", f"declares {inp.pack_size} bytes, the stream carried {received}"
+                "header.pack_size", f"declares {push.pack_size} bytes, the stream carried {received}"
             )
-        limits = replace(objects.limits, max_pack_bytes=inp.pack_size)
+        limits = replace(objects.limits, max_pack_bytes=push.pack_size)
 
         def receive(store: OwnerObjectStore) -> Received:
             count = 0
-            if inp.pack_size:
+            if push.pack_size:
                 spool.seek(0)
                 count = int.from_bytes(spool.read(_PACK_HEADER)[8:], "big")  # verified by receive_pack
                 spool.seek(0)
                 store.receive_pack(
-                    iter(lambda: spool.read(DEFAULT_CHUNK_SIZE), b""), commit=inp.commit_sha, limits=limits
+                    iter(lambda: spool.read(DEFAULT_CHUNK_SIZE), b""), commit=push.commit_sha, limits=limits
                 )
-            commit = commits.read_commit(store, inp.commit_sha)
+            commit = commits.read_commit(store, push.commit_sha)
             if commit is None:
                 raise InvalidPackError(
-                    f"commit {inp.commit_sha} is not stored and no pack was sent",
+                    f"commit {push.commit_sha} is not stored and no pack was sent",
                     problem="missing_commit",
-                    object=inp.commit_sha,
+                    object=push.commit_sha,
                 )
-            expected = (inp.parent_commit_sha,) if inp.parent_commit_sha else ()
+            expected = (push.parent_commit_sha,) if push.parent_commit_sha else ()
             if commit.parent_shas != expected:
                 shown = ", ".join(commit.parent_shas) or "none"
                 raise InvalidArgument.of(
                     "header.commit_sha",
-                    f"has the parents ({shown}), not exactly parent_commit_sha {inp.parent_commit_sha!r}",
+                    f"has the parents ({shown}), not exactly parent_commit_sha {push.parent_commit_sha!r}",
                 )
             return Received(commit=commit, object_count=count, received_bytes=received)
 
         try:
-            return await objects.run(principal.owner_id, receive, consolidate=True)
+            return await objects.run(caller.owner_id, receive, consolidate=True)
         except InvalidPackError as exc:
             raise _invalid_pack(exc) from None
 
@@ -157,17 +162,26 @@ def _invalid_pack(exc: InvalidPackError) -> InvalidArgument:
     )
 
 
-async def record_push(tx: Tx, inp: PushInput, received: Received) -> Pushed:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordPushInput:
+    push: PushInput
+    received: Received
+
+
+async def record_push(tx: Tx, inp: RecordPushInput) -> Pushed:
     """Record the pushed commit as the task's newest checkpoint and head, checked again under the row lock."""
-    task = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
-    _check_push(task, inp, tx.now)
-    checkpoint = await record_checkpoint(tx, task, received.commit, message=inp.message, kind=CheckpointKind.DAEMON)
+    push = inp.push
+    task = await load_task(tx.session, tx.owner_id, push.task_id, for_update=True)
+    _check_push(task, push, tx.now)
+    checkpoint = await record_checkpoint(
+        tx, task, inp.received.commit, message=push.message, kind=CheckpointKind.DAEMON
+    )
     task.update_time = tx.now
     task.last_activity_time = tx.now
     return Pushed(task=task, checkpoint=checkpoint)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class FetchInput:
     # The task whose head is wanted when `want_commit_sha` is None.
     task_id: uuid.UUID | None
@@ -184,18 +198,19 @@ class Fetched:
     chunks: AsyncGenerator[bytes, None]
 
 
-async def fetch_objects(rt: Runtime, principal: Principal, inp: FetchInput) -> Fetched:
+async def fetch_objects(caller: Caller, inp: FetchInput) -> Fetched:
     """The pack of the objects reachable from the wanted commit and not from the haves, from the owner's store.
 
     The pack is written to a temporary file first (the store is read in a worker thread), then
     streamed from it in chunks of at most DEFAULT_CHUNK_SIZE bytes; the file goes when the
     iteration ends. NOT_FOUND for a commit the owner's store does not hold.
     """
-    assert rt.objects is not None
+    objects = caller.rt.objects
+    assert objects is not None
     want = inp.want_commit_sha
     if inp.task_id is not None:
-        async with rt.read() as session:
-            task = await load_task(session, principal.owner_id, inp.task_id)
+        async with caller.read() as session:
+            task = await load_task(session, caller.owner_id, inp.task_id)
         want = want or head_of(task)
     assert want is not None
     spool = tempfile.TemporaryFile()
@@ -211,7 +226,7 @@ async def fetch_objects(rt: Runtime, principal: Principal, inp: FetchInput) -> F
         return commit, outgoing.object_count
 
     try:
-        commit, count = await rt.objects.run(principal.owner_id, write)
+        commit, count = await objects.run(caller.owner_id, write)
     except BaseException:
         spool.close()
         raise

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from makima.server.domain.contracts import load_contract
 from makima.server.domain.enums import MessageRole, TaskEventKind, TimelineKind
 from makima.server.domain.errors import Aborted, NotFound
-from makima.server.domain.runtime import Principal, Runtime, Tx
+from makima.server.domain.runtime import Caller, Tx
 from makima.server.domain.tasks import load_task
 from makima.server.domain.work import Lease, fence
 from makima.server.store import contracts as contract_store
@@ -51,17 +51,24 @@ class EventsRecorded:
     summary: EventsSummary
 
 
-async def record_task_events(
-    tx: Tx, *, task_id: uuid.UUID, batch: list[NewEvent], lease: Lease | None
-) -> EventsRecorded:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RecordTaskEventsInput:
+    task_id: uuid.UUID
+    batch: list[NewEvent]
+    # The sender's lease on the task; None for a tool (see work.fence).
+    lease: Lease | None = None
+
+
+async def record_task_events(tx: Tx, inp: RecordTaskEventsInput) -> EventsRecorded:
     """Store a batch of events once each with one timeline event, or nothing of it.
 
     A resent sequence is a duplicate when its content equals what is stored, and EVENT_CONFLICT when
     it differs: the insert is one statement that skips stored sequences, and only the skipped ones are
     read back to compare, so a batch of new events costs no extra query.
     """
-    task = await load_task(tx.session, tx.owner_id, task_id, for_update=True)
-    fence(task, lease, tx.now)
+    task = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
+    fence(task, inp.lease, tx.now)
+    batch = inp.batch
     first = _first_of_each_sequence(task.id, batch)
     stored = await events.insert_new(
         tx.session,
@@ -145,11 +152,16 @@ def _check_resend(task_id: uuid.UUID, resent: NewEvent, stored: NewEvent) -> Non
         )
 
 
-async def summarize_task_events(rt: Runtime, principal: Principal, task_id: uuid.UUID) -> EventsSummary:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SummarizeTaskEventsInput:
+    task_id: uuid.UUID
+
+
+async def summarize_task_events(caller: Caller, inp: SummarizeTaskEventsInput) -> EventsSummary:
     """The highest stored sequence of a task and the gaps below it."""
-    async with rt.read() as session:
-        task = await load_task(session, principal.owner_id, task_id)
-        return await _summary(session, principal.owner_id, task.id, task.event_count, task.last_event_sequence)
+    async with caller.read() as session:
+        task = await load_task(session, caller.owner_id, inp.task_id)
+        return await _summary(session, caller.owner_id, task.id, task.event_count, task.last_event_sequence)
 
 
 @dataclass(frozen=True)
@@ -159,7 +171,7 @@ class NewMessage:
     metadata: dict[str, Any] | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class AppendMessagesInput:
     """Messages for the conversation of `task_id`, or of the supervisor of `contract_id`."""
 

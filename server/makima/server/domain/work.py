@@ -25,14 +25,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.domain.enums import TaskStatus, TimelineKind
 from makima.server.domain.errors import FailedPrecondition, NotFound
-from makima.server.domain.runtime import Principal, Runtime, Tx
+from makima.server.domain.runtime import Caller, Tx
 from makima.server.domain.tasks import load_task
 from makima.server.store import branches as branch_records
 from makima.server.store import conversations, events
 from makima.server.store import work as store
 from makima.server.store.conversations import StoredMessage
 from makima.server.store.models import Daemon, Task, TaskBranch
-from makima.server.timeline.hub import TimelineHub
 
 # A claim carries at most the first 10,000 messages of the task's conversation, and stops earlier once
 # their content passes 3 MiB so the answer stays under gRPC's default 4 MiB message limit (a claim the
@@ -44,13 +43,13 @@ FINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.
 LEASE_EXPIRED = "lease expired"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RegisterDaemonInput:
     name: str
     hostname: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class HeartbeatInput:
     daemon_id: uuid.UUID
     task_ids: tuple[uuid.UUID, ...]
@@ -65,13 +64,15 @@ class LeaseRenewal:
     lost_task_ids: list[uuid.UUID]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ClaimTaskInput:
     daemon_id: uuid.UUID
     kinds: tuple[str, ...]
     lease: timedelta
     # Seconds to wait for a pending task, already bounded by the call's deadline.
     wait: float
+    # Seconds between looks at the database while waiting, in case a wake-up was missed.
+    recheck: float
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class ClaimedTask:
     branches: list[TaskBranch]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ReportTaskStatusInput:
     daemon_id: uuid.UUID
     task_id: uuid.UUID
@@ -142,35 +143,33 @@ async def heartbeat(tx: Tx, inp: HeartbeatInput) -> LeaseRenewal:
     return LeaseRenewal(lease_expire_time=until, lost_task_ids=lost)
 
 
-async def claim_task(
-    rt: Runtime, hub: TimelineHub, principal: Principal, inp: ClaimTaskInput, *, recheck: float
-) -> ClaimedTask | None:
+async def claim_task(caller: Caller, inp: ClaimTaskInput) -> ClaimedTask | None:
     """Hand the owner's oldest pending task to the daemon, waiting up to `inp.wait` for one to appear.
 
     Every commit of the owner (in this process, or in another one through LISTEN/NOTIFY) wakes the
     wait, so a task created or resumed meanwhile is claimed at once; the database is re-checked every
-    `recheck` seconds in case a wake-up was missed. The first look is the claim itself, so a busy queue
+    `inp.recheck` seconds in case a wake-up was missed. The first look is the claim itself, so a busy queue
     costs one transaction per claim; later looks only read, and the write transaction (which on SQLite
     excludes every other writer) starts once a pending task is seen.
     """
-    owner = principal.owner_id
+    hub = caller.rt.hub
     deadline = time.monotonic() + inp.wait
     take = functools.partial(_take_next, daemon_id=inp.daemon_id, kinds=inp.kinds, lease=inp.lease)
-    with hub.subscribe(owner) as (wake, _tail):
+    with hub.subscribe(caller.owner_id) as (wake, _tail):
         pending = True
         while True:
             if pending:
-                claimed = await rt.mutate(principal, take)
+                claimed = await caller.mutate(take)
                 if claimed is not None:
                     return claimed
             left = deadline - time.monotonic()
             if left <= 0 or hub.closing.is_set():
                 return None
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), timeout=min(recheck, left))
+                await asyncio.wait_for(wake.wait(), timeout=min(inp.recheck, left))
             wake.clear()  # before looking: a commit during the look ends the next wait at once
-            async with rt.read() as session:
-                pending = await store.has_pending(session, owner_id=owner, kinds=inp.kinds)
+            async with caller.read() as session:
+                pending = await store.has_pending(session, owner_id=caller.owner_id, kinds=inp.kinds)
 
 
 async def _take_next(tx: Tx, *, daemon_id: uuid.UUID, kinds: tuple[str, ...], lease: timedelta) -> ClaimedTask | None:
