@@ -26,6 +26,7 @@ from makima.server.domain import history, streaming
 from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.page_tokens import PageTokenKeys
 from makima.server.domain.runtime import Runtime
+from makima.server.store.events import TaskEventFilter
 from makima.server.store.timeline import TimelineFilter
 from makima.server.timeline.hub import TimelineHub
 from makima.v1 import history_pb2 as pb
@@ -70,7 +71,6 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
     async def GetContractHistory(
         self, request: pb.GetContractHistoryRequest, context: aio.ServicerContext
     ) -> pb.GetContractHistoryResponse:
-        principal = current_principal()
         contract_id = uuid_field(request.contract_id, "contract_id")
         start, end = time_range(request)
         where = TimelineFilter(
@@ -81,7 +81,8 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         )
         limit = page_size(request.page_size)
         after = token_position(await self._key(request), 0)
-        result = await history.contract_history(self.rt, principal, contract_id, where=where, after=after, limit=limit)
+        inp = history.ContractHistoryInput(contract_id=contract_id, where=where, after=after, limit=limit)
+        result = await self.call(history.contract_history, inp)
         return pb.GetContractHistoryResponse(
             contract=convert.contract(result.view),
             phases=[
@@ -93,17 +94,12 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         )
 
     async def _conversation(self, request: Any, **target: uuid.UUID) -> history.ConversationPage:
-        principal = current_principal()
         limit = page_size(request.page_size)
         start = token_position(await self._key(request), 0)
-        return await history.conversation(
-            self.rt,
-            principal,
-            snapshot_id=optional_uuid(request.snapshot_id, "snapshot_id"),
-            start=start,
-            limit=limit,
-            **target,
+        inp = history.ConversationInput(
+            snapshot_id=optional_uuid(request.snapshot_id, "snapshot_id"), start=start, limit=limit, **target
         )
+        return await self.call(history.conversation, inp)
 
     async def _conversation_token(self, request: Any, page: history.ConversationPage) -> str:
         if not page.messages.more:
@@ -135,12 +131,10 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
     async def ListConversationSnapshots(
         self, request: pb.ListConversationSnapshotsRequest, context: aio.ServicerContext
     ) -> pb.ListConversationSnapshotsResponse:
-        principal = current_principal()
         task_id = uuid_field(request.task_id, "task_id")
         limit = page_size(request.page_size)
-        page = await history.list_snapshots(
-            self.rt, principal, task_id, before=token_newest(await self._key(request)), limit=limit
-        )
+        inp = history.ListSnapshotsInput(task_id=task_id, before=token_newest(await self._key(request)), limit=limit)
+        page = await self.call(history.list_snapshots, inp)
         return pb.ListConversationSnapshotsResponse(
             snapshots=[convert.snapshot(s) for s in page.items],
             next_page_token=await self._next_newest(request, page),
@@ -149,21 +143,17 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
     async def ListTaskEvents(
         self, request: pb.ListTaskEventsRequest, context: aio.ServicerContext
     ) -> pb.ListTaskEventsResponse:
-        principal = current_principal()
         task_id = uuid_field(request.task_id, "task_id")
         start, end = time_range(request)
         event_kinds = kinds(request.kinds, resources_pb2.TaskEventKind, "TASK_EVENT_KIND")
         limit = page_size(request.page_size)
-        page = await history.list_task_events(
-            self.rt,
-            principal,
-            task_id,
-            kinds=event_kinds,
-            start_time=start,
-            end_time=end,
+        inp = history.ListTaskEventsInput(
+            task_id=task_id,
+            where=TaskEventFilter(kinds=event_kinds, start_time=start, end_time=end),
             after=token_position(await self._key(request), 0),
             limit=limit,
         )
+        page = await self.call(history.list_task_events, inp)
         return pb.ListTaskEventsResponse(
             events=[convert.task_event(e) for e in page.items],
             next_page_token=await self._next_cursor(request, page, "sequence"),
@@ -172,12 +162,10 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
     async def ListCheckpoints(
         self, request: pb.ListCheckpointsRequest, context: aio.ServicerContext
     ) -> pb.ListCheckpointsResponse:
-        principal = current_principal()
         task_id = uuid_field(request.task_id, "task_id")
         limit = page_size(request.page_size)
-        page = await history.list_checkpoints(
-            self.rt, principal, task_id, before=token_newest(await self._key(request)), limit=limit
-        )
+        inp = history.ListCheckpointsInput(task_id=task_id, before=token_newest(await self._key(request)), limit=limit)
+        page = await self.call(history.list_checkpoints, inp)
         return pb.ListCheckpointsResponse(
             checkpoints=[convert.checkpoint(c) for c in page.items],
             next_page_token=await self._next_newest(request, page),
@@ -186,30 +174,23 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
     async def ListContracts(
         self, request: pb.ListContractsRequest, context: aio.ServicerContext
     ) -> pb.ListContractsResponse:
-        principal = current_principal()
         statuses = kinds(request.statuses, resources_pb2.ContractStatus, "CONTRACT_STATUS", "statuses")
         limit = page_size(request.page_size)
-        page = await history.list_contracts(
-            self.rt, principal, statuses=statuses, before=token_newest(await self._key(request)), limit=limit
-        )
+        inp = history.ListContractsInput(statuses=statuses, before=token_newest(await self._key(request)), limit=limit)
+        page = await self.call(history.list_contracts, inp)
         return pb.ListContractsResponse(
             contracts=[convert.contract(view) for view in page.items],
             next_page_token=await self._next_newest(request, page, lambda view: view.contract),
         )
 
     async def ListTasks(self, request: pb.ListTasksRequest, context: aio.ServicerContext) -> pb.ListTasksResponse:
-        principal = current_principal()
         contract_id = optional_uuid(request.contract_id, "contract_id")
         statuses = kinds(request.statuses, resources_pb2.TaskStatus, "TASK_STATUS", "statuses")
         limit = page_size(request.page_size)
-        page = await history.list_tasks(
-            self.rt,
-            principal,
-            contract_id=contract_id,
-            statuses=statuses,
-            before=token_newest(await self._key(request)),
-            limit=limit,
+        inp = history.ListTasksInput(
+            contract_id=contract_id, statuses=statuses, before=token_newest(await self._key(request)), limit=limit
         )
+        page = await self.call(history.list_tasks, inp)
         return pb.ListTasksResponse(
             tasks=[convert.task(t) for t in page.items], next_page_token=await self._next_newest(request, page)
         )
@@ -227,13 +208,12 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
     async def ListTimeline(
         self, request: pb.ListTimelineRequest, context: aio.ServicerContext
     ) -> pb.ListTimelineResponse:
-        principal = current_principal()
         where = self._filter(request)
         if request.after_cursor < 0:
             raise InvalidArgument.of("after_cursor", "must not be negative")
         limit = page_size(request.page_size)
         after = token_position(await self._key(request), request.after_cursor)
-        page = await history.list_timeline(self.rt, principal, where=where, after=after, limit=limit)
+        page = await self.call(history.list_timeline, history.ListTimelineInput(where=where, after=after, limit=limit))
         return pb.ListTimelineResponse(
             events=[convert.timeline_event(e) for e in page.items],
             next_page_token=await self._next_cursor(request, page, "cursor"),
@@ -242,22 +222,18 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
     async def StreamTimeline(
         self, request: pb.StreamTimelineRequest, context: aio.ServicerContext
     ) -> AsyncIterator[pb.StreamTimelineResponse]:
-        principal = current_principal()
         where = self._filter(request)
         if request.after_cursor < 0:
             raise InvalidArgument.of("after_cursor", "must not be negative")
         if not 0 <= request.keep_alive_seconds <= MAX_KEEP_ALIVE_SECONDS:
             raise InvalidArgument.of("keep_alive_seconds", f"must be between 0 and {MAX_KEEP_ALIVE_SECONDS}")
-        keep_alive = float(request.keep_alive_seconds) or self.keep_alive
-        async for item in streaming.follow_timeline(
-            self.rt,
-            self.hub,
-            principal,
+        inp = streaming.FollowTimelineInput(
             where=where,
             after=request.after_cursor,
-            keep_alive=keep_alive,
+            keep_alive=float(request.keep_alive_seconds) or self.keep_alive,
             recheck=self.recheck,
-        ):
+        )
+        async for item in streaming.follow_timeline(self.caller(), inp):
             if isinstance(item, streaming.KeepAlive):
                 yield pb.StreamTimelineResponse(
                     keep_alive=pb.KeepAlive(cursor=item.cursor, server_time=convert.ts(item.server_time))
@@ -272,9 +248,11 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
     async def GetTaskLineage(
         self, request: pb.GetTaskLineageRequest, context: aio.ServicerContext
     ) -> pb.GetTaskLineageResponse:
-        nodes = await history.task_lineage(self.rt, current_principal(), uuid_field(request.task_id, "task_id"))
+        lineage = await self.call(
+            history.task_lineage, history.TaskLineageInput(task_id=uuid_field(request.task_id, "task_id"))
+        )
         return pb.GetTaskLineageResponse(
-            root_task_id=str(nodes[0].task.id),
+            root_task_id=str(lineage.root.id),
             nodes=[
                 pb.LineageNode(
                     task=convert.task(n.task),
@@ -282,6 +260,6 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
                     relation=convert.enum_to_pb(pb.LineageRelation, "LINEAGE_RELATION", n.relation),
                     depth=n.depth,
                 )
-                for n in nodes
+                for n in lineage.nodes
             ],
         )

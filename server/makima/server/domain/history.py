@@ -16,14 +16,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from makima.server.domain.contracts import ContractView, load_contract
 from makima.server.domain.errors import NotFound
 from makima.server.domain.recording import conversation_task
-from makima.server.domain.runtime import Principal, Runtime
+from makima.server.domain.runtime import Caller
 from makima.server.domain.tasks import load_task
 from makima.server.store import checkpoints, conversations, events, timeline
 from makima.server.store import contracts as contract_store
 from makima.server.store import tasks as task_store
 from makima.server.store.checkpoints import NewestKey
 from makima.server.store.conversations import StoredMessage
-from makima.server.store.events import StoredTaskEvent
+from makima.server.store.events import StoredTaskEvent, TaskEventFilter
 from makima.server.store.models import ConversationSnapshot, Task, TaskCheckpoint
 from makima.server.store.timeline import StoredHistoryEvent, TimelineFilter
 
@@ -51,13 +51,21 @@ async def check_timeline_scope(session: AsyncSession, owner_id: uuid.UUID, where
         await load_task(session, owner_id, where.task_id)
 
 
-async def list_timeline(
-    rt: Runtime, principal: Principal, *, where: TimelineFilter, after: int, limit: int
-) -> Page[StoredHistoryEvent]:
-    async with rt.read() as session:
-        await check_timeline_scope(session, principal.owner_id, where)
-        rows = await timeline.page(session, owner_id=principal.owner_id, where=where, after=after, limit=limit + 1)
-    return _page(rows, limit)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListTimelineInput:
+    where: TimelineFilter
+    # The cursor of the last event seen (0: from the start).
+    after: int
+    limit: int
+
+
+async def list_timeline(caller: Caller, inp: ListTimelineInput) -> Page[StoredHistoryEvent]:
+    async with caller.read() as session:
+        await check_timeline_scope(session, caller.owner_id, inp.where)
+        rows = await timeline.page(
+            session, owner_id=caller.owner_id, where=inp.where, after=inp.after, limit=inp.limit + 1
+        )
+    return _page(rows, inp.limit)
 
 
 @dataclass(frozen=True)
@@ -74,12 +82,19 @@ class ContractHistory:
     events: Page[StoredHistoryEvent]
 
 
-async def contract_history(
-    rt: Runtime, principal: Principal, contract_id: uuid.UUID, *, where: TimelineFilter, after: int, limit: int
-) -> ContractHistory:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ContractHistoryInput:
+    contract_id: uuid.UUID
+    # Which events of the contract's timeline (its contract_id is the contract's whatever it says).
+    where: TimelineFilter
+    after: int
+    limit: int
+
+
+async def contract_history(caller: Caller, inp: ContractHistoryInput) -> ContractHistory:
     """A contract, the phases it went through, and a page of its (and its tasks') timeline."""
-    owner = principal.owner_id
-    async with rt.read() as session:
+    owner, contract_id, where, limit = caller.owner_id, inp.contract_id, inp.where, inp.limit
+    async with caller.read() as session:
         contract = await load_contract(session, owner, contract_id)
         state = await contract_store.supervisor_state(session, owner_id=owner, contract_id=contract_id)
         moves = await timeline.contract_phase_events(session, owner_id=owner, contract_id=contract_id)
@@ -90,7 +105,7 @@ async def contract_history(
             start_time=where.start_time,
             end_time=where.end_time,
         )
-        rows = await timeline.page(session, owner_id=owner, where=scoped, after=after, limit=limit + 1)
+        rows = await timeline.page(session, owner_id=owner, where=scoped, after=inp.after, limit=limit + 1)
     phases = [
         PhaseSpan(phase=m.phase or "", start_time=m.create_time, end_time=nxt.create_time if nxt else None)
         for m, nxt in zip(moves, [*moves[1:], None], strict=True)
@@ -109,114 +124,129 @@ class ConversationPage:
     messages: Page[StoredMessage]
 
 
-async def conversation(
-    rt: Runtime,
-    principal: Principal,
-    *,
-    task_id: uuid.UUID | None = None,
-    contract_id: uuid.UUID | None = None,
-    snapshot_id: uuid.UUID | None = None,
-    start: int,
-    limit: int,
-) -> ConversationPage:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ConversationInput:
+    """The conversation of `task_id`, or of the supervisor of `contract_id`; of its snapshot `snapshot_id` if set."""
+
+    task_id: uuid.UUID | None = None
+    contract_id: uuid.UUID | None = None
+    snapshot_id: uuid.UUID | None = None
+    start: int
+    limit: int
+
+
+async def conversation(caller: Caller, inp: ConversationInput) -> ConversationPage:
     """Messages [start, start + limit) of a task's (or supervisor's) conversation or of a snapshot of it."""
-    owner = principal.owner_id
-    async with rt.read() as session:
-        task = await conversation_task(session, owner, task_id=task_id, contract_id=contract_id, lock=False)
+    owner, start = caller.owner_id, inp.start
+    async with caller.read() as session:
+        task = await conversation_task(session, owner, task_id=inp.task_id, contract_id=inp.contract_id, lock=False)
         version, count = task.conversation_id, task.message_count
-        if snapshot_id is not None:
-            snapshot = await checkpoints.get_snapshot(session, owner_id=owner, snapshot_id=snapshot_id)
+        if inp.snapshot_id is not None:
+            snapshot = await checkpoints.get_snapshot(session, owner_id=owner, snapshot_id=inp.snapshot_id)
             if snapshot is None or snapshot.task_id != task.id:
-                raise NotFound.resource("snapshot", snapshot_id)
+                raise NotFound.resource("snapshot", inp.snapshot_id)
             version, count = snapshot.conversation_id, snapshot.message_count
         assert version is not None
         rows = await conversations.read(
-            session, owner_id=owner, conversation_id=version, count=count, start=start, limit=limit
+            session, owner_id=owner, conversation_id=version, count=count, start=start, limit=inp.limit
         )
     return ConversationPage(task_id=task.id, message_count=count, messages=Page(rows, start + len(rows) < count))
 
 
-async def list_snapshots(
-    rt: Runtime, principal: Principal, task_id: uuid.UUID, *, before: NewestKey | None, limit: int
-) -> Page[ConversationSnapshot]:
-    async with rt.read() as session:
-        task = await load_task(session, principal.owner_id, task_id)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListSnapshotsInput:
+    task_id: uuid.UUID
+    # The key of the last snapshot seen (None: from the newest).
+    before: NewestKey | None
+    limit: int
+
+
+async def list_snapshots(caller: Caller, inp: ListSnapshotsInput) -> Page[ConversationSnapshot]:
+    async with caller.read() as session:
+        task = await load_task(session, caller.owner_id, inp.task_id)
         rows = await checkpoints.snapshot_page(
-            session, owner_id=principal.owner_id, task_id=task.id, before=before, limit=limit + 1
+            session, owner_id=caller.owner_id, task_id=task.id, before=inp.before, limit=inp.limit + 1
         )
-    return _page(rows, limit)
+    return _page(rows, inp.limit)
 
 
-async def list_checkpoints(
-    rt: Runtime, principal: Principal, task_id: uuid.UUID, *, before: NewestKey | None, limit: int
-) -> Page[TaskCheckpoint]:
-    async with rt.read() as session:
-        task = await load_task(session, principal.owner_id, task_id)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListCheckpointsInput:
+    task_id: uuid.UUID
+    # The key of the last checkpoint seen (None: from the newest).
+    before: NewestKey | None
+    limit: int
+
+
+async def list_checkpoints(caller: Caller, inp: ListCheckpointsInput) -> Page[TaskCheckpoint]:
+    async with caller.read() as session:
+        task = await load_task(session, caller.owner_id, inp.task_id)
         rows = await checkpoints.checkpoint_page(
-            session, owner_id=principal.owner_id, task_id=task.id, before=before, limit=limit + 1
+            session, owner_id=caller.owner_id, task_id=task.id, before=inp.before, limit=inp.limit + 1
         )
-    return _page(rows, limit)
+    return _page(rows, inp.limit)
 
 
-async def list_task_events(
-    rt: Runtime,
-    principal: Principal,
-    task_id: uuid.UUID,
-    *,
-    kinds: tuple[str, ...],
-    start_time: datetime | None,
-    end_time: datetime | None,
-    after: int,
-    limit: int,
-) -> Page[StoredTaskEvent]:
-    async with rt.read() as session:
-        task = await load_task(session, principal.owner_id, task_id)
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListTaskEventsInput:
+    task_id: uuid.UUID
+    where: TaskEventFilter
+    # The sequence of the last event seen (0: from the first).
+    after: int
+    limit: int
+
+
+async def list_task_events(caller: Caller, inp: ListTaskEventsInput) -> Page[StoredTaskEvent]:
+    async with caller.read() as session:
+        task = await load_task(session, caller.owner_id, inp.task_id)
         rows = await events.page(
-            session,
-            owner_id=principal.owner_id,
-            task_id=task.id,
-            after=after,
-            limit=limit + 1,
-            where=events.TaskEventFilter(kinds=kinds, start_time=start_time, end_time=end_time),
+            session, owner_id=caller.owner_id, task_id=task.id, after=inp.after, limit=inp.limit + 1, where=inp.where
         )
-    return _page(rows, limit)
+    return _page(rows, inp.limit)
 
 
-async def list_contracts(
-    rt: Runtime, principal: Principal, *, statuses: tuple[str, ...], before: NewestKey | None, limit: int
-) -> Page[ContractView]:
-    async with rt.read() as session:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListContractsInput:
+    # Empty: every status.
+    statuses: tuple[str, ...] = ()
+    before: NewestKey | None
+    limit: int
+
+
+async def list_contracts(caller: Caller, inp: ListContractsInput) -> Page[ContractView]:
+    async with caller.read() as session:
         rows = await contract_store.page(
-            session, owner_id=principal.owner_id, statuses=statuses, before=before, limit=limit + 1
+            session, owner_id=caller.owner_id, statuses=inp.statuses, before=inp.before, limit=inp.limit + 1
         )
-        page = _page(rows, limit)
+        page = _page(rows, inp.limit)
         supervisors = await contract_store.supervisor_tasks(
-            session, owner_id=principal.owner_id, contract_ids=[c.id for c in page.items]
+            session, owner_id=caller.owner_id, contract_ids=[c.id for c in page.items]
         )
     return Page([ContractView(c, supervisors.get(c.id)) for c in page.items], page.more)
 
 
-async def list_tasks(
-    rt: Runtime,
-    principal: Principal,
-    *,
-    contract_id: uuid.UUID | None,
-    statuses: tuple[str, ...],
-    before: NewestKey | None,
-    limit: int,
-) -> Page[Task]:
-    async with rt.read() as session:
-        if contract_id is not None:
-            await load_contract(session, principal.owner_id, contract_id)  # NotFound for another owner's
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ListTasksInput:
+    # None: the tasks of every contract, and those of none.
+    contract_id: uuid.UUID | None = None
+    statuses: tuple[str, ...] = ()
+    before: NewestKey | None
+    limit: int
+
+
+async def list_tasks(caller: Caller, inp: ListTasksInput) -> Page[Task]:
+    async with caller.read() as session:
+        if inp.contract_id is not None:
+            await load_contract(session, caller.owner_id, inp.contract_id)  # NotFound for another owner's
         rows = await task_store.page(
             session,
-            owner_id=principal.owner_id,
-            contract_id=contract_id,
-            statuses=statuses,
-            before=before,
-            limit=limit + 1,
+            owner_id=caller.owner_id,
+            contract_id=inp.contract_id,
+            statuses=inp.statuses,
+            before=inp.before,
+            limit=inp.limit + 1,
         )
-    return _page(rows, limit)
+    return _page(rows, inp.limit)
 
 
 @dataclass(frozen=True)
@@ -237,11 +267,27 @@ def _lineage_parent(task: Task) -> tuple[uuid.UUID | None, str]:
     return None, "root"
 
 
-async def task_lineage(rt: Runtime, principal: Principal, task_id: uuid.UUID) -> list[LineageNode]:
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TaskLineageInput:
+    task_id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class TaskLineage:
+    """A lineage tree: its root first (depth 0), parents before children."""
+
+    nodes: list[LineageNode]
+
+    @property
+    def root(self) -> Task:
+        return self.nodes[0].task
+
+
+async def task_lineage(caller: Caller, inp: TaskLineageInput) -> TaskLineage:
     """The whole fork / continuation / sub-task tree of a task, parents before children."""
-    owner = principal.owner_id
-    async with rt.read() as session:
-        root = await load_task(session, owner, task_id)
+    owner = caller.owner_id
+    async with caller.read() as session:
+        root = await load_task(session, owner, inp.task_id)
         seen = {root.id}
         while (up := _lineage_parent(root)[0]) is not None and up not in seen:
             seen.add(up)
@@ -261,4 +307,4 @@ async def task_lineage(rt: Runtime, principal: Principal, task_id: uuid.UUID) ->
                 known.add(child.id)
                 frontier.add(child.id)
                 nodes.append(LineageNode(task=child, parent_task_id=parent, relation=relation, depth=depth))
-    return nodes
+    return TaskLineage(nodes=nodes)

@@ -16,11 +16,11 @@ from datetime import datetime
 
 from makima.server import telemetry
 from makima.server.domain.history import check_timeline_scope
-from makima.server.domain.runtime import Principal, Runtime
+from makima.server.domain.runtime import Caller
 from makima.server.store import timeline
 from makima.server.store.timeline import StoredHistoryEvent, TimelineFilter
 from makima.server.store.types import utcnow
-from makima.server.timeline.hub import TAIL_CAPACITY, TimelineHub
+from makima.server.timeline.hub import TAIL_CAPACITY
 
 REPLAY_BATCH = 500
 
@@ -41,22 +41,26 @@ class ReplayEnded:
     server_time: datetime
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class FollowTimelineInput:
+    where: TimelineFilter
+    # The cursor of the last event seen (0: from the start).
+    after: int
+    # Seconds without an event before a KeepAlive.
+    keep_alive: float
+    # Seconds between looks at the database while waiting, in case a wake-up was missed.
+    recheck: float
+
+
 async def follow_timeline(
-    rt: Runtime,
-    hub: TimelineHub,
-    principal: Principal,
-    *,
-    where: TimelineFilter,
-    after: int,
-    keep_alive: float,
-    recheck: float,
+    caller: Caller, inp: FollowTimelineInput
 ) -> AsyncIterator[StoredHistoryEvent | KeepAlive | ReplayEnded]:
-    """Yield matching events after `after` forever, until the hub closes (server shutdown).
+    """Yield matching events after `inp.after` forever, until the hub closes (server shutdown).
 
     A stream behind the owner's shared tail pages through the database; once caught up it is served
     from the tail, which one database read per wake-up refreshes for every stream of the owner.
     """
-    owner = principal.owner_id
+    rt, hub, owner, where, keep_alive = caller.rt, caller.rt.hub, caller.owner_id, inp.where, inp.keep_alive
     async with rt.read() as session:
         await check_timeline_scope(session, owner, where)
 
@@ -71,7 +75,7 @@ async def follow_timeline(
             )
             return mark, rows
 
-    last = after
+    last = inp.after
     replaying = True
     quiet_since = time.monotonic()
     with hub.subscribe(owner) as (wake, tail):
@@ -113,7 +117,7 @@ async def follow_timeline(
                 quiet_since = time.monotonic()
                 idle = 0.0
             try:
-                await asyncio.wait_for(wake.wait(), timeout=min(recheck, keep_alive - idle))
+                await asyncio.wait_for(wake.wait(), timeout=min(inp.recheck, keep_alive - idle))
             except TimeoutError:
                 pass
 
