@@ -156,14 +156,12 @@ async def _start(
         options=[("grpc.so_reuseport", 1 if settings.reuse_port else 0)],
     )
     history = HistoryServicer(
-        runtime, hub, page_tokens, keep_alive=settings.keep_alive_seconds, recheck=settings.timeline_recheck_seconds
+        runtime, page_tokens, keep_alive=settings.keep_alive_seconds, recheck=settings.timeline_recheck_seconds
     )
     history_pb2_grpc.add_HistoryServiceServicer_to_server(history, server)
-    supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime, workspace), server)
-    task_fork_pb2_grpc.add_TaskForkServiceServicer_to_server(TaskForkServicer(runtime, workspace), server)
-    daemon = DaemonServicer(
-        runtime, hub, lease_seconds=settings.lease_seconds, recheck=settings.timeline_recheck_seconds
-    )
+    supervisor_pb2_grpc.add_SupervisorServiceServicer_to_server(SupervisorServicer(runtime), server)
+    task_fork_pb2_grpc.add_TaskForkServiceServicer_to_server(TaskForkServicer(runtime), server)
+    daemon = DaemonServicer(runtime, lease_seconds=settings.lease_seconds, recheck=settings.timeline_recheck_seconds)
     daemon_pb2_grpc.add_DaemonServiceServicer_to_server(daemon, server)
 
     health_servicer = health.aio.HealthServicer()

@@ -3,7 +3,6 @@ the code of daemon-held worktrees (push a checkpoint, fetch objects)."""
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -15,17 +14,15 @@ from grpc import aio
 
 from makima.server import telemetry
 from makima.server.api import convert
-from makima.server.api.base import Servicer, idempotency
+from makima.server.api.base import Servicer
 from makima.server.api.convert import enum_from_pb
-from makima.server.api.interceptor import current_principal
 from makima.server.api.paging import kinds
 from makima.server.api.validate import text_field, uuid_field
 from makima.server.domain import daemon_code, recording, work
 from makima.server.domain.enums import MessageRole, TaskEventKind, TaskStatus
 from makima.server.domain.errors import InvalidArgument
-from makima.server.domain.runtime import Runtime, Tx
+from makima.server.domain.runtime import Runtime
 from makima.server.git.objects import is_object_id
-from makima.server.timeline.hub import TimelineHub
 from makima.v1 import daemon_pb2 as pb
 from makima.v1 import daemon_pb2_grpc, resources_pb2
 
@@ -176,10 +173,18 @@ def _fetch_input(request: pb.FetchObjectsRequest) -> daemon_code.FetchInput:
     return daemon_code.FetchInput(task_id=task_id, want_commit_sha=want, have_commit_shas=haves)
 
 
+def _events_recorded(done: recording.EventsRecorded) -> pb.RecordTaskEventsResponse:
+    return pb.RecordTaskEventsResponse(
+        stored_count=done.stored,
+        duplicate_count=done.duplicates,
+        last_sequence=done.summary.last_sequence,
+        gaps=[pb.SequenceGap(from_sequence=a, to_sequence=b) for a, b in done.summary.gaps],
+    )
+
+
 class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
-    def __init__(self, rt: Runtime, hub: TimelineHub, *, lease_seconds: float, recheck: float) -> None:
+    def __init__(self, rt: Runtime, *, lease_seconds: float, recheck: float) -> None:
         super().__init__(rt)
-        self.hub = hub
         self.lease = timedelta(seconds=lease_seconds)
         self.recheck = recheck
 
@@ -192,12 +197,13 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         )
         lease = duration_pb2.Duration()
         lease.FromTimedelta(self.lease)
-
-        async def body(tx: Tx) -> pb.RegisterDaemonResponse:
-            daemon = await work.register_daemon(tx, inp)
-            return pb.RegisterDaemonResponse(daemon=convert.daemon(daemon), lease_duration=lease)
-
-        return await self.mutate(request, pb.RegisterDaemonResponse, body)
+        return await self.mutate(
+            request,
+            pb.RegisterDaemonResponse,
+            work.register_daemon,
+            inp,
+            lambda daemon: pb.RegisterDaemonResponse(daemon=convert.daemon(daemon), lease_duration=lease),
+        )
 
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext) -> pb.HeartbeatResponse:
         inp = work.HeartbeatInput(
@@ -205,10 +211,15 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             task_ids=tuple(uuid_field(t, f"task_ids[{i}]") for i, t in enumerate(request.task_ids)),
             lease=self.lease,
         )
-        renewal = await self.rt.mutate(current_principal(), functools.partial(work.heartbeat, inp=inp))
-        return pb.HeartbeatResponse(
-            lease_expire_time=convert.ts(renewal.lease_expire_time),
-            lost_task_ids=[str(t) for t in renewal.lost_task_ids],
+        return await self.mutate(
+            None,
+            pb.HeartbeatResponse,
+            work.heartbeat,
+            inp,
+            lambda renewal: pb.HeartbeatResponse(
+                lease_expire_time=convert.ts(renewal.lease_expire_time),
+                lost_task_ids=[str(t) for t in renewal.lost_task_ids],
+            ),
         )
 
     async def ClaimTask(self, request: pb.ClaimTaskRequest, context: aio.ServicerContext) -> pb.ClaimTaskResponse:
@@ -235,11 +246,13 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             message=text_field(request.message, "message", required=False),
             lease=_lease(request.lease_token),
         )
-
-        async def body(tx: Tx) -> pb.ReportTaskStatusResponse:
-            return pb.ReportTaskStatusResponse(task=convert.task(await work.report_task_status(tx, inp)))
-
-        return await self.mutate(request, pb.ReportTaskStatusResponse, body)
+        return await self.mutate(
+            request,
+            pb.ReportTaskStatusResponse,
+            work.report_task_status,
+            inp,
+            lambda task: pb.ReportTaskStatusResponse(task=convert.task(task)),
+        )
 
     async def RecordTaskEvents(
         self, request_iterator: AsyncIterator[pb.RecordTaskEventsRequest], context: aio.ServicerContext
@@ -250,7 +263,6 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         held in memory, within MAX_EVENTS_PER_CALL and MAX_BYTES_PER_CALL, so that no lock is held
         while a slow client streams.
         """
-        principal = current_principal()
         task_id: uuid.UUID | None = None
         token = ""
         lease: work.Lease | None = None
@@ -275,21 +287,13 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
                 )
         if task_id is None:
             raise InvalidArgument.of("task_id", "the stream carried no message")
-        stored = duplicates = 0
         if batch:
             inp = recording.RecordTaskEventsInput(task_id=task_id, batch=batch, lease=lease)
-            outcome = await self.rt.mutate(principal, functools.partial(recording.record_task_events, inp=inp))
-            stored, duplicates, summary = outcome.stored, outcome.duplicates, outcome.summary
-        else:
-            summary = await recording.summarize_task_events(
-                self.caller(), recording.SummarizeTaskEventsInput(task_id=task_id)
+            return await self.mutate(
+                None, pb.RecordTaskEventsResponse, recording.record_task_events, inp, _events_recorded
             )
-        return pb.RecordTaskEventsResponse(
-            stored_count=stored,
-            duplicate_count=duplicates,
-            last_sequence=summary.last_sequence,
-            gaps=[pb.SequenceGap(from_sequence=a, to_sequence=b) for a, b in summary.gaps],
-        )
+        summary = await self.call(recording.summarize_task_events, recording.SummarizeTaskEventsInput(task_id=task_id))
+        return _events_recorded(recording.EventsRecorded(stored=0, duplicates=0, summary=summary))
 
     async def AppendMessages(
         self, request: pb.AppendMessagesRequest, context: aio.ServicerContext
@@ -311,42 +315,42 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             lease=_lease(request.lease_token),
             **target,
         )
-
-        async def body(tx: Tx) -> pb.AppendMessagesResponse:
-            done = await recording.append_messages(tx, inp)
-            return pb.AppendMessagesResponse(
+        return await self.mutate(
+            request,
+            pb.AppendMessagesResponse,
+            recording.append_messages,
+            inp,
+            lambda done: pb.AppendMessagesResponse(
                 task_id=str(done.task_id), first_index=done.first_index, next_index=done.next_index
-            )
-
-        return await self.mutate(request, pb.AppendMessagesResponse, body)
+            ),
+        )
 
     async def PushCheckpoint(
         self, request_iterator: AsyncIterator[pb.PushCheckpointRequest], context: aio.ServicerContext
     ) -> pb.PushCheckpointResponse:
         """Checks first, then the pack, then one transaction; a retried request_id replays the first answer."""
         assert self.rt.objects is not None
-        principal = current_principal()
         requests = aiter(request_iterator)
         first = await anext(requests, None)
         inp = _push_input(first, self.rt.objects.limits.max_pack_bytes)
         assert first is not None
-        idem = idempotency(first.header, pb.PushCheckpointResponse)
-        if idem is not None and (answer := await self.rt.replay(principal, idem)) is not None:
+        if (answer := await self.replay(first.header, pb.PushCheckpointResponse)) is not None:
             return answer
         received = await self.call(
             daemon_code.receive_push, daemon_code.ReceivePushInput(push=inp, chunks=_pack_chunks(requests))
         )
-
-        async def body(tx: Tx) -> pb.PushCheckpointResponse:
-            pushed = await daemon_code.record_push(tx, daemon_code.RecordPushInput(push=inp, received=received))
-            return pb.PushCheckpointResponse(
+        return await self.mutate(
+            first.header,
+            pb.PushCheckpointResponse,
+            daemon_code.record_push,
+            daemon_code.RecordPushInput(push=inp, received=received),
+            lambda pushed: pb.PushCheckpointResponse(
                 checkpoint=convert.checkpoint(pushed.checkpoint),
                 object_count=received.object_count,
                 received_bytes=received.received_bytes,
                 task=convert.task(pushed.task),
-            )
-
-        return await self.rt.mutate(principal, body, idem)
+            ),
+        )
 
     async def FetchObjects(
         self, request: pb.FetchObjectsRequest, context: aio.ServicerContext

@@ -28,7 +28,6 @@ from makima.server.domain.page_tokens import PageTokenKeys
 from makima.server.domain.runtime import Runtime
 from makima.server.store.events import TaskEventFilter
 from makima.server.store.timeline import TimelineFilter
-from makima.server.timeline.hub import TimelineHub
 from makima.v1 import history_pb2 as pb
 from makima.v1 import history_pb2_grpc, resources_pb2
 
@@ -40,11 +39,8 @@ def _timeline_kinds(request: Any) -> tuple[str, ...]:
 
 
 class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
-    def __init__(
-        self, rt: Runtime, hub: TimelineHub, tokens: PageTokenKeys, *, keep_alive: float, recheck: float
-    ) -> None:
+    def __init__(self, rt: Runtime, tokens: PageTokenKeys, *, keep_alive: float, recheck: float) -> None:
         super().__init__(rt)
-        self.hub = hub
         self.tokens = tokens
         self.keep_alive = keep_alive
         self.recheck = recheck

@@ -13,8 +13,6 @@ from makima.server.api.task_fork import worktree_request
 from makima.server.api.validate import text_field, uuid_field
 from makima.server.domain import contracts, supervisor
 from makima.server.domain.errors import InvalidArgument
-from makima.server.domain.runtime import Runtime, Tx
-from makima.server.domain.workspace import Workspace
 from makima.v1 import resources_pb2, supervisor_pb2_grpc
 from makima.v1 import supervisor_pb2 as pb
 
@@ -40,11 +38,46 @@ def _expected(request: Any) -> int | None:
     return int(request.expected_message_count)
 
 
-class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer):
-    def __init__(self, rt: Runtime, ws: Workspace) -> None:
-        super().__init__(rt)
-        self.ws = ws
+def _supervisor_resumed(done: supervisor.SupervisorResumed) -> pb.ResumeSupervisorResponse:
+    task = done.task
+    return pb.ResumeSupervisorResponse(
+        supervisor_task=convert.task(task),
+        resumed_from=resources_pb2.ResumedFrom(
+            phase=done.phase,
+            last_activity_time=convert.ts(done.last_activity_time),
+            message_count=task.message_count,
+            daemon_id=str(task.daemon_id) if task.daemon_id else "",
+            checkpoint_id=str(done.checkpoint.id) if done.checkpoint else "",
+            previous_status=convert.enum_to_pb(resources_pb2.TaskStatus, "TASK_STATUS", done.previous_status),
+        ),
+        snapshot=convert.snapshot(done.snapshot) if done.snapshot else None,
+        code_rewound=done.safety is not None,
+        safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
+    )
 
+
+def _conversation_rewound(done: supervisor.ConversationRewound) -> pb.RewindConversationResponse:
+    return pb.RewindConversationResponse(
+        task_id=str(done.task.id),
+        messages_removed=done.removed,
+        new_message_count=done.task.message_count,
+        snapshot=convert.snapshot(done.snapshot),
+        code_rewound=done.safety is not None,
+        code_checkpoint=convert.checkpoint(done.code_checkpoint) if done.code_checkpoint else None,
+        safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
+        code_not_rewound_reason=done.code_not_rewound_reason,
+    )
+
+
+def _conversation_restored(done: supervisor.ConversationRestored) -> pb.RestoreConversationResponse:
+    return pb.RestoreConversationResponse(
+        task_id=str(done.task.id),
+        new_message_count=done.task.message_count,
+        previous_snapshot=convert.snapshot(done.previous_snapshot),
+    )
+
+
+class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer):
     async def CreateContract(
         self, request: pb.CreateContractRequest, context: aio.ServicerContext
     ) -> pb.CreateContractResponse:
@@ -53,11 +86,13 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
             description=request.description,
             initial_phase=text_field(request.initial_phase, "initial_phase", required=False) or contracts.DEFAULT_PHASE,
         )
-
-        async def body(tx: Tx) -> pb.CreateContractResponse:
-            return pb.CreateContractResponse(contract=convert.contract(await contracts.create_contract(tx, inp)))
-
-        return await self.mutate(request, pb.CreateContractResponse, body)
+        return await self.mutate(
+            request,
+            pb.CreateContractResponse,
+            contracts.create_contract,
+            inp,
+            lambda view: pb.CreateContractResponse(contract=convert.contract(view)),
+        )
 
     async def GetContract(self, request: pb.GetContractRequest, context: aio.ServicerContext) -> pb.GetContractResponse:
         inp = contracts.GetContractInput(contract_id=uuid_field(request.contract_id, "contract_id"))
@@ -72,12 +107,15 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
             phase=text_field(request.phase, "phase"),
             expected_version=request.expected_version if request.HasField("expected_version") else None,
         )
-
-        async def body(tx: Tx) -> pb.AdvancePhaseResponse:
-            result = await contracts.advance_phase(tx, inp)
-            return pb.AdvancePhaseResponse(contract=convert.contract(result.view), previous_phase=result.previous_phase)
-
-        return await self.mutate(request, pb.AdvancePhaseResponse, body)
+        return await self.mutate(
+            request,
+            pb.AdvancePhaseResponse,
+            contracts.advance_phase,
+            inp,
+            lambda done: pb.AdvancePhaseResponse(
+                contract=convert.contract(done.view), previous_phase=done.previous_phase
+            ),
+        )
 
     async def StartSupervisor(
         self, request: pb.StartSupervisorRequest, context: aio.ServicerContext
@@ -87,14 +125,15 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
             instructions=request.instructions,
             worktree=worktree_request(request.worktree),
         )
-
-        async def body(tx: Tx) -> pb.StartSupervisorResponse:
-            started = await supervisor.start_supervisor(tx, inp)
-            return pb.StartSupervisorResponse(
+        return await self.mutate(
+            request,
+            pb.StartSupervisorResponse,
+            supervisor.start_supervisor,
+            inp,
+            lambda started: pb.StartSupervisorResponse(
                 contract=convert.contract(started.view), supervisor_task=convert.task(started.task)
-            )
-
-        return await self.mutate(request, pb.StartSupervisorResponse, body)
+            ),
+        )
 
     async def ResumeSupervisor(
         self, request: pb.ResumeSupervisorRequest, context: aio.ServicerContext
@@ -114,26 +153,9 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
             checkpoint_id=checkpoint_id,
             rewind_code=request.rewind_code,
         )
-
-        async def body(tx: Tx) -> pb.ResumeSupervisorResponse:
-            done = await supervisor.resume_supervisor(tx, inp)
-            task = done.task
-            return pb.ResumeSupervisorResponse(
-                supervisor_task=convert.task(task),
-                resumed_from=resources_pb2.ResumedFrom(
-                    phase=done.phase,
-                    last_activity_time=convert.ts(done.last_activity_time),
-                    message_count=task.message_count,
-                    daemon_id=str(task.daemon_id) if task.daemon_id else "",
-                    checkpoint_id=str(done.checkpoint.id) if done.checkpoint else "",
-                    previous_status=convert.enum_to_pb(resources_pb2.TaskStatus, "TASK_STATUS", done.previous_status),
-                ),
-                snapshot=convert.snapshot(done.snapshot) if done.snapshot else None,
-                code_rewound=done.safety is not None,
-                safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
-            )
-
-        return await self.mutate(request, pb.ResumeSupervisorResponse, body)
+        return await self.mutate(
+            request, pb.ResumeSupervisorResponse, supervisor.resume_supervisor, inp, _supervisor_resumed
+        )
 
     async def RewindConversation(
         self, request: pb.RewindConversationRequest, context: aio.ServicerContext
@@ -146,21 +168,9 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
             expected_message_count=_expected(request),
             rewind_code=request.rewind_code,
         )
-
-        async def body(tx: Tx) -> pb.RewindConversationResponse:
-            done = await supervisor.rewind_conversation(tx, inp)
-            return pb.RewindConversationResponse(
-                task_id=str(done.task.id),
-                messages_removed=done.removed,
-                new_message_count=done.task.message_count,
-                snapshot=convert.snapshot(done.snapshot),
-                code_rewound=done.safety is not None,
-                code_checkpoint=convert.checkpoint(done.code_checkpoint) if done.code_checkpoint else None,
-                safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
-                code_not_rewound_reason=done.code_not_rewound_reason,
-            )
-
-        return await self.mutate(request, pb.RewindConversationResponse, body)
+        return await self.mutate(
+            request, pb.RewindConversationResponse, supervisor.rewind_conversation, inp, _conversation_rewound
+        )
 
     async def RestoreConversation(
         self, request: pb.RestoreConversationRequest, context: aio.ServicerContext
@@ -168,13 +178,6 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         inp = supervisor.RestoreConversationInput(
             snapshot_id=uuid_field(request.snapshot_id, "snapshot_id"), expected_message_count=_expected(request)
         )
-
-        async def body(tx: Tx) -> pb.RestoreConversationResponse:
-            done = await supervisor.restore_conversation(tx, inp)
-            return pb.RestoreConversationResponse(
-                task_id=str(done.task.id),
-                new_message_count=done.task.message_count,
-                previous_snapshot=convert.snapshot(done.previous_snapshot),
-            )
-
-        return await self.mutate(request, pb.RestoreConversationResponse, body)
+        return await self.mutate(
+            request, pb.RestoreConversationResponse, supervisor.restore_conversation, inp, _conversation_restored
+        )

@@ -10,8 +10,6 @@ from makima.server.api.validate import optional_uuid, text_field, uuid_field
 from makima.server.domain import code, tasks
 from makima.server.domain.enums import WorktreePlacement
 from makima.server.domain.errors import InvalidArgument
-from makima.server.domain.runtime import Runtime, Tx
-from makima.server.domain.workspace import Workspace
 from makima.server.domain.worktrees import WorktreeRequest
 from makima.v1 import resources_pb2, task_fork_pb2_grpc
 from makima.v1 import task_fork_pb2 as pb
@@ -62,11 +60,38 @@ def resumed_from(done: code.TaskResumed) -> resources_pb2.ResumedFrom:
     )
 
 
-class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
-    def __init__(self, rt: Runtime, ws: Workspace) -> None:
-        super().__init__(rt)
-        self.ws = ws
+def _rewound(done: code.Rewound) -> pb.RewindTaskResponse:
+    return pb.RewindTaskResponse(
+        task=convert.task(done.task),
+        code_rewound=done.safety is not None,
+        safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
+        conversation_rewound=done.conversation_snapshot is not None,
+        conversation_snapshot=convert.snapshot(done.conversation_snapshot) if done.conversation_snapshot else None,
+        rewind_checkpoint=convert.checkpoint(done.rewind) if done.rewind else None,
+    )
 
+
+def _resumed_from_checkpoint(done: code.TaskResumedFromCheckpoint) -> pb.ResumeTaskFromCheckpointResponse:
+    rewound = done.rewound
+    return pb.ResumeTaskFromCheckpointResponse(
+        task=convert.task(done.task),
+        resumed_from=resumed_from(done),
+        safety_checkpoint=convert.checkpoint(rewound.safety) if rewound.safety else None,
+        conversation_snapshot=convert.snapshot(rewound.conversation_snapshot)
+        if rewound.conversation_snapshot
+        else None,
+        rewind_checkpoint=convert.checkpoint(rewound.rewind) if rewound.rewind else None,
+    )
+
+
+def _continued(done: code.Continued) -> pb.ContinueTaskResponse:
+    return pb.ContinueTaskResponse(
+        task=convert.task(done.task),
+        source_checkpoint=convert.checkpoint(done.source_checkpoint) if done.source_checkpoint else None,
+    )
+
+
+class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
     async def CreateTask(self, request: pb.CreateTaskRequest, context: aio.ServicerContext) -> pb.CreateTaskResponse:
         inp = tasks.CreateTaskInput(
             name=text_field(request.name, "name"),
@@ -75,11 +100,13 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             parent_task_id=optional_uuid(request.parent_task_id, "parent_task_id"),
             worktree=worktree_request(request.worktree),
         )
-
-        async def body(tx: Tx) -> pb.CreateTaskResponse:
-            return pb.CreateTaskResponse(task=convert.task(await tasks.create_task(tx, inp)))
-
-        return await self.mutate(request, pb.CreateTaskResponse, body)
+        return await self.mutate(
+            request,
+            pb.CreateTaskResponse,
+            tasks.create_task,
+            inp,
+            lambda t: pb.CreateTaskResponse(task=convert.task(t)),
+        )
 
     async def GetTask(self, request: pb.GetTaskRequest, context: aio.ServicerContext) -> pb.GetTaskResponse:
         task = await self.call(tasks.get_task, tasks.GetTaskInput(task_id=uuid_field(request.task_id, "task_id")))
@@ -92,12 +119,13 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             task_id=uuid_field(request.task_id, "task_id"),
             message=text_field(request.message, "message", required=False) or "checkpoint",
         )
-
-        async def body(tx: Tx) -> pb.CreateCheckpointResponse:
-            checkpoint = await code.create_checkpoint(tx, inp)
-            return pb.CreateCheckpointResponse(checkpoint=convert.checkpoint(checkpoint))
-
-        return await self.mutate(request, pb.CreateCheckpointResponse, body)
+        return await self.mutate(
+            request,
+            pb.CreateCheckpointResponse,
+            code.create_checkpoint,
+            inp,
+            lambda c: pb.CreateCheckpointResponse(checkpoint=convert.checkpoint(c)),
+        )
 
     async def CompareCheckpoints(
         self, request: pb.CompareCheckpointsRequest, context: aio.ServicerContext
@@ -121,30 +149,17 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             mode=_mode(request.mode),
             force=request.force,
         )
-
-        async def body(tx: Tx) -> pb.RewindTaskResponse:
-            done = await code.rewind_task(tx, inp)
-            return pb.RewindTaskResponse(
-                task=convert.task(done.task),
-                code_rewound=done.safety is not None,
-                safety_checkpoint=convert.checkpoint(done.safety) if done.safety else None,
-                conversation_rewound=done.conversation_snapshot is not None,
-                conversation_snapshot=convert.snapshot(done.conversation_snapshot)
-                if done.conversation_snapshot
-                else None,
-                rewind_checkpoint=convert.checkpoint(done.rewind) if done.rewind else None,
-            )
-
-        return await self.mutate(request, pb.RewindTaskResponse, body)
+        return await self.mutate(request, pb.RewindTaskResponse, code.rewind_task, inp, _rewound)
 
     async def ResumeTask(self, request: pb.ResumeTaskRequest, context: aio.ServicerContext) -> pb.ResumeTaskResponse:
         inp = code.ResumeTaskInput(task_id=uuid_field(request.task_id, "task_id"))
-
-        async def body(tx: Tx) -> pb.ResumeTaskResponse:
-            done = await code.resume_task(tx, inp)
-            return pb.ResumeTaskResponse(task=convert.task(done.task), resumed_from=resumed_from(done))
-
-        return await self.mutate(request, pb.ResumeTaskResponse, body)
+        return await self.mutate(
+            request,
+            pb.ResumeTaskResponse,
+            code.resume_task,
+            inp,
+            lambda done: pb.ResumeTaskResponse(task=convert.task(done.task), resumed_from=resumed_from(done)),
+        )
 
     async def ResumeTaskFromCheckpoint(
         self, request: pb.ResumeTaskFromCheckpointRequest, context: aio.ServicerContext
@@ -153,21 +168,9 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             task_id=uuid_field(request.task_id, "task_id"),
             checkpoint_id=uuid_field(request.checkpoint_id, "checkpoint_id"),
         )
-
-        async def body(tx: Tx) -> pb.ResumeTaskFromCheckpointResponse:
-            done = await code.resume_from_checkpoint(tx, inp)
-            rewound = done.rewound
-            return pb.ResumeTaskFromCheckpointResponse(
-                task=convert.task(done.task),
-                resumed_from=resumed_from(done),
-                safety_checkpoint=convert.checkpoint(rewound.safety) if rewound.safety else None,
-                conversation_snapshot=convert.snapshot(rewound.conversation_snapshot)
-                if rewound.conversation_snapshot
-                else None,
-                rewind_checkpoint=convert.checkpoint(rewound.rewind) if rewound.rewind else None,
-            )
-
-        return await self.mutate(request, pb.ResumeTaskFromCheckpointResponse, body)
+        return await self.mutate(
+            request, pb.ResumeTaskFromCheckpointResponse, code.resume_from_checkpoint, inp, _resumed_from_checkpoint
+        )
 
     async def CreateBranch(
         self, request: pb.CreateBranchRequest, context: aio.ServicerContext
@@ -178,12 +181,13 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             name=text_field(request.branch_name, "branch_name"),
         )
         code.git_name_ok(inp.name)
-
-        async def body(tx: Tx) -> pb.CreateBranchResponse:
-            branch = await code.create_branch(tx, inp)
-            return pb.CreateBranchResponse(ref=branch.ref, commit_sha=branch.commit_sha)
-
-        return await self.mutate(request, pb.CreateBranchResponse, body)
+        return await self.mutate(
+            request,
+            pb.CreateBranchResponse,
+            code.create_branch,
+            inp,
+            lambda branch: pb.CreateBranchResponse(ref=branch.ref, commit_sha=branch.commit_sha),
+        )
 
     async def ForkTask(self, request: pb.ForkTaskRequest, context: aio.ServicerContext) -> pb.ForkTaskResponse:
         point = request.WhichOneof("point")
@@ -199,12 +203,13 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             branch_name=request.branch_name,
             placement=placement_field(request.placement, "placement"),
         )
-
-        async def body(tx: Tx) -> pb.ForkTaskResponse:
-            forked = await code.fork_task(tx, inp)
-            return pb.ForkTaskResponse(task=convert.task(forked.task), commit_sha=forked.commit_sha)
-
-        return await self.mutate(request, pb.ForkTaskResponse, body)
+        return await self.mutate(
+            request,
+            pb.ForkTaskResponse,
+            code.fork_task,
+            inp,
+            lambda forked: pb.ForkTaskResponse(task=convert.task(forked.task), commit_sha=forked.commit_sha),
+        )
 
     async def ContinueTask(
         self, request: pb.ContinueTaskRequest, context: aio.ServicerContext
@@ -215,12 +220,4 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             instructions=request.instructions,
             placement=placement_field(request.placement, "placement"),
         )
-
-        async def body(tx: Tx) -> pb.ContinueTaskResponse:
-            done = await code.continue_task(tx, inp)
-            return pb.ContinueTaskResponse(
-                task=convert.task(done.task),
-                source_checkpoint=convert.checkpoint(done.source_checkpoint) if done.source_checkpoint else None,
-            )
-
-        return await self.mutate(request, pb.ContinueTaskResponse, body)
+        return await self.mutate(request, pb.ContinueTaskResponse, code.continue_task, inp, _continued)
