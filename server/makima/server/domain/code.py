@@ -15,13 +15,19 @@ from makima.server.domain.enums import (
     CheckpointKind,
     SnapshotReason,
     TaskKind,
-    TaskStatus,
     TimelineKind,
     WorktreePlacement,
 )
-from makima.server.domain.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from makima.server.domain.errors import AlreadyExists, InvalidArgument, NotFound
 from makima.server.domain.runtime import Caller, Tx
-from makima.server.domain.tasks import derived_name, load_task, new_task
+from makima.server.domain.tasks import (
+    back_to_pending,
+    derived_name,
+    load_task,
+    new_task,
+    refuse_if_running,
+    refuse_unless_resumable,
+)
 from makima.server.domain.workspace import Workspace
 from makima.server.domain.worktrees import (
     checkpoint_locked,
@@ -47,33 +53,6 @@ class RewindMode(StrEnum):
     CODE = "code"
     CONVERSATION = "conversation"
     BOTH = "both"
-
-
-def refuse_if_running(task: Task) -> None:
-    if task.status == TaskStatus.RUNNING:
-        raise FailedPrecondition(
-            f"task {task.id} is running on a daemon; stop it first",
-            reason="ALREADY_RUNNING",
-            metadata={"task": str(task.id), "daemon": str(task.daemon_id or "")},
-        )
-
-
-def refuse_unless_resumable(task: Task, *, as_is: bool) -> None:
-    """The one rule of every resume, of a task or a supervisor.
-
-    A resume that keeps the task as it is (ResumeTask, ResumeSupervisor CONTINUE) needs a task that
-    stopped before it finished: INTERRUPTED or FAILED. A pending task is already waiting for a
-    daemon, a completed one has nothing left to do. A resume that first goes back to a point of the
-    history (a checkpoint, the start of the phase) needs only a task that is not running.
-    """
-    refuse_if_running(task)
-    if as_is and task.status not in (TaskStatus.INTERRUPTED, TaskStatus.FAILED):
-        raise FailedPrecondition(
-            f"task {task.id} is {task.status}; only interrupted or failed tasks resume as they are "
-            "(resume from a checkpoint to go back)",
-            reason="NOT_RESUMABLE",
-            metadata={"task": str(task.id), "status": task.status},
-        )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -156,8 +135,6 @@ async def _rewind(
         snapshot = await conversation.load_snapshot(tx, target.conversation_snapshot_id)
         before = await conversation.rewind_to(tx, task, snapshot, SnapshotReason.REWIND)
     rewind = await record_rewind(tx, task, code)
-    task.version += 1
-    task.update_time = tx.now
     return Rewound(
         task=task,
         safety=code.safety if code else None,
@@ -183,6 +160,8 @@ async def rewind_task(tx: Tx, inp: RewindTaskInput) -> Rewound:
     refuse_if_running(task)
     target = await load_checkpoint(tx, task, inp.checkpoint_id)
     done = await _rewind(tx, tx.ws, task, target, inp.mode, force=inp.force)
+    task.version += 1
+    task.update_time = tx.now
     tx.record(
         TimelineKind.TASK_REWOUND,
         f"task {task.name!r} rewound ({inp.mode.value}) to checkpoint {target.commit_sha[:12]}",
@@ -237,10 +216,7 @@ async def resume_from_checkpoint(tx: Tx, inp: ResumeFromCheckpointInput) -> Task
     target = await load_checkpoint(tx, task, inp.checkpoint_id)
     mode = RewindMode.BOTH if task.placement else RewindMode.CONVERSATION
     done = await _rewind(tx, tx.ws, task, target, mode)
-    previous = task.status
-    task.status = TaskStatus.PENDING.value
-    task.lease_expire_time = None
-    task.status_message = ""
+    previous = back_to_pending(tx, task)
     phase = (await load_contract(tx.session, tx.owner_id, task.contract_id)).phase if task.contract_id else ""
     tx.record(
         TimelineKind.TASK_RESUMED,
@@ -263,12 +239,7 @@ async def resume_task(tx: Tx, inp: ResumeTaskInput) -> TaskResumed:
     """Put an interrupted (or failed) task back to pending, conversation and worktree as they are."""
     task = await load_task(tx.session, tx.owner_id, inp.task_id, for_update=True)
     refuse_unless_resumable(task, as_is=True)
-    previous = task.status
-    task.status = TaskStatus.PENDING.value
-    task.lease_expire_time = None
-    task.status_message = ""
-    task.version += 1
-    task.update_time = tx.now
+    previous = back_to_pending(tx, task)
     phase = (await load_contract(tx.session, tx.owner_id, task.contract_id)).phase if task.contract_id else ""
     tx.record(
         TimelineKind.TASK_RESUMED,

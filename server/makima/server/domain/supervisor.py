@@ -9,13 +9,19 @@ from datetime import datetime
 from enum import StrEnum
 
 from makima.server.domain import conversation
-from makima.server.domain.code import refuse_if_running, refuse_unless_resumable
 from makima.server.domain.contracts import ContractView, load_contract
-from makima.server.domain.enums import CheckpointKind, SnapshotReason, TaskKind, TaskStatus, TimelineKind
+from makima.server.domain.enums import CheckpointKind, SnapshotReason, TaskKind, TimelineKind
 from makima.server.domain.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from makima.server.domain.recording import conversation_task
 from makima.server.domain.runtime import Tx
-from makima.server.domain.tasks import derived_name, load_task, new_task
+from makima.server.domain.tasks import (
+    back_to_pending,
+    derived_name,
+    load_task,
+    new_task,
+    refuse_if_running,
+    refuse_unless_resumable,
+)
 from makima.server.domain.worktrees import (
     WorktreeRequest,
     create_worktree,
@@ -111,7 +117,7 @@ async def resume_supervisor(tx: Tx, inp: ResumeSupervisorInput) -> SupervisorRes
         )
     task = await load_task(tx.session, tx.owner_id, state.task_id, for_update=True)
     refuse_unless_resumable(task, as_is=inp.mode == ResumeMode.CONTINUE)
-    previous, last_activity = task.status, task.last_activity_time
+    last_activity = task.last_activity_time
     snapshot = target = safety = None
     if inp.mode == ResumeMode.RESTART_PHASE:
         snapshot = await conversation.take_snapshot(tx, task, SnapshotReason.RESTART_PHASE)
@@ -125,11 +131,7 @@ async def resume_supervisor(tx: Tx, inp: ResumeSupervisorInput) -> SupervisorRes
         snapshot = await conversation.rewind_to(tx, task, saved, SnapshotReason.REWIND)
         await record_rewind(tx, task, code)
         safety = code.safety if code else None
-    task.status = TaskStatus.PENDING.value
-    task.lease_expire_time = None
-    task.status_message = ""
-    task.version += 1
-    task.update_time = tx.now
+    previous = back_to_pending(tx, task)
     tx.record(
         TimelineKind.SUPERVISOR_RESUMED,
         f"supervisor of contract {contract.name!r} resumed ({inp.mode.value})",

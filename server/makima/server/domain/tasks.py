@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.domain.contracts import load_contract
-from makima.server.domain.enums import TaskKind, TimelineKind
-from makima.server.domain.errors import NotFound
+from makima.server.domain.enums import TaskKind, TaskStatus, TimelineKind
+from makima.server.domain.errors import FailedPrecondition, NotFound
 from makima.server.domain.runtime import Caller, Tx
 from makima.server.domain.worktrees import WorktreeRequest, create_worktree, default_branch
 from makima.server.store import conversations
@@ -48,6 +48,50 @@ async def load_task(
     if task is None:
         raise NotFound.resource("task", task_id)
     return task
+
+
+def refuse_if_running(task: Task) -> None:
+    """The one check that a task is not running on a daemon, made by every change to a task's code or
+    conversation from outside its run (FAILED_PRECONDITION ALREADY_RUNNING)."""
+    if task.status == TaskStatus.RUNNING:
+        raise FailedPrecondition(
+            f"task {task.id} is running on a daemon; stop it first",
+            reason="ALREADY_RUNNING",
+            metadata={"task": str(task.id), "daemon": str(task.daemon_id or "")},
+        )
+
+
+def refuse_unless_resumable(task: Task, *, as_is: bool) -> None:
+    """The one rule of every resume, of a task or a supervisor.
+
+    A resume that keeps the task as it is (ResumeTask, ResumeSupervisor CONTINUE) needs a task that
+    stopped before it finished: INTERRUPTED or FAILED. A pending task is already waiting for a
+    daemon, a completed one has nothing left to do. A resume that first goes back to a point of the
+    history (a checkpoint, the start of the phase) needs only a task that is not running.
+    """
+    refuse_if_running(task)
+    if as_is and task.status not in (TaskStatus.INTERRUPTED, TaskStatus.FAILED):
+        raise FailedPrecondition(
+            f"task {task.id} is {task.status}; only interrupted or failed tasks resume as they are "
+            "(resume from a checkpoint to go back)",
+            reason="NOT_RESUMABLE",
+            metadata={"task": str(task.id), "status": task.status},
+        )
+
+
+def back_to_pending(tx: Tx, task: Task) -> str:
+    """Put a stopped task back in the queue for the next daemon to claim; returns the status it had.
+
+    The one way every resume does it: no lease is left (the claim gives a new one) and no status
+    message; `daemon_id` still names the daemon that last ran the task.
+    """
+    previous = task.status
+    task.status = TaskStatus.PENDING.value
+    task.lease_expire_time = None
+    task.status_message = ""
+    task.version += 1
+    task.update_time = tx.now
+    return previous
 
 
 async def new_task(
