@@ -37,7 +37,7 @@ def worktree_request(spec: resources_pb2.WorktreeSpec) -> WorktreeRequest | None
     return WorktreeRequest(repository=repository, ref=spec.ref or None, placement=placement)
 
 
-def _mode(value: int) -> code.RewindMode:
+def _mode(value: pb.RewindMode.ValueType) -> code.RewindMode:
     modes = {
         pb.REWIND_MODE_CODE: code.RewindMode.CODE,
         pb.REWIND_MODE_CONVERSATION: code.RewindMode.CONVERSATION,

@@ -41,11 +41,12 @@ class LeaseSweeper(Periodic):
                 owners = await store.owners_with_expired_leases(session, now=utcnow(), limit=OWNERS_PER_ROUND)
             interrupt = functools.partial(work.interrupt_expired, limit=BATCH)
             counts = [await self.rt.mutate_for_owner(owner, interrupt) for owner in owners]
-            swept += sum(counts)
+            interrupted = sum(counts)
+            swept += interrupted
             # Go on only while there may be more and this round made progress: rows that another
             # process holds locked are its to sweep.
             more = len(owners) == OWNERS_PER_ROUND or BATCH in counts
-            if not (more and sum(counts)):
+            if not (more and interrupted):
                 return swept
 
     async def run_once(self) -> None:

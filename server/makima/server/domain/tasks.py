@@ -1,4 +1,4 @@
-"""Task use cases: create and read."""
+"""Task use cases (create, read) and the rules of a task's state that every use case shares."""
 
 from __future__ import annotations
 
