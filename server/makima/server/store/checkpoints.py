@@ -5,19 +5,26 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVarTuple
 
-from sqlalchemy import Row, Select, Table, and_, or_, select
+from sqlalchemy import Row, Select, SQLColumnExpression, Table, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
-from makima.server.store.models import ConversationSnapshot, TaskCheckpoint
+from makima.server.store.models import ConversationSnapshot, TaskCheckpoint, table_of
 
 NewestKey = tuple[datetime, uuid.UUID]
+_Ts = TypeVarTuple("_Ts")
 
 
 def newest_first(
-    stmt: Select[Any], create_time: Any, row_id: Any, *, before: NewestKey | None, limit: int
-) -> Select[Any]:
+    stmt: Select[*_Ts],
+    create_time: SQLColumnExpression[datetime],
+    row_id: SQLColumnExpression[uuid.UUID],
+    *,
+    before: NewestKey | None,
+    limit: int,
+) -> Select[*_Ts]:
     """`stmt` ordered newest first by (create_time, id), from just after the keyset `before`."""
     if before is not None:
         time, last_id = before
@@ -44,7 +51,7 @@ async def checkpoint_page(
     session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, before: NewestKey | None, limit: int
 ) -> list[Row[Any]]:
     return await _newest_first(
-        session, TaskCheckpoint.__table__, owner_id=owner_id, task_id=task_id, before=before, limit=limit
+        session, table_of(TaskCheckpoint), owner_id=owner_id, task_id=task_id, before=before, limit=limit
     )
 
 
@@ -52,7 +59,7 @@ async def snapshot_page(
     session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, before: NewestKey | None, limit: int
 ) -> list[Row[Any]]:
     return await _newest_first(
-        session, ConversationSnapshot.__table__, owner_id=owner_id, task_id=task_id, before=before, limit=limit
+        session, table_of(ConversationSnapshot), owner_id=owner_id, task_id=task_id, before=before, limit=limit
     )
 
 
@@ -62,7 +69,7 @@ async def get_snapshot(
     return (
         await session.execute(
             select(ConversationSnapshot).where(
-                ConversationSnapshot.id == snapshot_id, ConversationSnapshot.owner_id == owner_id
+                col(ConversationSnapshot.id) == snapshot_id, col(ConversationSnapshot.owner_id) == owner_id
             )
         )
     ).scalar_one_or_none()
@@ -73,7 +80,9 @@ async def get_checkpoint(
 ) -> TaskCheckpoint | None:
     return (
         await session.execute(
-            select(TaskCheckpoint).where(TaskCheckpoint.id == checkpoint_id, TaskCheckpoint.owner_id == owner_id)
+            select(TaskCheckpoint).where(
+                col(TaskCheckpoint.id) == checkpoint_id, col(TaskCheckpoint.owner_id) == owner_id
+            )
         )
     ).scalar_one_or_none()
 
@@ -91,12 +100,12 @@ async def newest_at_or_before(
     stmt = (
         select(TaskCheckpoint)
         .where(
-            TaskCheckpoint.owner_id == owner_id,
-            TaskCheckpoint.task_id == task_id,
-            TaskCheckpoint.message_count <= message_count,
-            TaskCheckpoint.kind.not_in(excluded_kinds),
+            col(TaskCheckpoint.owner_id) == owner_id,
+            col(TaskCheckpoint.task_id) == task_id,
+            col(TaskCheckpoint.message_count) <= message_count,
+            col(TaskCheckpoint.kind).not_in(excluded_kinds),
         )
-        .order_by(TaskCheckpoint.create_time.desc(), TaskCheckpoint.id.desc())
+        .order_by(col(TaskCheckpoint.create_time).desc(), col(TaskCheckpoint.id).desc())
         .limit(1)
     )
     return (await session.execute(stmt)).scalar_one_or_none()

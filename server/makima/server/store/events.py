@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
 from makima.server.store.filters import AT_OR_AFTER, BEFORE, IS_IN, Filter, Predicate
-from makima.server.store.models import Task, TaskEvent
+from makima.server.store.models import Task, TaskEvent, table_of
 from makima.server.store.types import json_text
 
-_table = TaskEvent.__table__
-_tasks = Task.__table__
+_table = table_of(TaskEvent)
+_tasks = table_of(Task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +127,7 @@ async def insert_new(
 
 async def contents(
     session: AsyncSession, *, owner_id: uuid.UUID, task_id: uuid.UUID, sequences: Collection[int]
-) -> list[Row[Any]]:
+) -> list[Row[int, str, str, dict[str, Any] | None, datetime]]:
     """The stored content of the listed events of a task, in sequence order: to compare resends with."""
     if not sequences:
         return []

@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import Row, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
-from makima.server.store.models import ObjectPack
+from makima.server.store.models import ObjectPack, table_of
 
-_table = ObjectPack.__table__
+_table = table_of(ObjectPack)
 _c = _table.c
 
 
-async def list_packs(session: AsyncSession, *, owner_id: uuid.UUID) -> list[Row[Any]]:
+async def list_packs(session: AsyncSession, *, owner_id: uuid.UUID) -> list[Row[str, int, int, datetime]]:
     """(name, object_count, byte_size, create_time) of every pack of the owner, without their bytes."""
     stmt = select(_c.name, _c.object_count, _c.byte_size, _c.create_time).where(_c.owner_id == owner_id)
     return list((await session.execute(stmt)).all())
@@ -66,4 +65,4 @@ async def put_pack(
 async def remove_pack(session: AsyncSession, *, owner_id: uuid.UUID, name: str) -> bool:
     """Delete one pack of the owner; returns whether it existed."""
     result = await session.execute(delete(_table).where(_c.owner_id == owner_id, _c.name == name))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)  # type: ignore[attr-defined]  # a DML statement returns a CursorResult, typed Result
