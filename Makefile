@@ -40,6 +40,7 @@ lint: $(STAMP) $(BUF)
 	$(BIN)/python scripts/unasync.py --check
 	$(BIN)/ruff check server clients/python scripts tests bench
 	$(BIN)/ruff format --check server clients/python scripts tests bench
+	$(BIN)/mypy
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py
@@ -52,4 +53,4 @@ bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .ruff_cache dist build
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache .mypy_cache dist build

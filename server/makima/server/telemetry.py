@@ -177,12 +177,12 @@ def tracer_provider_from_env() -> TracerProvider | None:
         return None
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME") or "makima-server"})
     provider = TracerProvider(resource=resource)
     for name in exporter_names:
-        exporter: Any
+        exporter: SpanExporter
         if name == "console":
             exporter = ConsoleSpanExporter()
         elif name == "otlp":

@@ -222,9 +222,9 @@ def _table(columns: list[Column], rows: list[Any], view: View) -> list[str]:
     if not view.wide:
         for i, column in enumerate(columns):
             if column.is_id:
-                length = unique_prefix_length([cells[i] for cells in body if cells[i]])
-                for cells in body:
-                    cells[i] = cells[i][:length]
+                length = unique_prefix_length([row_cells[i] for row_cells in body if row_cells[i]])
+                for row_cells in body:
+                    row_cells[i] = row_cells[i][:length]
     cells = [[column.header for column in columns], *body]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     if view.width is not None and not view.wide:

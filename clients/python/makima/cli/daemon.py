@@ -16,7 +16,7 @@ import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from makima.cli._render import enum_names
 from makima.client import AsyncClient
@@ -26,6 +26,7 @@ from makima.v1 import resources_pb2
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 USAGE_EXIT = 2
 _KINDS = enum_names(resources_pb2.TaskKind.DESCRIPTOR)
+_Parser = TypeVar("_Parser", bound=argparse.ArgumentParser)
 
 _DESCRIPTION = """\
 Register as a daemon, claim tasks and run COMMAND through the shell for each one: in DIR/<task id>,
@@ -71,7 +72,7 @@ def _task_count(text: str) -> int:
 
 
 def add_commands(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    commands: argparse._SubParsersAction[_Parser],
     *,
     global_options: Callable[[argparse.ArgumentParser], None],
     examples: Callable[[Sequence[str]], str],
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace, connection: dict[str, Any]) -> int:
             command=args.shell_command,
             directory=args.dir,
             name=args.name,
-            kinds=tuple(_KINDS[kind] for kind in args.kinds or ()),
+            kinds=tuple(resources_pb2.TaskKind.ValueType(_KINDS[kind]) for kind in args.kinds or ()),
             once=args.once,
             until_idle=args.until_idle,
             max_tasks=args.max_tasks,

@@ -283,7 +283,8 @@ def _all_pages(call: Paged[Any, Any, Any], field: str, *, limit: int | None = No
             del getattr(merged, field)[limit:]
             break
     merged.next_page_token = ""
-    return merged  # type: ignore[no-any-return]
+    first_page: Message = merged
+    return first_page
 
 
 # Contracts and their supervisor
@@ -894,8 +895,8 @@ def _config_get_contexts(p: argparse.ArgumentParser) -> LocalRun:
         table = [headers] + [
             [
                 "*" if r["current"] else "",
-                r["name"],
-                r["address"],
+                str(r["name"]),
+                str(r["address"]),
                 "set" if r["api_key_set"] else "",
                 "yes" if r["tls_ca"] or r["tls_cert"] else "",
             ]

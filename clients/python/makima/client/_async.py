@@ -29,6 +29,7 @@ from makima.client._requests import (
     build_request,
     pack_file,
     push_header,
+    request_iterator,
     with_page_token,
 )
 from makima.v1 import (
@@ -113,7 +114,7 @@ class AsyncPaged(AsyncUnary[Req, Resp], Generic[Req, Resp, Item]):
         while True:
             page = await self(page_request, timeout=timeout)
             yield page
-            token: str = page.next_page_token  # type: ignore[attr-defined]
+            token: str = page.next_page_token  # type: ignore[attr-defined]  # every List response has it
             if not token:
                 return
             page_request = with_page_token(page_request, token)
@@ -452,7 +453,7 @@ class AsyncClient:
         """
         result: daemon_pb2.RecordTaskEventsResponse = await self._invoke(
             lambda remaining: self._daemon.RecordTaskEvents(
-                iter(requests) if isinstance(requests, Sequence) else requests,
+                request_iterator(requests),
                 timeout=remaining,
                 metadata=self._metadata,
             ),

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
 import grpc
-from google.rpc import error_details_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 FieldViolation: TypeAlias = error_details_pb2.BadRequest.FieldViolation
@@ -102,19 +102,19 @@ _BY_CODE: dict[grpc.StatusCode, type[MakimaError]] = {
 
 def error_from_rpc(err: grpc.RpcError) -> MakimaError:
     """The typed error of a failed call (sync or grpc.aio), decoded from its rich status."""
-    call: grpc.Call = err  # every RpcError a call raises is also its Call
-    code = call.code()
-    message = call.details() or ""
+    code = err.code()
+    message = err.details() or ""
     info = error_details_pb2.ErrorInfo()
     bad_request = error_details_pb2.BadRequest()
+    status: status_pb2.Status | None
     try:
-        status = rpc_status.from_call(call)
+        # from_call reads only code(), details() and trailing_metadata(), which every RpcError has; its
+        # stubs ask for a grpc.Call, which grpc.aio's errors are not.
+        status = rpc_status.from_call(err)  # type: ignore[arg-type]
     except ValueError:  # trailers that contradict the status line: trust the status line only
         status = None
     for detail in status.details if status is not None else ():
-        if detail.Is(info.DESCRIPTOR):
-            detail.Unpack(info)
-        elif detail.Is(bad_request.DESCRIPTOR):
+        if not detail.Unpack(info):  # Unpack fills a message only from a detail of its own type
             detail.Unpack(bad_request)
     return _BY_CODE.get(code, MakimaError)(
         code,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 import os
 import uuid
-from typing import Any, BinaryIO, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import Any, BinaryIO, TypeVar, overload
 
 from google.protobuf.message import Message
 
@@ -14,6 +15,7 @@ from makima.v1 import daemon_pb2, history_pb2, resources_pb2
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
 Item = TypeVar("Item", bound=Message)
+T = TypeVar("T")
 
 
 def build_request(request_type: type[Req], request: Req | None, fields: dict[str, Any]) -> Req:
@@ -27,9 +29,20 @@ def build_request(request_type: type[Req], request: Req | None, fields: dict[str
     built = request_type(**fields)
     if request is not None:
         built.CopyFrom(request)  # a copy: the caller's message is never changed
+    # `Message` declares no fields: request_id is known to exist only once the descriptor says so.
     if "request_id" in built.DESCRIPTOR.fields_by_name and not built.request_id:  # type: ignore[attr-defined]
         built.request_id = str(uuid.uuid4())  # type: ignore[attr-defined]
     return built
+
+
+@overload
+def request_iterator(requests: Iterable[T]) -> Iterator[T]: ...
+@overload
+def request_iterator(requests: AsyncIterable[T]) -> AsyncIterator[T]: ...
+def request_iterator(requests: Iterable[T] | AsyncIterable[T]) -> Iterator[T] | AsyncIterator[T]:
+    """A fresh iterator over the requests of a client stream for each attempt of the call (grpc reads
+    an iterator; a list or tuple is sent whole again on a retry)."""
+    return iter(requests) if isinstance(requests, Iterable) else aiter(requests)
 
 
 def pack_file(pack: bytes | BinaryIO) -> BinaryIO:
@@ -51,7 +64,7 @@ def with_page_token(request: Req, token: str) -> Req:
     """A copy of a List/Get request asking for the page after `token`."""
     page = type(request)()
     page.CopyFrom(request)
-    page.page_token = token  # type: ignore[attr-defined]
+    page.page_token = token  # type: ignore[attr-defined]  # every List request has it; `Message` declares none
     return page
 
 

@@ -28,6 +28,7 @@ from makima.client._requests import (
     build_request,
     pack_file,
     push_header,
+    request_iterator,
     with_page_token,
 )
 from makima.v1 import (
@@ -110,7 +111,7 @@ class Paged(Unary[Req, Resp], Generic[Req, Resp, Item]):
         while True:
             page = self(page_request, timeout=timeout)
             yield page
-            token: str = page.next_page_token  # type: ignore[attr-defined]
+            token: str = page.next_page_token  # type: ignore[attr-defined]  # every List response has it
             if not token:
                 return
             page_request = with_page_token(page_request, token)
@@ -448,7 +449,7 @@ class Client:
         """
         result: daemon_pb2.RecordTaskEventsResponse = self._invoke(
             lambda remaining: self._daemon.RecordTaskEvents(
-                iter(requests) if isinstance(requests, Sequence) else requests,
+                request_iterator(requests),
                 timeout=remaining,
                 metadata=self._metadata,
             ),

@@ -36,7 +36,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeAlias, TypeVar
 
 from google.protobuf import duration_pb2, struct_pb2, timestamp_pb2
 
@@ -49,7 +49,7 @@ from makima.worktree import GitError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-Status = resources_pb2.TaskStatus.ValueType
+Status: TypeAlias = resources_pb2.TaskStatus.ValueType
 
 COMPLETED = resources_pb2.TASK_STATUS_COMPLETED
 FAILED = resources_pb2.TASK_STATUS_FAILED

@@ -16,7 +16,7 @@ import stat
 from dataclasses import dataclass
 
 from dulwich.objects import ObjectID, valid_hexsha
-from dulwich.refs import check_ref_format, read_packed_refs
+from dulwich.refs import Ref, check_ref_format, read_packed_refs
 
 from makima.worktree import _fs
 
@@ -107,7 +107,7 @@ def _resolve_head(git_fd: int, common_fd: int, head: bytes) -> ObjectID | None:
         if not value.startswith(b"ref: "):
             return None
         name = value[len(b"ref: ") :].strip()
-        if not check_ref_format(name):
+        if not check_ref_format(Ref(name)):
             return None
         loose = _read_loose_ref(common_fd, name)
         if loose is None and git_fd != common_fd:

@@ -52,6 +52,7 @@ class PackedObjects:
             try:
                 type_num, obj = pack.data.get_object_at(offset)
                 type_num, chunks = pack.resolve_object(offset, type_num, obj)
+                # dulwich types a resolved object as any unpacked form; resolved, it is a list of chunks.
                 return type_num, b"".join(chunks)  # type: ignore[arg-type]
             except (KeyError, PackFileDisappeared):
                 pass  # a base elsewhere, or the pack went: the store resolves it its own way

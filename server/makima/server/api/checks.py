@@ -134,7 +134,7 @@ def _text_problem(value: str, max_length: int) -> _Problem | None:
     return None
 
 
-def _struct_problem(value: Message, depth: int) -> _Problem | None:
+def _struct_problem(value: struct_pb2.Struct | struct_pb2.ListValue | struct_pb2.Value, depth: int) -> _Problem | None:
     """A Struct, ListValue or Value: nesting depth, NUL in keys and strings, NaN and infinities."""
     if isinstance(value, struct_pb2.Value):
         which = value.WhichOneof("kind")
@@ -158,7 +158,7 @@ def _struct_problem(value: Message, depth: int) -> _Problem | None:
                 problem[0].append(f".{_shown(key)}")
                 return problem
         return None
-    for i, item in enumerate(value.values):  # type: ignore[attr-defined]
+    for i, item in enumerate(value.values):
         problem = _struct_problem(item, depth)
         if problem is not None:
             problem[0].append(f"[{i}]")
@@ -200,8 +200,9 @@ def _rule(field: FieldDescriptor) -> _Rule:
             ("max_bytes", limits_pb2.max_bytes),
         )
     }
-    is_map = bool(field.message_type and field.message_type.GetOptions().map_entry)
-    kind = _kind(field.message_type.fields_by_name["value"] if is_map else field)
+    entry = field.message_type if field.message_type and field.message_type.GetOptions().map_entry else None
+    is_map = entry is not None
+    kind = _kind(entry.fields_by_name["value"] if entry is not None else field)
     default_length = DEFAULT_LIMITS.max_bytes_length if kind == "bytes" else DEFAULT_LIMITS.max_string_length
     return _Rule(
         name=field.name,
@@ -221,7 +222,7 @@ def _kind(field: FieldDescriptor) -> str:
         return "bytes"
     if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
         return "float"
-    if field.type != FieldDescriptor.TYPE_MESSAGE:
+    if field.type != FieldDescriptor.TYPE_MESSAGE or field.message_type is None:
         return "other"
     name = field.message_type.full_name
     if name in _STRUCTS:

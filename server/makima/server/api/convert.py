@@ -6,10 +6,9 @@ import functools
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from google.protobuf import struct_pb2, timestamp_pb2
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 
 from makima.server import git
 from makima.server.domain.contracts import ContractView
@@ -17,21 +16,26 @@ from makima.server.store import models
 from makima.v1 import daemon_pb2, task_fork_pb2
 from makima.v1 import resources_pb2 as pb
 
+if TYPE_CHECKING:
+    # The generic base of every generated enum class's metaclass; it exists in the stubs only.
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
 E = TypeVar("E", bound=StrEnum)
+V = TypeVar("V", bound=int)
 
 
 @functools.cache
-def _enum_numbers(wrapper: EnumTypeWrapper, prefix: str) -> dict[str, int]:
+def _enum_numbers(wrapper: _EnumTypeWrapper[Any], prefix: str) -> dict[str, int]:
     """Stored lowercase name -> enum number, built once per enum (a page converts it on every row)."""
     return {name.removeprefix(f"{prefix}_").lower(): int(number) for name, number in wrapper.items()}
 
 
-def enum_to_pb(wrapper: EnumTypeWrapper, prefix: str, value: str) -> int:
+def enum_to_pb(wrapper: _EnumTypeWrapper[V], prefix: str, value: str) -> V:
     """'pending' -> TASK_STATUS_PENDING (UNSPECIFIED for an unknown stored value)."""
-    return _enum_numbers(wrapper, prefix).get(value, 0)
+    return cast(V, _enum_numbers(wrapper, prefix).get(value, 0))
 
 
-def enum_from_pb(wrapper: EnumTypeWrapper, prefix: str, number: int, enum: type[E]) -> E | None:
+def enum_from_pb(wrapper: _EnumTypeWrapper[Any], prefix: str, number: int, enum: type[E]) -> E | None:
     """TASK_STATUS_PENDING -> TaskStatus.PENDING; None for UNSPECIFIED or unknown numbers."""
     try:
         name = wrapper.Name(number)

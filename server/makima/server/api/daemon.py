@@ -10,12 +10,12 @@ from datetime import UTC, timedelta
 from typing import Any
 
 from google.protobuf import duration_pb2, json_format
-from grpc import aio
 
 from makima.server import telemetry
 from makima.server.api import convert
 from makima.server.api.base import Servicer
 from makima.server.api.convert import enum_from_pb
+from makima.server.api.interceptor import ServicerContext
 from makima.server.api.paging import kinds
 from makima.server.api.validate import text_field, uuid_field
 from makima.server.domain import daemon_code, recording, work
@@ -85,7 +85,7 @@ def _conversation_target(request: Any) -> dict[str, uuid.UUID]:
     return {which: uuid_field(getattr(request, which), which)}
 
 
-def _claim_wait(request: pb.ClaimTaskRequest, context: aio.ServicerContext) -> float:
+def _claim_wait(request: pb.ClaimTaskRequest, context: ServicerContext) -> float:
     """Seconds the claim may wait: the requested wait, bounded by the maximum and the call deadline."""
     wait = request.wait
     if wait.seconds < 0 or not 0 <= wait.nanos < 1_000_000_000:
@@ -189,7 +189,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         self.recheck = recheck
 
     async def RegisterDaemon(
-        self, request: pb.RegisterDaemonRequest, context: aio.ServicerContext
+        self, request: pb.RegisterDaemonRequest, context: ServicerContext
     ) -> pb.RegisterDaemonResponse:
         inp = work.RegisterDaemonInput(
             name=text_field(request.name, "name"),
@@ -205,7 +205,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             lambda daemon: pb.RegisterDaemonResponse(daemon=convert.daemon(daemon), lease_duration=lease),
         )
 
-    async def Heartbeat(self, request: pb.HeartbeatRequest, context: aio.ServicerContext) -> pb.HeartbeatResponse:
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: ServicerContext) -> pb.HeartbeatResponse:
         inp = work.HeartbeatInput(
             daemon_id=uuid_field(request.daemon_id, "daemon_id"),
             task_ids=tuple(uuid_field(t, f"task_ids[{i}]") for i, t in enumerate(request.task_ids)),
@@ -222,7 +222,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
             ),
         )
 
-    async def ClaimTask(self, request: pb.ClaimTaskRequest, context: aio.ServicerContext) -> pb.ClaimTaskResponse:
+    async def ClaimTask(self, request: pb.ClaimTaskRequest, context: ServicerContext) -> pb.ClaimTaskResponse:
         """Not idempotent (the request has no request_id): a retried claim may take a second task."""
         inp = work.ClaimTaskInput(
             daemon_id=uuid_field(request.daemon_id, "daemon_id"),
@@ -237,7 +237,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         return _claimed(claimed)
 
     async def ReportTaskStatus(
-        self, request: pb.ReportTaskStatusRequest, context: aio.ServicerContext
+        self, request: pb.ReportTaskStatusRequest, context: ServicerContext
     ) -> pb.ReportTaskStatusResponse:
         inp = work.ReportTaskStatusInput(
             daemon_id=uuid_field(request.daemon_id, "daemon_id"),
@@ -255,7 +255,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         )
 
     async def RecordTaskEvents(
-        self, request_iterator: AsyncIterator[pb.RecordTaskEventsRequest], context: aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.RecordTaskEventsRequest], context: ServicerContext
     ) -> pb.RecordTaskEventsResponse:
         """The whole stream is stored in one transaction once it ends: all or nothing.
 
@@ -296,7 +296,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         return _events_recorded(recording.EventsRecorded(stored=0, duplicates=0, summary=summary))
 
     async def AppendMessages(
-        self, request: pb.AppendMessagesRequest, context: aio.ServicerContext
+        self, request: pb.AppendMessagesRequest, context: ServicerContext
     ) -> pb.AppendMessagesResponse:
         target = _conversation_target(request)
         if request.expected_next_index < 0:
@@ -326,7 +326,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         )
 
     async def PushCheckpoint(
-        self, request_iterator: AsyncIterator[pb.PushCheckpointRequest], context: aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.PushCheckpointRequest], context: ServicerContext
     ) -> pb.PushCheckpointResponse:
         """Checks first, then the pack, then one transaction; a retried request_id replays the first answer."""
         assert self.rt.objects is not None
@@ -353,7 +353,7 @@ class DaemonServicer(Servicer, daemon_pb2_grpc.DaemonServiceServicer):
         )
 
     async def FetchObjects(
-        self, request: pb.FetchObjectsRequest, context: aio.ServicerContext
+        self, request: pb.FetchObjectsRequest, context: ServicerContext
     ) -> AsyncIterator[pb.FetchObjectsResponse]:
         fetched = await self.call(daemon_code.fetch_objects, _fetch_input(request))
         async with aclosing(fetched.chunks) as chunks:

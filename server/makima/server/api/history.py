@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from google.protobuf.message import Message
-from grpc import aio
 
 from makima.server.api import convert
 from makima.server.api.base import Servicer
-from makima.server.api.interceptor import current_principal
+from makima.server.api.interceptor import ServicerContext, current_principal
 from makima.server.api.paging import (
     decode_token,
     encode_token,
@@ -65,7 +64,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         return await self._token(request, [last.create_time.isoformat(), str(last.id)])
 
     async def GetContractHistory(
-        self, request: pb.GetContractHistoryRequest, context: aio.ServicerContext
+        self, request: pb.GetContractHistoryRequest, context: ServicerContext
     ) -> pb.GetContractHistoryResponse:
         contract_id = uuid_field(request.contract_id, "contract_id")
         start, end = time_range(request)
@@ -103,7 +102,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         return await self._token(request, [page.messages.items[-1].position + 1])
 
     async def GetSupervisorConversation(
-        self, request: pb.GetSupervisorConversationRequest, context: aio.ServicerContext
+        self, request: pb.GetSupervisorConversationRequest, context: ServicerContext
     ) -> pb.GetSupervisorConversationResponse:
         page = await self._conversation(request, contract_id=uuid_field(request.contract_id, "contract_id"))
         return pb.GetSupervisorConversationResponse(
@@ -114,7 +113,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         )
 
     async def GetTaskConversation(
-        self, request: pb.GetTaskConversationRequest, context: aio.ServicerContext
+        self, request: pb.GetTaskConversationRequest, context: ServicerContext
     ) -> pb.GetTaskConversationResponse:
         page = await self._conversation(request, task_id=uuid_field(request.task_id, "task_id"))
         return pb.GetTaskConversationResponse(
@@ -125,7 +124,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         )
 
     async def ListConversationSnapshots(
-        self, request: pb.ListConversationSnapshotsRequest, context: aio.ServicerContext
+        self, request: pb.ListConversationSnapshotsRequest, context: ServicerContext
     ) -> pb.ListConversationSnapshotsResponse:
         task_id = uuid_field(request.task_id, "task_id")
         limit = page_size(request.page_size)
@@ -137,7 +136,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         )
 
     async def ListTaskEvents(
-        self, request: pb.ListTaskEventsRequest, context: aio.ServicerContext
+        self, request: pb.ListTaskEventsRequest, context: ServicerContext
     ) -> pb.ListTaskEventsResponse:
         task_id = uuid_field(request.task_id, "task_id")
         start, end = time_range(request)
@@ -156,7 +155,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         )
 
     async def ListCheckpoints(
-        self, request: pb.ListCheckpointsRequest, context: aio.ServicerContext
+        self, request: pb.ListCheckpointsRequest, context: ServicerContext
     ) -> pb.ListCheckpointsResponse:
         task_id = uuid_field(request.task_id, "task_id")
         limit = page_size(request.page_size)
@@ -168,7 +167,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         )
 
     async def ListContracts(
-        self, request: pb.ListContractsRequest, context: aio.ServicerContext
+        self, request: pb.ListContractsRequest, context: ServicerContext
     ) -> pb.ListContractsResponse:
         statuses = kinds(request.statuses, resources_pb2.ContractStatus, "CONTRACT_STATUS", "statuses")
         limit = page_size(request.page_size)
@@ -179,7 +178,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
             next_page_token=await self._next_newest(request, page, lambda view: view.contract),
         )
 
-    async def ListTasks(self, request: pb.ListTasksRequest, context: aio.ServicerContext) -> pb.ListTasksResponse:
+    async def ListTasks(self, request: pb.ListTasksRequest, context: ServicerContext) -> pb.ListTasksResponse:
         contract_id = optional_uuid(request.contract_id, "contract_id")
         statuses = kinds(request.statuses, resources_pb2.TaskStatus, "TASK_STATUS", "statuses")
         limit = page_size(request.page_size)
@@ -201,9 +200,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
             end_time=end,
         )
 
-    async def ListTimeline(
-        self, request: pb.ListTimelineRequest, context: aio.ServicerContext
-    ) -> pb.ListTimelineResponse:
+    async def ListTimeline(self, request: pb.ListTimelineRequest, context: ServicerContext) -> pb.ListTimelineResponse:
         where = self._filter(request)
         if request.after_cursor < 0:
             raise InvalidArgument.of("after_cursor", "must not be negative")
@@ -216,7 +213,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
         )
 
     async def StreamTimeline(
-        self, request: pb.StreamTimelineRequest, context: aio.ServicerContext
+        self, request: pb.StreamTimelineRequest, context: ServicerContext
     ) -> AsyncIterator[pb.StreamTimelineResponse]:
         where = self._filter(request)
         if request.after_cursor < 0:
@@ -242,7 +239,7 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
                 yield pb.StreamTimelineResponse(event=convert.timeline_event(item))
 
     async def GetTaskLineage(
-        self, request: pb.GetTaskLineageRequest, context: aio.ServicerContext
+        self, request: pb.GetTaskLineageRequest, context: ServicerContext
     ) -> pb.GetTaskLineageResponse:
         lineage = await self.call(
             history.task_lineage, history.TaskLineageInput(task_id=uuid_field(request.task_id, "task_id"))

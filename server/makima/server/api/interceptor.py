@@ -16,9 +16,9 @@ import contextvars
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -34,10 +34,14 @@ from makima.server.domain.runtime import Principal
 
 access_log = logging.getLogger("makima.server.access")
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("makima_principal")
+# The interceptor serves every method, whatever its message types.
+ServicerContext: TypeAlias = "aio.ServicerContext[Any, Any]"
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 # Health checks and reflection are open: load balancers and grpcurl call them without a key.
 _OPEN_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 # grpc's factory of each handler kind, by (request streaming, response streaming).
-_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+_FACTORIES: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, Any]]] = {
     (False, False): grpc.unary_unary_rpc_method_handler,
     (False, True): grpc.unary_stream_rpc_method_handler,
     (True, False): grpc.stream_unary_rpc_method_handler,
@@ -66,7 +70,7 @@ def current_principal() -> Principal:
     return _principal.get()
 
 
-def api_key_from(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
+def api_key_from(metadata: Iterable[tuple[str, str | bytes]] | None) -> str | None:
     """The key of `authorization: Bearer <key>` or `x-api-key: <key>`, if any."""
     for key, value in metadata or ():
         text = value.decode() if isinstance(value, bytes) else value
@@ -86,9 +90,7 @@ class ServiceInterceptor(aio.ServerInterceptor):
         self._tracer = tracer
 
     @contextlib.contextmanager
-    def _observed(
-        self, method: str, outcome: _Outcome, context: aio.ServicerContext, *, streaming: bool
-    ) -> Iterator[None]:
+    def _observed(self, method: str, outcome: _Outcome, context: ServicerContext, *, streaming: bool) -> Iterator[None]:
         """Around one call: its access-log line, its metrics and its span (each only when switched on)."""
         started = time.perf_counter()
         peer = context.peer()  # read now: grpc may crash reading it after a cancellation
@@ -123,9 +125,9 @@ class ServiceInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Request, _Response] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -140,7 +142,7 @@ class ServiceInterceptor(aio.ServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    async def _begin(self, request: Any, context: aio.ServicerContext, route: _Route) -> Any:
+    async def _begin(self, request: Any, context: ServicerContext, route: _Route) -> Any:
         """Authenticate, then hand over the request checked (a client stream: each message as it comes)."""
         if route.secured:
             _principal.set(await self._auth.authenticate(api_key_from(context.invocation_metadata())))
@@ -149,7 +151,7 @@ class ServiceInterceptor(aio.ServerInterceptor):
         return _checked(request, route.method)
 
     def _unary(self, behavior: Callable[..., Any], route: _Route) -> Callable[..., Any]:
-        async def handle(request: Any, context: aio.ServicerContext) -> Any:
+        async def handle(request: Any, context: ServicerContext) -> Any:
             outcome = _Outcome()
             received = request
             with self._observed(route.method, outcome, context, streaming=False):
@@ -168,7 +170,7 @@ class ServiceInterceptor(aio.ServerInterceptor):
         return handle
 
     def _stream(self, behavior: Callable[..., Any], route: _Route) -> Callable[..., Any]:
-        async def handle(request: Any, context: aio.ServicerContext) -> AsyncIterator[Any]:
+        async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
             outcome = _Outcome()
             with self._observed(route.method, outcome, context, streaming=True):
                 try:
@@ -248,7 +250,7 @@ class _Outcome:
     reason: str | None = None
     message: str | None = None
 
-    def failed(self, exc: BaseException, context: aio.ServicerContext, method: str) -> grpc.Status | None:
+    def failed(self, exc: BaseException, context: ServicerContext, method: str) -> grpc.Status | None:
         """Record how `exc` ended the call; the status to answer with, or None if the call has ended already."""
         if isinstance(exc, asyncio.CancelledError | GeneratorExit):
             self.code, self.reason = grpc.StatusCode.CANCELLED, "CANCELLED"

@@ -6,17 +6,21 @@ import base64
 import functools
 import json
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf.descriptor import Descriptor
-from google.protobuf.internal.enum_type_wrapper import EnumTypeWrapper
 from google.protobuf.message import Message
 
 from makima.server.domain.errors import InvalidArgument
 from makima.server.domain.page_tokens import PageTokenKeys, TokenScope
 from makima.server.domain.runtime import Principal
 from makima.server.store.checkpoints import NewestKey
+
+if TYPE_CHECKING:
+    # The generic base of every generated enum class's metaclass; it exists in the stubs only.
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -53,7 +57,7 @@ def _scope(request: Message, principal: Principal) -> TokenScope:
     bare = type(request)()
     bare.CopyFrom(request)
     for name in ("page_token", "page_size"):
-        bare.ClearField(name)  # type: ignore[arg-type]
+        bare.ClearField(name)
     return TokenScope(
         rpc=_rpc_of(bare.DESCRIPTOR),
         owner_id=principal.owner_id,
@@ -73,6 +77,7 @@ async def decode_token(keys: PageTokenKeys, request: Message, principal: Princip
 
     The key still goes through a strict check of its own (`token_position`, `token_newest`).
     """
+    # Every list request has `page_token`; `Message` declares no fields (hence the ignore).
     token: str = request.page_token  # type: ignore[attr-defined]
     if not token:
         return None
@@ -118,6 +123,7 @@ def token_newest(key: list[Any] | None) -> NewestKey | None:
 
 def time_range(request: Message) -> tuple[datetime | None, datetime | None]:
     """The optional [start_time, end_time) of a request; an inverted range is an error."""
+    # `Message` declares no fields, so reading these two by name needs the ignores.
     start = request.start_time.ToDatetime(tzinfo=UTC) if request.HasField("start_time") else None  # type: ignore[attr-defined]
     end = request.end_time.ToDatetime(tzinfo=UTC) if request.HasField("end_time") else None  # type: ignore[attr-defined]
     if start is not None and end is not None and start > end:
@@ -125,7 +131,7 @@ def time_range(request: Message) -> tuple[datetime | None, datetime | None]:
     return start, end
 
 
-def kinds(values: Any, wrapper: EnumTypeWrapper, prefix: str, field: str = "kinds") -> tuple[str, ...]:
+def kinds(values: Iterable[int], wrapper: _EnumTypeWrapper[Any], prefix: str, field: str = "kinds") -> tuple[str, ...]:
     """Repeated enum filter -> stored lowercase names; UNSPECIFIED or unknown numbers are errors
     naming `field` and the index."""
     out = []

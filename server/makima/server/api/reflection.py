@@ -9,12 +9,12 @@ serves both.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import resources
+from typing import Protocol
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
-from google.protobuf.descriptor import FileDescriptor
 from google.rpc import error_details_pb2, status_pb2
 from grpc import aio
 from grpc_health.v1 import health_pb2
@@ -27,7 +27,18 @@ Request = reflection_pb2.ServerReflectionRequest
 Response = reflection_pb2.ServerReflectionResponse
 
 
-def _proto_of(descriptor: FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
+class _FileDescriptor(Protocol):
+    """A file descriptor of either protobuf implementation: the stubs type some modules' `DESCRIPTOR`
+    as the pure-Python class and others as upb's."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def dependencies(self) -> Sequence[_FileDescriptor]: ...
+    def CopyToProto(self, proto: descriptor_pb2.FileDescriptorProto, /) -> None: ...
+
+
+def _proto_of(descriptor: _FileDescriptor) -> descriptor_pb2.FileDescriptorProto:
     proto = descriptor_pb2.FileDescriptorProto()
     descriptor.CopyToProto(proto)
     return proto
@@ -47,7 +58,7 @@ def _v1_file() -> descriptor_pb2.FileDescriptorProto:
     return proto
 
 
-def _with_imports(descriptor: FileDescriptor, files: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
+def _with_imports(descriptor: _FileDescriptor, files: dict[str, descriptor_pb2.FileDescriptorProto]) -> None:
     """Add `descriptor`'s file to `files` after its imports, keeping any file already there."""
     for dependency in descriptor.dependencies:
         _with_imports(dependency, files)
@@ -102,14 +113,17 @@ class DocumentedReflection(reflection.aio.ReflectionServicer):
             protos[:] = [self._files[name] for name in names]
         return response
 
+    # The three lookups extend private methods of grpcio-reflection, which its stubs leave out (hence the ignores).
     def _file_by_filename(self, request: Request, filename: str) -> Response:
-        return self._documented(super()._file_by_filename(request, filename))
+        return self._documented(super()._file_by_filename(request, filename))  # type: ignore[misc]
 
     def _file_containing_symbol(self, request: Request, fully_qualified_name: str) -> Response:
-        return self._documented(super()._file_containing_symbol(request, fully_qualified_name))
+        return self._documented(super()._file_containing_symbol(request, fully_qualified_name))  # type: ignore[misc]
 
     def _file_containing_extension(self, request: Request, containing_type: str, extension_number: int) -> Response:
-        return self._documented(super()._file_containing_extension(request, containing_type, extension_number))
+        return self._documented(
+            super()._file_containing_extension(request, containing_type, extension_number)  # type: ignore[misc]
+        )
 
 
 def add_reflection(service_names: Iterable[str], server: aio.Server) -> None:

@@ -5,10 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from grpc import aio
-
 from makima.server.api import convert
 from makima.server.api.base import Servicer
+from makima.server.api.interceptor import ServicerContext
 from makima.server.api.task_fork import worktree_request
 from makima.server.api.validate import text_field, uuid_field
 from makima.server.domain import contracts, supervisor
@@ -79,7 +78,7 @@ def _conversation_restored(done: supervisor.ConversationRestored) -> pb.RestoreC
 
 class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer):
     async def CreateContract(
-        self, request: pb.CreateContractRequest, context: aio.ServicerContext
+        self, request: pb.CreateContractRequest, context: ServicerContext
     ) -> pb.CreateContractResponse:
         inp = contracts.CreateContractInput(
             name=text_field(request.name, "name"),
@@ -94,14 +93,12 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
             lambda view: pb.CreateContractResponse(contract=convert.contract(view)),
         )
 
-    async def GetContract(self, request: pb.GetContractRequest, context: aio.ServicerContext) -> pb.GetContractResponse:
+    async def GetContract(self, request: pb.GetContractRequest, context: ServicerContext) -> pb.GetContractResponse:
         inp = contracts.GetContractInput(contract_id=uuid_field(request.contract_id, "contract_id"))
         view = await self.call(contracts.get_contract, inp)
         return pb.GetContractResponse(contract=convert.contract(view))
 
-    async def AdvancePhase(
-        self, request: pb.AdvancePhaseRequest, context: aio.ServicerContext
-    ) -> pb.AdvancePhaseResponse:
+    async def AdvancePhase(self, request: pb.AdvancePhaseRequest, context: ServicerContext) -> pb.AdvancePhaseResponse:
         inp = contracts.AdvancePhaseInput(
             contract_id=uuid_field(request.contract_id, "contract_id"),
             phase=text_field(request.phase, "phase"),
@@ -118,7 +115,7 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         )
 
     async def StartSupervisor(
-        self, request: pb.StartSupervisorRequest, context: aio.ServicerContext
+        self, request: pb.StartSupervisorRequest, context: ServicerContext
     ) -> pb.StartSupervisorResponse:
         inp = supervisor.StartSupervisorInput(
             contract_id=uuid_field(request.contract_id, "contract_id"),
@@ -136,7 +133,7 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         )
 
     async def ResumeSupervisor(
-        self, request: pb.ResumeSupervisorRequest, context: aio.ServicerContext
+        self, request: pb.ResumeSupervisorRequest, context: ServicerContext
     ) -> pb.ResumeSupervisorResponse:
         if request.mode not in _MODES:
             raise InvalidArgument.of("mode", "must be CONTINUE, RESTART_PHASE or FROM_CHECKPOINT")
@@ -158,7 +155,7 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         )
 
     async def RewindConversation(
-        self, request: pb.RewindConversationRequest, context: aio.ServicerContext
+        self, request: pb.RewindConversationRequest, context: ServicerContext
     ) -> pb.RewindConversationResponse:
         point = request.WhichOneof("point")
         inp = supervisor.RewindConversationInput(
@@ -173,7 +170,7 @@ class SupervisorServicer(Servicer, supervisor_pb2_grpc.SupervisorServiceServicer
         )
 
     async def RestoreConversation(
-        self, request: pb.RestoreConversationRequest, context: aio.ServicerContext
+        self, request: pb.RestoreConversationRequest, context: ServicerContext
     ) -> pb.RestoreConversationResponse:
         inp = supervisor.RestoreConversationInput(
             snapshot_id=uuid_field(request.snapshot_id, "snapshot_id"), expected_message_count=_expected(request)

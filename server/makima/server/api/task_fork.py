@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from grpc import aio
-
 from makima.server.api import convert
 from makima.server.api.base import Servicer
+from makima.server.api.interceptor import ServicerContext
 from makima.server.api.validate import optional_uuid, text_field, uuid_field
 from makima.server.domain import code, tasks
 from makima.server.domain.enums import WorktreePlacement
@@ -92,7 +91,7 @@ def _continued(done: code.Continued) -> pb.ContinueTaskResponse:
 
 
 class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
-    async def CreateTask(self, request: pb.CreateTaskRequest, context: aio.ServicerContext) -> pb.CreateTaskResponse:
+    async def CreateTask(self, request: pb.CreateTaskRequest, context: ServicerContext) -> pb.CreateTaskResponse:
         inp = tasks.CreateTaskInput(
             name=text_field(request.name, "name"),
             instructions=request.instructions,
@@ -108,12 +107,12 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             lambda t: pb.CreateTaskResponse(task=convert.task(t)),
         )
 
-    async def GetTask(self, request: pb.GetTaskRequest, context: aio.ServicerContext) -> pb.GetTaskResponse:
+    async def GetTask(self, request: pb.GetTaskRequest, context: ServicerContext) -> pb.GetTaskResponse:
         task = await self.call(tasks.get_task, tasks.GetTaskInput(task_id=uuid_field(request.task_id, "task_id")))
         return pb.GetTaskResponse(task=convert.task(task))
 
     async def CreateCheckpoint(
-        self, request: pb.CreateCheckpointRequest, context: aio.ServicerContext
+        self, request: pb.CreateCheckpointRequest, context: ServicerContext
     ) -> pb.CreateCheckpointResponse:
         inp = code.CreateCheckpointInput(
             task_id=uuid_field(request.task_id, "task_id"),
@@ -128,7 +127,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         )
 
     async def CompareCheckpoints(
-        self, request: pb.CompareCheckpointsRequest, context: aio.ServicerContext
+        self, request: pb.CompareCheckpointsRequest, context: ServicerContext
     ) -> pb.CompareCheckpointsResponse:
         inp = code.CompareCheckpointsInput(
             task_id=uuid_field(request.task_id, "task_id"),
@@ -142,7 +141,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             changes=[convert.file_change(c) for c in result.changes],
         )
 
-    async def RewindTask(self, request: pb.RewindTaskRequest, context: aio.ServicerContext) -> pb.RewindTaskResponse:
+    async def RewindTask(self, request: pb.RewindTaskRequest, context: ServicerContext) -> pb.RewindTaskResponse:
         inp = code.RewindTaskInput(
             task_id=uuid_field(request.task_id, "task_id"),
             checkpoint_id=uuid_field(request.checkpoint_id, "checkpoint_id"),
@@ -151,7 +150,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         )
         return await self.mutate(request, pb.RewindTaskResponse, code.rewind_task, inp, _rewound)
 
-    async def ResumeTask(self, request: pb.ResumeTaskRequest, context: aio.ServicerContext) -> pb.ResumeTaskResponse:
+    async def ResumeTask(self, request: pb.ResumeTaskRequest, context: ServicerContext) -> pb.ResumeTaskResponse:
         inp = code.ResumeTaskInput(task_id=uuid_field(request.task_id, "task_id"))
         return await self.mutate(
             request,
@@ -162,7 +161,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
         )
 
     async def ResumeTaskFromCheckpoint(
-        self, request: pb.ResumeTaskFromCheckpointRequest, context: aio.ServicerContext
+        self, request: pb.ResumeTaskFromCheckpointRequest, context: ServicerContext
     ) -> pb.ResumeTaskFromCheckpointResponse:
         inp = code.ResumeFromCheckpointInput(
             task_id=uuid_field(request.task_id, "task_id"),
@@ -172,9 +171,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             request, pb.ResumeTaskFromCheckpointResponse, code.resume_from_checkpoint, inp, _resumed_from_checkpoint
         )
 
-    async def CreateBranch(
-        self, request: pb.CreateBranchRequest, context: aio.ServicerContext
-    ) -> pb.CreateBranchResponse:
+    async def CreateBranch(self, request: pb.CreateBranchRequest, context: ServicerContext) -> pb.CreateBranchResponse:
         inp = code.CreateBranchInput(
             task_id=uuid_field(request.task_id, "task_id"),
             checkpoint_id=uuid_field(request.checkpoint_id, "checkpoint_id"),
@@ -189,7 +186,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             lambda branch: pb.CreateBranchResponse(ref=branch.ref, commit_sha=branch.commit_sha),
         )
 
-    async def ForkTask(self, request: pb.ForkTaskRequest, context: aio.ServicerContext) -> pb.ForkTaskResponse:
+    async def ForkTask(self, request: pb.ForkTaskRequest, context: ServicerContext) -> pb.ForkTaskResponse:
         point = request.WhichOneof("point")
         if point is None:
             raise InvalidArgument.of("checkpoint_id", "set checkpoint_id or message_index")
@@ -211,9 +208,7 @@ class TaskForkServicer(Servicer, task_fork_pb2_grpc.TaskForkServiceServicer):
             lambda forked: pb.ForkTaskResponse(task=convert.task(forked.task), commit_sha=forked.commit_sha),
         )
 
-    async def ContinueTask(
-        self, request: pb.ContinueTaskRequest, context: aio.ServicerContext
-    ) -> pb.ContinueTaskResponse:
+    async def ContinueTask(self, request: pb.ContinueTaskRequest, context: ServicerContext) -> pb.ContinueTaskResponse:
         inp = code.ContinueInput(
             task_id=uuid_field(request.task_id, "task_id"),
             name=text_field(request.name, "name", required=False),

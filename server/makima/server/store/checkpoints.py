@@ -5,20 +5,27 @@ from __future__ import annotations
 import uuid
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TypeVar, TypeVarTuple
 
-from sqlalchemy import Select, and_, or_, select
+from sqlalchemy import Select, SQLColumnExpression, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from makima.server.store.models import ConversationSnapshot, TaskCheckpoint
 
 NewestKey = tuple[datetime, uuid.UUID]
 Record = TypeVar("Record", TaskCheckpoint, ConversationSnapshot)
+_Ts = TypeVarTuple("_Ts")
 
 
 def newest_first(
-    stmt: Select[Any], create_time: Any, row_id: Any, *, before: NewestKey | None, limit: int
-) -> Select[Any]:
+    stmt: Select[*_Ts],
+    create_time: SQLColumnExpression[datetime],
+    row_id: SQLColumnExpression[uuid.UUID],
+    *,
+    before: NewestKey | None,
+    limit: int,
+) -> Select[*_Ts]:
     """`stmt` ordered newest first by (create_time, id), from just after the keyset `before`."""
     if before is not None:
         time, last_id = before
@@ -35,10 +42,9 @@ async def _newest_first(
     before: NewestKey | None,
     limit: int,
 ) -> list[Record]:
-    stmt = select(model).where(model.owner_id == owner_id, model.task_id == task_id)
-    return list(
-        (await session.execute(newest_first(stmt, model.create_time, model.id, before=before, limit=limit))).scalars()
-    )
+    stmt = select(model).where(col(model.owner_id) == owner_id, col(model.task_id) == task_id)
+    page = newest_first(stmt, col(model.create_time), col(model.id), before=before, limit=limit)
+    return list((await session.execute(page)).scalars())
 
 
 async def checkpoint_page(
@@ -61,7 +67,7 @@ async def get_snapshot(
     return (
         await session.execute(
             select(ConversationSnapshot).where(
-                ConversationSnapshot.id == snapshot_id, ConversationSnapshot.owner_id == owner_id
+                col(ConversationSnapshot.id) == snapshot_id, col(ConversationSnapshot.owner_id) == owner_id
             )
         )
     ).scalar_one_or_none()
@@ -72,7 +78,9 @@ async def get_checkpoint(
 ) -> TaskCheckpoint | None:
     return (
         await session.execute(
-            select(TaskCheckpoint).where(TaskCheckpoint.id == checkpoint_id, TaskCheckpoint.owner_id == owner_id)
+            select(TaskCheckpoint).where(
+                col(TaskCheckpoint.id) == checkpoint_id, col(TaskCheckpoint.owner_id) == owner_id
+            )
         )
     ).scalar_one_or_none()
 
@@ -90,12 +98,12 @@ async def newest_at_or_before(
     stmt = (
         select(TaskCheckpoint)
         .where(
-            TaskCheckpoint.owner_id == owner_id,
-            TaskCheckpoint.task_id == task_id,
-            TaskCheckpoint.message_count <= message_count,
-            TaskCheckpoint.kind.not_in(excluded_kinds),
+            col(TaskCheckpoint.owner_id) == owner_id,
+            col(TaskCheckpoint.task_id) == task_id,
+            col(TaskCheckpoint.message_count) <= message_count,
+            col(TaskCheckpoint.kind).not_in(excluded_kinds),
         )
-        .order_by(TaskCheckpoint.create_time.desc(), TaskCheckpoint.id.desc())
+        .order_by(col(TaskCheckpoint.create_time).desc(), col(TaskCheckpoint.id).desc())
         .limit(1)
     )
     return (await session.execute(stmt)).scalar_one_or_none()

@@ -10,10 +10,10 @@ from sqlalchemy import select, text, union
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
-from makima.server.store.models import Task, TaskCheckpoint
+from makima.server.store.models import Task, TaskCheckpoint, table_of
 
-_tasks = Task.__table__.c  # type: ignore[attr-defined]
-_checkpoints = TaskCheckpoint.__table__.c  # type: ignore[attr-defined]
+_tasks = table_of(Task).c
+_checkpoints = table_of(TaskCheckpoint).c
 
 
 async def commit_roots(session: AsyncSession, *, owner_id: uuid.UUID) -> list[str]:

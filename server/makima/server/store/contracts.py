@@ -6,19 +6,21 @@ import uuid
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from makima.server.store.checkpoints import NewestKey, newest_first
 from makima.server.store.models import Contract, SupervisorState
 
 # Built once: building a statement and its cache key on every call cost more CPU than running it.
-_BY_ID = (Contract.id == bindparam("contract_id")) & (Contract.owner_id == bindparam("owner_id"))
+_BY_ID = (col(Contract.id) == bindparam("contract_id")) & (col(Contract.owner_id) == bindparam("owner_id"))
 _GET = select(Contract).where(_BY_ID)
 _GET_FOR_UPDATE = _GET.with_for_update()
 _GET_WITH_SUPERVISOR = (
-    select(Contract, SupervisorState.task_id)
+    select(Contract, col(SupervisorState.task_id))
     .outerjoin(
         SupervisorState,
-        (SupervisorState.contract_id == Contract.id) & (SupervisorState.owner_id == Contract.owner_id),
+        (col(SupervisorState.contract_id) == col(Contract.id))
+        & (col(SupervisorState.owner_id) == col(Contract.owner_id)),
     )
     .where(_BY_ID)
 )
@@ -46,7 +48,7 @@ async def supervisor_state(
     return (
         await session.execute(
             select(SupervisorState).where(
-                SupervisorState.contract_id == contract_id, SupervisorState.owner_id == owner_id
+                col(SupervisorState.contract_id) == contract_id, col(SupervisorState.owner_id) == owner_id
             )
         )
     ).scalar_one_or_none()
@@ -56,12 +58,14 @@ async def page(
     session: AsyncSession, *, owner_id: uuid.UUID, statuses: tuple[str, ...], before: NewestKey | None, limit: int
 ) -> list[Contract]:
     """The owner's contracts newest first, by (create_time, id) keyset, optionally in some statuses."""
-    stmt = select(Contract).where(Contract.owner_id == owner_id)
+    stmt = select(Contract).where(col(Contract.owner_id) == owner_id)
     if statuses:
-        stmt = stmt.where(Contract.status.in_(statuses))  # type: ignore[attr-defined]
+        stmt = stmt.where(col(Contract.status).in_(statuses))
     return list(
         (
-            await session.execute(newest_first(stmt, Contract.create_time, Contract.id, before=before, limit=limit))
+            await session.execute(
+                newest_first(stmt, col(Contract.create_time), col(Contract.id), before=before, limit=limit)
+            )
         ).scalars()
     )
 
@@ -73,9 +77,9 @@ async def supervisor_tasks(
     if not contract_ids:
         return {}
     rows = await session.execute(
-        select(SupervisorState.contract_id, SupervisorState.task_id).where(
-            SupervisorState.owner_id == owner_id,
-            SupervisorState.contract_id.in_(contract_ids),  # type: ignore[attr-defined]
+        select(col(SupervisorState.contract_id), col(SupervisorState.task_id)).where(
+            col(SupervisorState.owner_id) == owner_id,
+            col(SupervisorState.contract_id).in_(contract_ids),
         )
     )
     return {contract_id: task_id for contract_id, task_id in rows.all() if task_id is not None}

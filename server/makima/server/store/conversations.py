@@ -12,12 +12,12 @@ from sqlalchemy import and_, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
-from makima.server.store.models import Conversation, ConversationMessage, Task
+from makima.server.store.models import Conversation, ConversationMessage, Task, table_of
 from makima.server.store.types import json_text
 
-_conversations = Conversation.__table__
-_messages = ConversationMessage.__table__
-_tasks = Task.__table__
+_conversations = table_of(Conversation)
+_messages = table_of(ConversationMessage)
+_tasks = table_of(Task)
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
 from makima.server.store.filters import AT_OR_AFTER, BEFORE, IS_IN, Filter, Predicate
-from makima.server.store.models import Task, TaskEvent
+from makima.server.store.models import Task, TaskEvent, table_of
 from makima.server.store.types import json_text
 
-_table = TaskEvent.__table__
-_tasks = Task.__table__
+_table = table_of(TaskEvent)
+_tasks = table_of(Task)
 
 
 @dataclass(frozen=True, slots=True)

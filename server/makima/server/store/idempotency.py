@@ -7,16 +7,17 @@ from datetime import datetime
 
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
-from makima.server.store.models import IdempotencyKey
+from makima.server.store.models import IdempotencyKey, table_of
 
 # Built once: building a statement and its cache key on every call cost more CPU than running it.
 _FIND = select(IdempotencyKey).where(
-    IdempotencyKey.owner_id == bindparam("owner_id"),
-    IdempotencyKey.method == bindparam("method"),
-    IdempotencyKey.request_id == bindparam("request_id"),
+    col(IdempotencyKey.owner_id) == bindparam("owner_id"),
+    col(IdempotencyKey.method) == bindparam("method"),
+    col(IdempotencyKey.request_id) == bindparam("request_id"),
 )
-_ADD = insert(IdempotencyKey.__table__)
+_ADD = insert(table_of(IdempotencyKey))
 
 
 async def find(

@@ -19,6 +19,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
     text,
@@ -40,6 +41,12 @@ metadata: MetaData = SQLModel.metadata
 
 def _time(**kw: Any) -> Any:
     return Field(default_factory=utcnow, sa_type=UTCDateTime, **kw)
+
+
+def table_of(model: type[SQLModel]) -> Table:
+    """The Core table of a table model, for statements that bypass the ORM on hot paths."""
+    table: Table = model.__table__  # type: ignore[attr-defined]  # set by SQLModel's metaclass, not declared
+    return table
 
 
 class Owner(SQLModel, table=True):

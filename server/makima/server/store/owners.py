@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from makima.server.store.models import ApiKey, Owner
 
@@ -22,7 +23,7 @@ async def ensure_owner(session: AsyncSession, *, owner_id: uuid.UUID, name: str 
 
 
 async def find_owner_by_name(session: AsyncSession, *, name: str) -> Owner | None:
-    return (await session.execute(select(Owner).where(Owner.name == name))).scalar_one_or_none()
+    return (await session.execute(select(Owner).where(col(Owner.name) == name))).scalar_one_or_none()
 
 
 async def find_owner(session: AsyncSession, *, ref: str) -> Owner | None:
@@ -55,9 +56,9 @@ async def find_active_key(session: AsyncSession, *, key_hash: str, now: datetime
     return (
         await session.execute(
             select(ApiKey).where(
-                ApiKey.key_hash == key_hash,
-                ApiKey.revoke_time.is_(None),
-                or_(ApiKey.expire_time.is_(None), ApiKey.expire_time > now),
+                col(ApiKey.key_hash) == key_hash,
+                col(ApiKey.revoke_time).is_(None),
+                or_(col(ApiKey.expire_time).is_(None), col(ApiKey.expire_time) > now),
             )
         )
     ).scalar_one_or_none()
@@ -65,10 +66,10 @@ async def find_active_key(session: AsyncSession, *, key_hash: str, now: datetime
 
 async def list_api_keys(session: AsyncSession, *, owner_id: uuid.UUID | None = None) -> Sequence[tuple[ApiKey, Owner]]:
     """Every key (of one owner, if given) with its owner, oldest first."""
-    query = select(ApiKey, Owner).join(Owner, Owner.id == ApiKey.owner_id)
+    query = select(ApiKey, Owner).join(Owner, col(Owner.id) == col(ApiKey.owner_id))
     if owner_id is not None:
-        query = query.where(ApiKey.owner_id == owner_id)
-    rows = await session.execute(query.order_by(ApiKey.create_time, ApiKey.id))
+        query = query.where(col(ApiKey.owner_id) == owner_id)
+    rows = await session.execute(query.order_by(col(ApiKey.create_time), col(ApiKey.id)))
     return [(key, owner) for key, owner in rows.tuples()]
 
 
@@ -78,6 +79,6 @@ async def revoke_api_key(session: AsyncSession, *, key_id: uuid.UUID, now: datet
     if key is None:
         return False
     await session.execute(
-        update(ApiKey).where(ApiKey.id == key_id, ApiKey.revoke_time.is_(None)).values(revoke_time=now)
+        update(ApiKey).where(col(ApiKey.id) == key_id, col(ApiKey.revoke_time).is_(None)).values(revoke_time=now)
     )
     return True

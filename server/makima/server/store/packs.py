@@ -15,9 +15,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
-from makima.server.store.models import ObjectPack
+from makima.server.store.models import ObjectPack, table_of
 
-_table = ObjectPack.__table__
+_table = table_of(ObjectPack)
 _c = _table.c
 
 
@@ -75,4 +75,4 @@ async def put_pack(
 async def remove_pack(session: AsyncSession, *, owner_id: uuid.UUID, name: str) -> bool:
     """Delete one pack of the owner; returns whether it existed."""
     result = await session.execute(delete(_table).where(_c.owner_id == owner_id, _c.name == name))
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(result.rowcount)  # type: ignore[attr-defined]  # a DML statement returns a CursorResult, typed Result

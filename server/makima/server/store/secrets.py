@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from makima.server.store.engine import dialect_of
 from makima.server.store.models import ServerSecret
@@ -29,7 +30,9 @@ async def lock(session: AsyncSession) -> None:
 async def of_purpose(session: AsyncSession, *, purpose: str) -> list[ServerSecret]:
     """Every secret of a purpose, oldest first (the last one is the newest)."""
     stmt = (
-        select(ServerSecret).where(ServerSecret.purpose == purpose).order_by(ServerSecret.create_time, ServerSecret.id)
+        select(ServerSecret)
+        .where(col(ServerSecret.purpose) == purpose)
+        .order_by(col(ServerSecret.create_time), col(ServerSecret.id))
     )
     return list((await session.execute(stmt)).scalars())
 
@@ -46,6 +49,6 @@ async def remove(session: AsyncSession, *, purpose: str, ids: Collection[uuid.UU
     if not ids:
         return 0
     result = await session.execute(
-        delete(ServerSecret).where(ServerSecret.purpose == purpose, ServerSecret.id.in_(ids))
+        delete(ServerSecret).where(col(ServerSecret.purpose) == purpose, col(ServerSecret.id).in_(ids))
     )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    return int(result.rowcount)  # type: ignore[attr-defined]  # a DML statement returns a CursorResult, typed Result

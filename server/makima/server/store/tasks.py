@@ -6,12 +6,13 @@ import uuid
 
 from sqlalchemy import bindparam, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from makima.server.store.checkpoints import NewestKey, newest_first
 from makima.server.store.models import Task
 
 # Built once: building a statement and its cache key on every call cost more CPU than running it.
-_GET = select(Task).where(Task.id == bindparam("task_id"), Task.owner_id == bindparam("owner_id"))
+_GET = select(Task).where(col(Task.id) == bindparam("task_id"), col(Task.owner_id) == bindparam("owner_id"))
 _GET_FOR_UPDATE = _GET.with_for_update()
 
 
@@ -27,11 +28,11 @@ async def related(session: AsyncSession, *, owner_id: uuid.UUID, task_ids: set[u
     if not task_ids:
         return []
     stmt = select(Task).where(
-        Task.owner_id == owner_id,
+        col(Task.owner_id) == owner_id,
         or_(
-            Task.forked_from_task_id.in_(task_ids),
-            Task.continued_from_task_id.in_(task_ids),
-            Task.parent_task_id.in_(task_ids),
+            col(Task.forked_from_task_id).in_(task_ids),
+            col(Task.continued_from_task_id).in_(task_ids),
+            col(Task.parent_task_id).in_(task_ids),
         ),
     )
     return list((await session.execute(stmt)).scalars())
@@ -48,11 +49,13 @@ async def page(
 ) -> list[Task]:
     """The owner's tasks newest first, by (create_time, id) keyset, optionally of one contract or in
     some statuses."""
-    stmt = select(Task).where(Task.owner_id == owner_id)
+    stmt = select(Task).where(col(Task.owner_id) == owner_id)
     if contract_id is not None:
-        stmt = stmt.where(Task.contract_id == contract_id)
+        stmt = stmt.where(col(Task.contract_id) == contract_id)
     if statuses:
-        stmt = stmt.where(Task.status.in_(statuses))  # type: ignore[attr-defined]
+        stmt = stmt.where(col(Task.status).in_(statuses))
     return list(
-        (await session.execute(newest_first(stmt, Task.create_time, Task.id, before=before, limit=limit))).scalars()
+        (
+            await session.execute(newest_first(stmt, col(Task.create_time), col(Task.id), before=before, limit=limit))
+        ).scalars()
     )

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from makima.server.store.engine import dialect_of
 from makima.server.store.filters import AT_OR_AFTER, BEFORE, EQUALS, IS_IN, Filter, Predicate
-from makima.server.store.models import Contract, HistoryEvent, Owner
+from makima.server.store.models import Contract, HistoryEvent, Owner, table_of
 from makima.server.store.types import json_text
 
 NOTIFY_CHANNEL = "makima_timeline"
@@ -90,7 +90,7 @@ async def append(
     phases = await _contract_phases(
         session, owner_id=owner_id, contract_ids={e.contract_id for e in events if e.phase is None and e.contract_id}
     )
-    table = Owner.__table__
+    table = table_of(Owner)
     result = await session.execute(
         update(table)
         .where(table.c.id == owner_id)
@@ -100,7 +100,7 @@ async def append(
     last = int(result.scalar_one())
     first = last - len(events) + 1
     await session.execute(
-        insert(HistoryEvent.__table__),
+        insert(table_of(HistoryEvent)),
         [
             {
                 "owner_id": owner_id,
@@ -124,7 +124,7 @@ async def _contract_phases(
 ) -> dict[uuid.UUID, str]:
     if not contract_ids:
         return {}
-    contracts = Contract.__table__
+    contracts = table_of(Contract)
     rows = await session.execute(
         select(contracts.c.id, contracts.c.phase).where(
             contracts.c.owner_id == owner_id, contracts.c.id.in_(contract_ids)
@@ -156,7 +156,7 @@ class TimelineFilter(Filter):
 
 async def watermark(session: AsyncSession, *, owner_id: uuid.UUID) -> int:
     """The owner's last committed cursor: every event up to it is visible to later statements."""
-    table = Owner.__table__
+    table = table_of(Owner)
     result = await session.execute(select(table.c.timeline_cursor).where(table.c.id == owner_id))
     return int(result.scalar_one_or_none() or 0)
 
@@ -182,7 +182,7 @@ class PhaseMove(NamedTuple):
     create_time: datetime
 
 
-_t = HistoryEvent.__table__.c
+_t = table_of(HistoryEvent).c
 _STORED_EVENT = (_t.cursor, _t.kind, _t.contract_id, _t.task_id, _t.phase, _t.summary, _t.data, _t.create_time)
 
 
@@ -199,7 +199,7 @@ async def page(
     stmt = select(*_STORED_EVENT).where(_t.owner_id == owner_id, _t.cursor > after)
     if upto is not None:
         stmt = stmt.where(_t.cursor <= upto)
-    stmt = stmt.where(*where.clauses(HistoryEvent.__table__))
+    stmt = stmt.where(*where.clauses(table_of(HistoryEvent)))
     return list(map(StoredHistoryEvent._make, await session.execute(stmt.order_by(_t.cursor).limit(limit))))
 
 

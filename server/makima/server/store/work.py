@@ -14,22 +14,23 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
-from makima.server.store.models import Contract, Daemon, Task
+from makima.server.store.models import Contract, Daemon, Task, table_of
 
 _PENDING = "pending"
 _RUNNING = "running"
 
 
 async def get_daemon(session: AsyncSession, *, owner_id: uuid.UUID, daemon_id: uuid.UUID) -> Daemon | None:
-    stmt = select(Daemon).where(Daemon.id == daemon_id, Daemon.owner_id == owner_id)
+    stmt = select(Daemon).where(col(Daemon.id) == daemon_id, col(Daemon.owner_id) == owner_id)
     return (await session.execute(stmt)).scalar_one_or_none()
 
 
 def _pending(owner_id: uuid.UUID, kinds: Collection[str]) -> list[ColumnElement[bool]]:
-    where: list[ColumnElement[bool]] = [Task.owner_id == owner_id, Task.status == _PENDING]
+    where: list[ColumnElement[bool]] = [col(Task.owner_id) == owner_id, col(Task.status) == _PENDING]
     if kinds:
-        where.append(Task.kind.in_(kinds))
+        where.append(col(Task.kind).in_(kinds))
     return where
 
 
@@ -43,7 +44,7 @@ async def lock_next_pending(session: AsyncSession, *, owner_id: uuid.UUID, kinds
     stmt = (
         select(Task)
         .where(*_pending(owner_id, kinds))
-        .order_by(Task.create_time, Task.id)
+        .order_by(col(Task.create_time), col(Task.id))
         .limit(1)
         .with_for_update(skip_locked=True)
     )
@@ -62,7 +63,7 @@ async def extend_leases(
     """Move the lease end of the listed tasks whose unexpired lease this daemon holds; returns their ids."""
     if not task_ids:
         return set()
-    t = Task.__table__
+    t = table_of(Task)
     result = await session.execute(
         update(t)
         .where(
@@ -80,7 +81,12 @@ async def extend_leases(
 
 async def owners_with_expired_leases(session: AsyncSession, *, now: datetime, limit: int) -> list[uuid.UUID]:
     """Owners having a running task whose lease ended before `now` (any owner: for the sweeper)."""
-    stmt = select(Task.owner_id).where(Task.status == _RUNNING, Task.lease_expire_time < now).distinct().limit(limit)
+    stmt = (
+        select(col(Task.owner_id))
+        .where(col(Task.status) == _RUNNING, col(Task.lease_expire_time) < now)
+        .distinct()
+        .limit(limit)
+    )
     return list((await session.execute(stmt)).scalars())
 
 
@@ -92,8 +98,8 @@ async def lock_expired(session: AsyncSession, *, owner_id: uuid.UUID, now: datet
     """
     stmt = (
         select(Task)
-        .where(Task.owner_id == owner_id, Task.status == _RUNNING, Task.lease_expire_time < now)
-        .order_by(Task.lease_expire_time, Task.id)
+        .where(col(Task.owner_id) == owner_id, col(Task.status) == _RUNNING, col(Task.lease_expire_time) < now)
+        .order_by(col(Task.lease_expire_time), col(Task.id))
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
@@ -106,10 +112,12 @@ async def contract_phases(
     """The current phase of each listed contract, in one query."""
     if not contract_ids:
         return {}
-    stmt = select(Contract.id, Contract.phase).where(Contract.owner_id == owner_id, Contract.id.in_(contract_ids))
+    stmt = select(col(Contract.id), col(Contract.phase)).where(
+        col(Contract.owner_id) == owner_id, col(Contract.id).in_(contract_ids)
+    )
     return {row.id: row.phase for row in (await session.execute(stmt)).all()}
 
 
 async def count_pending(session: AsyncSession) -> int:
     """Pending tasks of every owner: the queue that daemons drain (a metric, not a per-owner view)."""
-    return int((await session.execute(select(func.count()).where(Task.status == _PENDING))).scalar_one())
+    return int((await session.execute(select(func.count()).where(col(Task.status) == _PENDING))).scalar_one())
