@@ -34,6 +34,10 @@ from makima.v1 import history_pb2_grpc, resources_pb2
 MAX_KEEP_ALIVE_SECONDS = 3600
 
 
+def _event_response(row: Any) -> pb.StreamTimelineResponse:
+    return pb.StreamTimelineResponse(event=convert.timeline_event(row))
+
+
 def _timeline_kinds(request: Any) -> tuple[str, ...]:
     return kinds(request.kinds, resources_pb2.TimelineEventKind, "TIMELINE_EVENT_KIND")
 
@@ -257,8 +261,11 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
             after=request.after_cursor,
             keep_alive=keep_alive,
             recheck=self.recheck,
+            render=_event_response,
         ):
-            if isinstance(item, streaming.KeepAlive):
+            if isinstance(item, pb.StreamTimelineResponse):
+                yield item
+            elif isinstance(item, streaming.KeepAlive):
                 yield pb.StreamTimelineResponse(
                     keep_alive=pb.KeepAlive(cursor=item.cursor, server_time=convert.ts(item.server_time))
                 )
@@ -266,8 +273,6 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
                 yield pb.StreamTimelineResponse(
                     replay_ended=pb.ReplayEnded(cursor=item.cursor, server_time=convert.ts(item.server_time))
                 )
-            else:
-                yield pb.StreamTimelineResponse(event=convert.timeline_event(item))
 
     async def GetTaskLineage(
         self, request: pb.GetTaskLineageRequest, context: aio.ServicerContext

@@ -9,11 +9,12 @@ event up to W is thus either delivered or filtered out, and the stream can move 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Row
 
@@ -26,6 +27,19 @@ from makima.server.store.types import utcnow
 from makima.server.timeline.hub import TAIL_CAPACITY, TimelineHub
 
 REPLAY_BATCH = 500
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered(Generic[T]):
+    """A tail event with its rendering: a hundred streams of an owner send one event rendered once."""
+
+    row: Row[Any]
+    item: T
+
+    @property
+    def cursor(self) -> int:
+        return int(self.row.cursor)
 
 
 @dataclass(frozen=True)
@@ -53,17 +67,19 @@ async def follow_timeline(
     after: int,
     keep_alive: float,
     recheck: float,
-) -> AsyncIterator[Row[Any] | KeepAlive | ReplayEnded]:
-    """Yield matching events after `after` forever, until the hub closes (server shutdown).
+    render: Callable[[Row[Any]], T],
+) -> AsyncIterator[T | KeepAlive | ReplayEnded]:
+    """Yield matching events after `after`, each through `render`, forever, until the hub closes (server shutdown).
 
     A stream behind the owner's shared tail pages through the database; once caught up it is served
-    from the tail, which one database read per wake-up refreshes for every stream of the owner.
+    from the tail, which one database read per wake-up refreshes for every stream of the owner, and
+    whose events are rendered once for all of them (every stream of a server renders the same way).
     """
     owner = principal.owner_id
     async with rt.read() as session:
         await check_timeline_scope(session, owner, where)
 
-    async def fetch(after_cursor: int, floor: int) -> tuple[int, list[Row[Any]]]:
+    async def fetch(after_cursor: int, floor: int) -> tuple[int, list[Rendered[T]]]:
         async with rt.read() as session:
             mark = await timeline.watermark(session, owner_id=owner)
             if floor < 0 or mark <= after_cursor:
@@ -72,7 +88,7 @@ async def follow_timeline(
             rows = await timeline.page(
                 session, owner_id=owner, where=TimelineFilter(), after=start, upto=mark, limit=TAIL_CAPACITY
             )
-            return mark, rows
+            return mark, [Rendered(row, render(row)) for row in rows]
 
     last = after
     replaying = True
@@ -85,11 +101,12 @@ async def follow_timeline(
             full = False
             if tail.covers(last):
                 mark = tail.mark
-                rows = [row for row in tail.after(last) if where.matches(row)]
-                _observe_lag(rows, mark, last)
-                for row in rows:
-                    yield row
-                    last = row.cursor
+                tailed = [entry for entry in tail.after(last) if where.matches(entry.row)]
+                _observe_lag(tailed, mark, last)
+                for entry in tailed:
+                    yield entry.item
+                    last = entry.cursor
+                sent = bool(tailed)
             else:
                 async with tail.replays:  # held until the batch is sent (see REPLAYS_PER_OWNER)
                     async with rt.read() as session:
@@ -100,9 +117,10 @@ async def follow_timeline(
                     full = len(rows) == REPLAY_BATCH
                     _observe_lag(rows, mark, last)
                     for row in rows:
-                        yield row
+                        yield render(row)
                         last = row.cursor
-            if rows:
+                sent = bool(rows)
+            if sent:
                 quiet_since = time.monotonic()
             if full:
                 continue
@@ -115,10 +133,10 @@ async def follow_timeline(
                 yield KeepAlive(cursor=last, server_time=utcnow())
                 quiet_since = time.monotonic()
                 idle = 0.0
-            try:
-                await asyncio.wait_for(wake.wait(), timeout=min(recheck, keep_alive - idle))
-            except TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: no task per wait, and a hundred streams wait on every commit.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(recheck, keep_alive - idle)):
+                    await wake.wait()
 
 
 def _observe_lag(rows: list[Any], mark: int, last: int) -> None:

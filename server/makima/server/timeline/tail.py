@@ -8,6 +8,8 @@ further behind than the tail replays from the database instead.
 from __future__ import annotations
 
 import asyncio
+import bisect
+import itertools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -61,4 +63,10 @@ class OwnerTail:
             self.mark = mark
 
     def after(self, cursor: int) -> list[Any]:
-        return [row for row in self.rows if row.cursor > cursor]
+        """The rows with a cursor above `cursor`, found by bisection: every stream of the owner asks on every wake-up."""
+        start = bisect.bisect_right(self.rows, cursor, key=_cursor)
+        return list(itertools.islice(self.rows, start, None))
+
+
+def _cursor(row: Any) -> int:
+    return int(row.cursor)
