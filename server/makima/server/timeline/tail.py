@@ -63,7 +63,7 @@ class OwnerTail:
             self.mark = mark
 
     def after(self, cursor: int) -> list[Any]:
-        """The rows with a cursor above `cursor`, found by bisection: every stream of the owner asks on every wake-up."""
+        """The rows after `cursor`, found by bisection: every stream of the owner asks on every wake-up."""
         start = bisect.bisect_right(self.rows, cursor, key=_cursor)
         return list(itertools.islice(self.rows, start, None))
 
