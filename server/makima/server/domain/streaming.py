@@ -9,6 +9,7 @@ event up to W is thus either delivered or filtered out, and the stream can move 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -25,8 +26,8 @@ from makima.server.store import timeline
 from makima.server.store.timeline import TimelineFilter
 from makima.server.store.types import utcnow
 from makima.server.timeline.hub import TAIL_CAPACITY, TimelineHub
+from makima.server.timeline.tail import CHUNK_EVENTS
 
-REPLAY_BATCH = 500
 T = TypeVar("T")
 
 
@@ -68,8 +69,11 @@ async def follow_timeline(
     keep_alive: float,
     recheck: float,
     render: Callable[[Row[Any]], T],
-) -> AsyncIterator[T | KeepAlive | ReplayEnded]:
-    """Yield matching events after `after`, each through `render`, forever, until the hub closes (server shutdown).
+) -> AsyncIterator[list[T] | KeepAlive | ReplayEnded]:
+    """Yield matching events after `after`, rendered by `render`, forever, until the hub closes (server shutdown).
+
+    Events come in lists of consecutive events (never empty), as many as were found at once: the
+    caller sends them one per message or several together.
 
     A stream behind the owner's shared tail pages through the database; once caught up it is served
     from the tail, which one database read per wake-up refreshes for every stream of the owner, and
@@ -90,6 +94,13 @@ async def follow_timeline(
             )
             return mark, [Rendered(row, render(row)) for row in rows]
 
+    async def fetch_chunk(after_cursor: int, upto: int) -> list[Rendered[T]]:
+        async with rt.read() as session:
+            rows = await timeline.page(
+                session, owner_id=owner, where=TimelineFilter(), after=after_cursor, upto=upto, limit=CHUNK_EVENTS
+            )
+        return [Rendered(row, render(row)) for row in rows]
+
     last = after
     replaying = True
     quiet_since = time.monotonic()
@@ -99,28 +110,36 @@ async def follow_timeline(
             if not tail.ready or tail.covers(last):
                 await tail.refresh(fetch, requested_at=time.monotonic())
             full = False
+            chunk_end = (last // CHUNK_EVENTS + 1) * CHUNK_EVENTS
             if tail.covers(last):
                 mark = tail.mark
-                tailed = [entry for entry in tail.after(last) if where.matches(entry.row)]
-                _observe_lag(tailed, mark, last)
-                for entry in tailed:
-                    yield entry.item
-                    last = entry.cursor
-                sent = bool(tailed)
-            else:
+                items = [entry.item for entry in tail.after(last) if where.matches(entry.row)]
+                _observe_lag(items, mark, last)
+                if items:
+                    yield items
+            elif where.keeps_all and chunk_end <= tail.mark:
+                # A whole committed chunk: shared with every other stream of the owner replaying it.
                 async with tail.replays:  # held until the batch is sent (see REPLAYS_PER_OWNER)
+                    chunk = await tail.chunk(last // CHUNK_EVENTS, fetch_chunk)
+                    items = [entry.item for entry in chunk[bisect.bisect_right(chunk, last, key=_cursor) :]]
+                    _observe_lag(items, chunk_end, last)
+                    if items:
+                        yield items
+                last, mark, full = chunk_end, chunk_end, True
+            else:
+                async with tail.replays:
                     async with rt.read() as session:
                         mark = await timeline.watermark(session, owner_id=owner)
                         rows = await timeline.page(
-                            session, owner_id=owner, where=where, after=last, upto=mark, limit=REPLAY_BATCH
+                            session, owner_id=owner, where=where, after=last, upto=mark, limit=CHUNK_EVENTS
                         )
-                    full = len(rows) == REPLAY_BATCH
+                    full = len(rows) == CHUNK_EVENTS
                     _observe_lag(rows, mark, last)
-                    for row in rows:
-                        yield render(row)
-                        last = row.cursor
-                sent = bool(rows)
-            if sent:
+                    if rows:
+                        yield [render(row) for row in rows]
+                        last = rows[-1].cursor
+                items = rows
+            if items:
                 quiet_since = time.monotonic()
             if full:
                 continue
@@ -137,6 +156,10 @@ async def follow_timeline(
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(recheck, keep_alive - idle)):
                     await wake.wait()
+
+
+def _cursor(entry: Rendered[Any]) -> int:
+    return entry.cursor
 
 
 def _observe_lag(rows: list[Any], mark: int, last: int) -> None:

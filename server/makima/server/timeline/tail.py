@@ -1,17 +1,19 @@
-"""A shared in-memory tail of each streamed owner's newest timeline events.
+"""A shared in-memory tail of each streamed owner's newest timeline events, and of the chunks being replayed.
 
 Without it, every live stream of an owner would query the database on every commit: 100 subscribers
 meant 100 queries per event. With it, one refresh per wake-up serves them all; a stream that is
-further behind than the tail replays from the database instead.
+further behind than the tail replays from the database instead, by chunks that every stream replaying
+the same events shares (a reconnect storm reads and renders each chunk once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import itertools
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +25,9 @@ Fetch = Callable[[int, int], Awaitable[tuple[int, list[Any]]]]
 # of an owner back from cursor 0) otherwise fills the event loop with replays, and the owner's live
 # streams, served from the tail, wait behind them; the rest of the storm waits its turn here instead.
 REPLAYS_PER_OWNER = 4
+# Chunks of CHUNK_EVENTS events, aligned on multiples of it, kept per owner for streams replaying them.
+CHUNK_EVENTS = 500
+CHUNKS_KEPT = 8
 
 
 class OwnerTail:
@@ -37,6 +42,29 @@ class OwnerTail:
         self.ready = False
         self._refreshed_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._chunks: OrderedDict[int, asyncio.Task[list[Any]]] = OrderedDict()
+
+    async def chunk(self, index: int, fetch: Callable[[int, int], Awaitable[list[Any]]]) -> list[Any]:
+        """The events with cursor in (index*CHUNK_EVENTS, (index+1)*CHUNK_EVENTS], read once for every stream.
+
+        Only for a chunk wholly committed (at or below `mark`): committed events never change, so a
+        chunk read once stays true. `fetch(after, upto)` reads it in a task of its own, so that the
+        stream that asked first may go away without failing the others; a failed read is not kept.
+        """
+        read = self._chunks.get(index)
+        if read is None:
+            read = asyncio.create_task(fetch(index * CHUNK_EVENTS, (index + 1) * CHUNK_EVENTS))
+            read.add_done_callback(functools.partial(self._forget_failed, index))
+            self._chunks[index] = read
+            while len(self._chunks) > CHUNKS_KEPT:
+                self._chunks.popitem(last=False)
+        else:
+            self._chunks.move_to_end(index)
+        return await asyncio.shield(read)
+
+    def _forget_failed(self, index: int, read: asyncio.Task[list[Any]]) -> None:
+        if (read.cancelled() or read.exception() is not None) and self._chunks.get(index) is read:
+            del self._chunks[index]
 
     def covers(self, after: int) -> bool:
         """Whether every event after `after` that has been fetched is in memory."""
