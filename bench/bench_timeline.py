@@ -3,7 +3,8 @@
 1. ListTimeline page latency at 10k vs 1M events (first page and a page deep in the list).
 2. StreamTimeline delivery latency from the write's send, to 1 and to 100 subscribers, vs raw NOTIFY to as many
    subscribers of one LISTEN connection (the p99 ratio at 100 is the target).
-3. Reconnect storm: 100 followers replaying 2,000 events at once vs one, and live delivery meanwhile.
+3. Reconnect storm: 100 followers replaying 2,000 events at once vs one, and live delivery meanwhile; every
+   follower asks for batches of events as the Python client does.
 Ingest is measured by bench_ingest.py.
 
 Run: .venv/bin/python bench/bench_timeline.py [--postgres-url postgresql+asyncpg://postgres@127.0.0.1:5432/test]
@@ -28,9 +29,11 @@ from _common import new_api_key
 from bench_unary import cpu_seconds
 from grpc import aio
 
+from makima.client._requests import TimelineCursor
 from makima.v1 import (
     history_pb2,
     history_pb2_grpc,
+    resources_pb2,
     supervisor_pb2,
     supervisor_pb2_grpc,
 )
@@ -248,6 +251,15 @@ async def bench_stream(b: Bench) -> None:
     )
 
 
+# Events per message the storm's followers ask for: what the Python client asks by default.
+PER_MESSAGE = TimelineCursor.EVENTS_PER_MESSAGE
+
+
+def events_of(item: history_pb2.StreamTimelineResponse) -> list[resources_pb2.TimelineEvent]:
+    which = item.WhichOneof("item")
+    return [item.event] if which == "event" else list(item.events.events) if which == "events" else []
+
+
 async def storm(b: Bench, followers: int = 100, history: int = 2_000, live: int = 5) -> None:
     """Reconnect storm: `followers` streams replay `history` events from cursor 0 at once, while `live`
     caught-up streams receive new writes. Prints the storm's catch-up time against one follower's and
@@ -266,11 +278,11 @@ async def storm(b: Bench, followers: int = 100, history: int = 2_000, live: int 
 
     async def replay() -> float:
         started = time.perf_counter()
-        call = history_stub.StreamTimeline(history_pb2.StreamTimelineRequest(keep_alive_seconds=30), metadata=md)
+        request = history_pb2.StreamTimelineRequest(keep_alive_seconds=30, max_events_per_message=PER_MESSAGE)
+        call = history_stub.StreamTimeline(request, metadata=md)
         got = 0
         while got < history:
-            item = await call.read()
-            got += item.HasField("event")
+            got += len(events_of(await call.read()))
         call.cancel()
         return time.perf_counter() - started
 
@@ -284,15 +296,19 @@ async def storm(b: Bench, followers: int = 100, history: int = 2_000, live: int 
     async def live_follower() -> None:
         nonlocal subscribed
         call = history_stub.StreamTimeline(
-            history_pb2.StreamTimelineRequest(after_cursor=history, keep_alive_seconds=1), metadata=md
+            history_pb2.StreamTimelineRequest(
+                after_cursor=history, keep_alive_seconds=1, max_events_per_message=PER_MESSAGE
+            ),
+            metadata=md,
         )
         await call.read()
         subscribed += 1
         if subscribed == live:
             live_ready.set()
         while (item := await call.read()) is not aio.EOF:
-            if item.HasField("event") and item.event.data["name"] in sent:
-                latencies.append((time.perf_counter() - sent[item.event.data["name"]]) * 1000)
+            for event in events_of(item):
+                if event.data["name"] in sent:
+                    latencies.append((time.perf_counter() - sent[event.data["name"]]) * 1000)
             if storm_over.is_set():
                 call.cancel()
                 return
