@@ -1,8 +1,10 @@
 """Timeline benchmarks on PostgreSQL, each printed as a ratio against a baseline measured in this run.
 
 1. ListTimeline page latency at 10k vs 1M events (first page and a page deep in the list).
-2. StreamTimeline delivery latency with 100 subscribers vs 1 subscriber (and raw NOTIFY latency).
-3. Reconnect storm: 100 followers replaying 2,000 events at once vs one, and live delivery meanwhile.
+2. StreamTimeline delivery latency from the write's send, to 1 and to 100 subscribers, vs raw NOTIFY to as many
+   subscribers of one LISTEN connection (the p99 ratio at 100 is the target).
+3. Reconnect storm: 100 followers replaying 2,000 events at once vs one, and live delivery meanwhile; every
+   follower asks for batches of events as the Python client does.
 Ingest is measured by bench_ingest.py.
 
 Run: .venv/bin/python bench/bench_timeline.py [--postgres-url postgresql+asyncpg://postgres@127.0.0.1:5432/test]
@@ -27,9 +29,11 @@ from _common import new_api_key
 from bench_unary import cpu_seconds
 from grpc import aio
 
+from makima.client._requests import TimelineCursor
 from makima.v1 import (
     history_pb2,
     history_pb2_grpc,
+    resources_pb2,
     supervisor_pb2,
     supervisor_pb2_grpc,
 )
@@ -205,16 +209,29 @@ async def delivery_latency(b: Bench, subscribers: int, events: int = 200) -> lis
     return latencies
 
 
-async def raw_notify_latency(url: str, runs: int = 200) -> list[float]:
+async def raw_notify_latency(url: str, listeners: int, runs: int = 200) -> list[float]:
+    """From a NOTIFY's send to its arrival at each of `listeners` subscribers of one LISTEN connection (as
+    a server process holds one), each a task reading its own queue: the floor under StreamTimeline's fan-out."""
     listener = await asyncpg.connect(dsn(url))
     sender = await asyncpg.connect(dsn(url))
-    received: asyncio.Queue[float] = asyncio.Queue()
-    await listener.add_listener("bench", lambda *_: received.put_nowait(time.perf_counter()))
-    samples = []
+    samples: list[float] = []
+    sent = 0.0
+
+    async def subscriber(queue: asyncio.Queue[None]) -> None:
+        while True:
+            await queue.get()
+            samples.append((time.perf_counter() - sent) * 1000)
+
+    queues: list[asyncio.Queue[None]] = [asyncio.Queue() for _ in range(listeners)]
+    readers = [asyncio.create_task(subscriber(q)) for q in queues]
+    await listener.add_listener("bench", lambda *_: [q.put_nowait(None) for q in queues])
     for _ in range(runs):
-        started = time.perf_counter()
+        sent = time.perf_counter()
         await sender.execute("SELECT pg_notify('bench', 'x')")
-        samples.append((await received.get() - started) * 1000)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    for reader in readers:
+        reader.cancel()
     await listener.close()
     await sender.close()
     return samples
@@ -223,19 +240,53 @@ async def raw_notify_latency(url: str, runs: int = 200) -> list[float]:
 async def bench_stream(b: Bench) -> None:
     one = await delivery_latency(b, 1)
     many = await delivery_latency(b, 100)
-    notify = await raw_notify_latency(await b.fresh_database())
+    raw_one = await raw_notify_latency(await b.fresh_database(), 1)
+    raw_many = await raw_notify_latency(await b.fresh_database(), 100)
     print(
-        f"stream   delivery p50/p99 {statistics.median(one):.2f}/{pct(one, 0.99):.2f} ms to 1 subscriber | "
+        f"stream   delivery p50/p99 {statistics.median(one):.2f}/{pct(one, 0.99):.2f} ms to 1 subscriber "
+        f"(raw NOTIFY {statistics.median(raw_one):.2f}/{pct(raw_one, 0.99):.2f}) | "
         f"{statistics.median(many):.2f}/{pct(many, 0.99):.2f} ms to each of 100 "
-        f"| ratio 100/1 p50 {statistics.median(many) / statistics.median(one):.2f} "
-        f"(raw NOTIFY p50 {statistics.median(notify):.2f} ms)"
+        f"(raw NOTIFY to 100 listeners {statistics.median(raw_many):.2f}/{pct(raw_many, 0.99):.2f}) "
+        f"| ratio p99 ours/raw at 100 {pct(many, 0.99) / pct(raw_many, 0.99):.1f} (target <= 10)"
     )
 
 
+# Events per message the storm's followers ask for: what the Python client asks by default.
+PER_MESSAGE = TimelineCursor.EVENTS_PER_MESSAGE
+
+
+def events_of(item: history_pb2.StreamTimelineResponse) -> list[resources_pb2.TimelineEvent]:
+    which = item.WhichOneof("item")
+    return [item.event] if which == "event" else list(item.events.events) if which == "events" else []
+
+
+async def replay(address: str, secret: str, history: int) -> None:
+    """One follower from cursor 0 until it has every one of `history` events."""
+    async with aio.insecure_channel(address) as channel:
+        stub = history_pb2_grpc.HistoryServiceStub(channel)
+        request = history_pb2.StreamTimelineRequest(keep_alive_seconds=30, max_events_per_message=PER_MESSAGE)
+        call = stub.StreamTimeline(request, metadata=(("authorization", f"Bearer {secret}"),))
+        got = 0
+        while got < history:
+            got += len(events_of(await call.read()))
+        call.cancel()
+
+
+async def replayers(address: str, secret: str, followers: int, history: int) -> float:
+    """Seconds for `followers` replaying at once, each on its own channel, from another process (followers
+    live on other machines: sharing this process's CPU with the live followers would time the client)."""
+    args = ("--replay", address, secret, str(followers), str(history))
+    proc = await asyncio.create_subprocess_exec(sys.executable, __file__, *args, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    if proc.returncode:
+        raise RuntimeError(f"the followers' process failed ({proc.returncode})")
+    return float(out)
+
+
 async def storm(b: Bench, followers: int = 100, history: int = 2_000, live: int = 5) -> None:
-    """Reconnect storm: `followers` streams replay `history` events from cursor 0 at once, while `live`
-    caught-up streams receive new writes. Prints the storm's catch-up time against one follower's and
-    the live delivery latency during the storm."""
+    """Reconnect storm: `followers` streams replay `history` events from cursor 0 at once (from another
+    process), while `live` caught-up streams in this one receive new writes. Prints the storm's catch-up
+    time against one follower's and the live delivery latency during the storm."""
     url = await b.fresh_database()
     proc, address, secret = await served(url)
     channel = aio.insecure_channel(address)
@@ -248,17 +299,7 @@ async def storm(b: Bench, followers: int = 100, history: int = 2_000, live: int 
     await conn.close()
     await fill_timeline(url, owner, history)
 
-    async def replay() -> float:
-        started = time.perf_counter()
-        call = history_stub.StreamTimeline(history_pb2.StreamTimelineRequest(keep_alive_seconds=30), metadata=md)
-        got = 0
-        while got < history:
-            item = await call.read()
-            got += item.HasField("event")
-        call.cancel()
-        return time.perf_counter() - started
-
-    one = statistics.median([await replay() for _ in range(3)])
+    one = statistics.median([await replayers(address, secret, 1, history) for _ in range(3)])
     sent: dict[str, float] = {}
     latencies: list[float] = []
     live_ready = asyncio.Event()
@@ -268,15 +309,19 @@ async def storm(b: Bench, followers: int = 100, history: int = 2_000, live: int 
     async def live_follower() -> None:
         nonlocal subscribed
         call = history_stub.StreamTimeline(
-            history_pb2.StreamTimelineRequest(after_cursor=history, keep_alive_seconds=1), metadata=md
+            history_pb2.StreamTimelineRequest(
+                after_cursor=history, keep_alive_seconds=1, max_events_per_message=PER_MESSAGE
+            ),
+            metadata=md,
         )
         await call.read()
         subscribed += 1
         if subscribed == live:
             live_ready.set()
         while (item := await call.read()) is not aio.EOF:
-            if item.HasField("event") and item.event.data["name"] in sent:
-                latencies.append((time.perf_counter() - sent[item.event.data["name"]]) * 1000)
+            for event in events_of(item):
+                if event.data["name"] in sent:
+                    latencies.append((time.perf_counter() - sent[event.data["name"]]) * 1000)
             if storm_over.is_set():
                 call.cancel()
                 return
@@ -293,9 +338,7 @@ async def storm(b: Bench, followers: int = 100, history: int = 2_000, live: int 
             await asyncio.sleep(0.05)
 
     writing = asyncio.create_task(writer())
-    started = time.perf_counter()
-    await asyncio.gather(*(replay() for _ in range(followers)))
-    took = time.perf_counter() - started
+    took = await replayers(address, secret, followers, history)
     storm_over.set()
     await writing
     await asyncio.wait_for(asyncio.gather(*watchers), 30)
@@ -316,7 +359,14 @@ async def main() -> None:
         default=os.environ.get("MAKIMA_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"),
     )
     parser.add_argument("--only", choices=["pages", "stream", "storm"], help="run one benchmark")
+    parser.add_argument("--replay", nargs=4, metavar=("ADDRESS", "KEY", "FOLLOWERS", "EVENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.replay:  # the storm's followers, in a process of their own
+        address, secret, followers, history = args.replay
+        started = time.perf_counter()
+        await asyncio.gather(*(replay(address, secret, int(history)) for _ in range(int(followers))))
+        print(time.perf_counter() - started)
+        return
     b = Bench(args.postgres_url)
     try:
         for name, run in (("pages", bench_pages), ("stream", bench_stream), ("storm", storm)):

@@ -121,6 +121,8 @@ async def test_stream_rejects_bad_requests(api: Api, other_api: Api) -> None:
     for fields, field in (
         ({"after_cursor": -1}, "after_cursor"),
         ({"keep_alive_seconds": -1}, "keep_alive_seconds"),
+        ({"max_events_per_message": -1}, "max_events_per_message"),
+        ({"max_events_per_message": 501}, "max_events_per_message"),
         ({"kinds": [0]}, "kinds[0]"),
         ({"contract_id": "x"}, "contract_id"),
     ):
@@ -193,6 +195,54 @@ async def test_followers_that_leave_mid_replay_give_back_their_turn(api: Api, se
     call = stream(api)
     assert [(await next_event(call)).cursor for _ in events] == list(range(1, len(events) + 1))
     call.cancel()
+
+
+async def read_until(call: aio.UnaryStreamCall, cursor: int) -> tuple[list[int], list[int], int]:
+    """Cursors of the events read up to `cursor` and past the end-of-replay marker, the number of events
+    in each message, and how many events came before that marker."""
+    cursors: list[int] = []
+    sizes: list[int] = []
+    replayed = -1
+    while replayed == -1 or not cursors or cursors[-1] < cursor:
+        item = await asyncio.wait_for(call.read(), 30)
+        assert item is not aio.EOF, "stream ended"
+        which = item.WhichOneof("item")
+        if which == "replay_ended":
+            assert replayed == -1, "a second end-of-replay marker"
+            replayed = len(cursors)
+        elif which in ("event", "events"):
+            events = [item.event] if which == "event" else list(item.events.events)
+            assert events, "an empty batch"
+            sizes.append(len(events))
+            cursors.extend(e.cursor for e in events)
+    call.cancel()
+    return cursors, sizes, replayed
+
+
+async def test_batched_and_single_followers_replaying_shared_chunks_see_the_same_events(api: Api, server: App) -> None:
+    """Past events are read by chunks that every stream replaying them shares; each stream still gets
+    every event once, in order, one per message or in batches of at most what it asked."""
+    history = 1_234  # two whole chunks and a part of one
+    events = [NewHistoryEvent(kind="contract_created", summary=f"{i}") for i in range(history)]
+    async with server.runtime.db.write() as session:
+        await timeline.append(session, owner_id=api.owner_id, events=events, now=utcnow())
+    calls = [
+        *(stream(api, max_events_per_message=100) for _ in range(3)),
+        *(stream(api) for _ in range(3)),
+        stream(api, after_cursor=777, max_events_per_message=500),
+        stream(api, kinds=[resources_pb2.TIMELINE_EVENT_KIND_CONTRACT_CREATED], max_events_per_message=7),
+    ]
+    readers = [asyncio.create_task(read_until(call, history + 1)) for call in calls]
+    await asyncio.sleep(0.5)
+    await create_contract(api, "live")  # one more event, delivered live to all
+    results = await asyncio.gather(*readers)
+    everything = list(range(1, history + 2))
+    for (cursors, sizes, replayed), limit in zip(results, [100] * 3 + [1] * 3 + [500, 7], strict=True):
+        assert cursors == (everything if cursors[0] == 1 else list(range(778, history + 2)))
+        assert max(sizes) <= limit
+        assert 0 < replayed <= len(cursors)
+    assert results[6][0][0] == 778
+    assert max(results[0][1]) == 100  # the replay did come in full batches
 
 
 async def test_server_shutdown_ends_streams_cleanly(empty_database_url: str, tmp_path: Path) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
-from makima.server.timeline.tail import OwnerTail
+import pytest
+
+from makima.server.timeline.tail import CHUNK_EVENTS, OwnerTail
 
 
 class Log:
@@ -52,3 +55,31 @@ async def test_tail_holds_a_contiguous_window_and_skips_redundant_refreshes() ->
     assert [r.cursor for r in tail.rows] == [26, 27, 28, 29, 30]
     assert (tail.floor, tail.mark) == (25, 30)
     assert not tail.covers(10)
+
+
+async def test_a_chunk_is_read_once_for_every_stream_and_a_failed_read_is_not_kept() -> None:
+    tail = OwnerTail(capacity=5)
+    reads: list[tuple[int, int]] = []
+    gate = asyncio.Event()
+
+    async def fetch(after: int, upto: int) -> list[SimpleNamespace]:
+        reads.append((after, upto))
+        await gate.wait()
+        return [SimpleNamespace(cursor=c) for c in range(after + 1, upto + 1)]
+
+    waiting = [asyncio.create_task(tail.chunk(1, fetch)) for _ in range(5)]
+    await asyncio.sleep(0)
+    waiting[0].cancel()  # the stream that asked first goes away: the others still get the chunk
+    gate.set()
+    chunks = await asyncio.gather(*waiting[1:])
+    assert reads == [(CHUNK_EVENTS, 2 * CHUNK_EVENTS)]
+    assert all([r.cursor for r in chunk] == list(range(CHUNK_EVENTS + 1, 2 * CHUNK_EVENTS + 1)) for chunk in chunks)
+
+    async def broken(after: int, upto: int) -> list[SimpleNamespace]:
+        reads.append((after, upto))
+        raise OSError("database gone")
+
+    for _ in range(2):  # a failed read is not kept: the next stream reads again
+        with pytest.raises(OSError):
+            await tail.chunk(0, broken)
+    assert reads[1:] == [(0, CHUNK_EVENTS)] * 2

@@ -164,8 +164,8 @@ class AsyncTimelineFollower:
             try:
                 async for response in call:
                     failures = 0
-                    event = self._position.take(response)
-                    if event is not None:
+                    for event in self._position.take(response):
+                        self._position.cursor = event.cursor
                         yield event
             except grpc.RpcError as err:
                 failures += 1

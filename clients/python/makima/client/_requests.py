@@ -71,8 +71,16 @@ def with_page_token(request: Req, token: str) -> Req:
 class TimelineCursor:
     """The last timeline position a follower has seen, from events and keep-alives alike."""
 
+    # Events per stream message asked of the server when the request leaves it unset: a follower back
+    # from an old cursor gets its history in a few messages (a server that predates it sends one each).
+    EVENTS_PER_MESSAGE = 100
+
     def __init__(self, request: history_pb2.StreamTimelineRequest) -> None:
         self._request = request
+        if not request.max_events_per_message:
+            self._request = history_pb2.StreamTimelineRequest()
+            self._request.CopyFrom(request)
+            self._request.max_events_per_message = self.EVENTS_PER_MESSAGE
         self.cursor = request.after_cursor
 
     def request(self) -> history_pb2.StreamTimelineRequest:
@@ -82,18 +90,16 @@ class TimelineCursor:
         resumed.after_cursor = self.cursor
         return resumed
 
-    def take(self, response: history_pb2.StreamTimelineResponse) -> resources_pb2.TimelineEvent | None:
-        """Advance over one stream message; returns the event to hand out, None for a keep-alive, the
-        end-of-replay marker or a replayed event already handed out (so that each event is yielded
-        once across reconnects)."""
+    def take(self, response: history_pb2.StreamTimelineResponse) -> list[resources_pb2.TimelineEvent]:
+        """The events of one stream message not handed out yet, in order: none for a keep-alive or the
+        end-of-replay marker (whose cursor is taken at once) nor for a replayed event already handed out,
+        so that each event is yielded once across reconnects. The caller sets `cursor` to each event's
+        as it hands it out."""
         if response.HasField("keep_alive"):
             self.cursor = max(self.cursor, response.keep_alive.cursor)
-            return None
+            return []
         if response.HasField("replay_ended"):
             self.cursor = max(self.cursor, response.replay_ended.cursor)
-            return None
-        event = response.event
-        if event.cursor <= self.cursor:
-            return None
-        self.cursor = event.cursor
-        return event
+            return []
+        events = response.events.events if response.HasField("events") else [response.event]
+        return [event for event in events if event.cursor > self.cursor]

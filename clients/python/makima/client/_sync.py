@@ -160,8 +160,8 @@ class TimelineFollower:
             try:
                 for response in call:
                     failures = 0
-                    event = self._position.take(response)
-                    if event is not None:
+                    for event in self._position.take(response):
+                        self._position.cursor = event.cursor
                         yield event
             except grpc.RpcError as err:
                 failures += 1

@@ -610,6 +610,7 @@ class StreamTimelineRequest(_message.Message):
     KINDS_FIELD_NUMBER: _builtins.int
     AFTER_CURSOR_FIELD_NUMBER: _builtins.int
     KEEP_ALIVE_SECONDS_FIELD_NUMBER: _builtins.int
+    MAX_EVENTS_PER_MESSAGE_FIELD_NUMBER: _builtins.int
     contract_id: _builtins.str
     """Only events of this contract (and its tasks); empty for all."""
     task_id: _builtins.str
@@ -618,6 +619,10 @@ class StreamTimelineRequest(_message.Message):
     """Start after this cursor (0 replays everything)."""
     keep_alive_seconds: _builtins.int
     """Seconds between keep-alives when nothing happens; 0 uses the server default."""
+    max_events_per_message: _builtins.int
+    """Up to this many events per message, sent in `events` (1 to 500); 0 sends each event alone in
+    `event`. A follower replaying a long history from an old cursor gets it in a few messages.
+    """
     @_builtins.property
     def kinds(self) -> _containers.RepeatedScalarFieldContainer[_resources_pb2.TimelineEventKind.ValueType]:
         """Only events of these kinds; empty for all."""
@@ -630,14 +635,39 @@ class StreamTimelineRequest(_message.Message):
         kinds: _abc.Iterable[_resources_pb2.TimelineEventKind.ValueType] | None = ...,
         after_cursor: _builtins.int = ...,
         keep_alive_seconds: _builtins.int = ...,
+        max_events_per_message: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "contract_id", b"contract_id", "keep_alive_seconds", b"keep_alive_seconds", "kinds", b"kinds", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_cursor", b"after_cursor", "contract_id", b"contract_id", "keep_alive_seconds", b"keep_alive_seconds", "kinds", b"kinds", "max_events_per_message", b"max_events_per_message", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StreamTimelineRequest: _TypeAlias = StreamTimelineRequest  # noqa: Y015
+
+@_typing.final
+class TimelineEvents(_message.Message):
+    """Consecutive timeline events, in cursor order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_resources_pb2.TimelineEvent]:
+        """The events; never empty."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_resources_pb2.TimelineEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimelineEvents: _TypeAlias = TimelineEvents  # noqa: Y015
 
 @_typing.final
 class StreamTimelineResponse(_message.Message):
@@ -648,6 +678,7 @@ class StreamTimelineResponse(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     KEEP_ALIVE_FIELD_NUMBER: _builtins.int
     REPLAY_ENDED_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def event(self) -> _resources_pb2.TimelineEvent:
         """A timeline event."""
@@ -660,18 +691,23 @@ class StreamTimelineResponse(_message.Message):
     def replay_ended(self) -> Global___ReplayEnded:
         """Sent once per stream, right after the replay of past events: what follows is live."""
 
+    @_builtins.property
+    def events(self) -> Global___TimelineEvents:
+        """Several events, when the request set max_events_per_message."""
+
     def __init__(
         self,
         *,
         event: _resources_pb2.TimelineEvent | None = ...,
         keep_alive: Global___KeepAlive | None = ...,
         replay_ended: Global___ReplayEnded | None = ...,
+        events: Global___TimelineEvents | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "keep_alive", b"keep_alive", "replay_ended", b"replay_ended"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "item", b"item", "keep_alive", b"keep_alive", "replay_ended", b"replay_ended"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "keep_alive", b"keep_alive", "replay_ended", b"replay_ended"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "events", b"events", "item", b"item", "keep_alive", b"keep_alive", "replay_ended", b"replay_ended"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "keep_alive", "replay_ended"]  # noqa: Y015
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["event", "keep_alive", "replay_ended", "events"]  # noqa: Y015
     _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
 

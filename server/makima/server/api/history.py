@@ -31,6 +31,7 @@ from makima.v1 import history_pb2 as pb
 from makima.v1 import history_pb2_grpc, resources_pb2
 
 MAX_KEEP_ALIVE_SECONDS = 3600
+MAX_EVENTS_PER_MESSAGE = 500
 
 
 def _timeline_kinds(request: Any) -> tuple[str, ...]:
@@ -220,13 +221,16 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
             raise InvalidArgument.of("after_cursor", "must not be negative")
         if not 0 <= request.keep_alive_seconds <= MAX_KEEP_ALIVE_SECONDS:
             raise InvalidArgument.of("keep_alive_seconds", f"must be between 0 and {MAX_KEEP_ALIVE_SECONDS}")
+        if not 0 <= request.max_events_per_message <= MAX_EVENTS_PER_MESSAGE:
+            raise InvalidArgument.of("max_events_per_message", f"must be between 0 and {MAX_EVENTS_PER_MESSAGE}")
+        per_message = request.max_events_per_message
         inp = streaming.FollowTimelineInput(
             where=where,
             after=request.after_cursor,
             keep_alive=float(request.keep_alive_seconds) or self.keep_alive,
             recheck=self.recheck,
         )
-        async for item in streaming.follow_timeline(self.caller(), inp):
+        async for item in streaming.follow_timeline(self.caller(), inp, render=convert.timeline_event):
             if isinstance(item, streaming.KeepAlive):
                 yield pb.StreamTimelineResponse(
                     keep_alive=pb.KeepAlive(cursor=item.cursor, server_time=convert.ts(item.server_time))
@@ -235,8 +239,13 @@ class HistoryServicer(Servicer, history_pb2_grpc.HistoryServiceServicer):
                 yield pb.StreamTimelineResponse(
                     replay_ended=pb.ReplayEnded(cursor=item.cursor, server_time=convert.ts(item.server_time))
                 )
+            elif per_message == 0:
+                for event in item:
+                    yield pb.StreamTimelineResponse(event=event)
             else:
-                yield pb.StreamTimelineResponse(event=convert.timeline_event(item))
+                for start in range(0, len(item), per_message):
+                    batch = pb.TimelineEvents(events=item[start : start + per_message])
+                    yield pb.StreamTimelineResponse(events=batch)
 
     async def GetTaskLineage(
         self, request: pb.GetTaskLineageRequest, context: ServicerContext

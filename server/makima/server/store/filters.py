@@ -46,6 +46,11 @@ class Filter:
             if (value := getattr(self, predicate.field)) is not None and value != ()
         )
 
+    @property
+    def keeps_all(self) -> bool:
+        """Whether no field is set: every row passes."""
+        return not self._set
+
     def clauses(self, table: Table) -> list[ColumnElement[bool]]:
         """The WHERE clauses of the fields set, over `table`."""
         return [compare(table.c[column], value) for column, compare, value in self._set]

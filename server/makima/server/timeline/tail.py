@@ -1,16 +1,20 @@
-"""A shared in-memory tail of each streamed owner's newest timeline events.
+"""A shared in-memory tail of each streamed owner's newest timeline events, and of the chunks being replayed.
 
 Without it, every live stream of an owner would query the database on every commit: 100 subscribers
 meant 100 queries per event. With it, one refresh per wake-up serves them all; a stream that is
-further behind than the tail replays from the database instead.
+further behind than the tail replays from the database instead, by chunks that every stream replaying
+the same events shares (a reconnect storm reads and renders each chunk once).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import functools
+import itertools
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 # fetch(after, floor) -> (watermark, rows with cursor in (max(after, floor), watermark]), rows in order.
@@ -21,6 +25,9 @@ Fetch = Callable[[int, int], Awaitable[tuple[int, list[Any]]]]
 # of an owner back from cursor 0) otherwise fills the event loop with replays, and the owner's live
 # streams, served from the tail, wait behind them; the rest of the storm waits its turn here instead.
 REPLAYS_PER_OWNER = 4
+# Chunks of CHUNK_EVENTS events, aligned on multiples of it, kept per owner for streams replaying them.
+CHUNK_EVENTS = 500
+CHUNKS_KEPT = 8
 
 
 class OwnerTail:
@@ -35,6 +42,29 @@ class OwnerTail:
         self.ready = False
         self._refreshed_at = float("-inf")
         self._lock = asyncio.Lock()
+        self._chunks: OrderedDict[int, asyncio.Task[list[Any]]] = OrderedDict()
+
+    async def chunk(self, index: int, fetch: Callable[[int, int], Coroutine[Any, Any, list[Any]]]) -> list[Any]:
+        """The events with cursor in (index*CHUNK_EVENTS, (index+1)*CHUNK_EVENTS], read once for every stream.
+
+        Only for a chunk wholly committed (at or below `mark`): committed events never change, so a
+        chunk read once stays true. `fetch(after, upto)` reads it in a task of its own, so that the
+        stream that asked first may go away without failing the others; a failed read is not kept.
+        """
+        read = self._chunks.get(index)
+        if read is None:
+            read = asyncio.create_task(fetch(index * CHUNK_EVENTS, (index + 1) * CHUNK_EVENTS))
+            read.add_done_callback(functools.partial(self._forget_failed, index))
+            self._chunks[index] = read
+            while len(self._chunks) > CHUNKS_KEPT:
+                self._chunks.popitem(last=False)
+        else:
+            self._chunks.move_to_end(index)
+        return await asyncio.shield(read)
+
+    def _forget_failed(self, index: int, read: asyncio.Task[list[Any]]) -> None:
+        if (read.cancelled() or read.exception() is not None) and self._chunks.get(index) is read:
+            del self._chunks[index]
 
     def covers(self, after: int) -> bool:
         """Whether every event after `after` that has been fetched is in memory."""
@@ -61,4 +91,10 @@ class OwnerTail:
             self.mark = mark
 
     def after(self, cursor: int) -> list[Any]:
-        return [row for row in self.rows if row.cursor > cursor]
+        """The rows after `cursor`, found by bisection: every stream of the owner asks on every wake-up."""
+        start = bisect.bisect_right(self.rows, cursor, key=_cursor)
+        return list(itertools.islice(self.rows, start, None))
+
+
+def _cursor(row: Any) -> int:
+    return int(row.cursor)
