@@ -13,6 +13,9 @@ from google.protobuf import struct_pb2, timestamp_pb2
 from makima.server import git
 from makima.server.domain.contracts import ContractView
 from makima.server.store import models
+from makima.server.store.conversations import StoredMessage
+from makima.server.store.events import StoredTaskEvent
+from makima.server.store.timeline import StoredHistoryEvent
 from makima.v1 import daemon_pb2, task_fork_pb2
 from makima.v1 import resources_pb2 as pb
 
@@ -141,7 +144,7 @@ def daemon(d: models.Daemon) -> daemon_pb2.Daemon:
     )
 
 
-def timeline_event(e: Any) -> pb.TimelineEvent:
+def timeline_event(e: StoredHistoryEvent) -> pb.TimelineEvent:
     """From a history_events row (ORM object or Core row)."""
     out = pb.TimelineEvent(
         cursor=e.cursor,
@@ -155,7 +158,7 @@ def timeline_event(e: Any) -> pb.TimelineEvent:
     return out
 
 
-def message(row: Any) -> pb.ConversationMessage:
+def message(row: StoredMessage) -> pb.ConversationMessage:
     out = pb.ConversationMessage(
         index=row.position,
         role=enum_to_pb(pb.MessageRole, "MESSAGE_ROLE", row.role),
@@ -166,7 +169,7 @@ def message(row: Any) -> pb.ConversationMessage:
     return out
 
 
-def task_event(row: Any) -> pb.TaskEvent:
+def task_event(row: StoredTaskEvent) -> pb.TaskEvent:
     out = pb.TaskEvent(
         task_id=str(row.task_id),
         sequence=row.sequence,
@@ -179,7 +182,7 @@ def task_event(row: Any) -> pb.TaskEvent:
     return out
 
 
-def checkpoint(row: Any) -> pb.Checkpoint:
+def checkpoint(row: models.TaskCheckpoint) -> pb.Checkpoint:
     return pb.Checkpoint(
         id=str(row.id),
         task_id=str(row.task_id),
@@ -195,7 +198,7 @@ def checkpoint(row: Any) -> pb.Checkpoint:
     )
 
 
-def snapshot(row: Any) -> pb.ConversationSnapshot:
+def snapshot(row: models.ConversationSnapshot) -> pb.ConversationSnapshot:
     return pb.ConversationSnapshot(
         id=str(row.id),
         task_id=str(row.task_id),
