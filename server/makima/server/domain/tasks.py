@@ -14,7 +14,7 @@ from makima.server.domain.runtime import Caller, Tx
 from makima.server.domain.worktrees import WorktreeRequest, create_worktree, default_branch
 from makima.server.store import conversations
 from makima.server.store import tasks as store
-from makima.server.store.models import Task
+from makima.server.store.models import TASK_NAME_LENGTH, Task
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -31,13 +31,9 @@ class GetTaskInput:
     task_id: uuid.UUID
 
 
-# The longest task name the tasks table holds (makima.v1 declares the same bound on every name field).
-NAME_LENGTH: int = Task.__table__.c.name.type.length  # type: ignore[attr-defined]
-
-
 def derived_name(source: str, *, prefix: str = "", suffix: str = "") -> str:
     """A name made from another (e.g. "<name> (fork)"), `source` shortened so that the whole still fits."""
-    return prefix + source[: NAME_LENGTH - len(prefix) - len(suffix)] + suffix
+    return prefix + source[: TASK_NAME_LENGTH - len(prefix) - len(suffix)] + suffix
 
 
 async def load_task(

@@ -43,6 +43,10 @@ def _time(**kw: Any) -> Any:
     return Field(default_factory=utcnow, sa_type=UTCDateTime, **kw)
 
 
+# The longest task name the tasks table holds (makima.v1 declares the same bound on every name field).
+TASK_NAME_LENGTH = 500
+
+
 def table_of(model: type[SQLModel]) -> Table:
     """The Core table of a table model, for statements that bypass the ORM on hot paths."""
     table: Table = model.__table__  # type: ignore[attr-defined]  # set by SQLModel's metaclass, not declared
@@ -152,7 +156,7 @@ class Task(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     owner_id: uuid.UUID = Field(foreign_key="owners.id")
     contract_id: uuid.UUID | None = Field(default=None, foreign_key="contracts.id")
-    name: str = Field(sa_type=String(500))
+    name: str = Field(sa_type=String(TASK_NAME_LENGTH))
     instructions: str = Field(default="", sa_type=Text)
     kind: str = Field(default="worker", sa_type=String(32))
     status: str = Field(default="pending", sa_type=String(32))
