@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./makima.db"
 _WRITE = "makima_write"
+_READ = "makima_read"
 _EXPECTED = "postgresql+asyncpg://user@host/db or sqlite+aiosqlite:///path"
 # URL schemes that name a backend without the async driver, and the URL scheme to use instead.
 _ASYNC_DRIVER = {"postgresql": "postgresql+asyncpg", "postgres": "postgresql+asyncpg", "sqlite": "sqlite+aiosqlite"}
@@ -97,7 +98,6 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
         cursor = dbapi_connection.cursor()
         for pragma in ("journal_mode=WAL", "foreign_keys=ON", "synchronous=NORMAL", "busy_timeout=30000"):
             cursor.execute(f"PRAGMA {pragma}")
@@ -105,7 +105,9 @@ def _tune_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(_WRITE) else "BEGIN")
+        options = conn.get_execution_options()
+        if not options.get(_READ):  # a plain read runs each statement on its own (see Database)
+            conn.exec_driver_sql("BEGIN IMMEDIATE" if options.get(_WRITE) else "BEGIN")
 
 
 def dialect_of(session: AsyncSession) -> str:
@@ -127,14 +129,19 @@ class Database:
         # that meets a dead connection answers UNAVAILABLE (clients retry it) and SQLAlchemy, seeing the
         # disconnect, replaces every older pooled connection on its next checkout.
         kwargs: dict[str, Any] = {"pool_size": pool_size, "max_overflow": 0}
+        if self.dialect == "sqlite":
+            # The sqlite3 module starts no transaction of its own: BEGIN is always ours (see _tune_sqlite),
+            # and a connection keeps that mode for good (switching it per read costs two more hops).
+            kwargs["isolation_level"] = "AUTOCOMMIT"
         self.engine: AsyncEngine = create_async_engine(self.url, **kwargs)
         if self.dialect == "sqlite":
             _tune_sqlite(self.engine)
-        # A PostgreSQL read runs without BEGIN/COMMIT (two round trips of a three-trip read): at READ
-        # COMMITTED every statement takes its own snapshot inside a transaction too, so a read-only
-        # block sees the same rows either way. SQLite reads keep their transaction, which does hold one
-        # snapshot across statements, and costs no round trip.
-        reads = self.engine if self.dialect == "sqlite" else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        # A read runs without BEGIN/COMMIT: on PostgreSQL two round trips of a three-trip read, on SQLite
+        # two of aiosqlite's thread hops. At PostgreSQL's READ COMMITTED every statement takes its own
+        # snapshot inside a transaction too, so a read-only block sees the same rows either way; SQLite
+        # reads do the same (each statement its own snapshot), so no read counts on one snapshot
+        # across statements.
+        reads = self.engine.execution_options(isolation_level="AUTOCOMMIT", **{_READ: True})
         self._reads = async_sessionmaker(reads, expire_on_commit=False, autoflush=False)
         self._locking_reads = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self._writes = async_sessionmaker(
