@@ -207,6 +207,25 @@ def test_restore_replaces_file_symlinks_and_hard_links_instead_of_writing_throug
     assert_worktree_is(worktree, a)
 
 
+def test_restore_writes_over_a_changed_file_of_its_own_and_replaces_a_read_only_one(worktree: Path) -> None:
+    write(worktree / "own.txt", "short\n")
+    write(worktree / "locked.txt", "locked A\n")
+    write(worktree / "tool.sh", "#!/bin/sh\n", mode=0o755)
+    a = checkpoint(worktree).commit_sha
+    write(worktree / "own.txt", "a much longer content than the checkpoint's\n" * 20)
+    write(worktree / "locked.txt", "locked B\n", mode=0o444)
+    write(worktree / "tool.sh", "#!/bin/sh\nexit 1\n", mode=0o644)
+    own = (worktree / "own.txt").stat().st_ino
+
+    restore(worktree, commit_sha=a)
+
+    # Written where it stands (no file created), cut to the shorter content.
+    assert (worktree / "own.txt").stat().st_ino == own
+    assert (worktree / "locked.txt").stat().st_mode & 0o200
+    assert_worktree_is(worktree, a)
+    assert status(worktree) == ""
+
+
 def test_restore_of_a_tree_with_a_link_to_the_outside_writes_the_link_only(worktree: Path, tmp_path: Path) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()

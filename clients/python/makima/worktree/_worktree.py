@@ -369,8 +369,11 @@ def apply_tree(
             mode, sha = target[path]
             dir_fd, name = chain.parent_of(path)
             assert dir_fd is not None  # create=True makes every directory
-            index[path] = _write(dir_fd, name, objects, mode, sha, written_at_ns=written_at_ns)
-            changes.append((path, "added" if path not in current else "modified"))
+            old = current.get(path)
+            # A file the scan found as a regular file is overwritten, when still safe (see _fs.write_file).
+            in_place = old is not None and old.mode in (MODE_FILE, MODE_EXECUTABLE)
+            index[path] = _write(dir_fd, name, objects, mode, sha, written_at_ns=written_at_ns, in_place=in_place)
+            changes.append((path, "added" if old is None else "modified"))
     changes.sort()
     return Checkout(changes=changes, index=index)
 
@@ -463,7 +466,7 @@ def _holds_untracked(parent_fd: int, name: bytes, prefix: bytes, current: Mappin
 
 
 def _write(
-    dir_fd: int, name: bytes, objects: PackedObjects, mode: int, sha: ObjectID, *, written_at_ns: int
+    dir_fd: int, name: bytes, objects: PackedObjects, mode: int, sha: ObjectID, *, written_at_ns: int, in_place: bool
 ) -> IndexEntry:
     if mode == MODE_GITLINK:
         # A submodule is checked out as an empty directory, like git does without --recurse-submodules.
@@ -474,7 +477,7 @@ def _write(
     if mode == MODE_SYMLINK:
         st = _fs.write_symlink(dir_fd, name, data)
     else:
-        st = _fs.write_file(dir_fd, name, data, executable=mode == MODE_EXECUTABLE)
+        st = _fs.write_file(dir_fd, name, data, executable=mode == MODE_EXECUTABLE, in_place=in_place)
     return index_entry(st, sha, mode, hashed_at_ns=written_at_ns)
 
 
