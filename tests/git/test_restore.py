@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from makima.server.git import FileChange, GitError, RefNotFoundError, UntrackedInTheWayError, compare, restore
+from makima.server.git import (
+    FileChange,
+    GitError,
+    RefNotFoundError,
+    UntrackedInTheWayError,
+    compare,
+    publish,
+    restore,
+    rewind,
+    snapshot,
+)
 from tests.git.gitcli import checkpoint, files_on_disk, git, git_ok, ls_files, ls_tree, status, write
 
 
@@ -224,6 +234,27 @@ def test_restore_writes_over_a_changed_file_of_its_own_and_replaces_a_read_only_
     assert (worktree / "locked.txt").stat().st_mode & 0o200
     assert_worktree_is(worktree, a)
     assert status(worktree) == ""
+
+
+def test_rewind_from_the_safety_snapshot_restores_and_commits_on_top_of_it(
+    two_checkpoints: tuple[Path, str, str],
+) -> None:
+    worktree, a, _b = two_checkpoints
+    write(worktree / "edit.txt", "uncommitted\n")
+    write(worktree / "new.txt", "untracked\n")
+    (worktree / "same.txt").unlink()
+    safety = snapshot(worktree, branch="main", message="safety")
+
+    done = rewind(worktree, commit_sha=a, parent_sha=safety.commit_sha, message="rewind", worktree=safety)
+    publish(worktree, branch="main", snapshot=safety, write_index=False)
+    publish(worktree, branch="main", snapshot=done.commit, write_index=False)
+
+    assert_worktree_is(worktree, a)
+    assert status(worktree) == ""
+    assert git(worktree, "rev-parse", "HEAD^{tree}").strip() == git(worktree, "rev-parse", f"{a}^{{tree}}").strip()
+    assert git(worktree, "rev-parse", "HEAD^").strip() == safety.commit_sha
+    assert git(worktree, "show", f"{safety.commit_sha}:new.txt") == "untracked\n"
+    assert done.changes == compare(worktree, base_sha=safety.commit_sha, target_sha=a)
 
 
 def test_restore_of_a_tree_with_a_link_to_the_outside_writes_the_link_only(worktree: Path, tmp_path: Path) -> None:

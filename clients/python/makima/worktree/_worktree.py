@@ -41,20 +41,15 @@ _RACY_WINDOW_FINE_NS = 100_000_000
 _RACY_WINDOW_COARSE_NS = 2 * _NS
 
 
-@dataclass(frozen=True, slots=True)
-class FileState:
-    """One file of a worktree as git sees it, with the index entry that records it."""
-
-    mode: int
-    sha: ObjectID
-    entry: IndexEntry
-
-
 @dataclass(slots=True)
 class WorktreeState:
-    """What a scan found: every file that belongs to the worktree's content, by '/'-separated path."""
+    """What a scan found: every file that belongs to the worktree's content, by '/'-separated path.
 
-    files: dict[bytes, FileState] = field(default_factory=dict)
+    Each file is known by the index entry that records it: its git mode, its content's sha and the
+    stat of the file when that content was hashed.
+    """
+
+    files: dict[bytes, IndexEntry] = field(default_factory=dict)
     # Contents read during the scan, by sha, so a snapshot can store the new ones without reading again.
     blobs: dict[ObjectID, Blob] = field(default_factory=dict)
 
@@ -233,14 +228,13 @@ class _Scanner:
             head = nested.head
             known = self._cache.entries.get(path)
             entry = known if known is not None and known.mode == MODE_GITLINK and known.sha == head else None
-            self.state.files[path] = FileState(MODE_GITLINK, head, entry or tree_entry(MODE_GITLINK, head))
+            self.state.files[path] = entry or tree_entry(MODE_GITLINK, head)
         elif path in self._gitlinks:
             self._keep_gitlink(path)
         return True
 
     def _keep_gitlink(self, path: bytes) -> None:
-        entry = self._cache.entries[path]
-        self.state.files[path] = FileState(MODE_GITLINK, entry.sha, entry)
+        self.state.files[path] = self._cache.entries[path]
 
     def _push_gitignore(self, dir_fd: int, prefix: bytes) -> bool:
         st = _fs.lstat_at(dir_fd, b".gitignore")
@@ -258,7 +252,7 @@ class _Scanner:
         mode = mode_of(st)
         entry = self._cache.trusted(path, st, mode)
         if entry is not None:
-            self.state.files[path] = FileState(mode, entry.sha, entry)
+            self.state.files[path] = entry
             return
         got = _fs.read_entry(dir_fd, name, st)
         if got is None:
@@ -271,7 +265,7 @@ class _Scanner:
         # Content the index already names is in the object store (a smudged entry hashed again).
         if self._keep_blobs and (known is None or known.sha != sha):
             self.state.blobs[sha] = blob
-        self.state.files[path] = FileState(mode, sha, index_entry(read_st, sha, mode, hashed_at_ns=self._started_ns))
+        self.state.files[path] = index_entry(read_st, sha, mode, hashed_at_ns=self._started_ns)
 
     def _add_tracked_left_out(self) -> None:
         """Tracked files the walk did not enter (ignored directories): git keeps tracking them."""
@@ -317,7 +311,7 @@ def apply_tree(
     root_fd: int,
     store: BaseObjectStore,
     *,
-    current: Mapping[bytes, FileState],
+    current: Mapping[bytes, IndexEntry],
     target: Mapping[bytes, tuple[int, ObjectID]],
     force: bool = False,
 ) -> Checkout:
@@ -336,7 +330,7 @@ def apply_tree(
         mode, sha = target[path]
         old = current.get(path)
         if old is not None and old.mode == mode and old.sha == sha:
-            index[path] = old.entry
+            index[path] = old
         else:
             # Paths already in the worktree were found by walking it, so only new ones need the check.
             check_tree_path(path, mode)
@@ -381,7 +375,7 @@ def apply_tree(
 def in_the_way(
     root_fd: int,
     *,
-    current: Mapping[bytes, FileState],
+    current: Mapping[bytes, IndexEntry],
     target: Mapping[bytes, tuple[int, ObjectID]],
     paths: Iterable[bytes],
 ) -> list[bytes]:
@@ -406,7 +400,7 @@ def in_the_way(
 
 def _blocker(
     chain: _fs.DirChain,
-    current: Mapping[bytes, FileState],
+    current: Mapping[bytes, IndexEntry],
     clear: set[bytes],
     path: bytes,
     entry: tuple[int, ObjectID],
@@ -442,7 +436,7 @@ def _blocker(
     return None if got is not None and Blob.from_string(got[0]).id == sha else path
 
 
-def _holds_untracked(parent_fd: int, name: bytes, prefix: bytes, current: Mapping[bytes, FileState]) -> bool:
+def _holds_untracked(parent_fd: int, name: bytes, prefix: bytes, current: Mapping[bytes, IndexEntry]) -> bool:
     """Whether directory `name` holds any file or link that `current` does not (empty directories aside)."""
     dir_fd = _fs.open_dir_at(parent_fd, name, create=False)
     if dir_fd is None:
@@ -481,7 +475,7 @@ def _write(
     return index_entry(st, sha, mode, hashed_at_ns=written_at_ns)
 
 
-def _remove_files(root_fd: int, paths: list[bytes], current: Mapping[bytes, FileState]) -> None:
+def _remove_files(root_fd: int, paths: list[bytes], current: Mapping[bytes, IndexEntry]) -> None:
     parents: set[bytes] = set()
     with _fs.DirChain(root_fd, create=False) as chain:
         for path in paths:

@@ -147,12 +147,8 @@ def read_worktree(repo: Repo, root: Path) -> WorktreeSnapshot:
         state = scan(repo, root_fd, keep_blobs=True)
     finally:
         os.close(root_fd)
-    tree, trees = build_trees({path: (f.mode, f.sha) for path, f in state.files.items()})
-    return WorktreeSnapshot(
-        tree=tree,
-        objects=[*state.blobs.values(), *trees],
-        index={path: f.entry for path, f in state.files.items()},
-    )
+    tree, trees = build_trees({path: (entry.mode, entry.sha) for path, entry in state.files.items()})
+    return WorktreeSnapshot(tree=tree, objects=[*state.blobs.values(), *trees], index=state.files)
 
 
 def live_files(repo: Repo, root: Path) -> dict[bytes, tuple[int, ObjectID]]:
@@ -162,10 +158,17 @@ def live_files(repo: Repo, root: Path) -> dict[bytes, tuple[int, ObjectID]]:
         state = scan(repo, root_fd, keep_blobs=False)
     finally:
         os.close(root_fd)
-    return {path: (f.mode, f.sha) for path, f in state.files.items()}
+    return {path: (entry.mode, entry.sha) for path, entry in state.files.items()}
 
 
-def checkout(repo: Repo, root: Path, tree: ObjectID | None, *, force: bool = False) -> Checkout:
+def checkout(
+    repo: Repo,
+    root: Path,
+    tree: ObjectID | None,
+    *,
+    force: bool = False,
+    current: Mapping[bytes, IndexEntry] | None = None,
+) -> Checkout:
     """Make the worktree at `root` and its index hold exactly `tree` (None: the empty tree); refs do not move.
 
     Only the differences are applied: changed files rewritten, files absent from the tree removed
@@ -174,12 +177,15 @@ def checkout(repo: Repo, root: Path, tree: ObjectID | None, *, force: bool = Fal
     something else, unless `force` (see `apply_tree`).
     Files are replaced, never written through, so a symlink or hard link planted in the worktree
     cannot carry a write outside it. The tree's objects are read from the repository's store.
+    `current` is the worktree as a scan just read it (`WorktreeSnapshot.index`, under the same
+    lock), so that it is not read a second time.
     """
     target = {} if tree is None else flatten(repo.object_store, tree)
     root_fd = _fs.open_root(root)
     try:
-        state = scan(repo, root_fd, keep_blobs=False)
-        result = apply_tree(root_fd, repo.object_store, current=state.files, target=target, force=force)
+        if current is None:
+            current = scan(repo, root_fd, keep_blobs=False).files
+        result = apply_tree(root_fd, repo.object_store, current=current, target=target, force=force)
     finally:
         os.close(root_fd)
     replace_index(repo, result.index)

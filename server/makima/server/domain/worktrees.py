@@ -390,27 +390,30 @@ async def _rewind_worktree(tx: Tx, ws: Workspace, task: Task, target: TaskCheckp
     path = worktree_of(task)
     assert task.branch is not None
     branch = task.branch
-    safety, snap = await _safety_checkpoint(tx, ws, task, target)
+    safety, snap, new = await _safety_checkpoint(tx, ws, task, target)
     # By value: an undo runs after the rollback, which expires the rows the transaction loaded.
     before = safety.commit_sha
     tx.undo.append(lambda: ws.run(git.restore, path, commit_sha=before, force=True))
-    changes = await ws.run(git.restore, path, commit_sha=target.commit_sha, force=force)
     message = _rewind_message(target)
-    wanted = await stored_commit(tx, target.commit_sha)
-    made = await ws.run(git.commit_tree, path, tree_sha=wanted.tree_sha, parent_sha=before, message=message)
+    # The safety snapshot read the worktree under the lock held since: the restore starts from it.
+    done = await ws.run(
+        git.rewind, path, commit_sha=target.commit_sha, parent_sha=before, message=message, force=force, worktree=snap
+    )
+    made = done.commit
     # One pack for both: the rewind commit's history holds the safety commit.
     await store_commit(tx, ws, path, made.commit_sha)
-    if snap is not None:
+    if new:
         tx.after_commit.append(lambda: ws.run(git.publish, path, branch=branch, snapshot=snap, write_index=False))
     tx.after_commit.append(lambda: ws.run(git.publish, path, branch=branch, snapshot=made, write_index=False))
-    commit = CommitInfo(sha=made.commit_sha, tree_sha=made.tree_sha, parent_shas=(safety.commit_sha,))
-    return CodeRewound(safety=safety, changes=changes, rewind_commit=commit, rewind_message=message)
+    commit = CommitInfo(sha=made.commit_sha, tree_sha=made.tree_sha, parent_shas=(before,))
+    return CodeRewound(safety=safety, changes=done.changes, rewind_commit=commit, rewind_message=message)
 
 
 async def _safety_checkpoint(
     tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint
-) -> tuple[TaskCheckpoint, git.Snapshot | None]:
-    """What a rewind keeps of the worktree as it is, and the snapshot to publish for it (None: none).
+) -> tuple[TaskCheckpoint, git.Snapshot, bool]:
+    """What a rewind keeps of the worktree as it is, the snapshot of the worktree taken for it, and
+    whether that snapshot is a new commit to publish.
 
     A worktree that still holds its branch head's tree, which a checkpoint records, needs no new
     commit: that checkpoint is the safety one. Otherwise a SAFETY checkpoint is recorded; its
@@ -424,11 +427,11 @@ async def _safety_checkpoint(
             tx.session, owner_id=tx.owner_id, task_id=task.id, commit_sha=snap.parent_sha
         )
         if head is not None:
-            return head, None
+            return head, snap, False
     commit = CommitInfo(
         sha=snap.commit_sha, tree_sha=snap.tree_sha, parent_shas=() if snap.parent_sha is None else (snap.parent_sha,)
     )
-    return await record_checkpoint(tx, task, commit, message=message, kind=CheckpointKind.SAFETY), snap
+    return await record_checkpoint(tx, task, commit, message=message, kind=CheckpointKind.SAFETY), snap, True
 
 
 async def load_checkpoint(tx: Tx, task: Task, checkpoint_id: uuid.UUID) -> TaskCheckpoint:

@@ -65,9 +65,18 @@ class Snapshot:
     tree_sha: str
     # The tree of the parent: equal to `tree_sha` when nothing changed since the branch's head.
     parent_tree_sha: str | None = None
-    # The stat of every file as the snapshot hashed it, so `publish` refreshes the index without
-    # reading the files again. Not part of the value: a Snapshot rebuilt from stored shas also works.
+    # The stat of every file as the snapshot hashed it, so `publish` refreshes the index and a
+    # `rewind` right after knows the worktree without reading the files again. Not part of the
+    # value: a Snapshot rebuilt from stored shas also works.
     _index_entries: Mapping[bytes, IndexEntry] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """What `rewind` did: the files it changed, and the rewind commit it wrote (not yet published)."""
+
+    changes: list[FileChange]
+    commit: Snapshot
 
 
 def clone_worktree(source: SourceRepository, path: Path, *, ref: str | None, branch: str) -> str:
@@ -188,16 +197,28 @@ def restore(path: Path, *, commit_sha: str, force: bool = False) -> list[FileCha
     return [FileChange(path_text(p), kind) for p, kind in result.changes]
 
 
-def commit_tree(path: Path, *, tree_sha: str, parent_sha: str, message: str) -> Snapshot:
-    """Write a commit of the stored tree `tree_sha` on top of `parent_sha`, without moving any ref.
+def rewind(
+    path: Path, *, commit_sha: str, parent_sha: str, message: str, force: bool = False, worktree: Snapshot | None = None
+) -> Rewind:
+    """`restore` the tree of `commit_sha`, then write a commit of it on top of `parent_sha`, moving no ref.
 
-    A rewind's new head: its tree is the target's, its parent the safety commit, so history stays
-    linear. `publish` it (after the parent) with `write_index` False: the restore wrote the index.
+    The commit is a rewind's new head: its tree is the target's, its parent the safety commit, so
+    history stays linear. `publish` it (after the parent) with `write_index` False: the restore
+    wrote the index. `worktree` is a `snapshot` of the worktree taken just before under the same
+    lock (the safety snapshot): the restore then starts from what it read instead of reading
+    every file's stat again. Errors as `restore`'s, nothing changed.
     """
     with _open(path) as repo:
-        commit = new_commit(object_id(tree_sha), commit_of(repo.object_store, object_id(parent_sha)).id, message)
-        store_objects(repo.object_store, [commit])
-    return Snapshot(commit_sha=commit.id.decode(), parent_sha=parent_sha, tree_sha=tree_sha)
+        store = repo.object_store
+        tree = commit_of(store, object_id(commit_sha)).tree
+        parent = commit_of(store, object_id(parent_sha)).id
+        current = None if worktree is None else worktree._index_entries
+        result = checkout(repo, path, tree, force=force, current=current)
+        commit = new_commit(tree, parent, message)
+        store_objects(store, [commit])
+    changes = [FileChange(path_text(p), kind) for p, kind in result.changes]
+    made = Snapshot(commit_sha=commit.id.decode(), parent_sha=parent_sha, tree_sha=tree.decode())
+    return Rewind(changes=changes, commit=made)
 
 
 def compare(path: Path, *, base_sha: str, target_sha: str | None) -> list[FileChange]:
