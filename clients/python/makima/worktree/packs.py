@@ -44,6 +44,11 @@ class PackedObjects:
     def __contains__(self, sha: ObjectID) -> bool:
         return self.locate(sha) is not None or sha in self.store
 
+    def packed(self, sha: ObjectID | RawObjectID) -> bool:
+        """Whether one of the packs listed at construction holds `sha`: no loose object, alternate or
+        new listing is looked at (a bucket-based store would list its bucket again on a miss)."""
+        return self.locate(sha) is not None
+
     def get_raw(self, sha: ObjectID | RawObjectID) -> tuple[int, bytes]:
         """The type and content of `sha`, deltas resolved; KeyError if the store does not hold it."""
         where = self.locate(sha)

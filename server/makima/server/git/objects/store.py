@@ -222,7 +222,7 @@ class OwnerObjectStore(BucketBasedObjectStore):
         worktree, on top of the commits this store holds (the haves `missing` was found with).
 
         Lighter than `receive_pack`, which guards against a sender: the history is complete by
-        construction (the walk stopped at stored commits) and nothing is thin or a bomb, so each
+        construction (the walk stopped at stored objects) and nothing is thin or a bomb, so each
         object is read once, its id checked against its content (the agent may have written to
         the repository) and its tree names and modes checked as any pack's (InvalidPackError);
         the pack's entries are then copied and its index written from the known ids (`repack`).
@@ -239,7 +239,7 @@ class OwnerObjectStore(BucketBasedObjectStore):
                 trees.append(ShaFile.from_raw_string(type_num, raw, sha=sha))
         check_trees(trees)
         held = PackedObjects(self)
-        if all(sha in held for sha in missing.objects):
+        if all(held.packed(sha) for sha in missing.objects):
             return StoredPack(name=None, object_count=len(missing.objects), byte_size=0)
         with self._scratch(".pack") as (f, path):
             index_path = path.removesuffix(".pack") + ".idx"
