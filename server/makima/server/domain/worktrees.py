@@ -420,14 +420,17 @@ async def _safety_checkpoint(
     objects are stored with the rewind commit, whose parent it is.
     """
     assert task.branch is not None
+    path = worktree_of(task)
     message = f"safety checkpoint before rewinding to {target.commit_sha[:12]}"
-    snap = await ws.run(git.snapshot, worktree_of(task), branch=task.branch, message=message)
-    if snap.parent_sha is not None and snap.tree_sha == snap.parent_tree_sha:
+    snap = await ws.run(git.snapshot, path, branch=task.branch, message=message, reuse_head=True)
+    if snap.reused:
         head = await commit_records.newest_checkpoint_of_commit(
-            tx.session, owner_id=tx.owner_id, task_id=task.id, commit_sha=snap.parent_sha
+            tx.session, owner_id=tx.owner_id, task_id=task.id, commit_sha=snap.commit_sha
         )
         if head is not None:
             return head, snap, False
+        # A head no checkpoint records: a commit of the same tree on top of it is recorded instead.
+        snap = await ws.run(git.snapshot, path, branch=task.branch, message=message)
     commit = CommitInfo(
         sha=snap.commit_sha, tree_sha=snap.tree_sha, parent_shas=() if snap.parent_sha is None else (snap.parent_sha,)
     )

@@ -65,6 +65,8 @@ class Snapshot:
     tree_sha: str
     # The tree of the parent: equal to `tree_sha` when nothing changed since the branch's head.
     parent_tree_sha: str | None = None
+    # The branch's head itself, no commit written: `snapshot(reuse_head=True)` of an unchanged worktree.
+    reused: bool = False
     # The stat of every file as the snapshot hashed it, so `publish` refreshes the index and a
     # `rewind` right after knows the worktree without reading the files again. Not part of the
     # value: a Snapshot rebuilt from stored shas also works.
@@ -126,21 +128,34 @@ def head_commit(path: Path, *, branch: str) -> str | None:
     return None if sha is None else sha.decode()
 
 
-def snapshot(path: Path, *, branch: str, message: str) -> Snapshot:
+def snapshot(path: Path, *, branch: str, message: str, reuse_head: bool = False) -> Snapshot:
     """Write a commit of the whole worktree on top of `branch`'s head, without moving any ref.
 
     The commit holds what `git add -A` would stage: tracked files and every untracked file that is
     not ignored (.gitignore at any depth, .git/info/exclude, the user's excludes file); symlinks are
     stored as links, never followed. Neither the branch nor the index changes, so if the caller's
     own write fails the commit simply stays unreferenced. Call `publish` to make it the head.
+
+    With `reuse_head`, a worktree that holds exactly the tree of the branch's head gets no commit
+    and nothing is written: the Snapshot returned is the head itself (`reused`, its parent the
+    head's first parent), for a caller that only needs what the worktree holds kept somewhere.
     """
     ref = branch_ref(branch)
     with _open(path) as repo:
         parent = read_ref(repo, ref)
         shot = read_worktree(repo, path)
+        head = None if parent is None else commit_of(repo.object_store, parent)
+        if reuse_head and head is not None and head.tree == shot.tree:
+            return Snapshot(
+                commit_sha=head.id.decode(),
+                parent_sha=head.parents[0].decode() if head.parents else None,
+                tree_sha=head.tree.decode(),
+                reused=True,
+                _index_entries=shot.index,
+            )
         commit = new_commit(shot.tree, parent, message)
         store_objects(repo.object_store, [*shot.objects, commit])
-        parent_tree = None if parent is None else commit_of(repo.object_store, parent).tree.decode()
+        parent_tree = None if head is None else head.tree.decode()
     return Snapshot(
         commit_sha=commit.id.decode(),
         parent_sha=None if parent is None else parent.decode(),
