@@ -98,7 +98,8 @@ def find_missing(
     for want in want_ids:
         if want not in objects:
             raise RefNotFoundError(f"commit {want.decode()} is not in the object store", commit=want.decode())
-    ancestors = _ancestry(objects, have_ids)
+    # With `held`, the walk stops at any commit the receiver holds, and so at every have's ancestor.
+    ancestors = set(have_ids) if held is not None else _ancestry(objects, have_ids)
     missing: list[ObjectID] = []
     boundary: list[ObjectID] = []
     others: list[ObjectID] = []
