@@ -106,20 +106,22 @@ class StatCache:
     def trusted(self, path: bytes, st: os.stat_result, mode: int) -> IndexEntry | None:
         """The index entry of `path` if its stat proves the file unchanged since it was hashed."""
         entry = self.entries.get(path)
-        if entry is None or entry.mode != mode:
-            return None
-        mtime_ns = entry.mtime_ns
-        # Zero is a smudged entry. An mtime not older than the index itself is racy, as in git.
-        if mtime_ns == 0 or mtime_ns >= self._index_mtime_ns:
-            return None
-        if (
-            st.st_mtime_ns != mtime_ns
-            or st.st_ctime_ns != entry.ctime_ns
-            or st.st_size & _U32 != entry.size
-            or st.st_ino & _U32 != entry.ino
-        ):
+        if entry is None or entry.mode != mode or not self.unchanged(entry, st):
             return None
         return entry
+
+    def unchanged(self, entry: IndexEntry, st: os.stat_result) -> bool:
+        """Whether `st` proves the file of `entry` (of the same mode) unchanged since it was hashed."""
+        mtime_ns = entry.mtime_ns
+        # Zero is a smudged entry. An mtime not older than the index itself is racy, as in git.
+        return (
+            mtime_ns != 0
+            and mtime_ns < self._index_mtime_ns
+            and st.st_mtime_ns == mtime_ns
+            and st.st_ctime_ns == entry.ctime_ns
+            and st.st_size & _U32 == entry.size
+            and st.st_ino & _U32 == entry.ino
+        )
 
 
 class IgnoreRules:
@@ -184,6 +186,9 @@ class _Scanner:
             self._keep_gitlink(prefix[:-1])  # a submodule not checked out: git keeps its recorded commit
             return
         pushed = ".gitignore" in names and self._push_gitignore(dir_fd, prefix)
+        # The loop every file of the worktree goes through: a tracked file whose stat matches the
+        # index costs one lstat and no call beyond `unchanged`.
+        files, index, unchanged = self.state.files, self._cache.entries, self._cache.unchanged
         try:
             for entry in entries:
                 name = os.fsencode(entry.name)
@@ -194,11 +199,21 @@ class _Scanner:
                     self._enter(dir_fd, name, path)
                     continue
                 st = entry.stat(follow_symlinks=False)
-                if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                st_mode = st.st_mode
+                if stat.S_ISREG(st_mode):
+                    mode = MODE_EXECUTABLE if st_mode & stat.S_IXUSR else MODE_FILE
+                elif stat.S_ISLNK(st_mode):
+                    mode = MODE_SYMLINK
+                else:
                     continue  # sockets, FIFOs and devices are not content git can store
-                if path not in self._cache.entries and self._rules.is_ignored(path, is_dir=False):
+                known = index.get(path)
+                if known is None:
+                    if self._rules.is_ignored(path, is_dir=False):
+                        continue
+                elif known.mode == mode and unchanged(known, st):
+                    files[path] = known
                     continue
-                self._add(dir_fd, name, path, st)
+                self._hash(dir_fd, name, path, st)
         finally:
             if pushed:
                 self._rules.pop()
@@ -249,11 +264,14 @@ class _Scanner:
         return True
 
     def _add(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> None:
-        mode = mode_of(st)
-        entry = self._cache.trusted(path, st, mode)
+        entry = self._cache.trusted(path, st, mode_of(st))
         if entry is not None:
             self.state.files[path] = entry
             return
+        self._hash(dir_fd, name, path, st)
+
+    def _hash(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> None:
+        """Read and hash the file: new, changed, or its stat no proof that it is not."""
         got = _fs.read_entry(dir_fd, name, st)
         if got is None:
             return  # gone (or replaced by something git cannot store) since it was listed
