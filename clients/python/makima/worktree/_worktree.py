@@ -24,7 +24,7 @@ from dulwich.objects import Blob, ObjectID
 from dulwich.repo import Repo
 
 from makima.worktree import _fs
-from makima.worktree._index import IndexEntry, read_index
+from makima.worktree._index import IndexEntry, load_index
 from makima.worktree._nested import nested_repository
 from makima.worktree.errors import RefNotFoundError, UntrackedInTheWayError
 from makima.worktree.packs import PackedObjects
@@ -52,6 +52,9 @@ class WorktreeState:
     files: dict[bytes, IndexEntry] = field(default_factory=dict)
     # Contents read during the scan, by sha, so a snapshot can store the new ones without reading again.
     blobs: dict[ObjectID, Blob] = field(default_factory=dict)
+    # The tree of `files` when known without building it: the index holds the same files and
+    # contents, and this process wrote it for that tree (see `_index.load_index`).
+    tree: ObjectID | None = None
 
 
 def mode_of(st: os.stat_result) -> int:
@@ -90,18 +93,16 @@ def tree_entry(mode: int, sha: ObjectID) -> IndexEntry:
 class StatCache:
     """The index of a worktree, read once, answering "is this file still what the index says?"."""
 
-    def __init__(self, entries: dict[bytes, IndexEntry], index_mtime_ns: int) -> None:
+    def __init__(self, entries: dict[bytes, IndexEntry], index_mtime_ns: int, tree: ObjectID | None = None) -> None:
         self.entries = entries
         self._index_mtime_ns = index_mtime_ns
+        # The tree the index holds, if known (see `_index.load_index`).
+        self.tree = tree
 
     @classmethod
     def load(cls, index_path: str) -> StatCache:
-        try:
-            index_mtime_ns = os.stat(index_path).st_mtime_ns
-        except FileNotFoundError:
-            return cls({}, 0)
         # Conflict stages are dropped: those files are then hashed like new ones.
-        return cls(read_index(index_path), index_mtime_ns)
+        return cls(*load_index(index_path))
 
     def trusted(self, path: bytes, st: os.stat_result, mode: int) -> IndexEntry | None:
         """The index entry of `path` if its stat proves the file unchanged since it was hashed."""
@@ -314,7 +315,21 @@ def scan(repo: Repo, root_fd: int, *, keep_blobs: bool) -> WorktreeState:
     """
     cache = StatCache.load(repo.index_path())
     root = os.fsencode(os.path.realpath(repo.path))
-    return _Scanner(root_fd, root, cache, IgnoreRules.for_repo(repo), keep_blobs=keep_blobs).run()
+    state = _Scanner(root_fd, root, cache, IgnoreRules.for_repo(repo), keep_blobs=keep_blobs).run()
+    if cache.tree is not None and _same_files(state.files, cache.entries):
+        state.tree = cache.tree
+    return state
+
+
+def _same_files(found: Mapping[bytes, IndexEntry], index: Mapping[bytes, IndexEntry]) -> bool:
+    """Whether the scan found exactly the index's paths, each with its mode and content."""
+    if len(found) != len(index):
+        return False
+    for path, entry in found.items():
+        known = index.get(path)
+        if known is not entry and (known is None or known.mode != entry.mode or known.sha != entry.sha):
+            return False
+    return True
 
 
 @dataclass(slots=True)

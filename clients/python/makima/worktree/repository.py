@@ -147,6 +147,9 @@ def read_worktree(repo: Repo, root: Path) -> WorktreeSnapshot:
         state = scan(repo, root_fd, keep_blobs=True)
     finally:
         os.close(root_fd)
+    if state.tree is not None:
+        # Unchanged since this process wrote the index for that tree, whose objects are stored.
+        return WorktreeSnapshot(tree=state.tree, objects=list(state.blobs.values()), index=state.files)
     tree, trees = build_trees({path: (entry.mode, entry.sha) for path, entry in state.files.items()})
     return WorktreeSnapshot(tree=tree, objects=[*state.blobs.values(), *trees], index=state.files)
 
@@ -188,7 +191,7 @@ def checkout(
         result = apply_tree(root_fd, repo.object_store, current=current, target=target, force=force)
     finally:
         os.close(root_fd)
-    replace_index(repo, result.index)
+    replace_index(repo, result.index, tree=tree)
     return result
 
 
@@ -204,9 +207,13 @@ def index_for_tree(repo: Repo, tree: ObjectID) -> dict[bytes, IndexEntry]:
     return entries
 
 
-def replace_index(repo: Repo, entries: Mapping[bytes, IndexEntry]) -> None:
-    """Replace the repository's index, waiting a little while a git command holds its lock."""
-    locked(lambda: _index.write_index(repo.index_path(), entries), what="index")
+def replace_index(repo: Repo, entries: Mapping[bytes, IndexEntry], *, tree: ObjectID | None = None) -> None:
+    """Replace the repository's index, waiting a little while a git command holds its lock.
+
+    `tree` is the tree `entries` hold, stored in the repository, when the caller knows it: the next
+    snapshot of an unchanged worktree then takes it as is (see `_index.load_index`).
+    """
+    locked(lambda: _index.write_index(repo.index_path(), entries, tree=tree), what="index")
 
 
 def store_objects(store: BaseObjectStore, objects: Iterable[ShaFile]) -> None:

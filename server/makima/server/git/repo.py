@@ -193,7 +193,7 @@ def publish(path: Path, *, branch: str, snapshot: Snapshot, write_index: bool = 
             entries = snapshot._index_entries
         else:
             entries = index_for_tree(repo, commit.tree)
-        replace_index(repo, entries)
+        replace_index(repo, entries, tree=commit.tree)
 
 
 def restore(path: Path, *, commit_sha: str, force: bool = False) -> list[FileChange]:
