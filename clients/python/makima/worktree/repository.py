@@ -34,6 +34,7 @@ from makima.worktree import _fs, _index
 from makima.worktree._index import IndexEntry
 from makima.worktree._worktree import Checkout, apply_tree, scan, tree_entry
 from makima.worktree.errors import BranchExistsError, ConcurrentUpdateError, GitError
+from makima.worktree.packs import share_index
 from makima.worktree.paths import validate_branch_name
 from makima.worktree.transfer import repack
 from makima.worktree.trees import IDENTITY, build_trees, flatten
@@ -62,6 +63,10 @@ class ObjectDir(DiskObjectStore):
     def __init__(self, path: str, alternates: Iterable[str] = ()) -> None:
         super().__init__(path)
         self._alternates = [ObjectDir(alternate) for alternate in alternates]
+
+    def _update_pack_cache(self) -> list[Pack]:
+        # Pack indexes are mapped once per process (see packs.shared_index), not once per operation.
+        return [share_index(pack) for pack in super()._update_pack_cache()]
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from dulwich.repo import Repo
 from makima.server import git
 from makima.server.git.objects import OwnerObjectStore, find_missing, outgoing_pack
 from makima.worktree.packs import PackedObjects
+from makima.worktree.repository import ObjectDir
 
 # The identity of every commit the service writes (the git layer's snapshots use the same).
 IDENTITY = b"makima <makima@localhost>"
@@ -168,15 +169,11 @@ def _repository_objects(source: git.SourceRepository) -> Iterator[DiskObjectStor
     dulwich would read every `info/alternates` file it meets; these were all checked inside the
     workspace root by `git.resolve_repository`, so none is read again.
     """
-    stores = [DiskObjectStore(str(directory)) for directory in (source.objects_dir, *source.alternates)]
-    for each in stores:
-        each._alternates = []
-    stores[0]._alternates = list(stores[1:])
+    store = ObjectDir(str(source.objects_dir), [str(directory) for directory in source.alternates])
     try:
-        yield stores[0]
+        yield store
     finally:
-        for each in stores:
-            each.close()
+        store.close()  # and its alternates
 
 
 def _text(path: bytes) -> str:

@@ -32,7 +32,7 @@ from dulwich.pack import Pack, PackFileDisappeared
 
 from makima.server.git.errors import InvalidPackError
 from makima.server.git.objects.bucket import PackBucket, PackInfo, install_files, names_in, pack_basename, remove_files
-from makima.worktree.packs import PackedObjects
+from makima.worktree.packs import PackedObjects, share_index
 from makima.worktree.transfer import (
     DEFAULT_CHUNK_SIZE,
     Missing,
@@ -109,7 +109,8 @@ class OwnerObjectStore(BucketBasedObjectStore):
             with self._scratch(".pack") as (pack_file, _), self._scratch(".idx") as (index_file, _):
                 self._bucket.get_pack(name, pack_file, index_file)
                 install_files(self._dir, name, pack_file, index_file)
-        return Pack(os.fspath(base), object_format=self.object_format)
+        # Pack indexes are mapped once per process (see packs.shared_index), not once per operation.
+        return share_index(Pack(os.fspath(base), object_format=self.object_format))
 
     def _upload_pack(self, basename: str, pack_file: BinaryIO, index_file: BinaryIO) -> None:
         self._bucket.put_pack(basename, pack_file, index_file)
