@@ -89,9 +89,11 @@ def find_missing(
     does not hold is RefNotFoundError.
 
     `held`, if given, answers for a receiver that holds every object with all it reaches (the
-    service's object store): what it holds is neither sent nor walked, though no have reaches it,
-    e.g. a rewind commit's tree, which is its target's. The boundary's trees are then read only if
-    some tree is to be walked, and `remote_has` may hold the boundary commits alone.
+    service's object store): a commit or tree it holds is neither sent nor walked, though no have
+    reaches it, e.g. a rewind commit's tree, which is its target's. Blobs are not asked about: a
+    miss costs a lookup in every pack, and a blob prunes nothing below it. The boundary's trees
+    are then read only if some tree is to be walked, and `remote_has` may hold the boundary
+    commits alone.
     """
     objects = PackedObjects(store)
     want_ids, have_ids = object_ids(wants), object_ids(haves)
@@ -206,8 +208,8 @@ def _walk_trees(
 ) -> None:
     """Add to `seen` (and `out`) the trees `roots` and all they reach that `seen` lacks; gitlinks are skipped.
 
-    A subtree already in `seen` is not walked: whatever reaches it was walked with it; nor is one
-    `held` answers for (see `find_missing`). The trees added go to `trees` too, if given.
+    A subtree already in `seen` is not walked: whatever reaches it was walked with it; nor is a
+    subtree `held` answers for (see `find_missing`). The trees added go to `trees` too, if given.
     """
     pending = list(reversed(roots))
     while pending:
@@ -222,7 +224,7 @@ def _walk_trees(
         for _name, mode, sha in _parse_tree(objects.get_raw(tree)[1], objects.oid_length):
             if mode == MODE_GITLINK or sha in seen:
                 continue
-            if held is not None and held(sha):
+            if mode == MODE_TREE and held is not None and held(sha):
                 seen.add(sha)
                 continue
             if mode == MODE_TREE:
