@@ -34,7 +34,7 @@ from makima.worktree import _fs, _index
 from makima.worktree._index import IndexEntry
 from makima.worktree._worktree import Checkout, apply_tree, scan, tree_entry
 from makima.worktree.errors import BranchExistsError, ConcurrentUpdateError, GitError
-from makima.worktree.packs import share_index
+from makima.worktree.packs import PackedObjects, share_index
 from makima.worktree.paths import validate_branch_name
 from makima.worktree.transfer import repack
 from makima.worktree.trees import IDENTITY, build_trees, flatten
@@ -229,8 +229,10 @@ def store_objects(store: BaseObjectStore, objects: Iterable[ShaFile]) -> None:
     `consolidate_packs` then keeps the number of packs bounded.
     """
     assert isinstance(store, DiskObjectStore)
-    # Own packs only: a lookup through a chain of alternates costs more than writing an object twice.
-    todo = list({obj.id: obj for obj in objects if not store.contains_packed(obj.id)}.values())
+    # Own packs only, as listed once: a lookup through a chain of alternates, or dulwich's rescan of
+    # the pack directory on every miss, costs more than writing an object twice.
+    packed = PackedObjects(store).packed
+    todo = list({obj.id: obj for obj in objects if not packed(obj.id)}.values())
     if len(todo) >= _PACK_THRESHOLD:
         write_pack(store, todo)
         consolidate_packs(store)
