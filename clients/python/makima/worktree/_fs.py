@@ -186,7 +186,8 @@ def _overwrite(dir_fd: int, name: bytes, data: bytes, *, executable: bool) -> os
         ):
             return None
         _write_all(fd, data)
-        os.ftruncate(fd, len(data))
+        if len(data) < st.st_size:
+            os.ftruncate(fd, len(data))
         return os.fstat(fd)
     finally:
         os.close(fd)

@@ -13,6 +13,7 @@ import errno
 import io
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from makima.worktree.paths import MODE_EXECUTABLE, MODE_FILE, MODE_GITLINK, MODE
 ChangeKind = Literal["added", "modified", "deleted"]
 
 _U32 = 0xFFFFFFFF
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 _NS = 1_000_000_000
 # How long after a file's mtime its stat may still be shared by a later write to it: the coarse
 # kernel clock ticks at most every 10 ms; file systems that store whole seconds (the nanosecond
@@ -192,7 +194,7 @@ class _Scanner:
         files, index, unchanged = self.state.files, self._cache.entries, self._cache.unchanged
         try:
             for entry in entries:
-                name = os.fsencode(entry.name)
+                name = entry.name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode, without its checks
                 if name == b".git":
                     continue  # the repository itself, or a `.git` naming none, which hides only itself
                 path = prefix + name
