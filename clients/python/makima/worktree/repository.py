@@ -183,10 +183,10 @@ def checkout(
     (ignored files are left alone) with the directories they leave empty, missing files brought back.
     UntrackedInTheWayError if an ignored file or a nested repository stands where the tree has
     something else, unless `force` (see `apply_tree`).
-    Files are replaced, never written through, so a symlink or hard link planted in the worktree
-    cannot carry a write outside it. The tree's objects are read from the repository's store.
-    `current` is the worktree as a scan just read it (`WorktreeSnapshot.index`, under the same
-    lock), so that it is not read a second time.
+    A symlink or hard link planted in the worktree never carries a write outside it: only a regular
+    file with no other link is written over, anything else is replaced. The tree's objects are
+    read from the repository's store. `current` is the worktree as a scan just read it
+    (`WorktreeSnapshot.index`, under the same lock), so that it is not read a second time.
     """
     target = {} if tree is None else flatten(repo.object_store, tree)
     root_fd = _fs.open_root(root)

@@ -201,11 +201,11 @@ def restore(path: Path, *, commit_sha: str, force: bool = False) -> list[FileCha
 
     Only the differences are applied: changed files rewritten, files absent from the commit removed
     (ignored files are left alone) with the directories they leave empty, missing files brought back.
-    Files are replaced, never written through, so a symlink or hard link planted in the worktree
-    cannot carry a write outside it. What no commit holds (an ignored file or directory, a nested
-    repository) standing where the commit has something else refuses the restore with
-    UntrackedInTheWayError, nothing changed, unless `force` removes it. Returns what changed,
-    relative to the worktree before.
+    A symlink or hard link planted in the worktree never carries a write outside it: only a regular
+    file with no other link is written over, anything else is replaced. What no commit holds (an
+    ignored file or directory, a nested repository) standing where the commit has something else
+    refuses the restore with UntrackedInTheWayError, nothing changed, unless `force` removes it.
+    Returns what changed, relative to the worktree before.
     """
     with _open(path) as repo:
         result = checkout(repo, path, commit_of(repo.object_store, object_id(commit_sha)).tree, force=force)
