@@ -355,3 +355,22 @@ async def test_what_the_object_store_refuses_is_not_checkpointed(api: Api) -> No
     assert (unsafe.metadata["problem"], unsafe.metadata["path"]) == ("unsafe_path", "GIT~1")
     assert (corrupt.metadata["problem"], corrupt.metadata["object"]) == ("bad_object", blob)
     assert len(await checkpoints_of(api, task.id)) == before
+
+
+async def test_a_rewind_whose_safety_checkpoint_the_object_store_refuses_changes_nothing(api: Api) -> None:
+    """The safety commit is stored while the rewind is recorded: its refusal still fails the rewind
+    and nothing is recorded. (The undo cannot put GIT~1 back: no checkout writes a name read as .git.)"""
+    task = await create_task(api, "coder", worktree=EMPTY)
+    path = Path(task.worktree_path)
+    write(path, {"a.txt": "target\n"})
+    target = await checkpoint(api, task.id, "target")
+    write(path, {"a.txt": "since\n", "GIT~1/config": "a name Windows reads as .git\n"})
+    before, head = len(await checkpoints_of(api, task.id)), git(path, "rev-parse", "HEAD").strip()
+
+    refused = await fails(
+        rewind(api, task.id, target.id), grpc.StatusCode.FAILED_PRECONDITION, reason="WORKTREE_NOT_STORABLE"
+    )
+
+    assert (refused.metadata["problem"], refused.metadata["path"]) == ("unsafe_path", "GIT~1")
+    assert len(await checkpoints_of(api, task.id)) == before
+    assert git(path, "rev-parse", "HEAD").strip() == head

@@ -100,6 +100,25 @@ def test_unchanged_worktree_still_makes_a_new_commit_with_the_same_tree(worktree
     assert second.parent_sha == first.commit_sha
 
 
+def test_snapshot_reusing_the_head_writes_nothing_for_an_unchanged_worktree(worktree: Path) -> None:
+    write(worktree / "a.txt", "x\n")
+    first = checkpoint(worktree)
+    second = checkpoint(worktree, message="second")
+    objects = git(worktree, "count-objects", "-v")
+
+    same = snapshot(worktree, branch="main", message="unused", reuse_head=True)
+    unwritten = git(worktree, "count-objects", "-v")
+    write(worktree / "a.txt", "y\n")
+    changed = snapshot(worktree, branch="main", message="changed", reuse_head=True)
+
+    assert same.reused and same.commit_sha == second.commit_sha and same.parent_sha == first.commit_sha
+    assert same.tree_sha == second.tree_sha
+    assert unwritten == objects
+    assert not changed.reused and changed.parent_sha == second.commit_sha and changed.tree_sha != second.tree_sha
+    assert git(worktree, "rev-parse", "main").strip() == second.commit_sha
+    assert git(worktree, "cat-file", "-t", changed.commit_sha).strip() == "commit"
+
+
 def test_gitignore_rules_at_every_depth_are_respected(worktree: Path, tmp_path: Path) -> None:
     write(worktree / ".gitignore", "*.log\n!keep.log\nbuild/\n/top-only.txt\n")
     write(worktree / "debug.log", "noise")

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from makima.worktree._index import IndexEntry, read_index, write_index
+from makima.server.git import snapshot
+from makima.worktree._index import IndexEntry, load_index, read_index, write_index
 from tests.git.gitcli import checkpoint, git, status, write
 
 
@@ -65,3 +66,30 @@ def test_corrupt_index_is_read_as_empty(tmp_path: Path) -> None:
 
     assert read_index(str(path)) == {}
     assert read_index(str(tmp_path / "missing")) == {}
+
+
+def test_an_index_this_process_wrote_is_loaded_from_memory_until_another_writer_replaces_it(worktree: Path) -> None:
+    write(worktree / "a.txt", "a\n")
+    write(worktree / "b.txt", "b\n")
+    shot = checkpoint(worktree)  # writes the index for its tree
+    index_path = str(worktree / ".git" / "index")
+
+    loaded = load_index(index_path)
+    assert loaded.tree == shot.tree_sha.encode() and loaded.entries == read_index(index_path)
+    git(worktree, "update-index", "--force-remove", "b.txt")  # git's own write: a new file renamed in place
+    after_git = load_index(index_path)
+
+    assert after_git.tree is None and set(after_git.entries) == {b"a.txt"}
+
+
+def test_a_snapshot_sees_what_git_tracked_since_the_index_was_written(worktree: Path) -> None:
+    write(worktree / ".gitignore", "*.log\n")
+    write(worktree / "a.txt", "a\n")
+    write(worktree / "kept.log", "ignored, then tracked by git add -f\n")
+    first = checkpoint(worktree)
+    git(worktree, "add", "-f", "kept.log")
+
+    second = snapshot(worktree, branch="main", message="again")
+
+    assert second.tree_sha != first.tree_sha
+    assert git(worktree, "show", f"{second.commit_sha}:kept.log") == "ignored, then tracked by git add -f\n"

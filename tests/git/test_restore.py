@@ -8,7 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from makima.server.git import FileChange, GitError, RefNotFoundError, UntrackedInTheWayError, compare, restore
+from makima.server.git import (
+    FileChange,
+    GitError,
+    RefNotFoundError,
+    UntrackedInTheWayError,
+    compare,
+    publish,
+    restore,
+    rewind,
+    snapshot,
+)
 from tests.git.gitcli import checkpoint, files_on_disk, git, git_ok, ls_files, ls_tree, status, write
 
 
@@ -205,6 +215,46 @@ def test_restore_replaces_file_symlinks_and_hard_links_instead_of_writing_throug
     assert files_on_disk(outside) == before
     assert (outside / "linked.txt").stat().st_nlink == 1
     assert_worktree_is(worktree, a)
+
+
+def test_restore_writes_over_a_changed_file_of_its_own_and_replaces_a_read_only_one(worktree: Path) -> None:
+    write(worktree / "own.txt", "short\n")
+    write(worktree / "locked.txt", "locked A\n")
+    write(worktree / "tool.sh", "#!/bin/sh\n", mode=0o755)
+    a = checkpoint(worktree).commit_sha
+    write(worktree / "own.txt", "a much longer content than the checkpoint's\n" * 20)
+    write(worktree / "locked.txt", "locked B\n", mode=0o444)
+    write(worktree / "tool.sh", "#!/bin/sh\nexit 1\n", mode=0o644)
+    own = (worktree / "own.txt").stat().st_ino
+
+    restore(worktree, commit_sha=a)
+
+    # Written where it stands (no file created), cut to the shorter content.
+    assert (worktree / "own.txt").stat().st_ino == own
+    assert (worktree / "locked.txt").stat().st_mode & 0o200
+    assert_worktree_is(worktree, a)
+    assert status(worktree) == ""
+
+
+def test_rewind_from_the_safety_snapshot_restores_and_commits_on_top_of_it(
+    two_checkpoints: tuple[Path, str, str],
+) -> None:
+    worktree, a, _b = two_checkpoints
+    write(worktree / "edit.txt", "uncommitted\n")
+    write(worktree / "new.txt", "untracked\n")
+    (worktree / "same.txt").unlink()
+    safety = snapshot(worktree, branch="main", message="safety")
+
+    done = rewind(worktree, commit_sha=a, parent_sha=safety.commit_sha, message="rewind", worktree=safety)
+    publish(worktree, branch="main", snapshot=safety, write_index=False)
+    publish(worktree, branch="main", snapshot=done.commit, write_index=False)
+
+    assert_worktree_is(worktree, a)
+    assert status(worktree) == ""
+    assert git(worktree, "rev-parse", "HEAD^{tree}").strip() == git(worktree, "rev-parse", f"{a}^{{tree}}").strip()
+    assert git(worktree, "rev-parse", "HEAD^").strip() == safety.commit_sha
+    assert git(worktree, "show", f"{safety.commit_sha}:new.txt") == "untracked\n"
+    assert done.changes == compare(worktree, base_sha=safety.commit_sha, target_sha=a)
 
 
 def test_restore_of_a_tree_with_a_link_to_the_outside_writes_the_link_only(worktree: Path, tmp_path: Path) -> None:

@@ -7,12 +7,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from dulwich.object_format import DEFAULT_OBJECT_FORMAT
-from dulwich.objects import Commit
+from dulwich.object_store import MemoryObjectStore, OverlayObjectStore
+from dulwich.objects import Commit, ObjectID
 from dulwich.pack import Pack, PackInflater
 from dulwich.repo import Repo
 
 from makima.server.domain.objects import ObjectStores
-from makima.server.git.objects import OwnerObjectStore, outgoing_pack
+from makima.server.git.objects import OwnerObjectStore, find_missing, outgoing_pack
+from makima.worktree.packs import PackedObjects
+from makima.worktree.trees import new_commit
 from tests.objects.helpers import (
     CHANGED,
     History,
@@ -219,3 +222,29 @@ async def test_stored_deltas_are_copied_without_inflating_and_git_accepts_them(
     assert git(fresh, "fsck", "--strict", "--no-dangling") == b""
     assert ls_tree(fresh, head) == ls_tree(repo, head)
     assert git(fresh, "rev-list", "--count", head) == b"10\n"
+
+
+async def test_what_the_receiver_holds_is_not_sent_though_no_have_reaches_it(
+    stores: ObjectStores, owner_id: uuid.UUID, history: History
+) -> None:
+    """A rewind commit (the first commit's tree on top of the second) sends itself alone to a store
+    holding both; without `held`, the first tree's objects that the second lacks go along."""
+    daemon = Repo(str(history.path))
+    first = daemon.object_store[ObjectID(history.first.encode())]
+    assert isinstance(first, Commit)
+    rewind = new_commit(first.tree, ObjectID(history.second.encode()), "rewind")
+    added = MemoryObjectStore()
+    added.add_object(rewind)
+    local = OverlayObjectStore([added, daemon.object_store])
+
+    def scenario(store: OwnerObjectStore) -> tuple[list[ObjectID], int]:
+        push_first(store, history)
+        push(store, git_pack(history.path, [history.second, f"^{history.first}"]), history.second)
+        held = PackedObjects(store)
+        pruned = find_missing(local, wants=[rewind.id.decode()], haves=[history.second], held=held.packed)
+        whole = find_missing(local, wants=[rewind.id.decode()], haves=[history.second])
+        return pruned.objects, len(whole.objects)
+
+    pruned, whole = await stores.run(owner_id, scenario)
+    assert pruned == [rewind.id]
+    assert whole > CHANGED  # the 100 files' old blobs and the trees holding them

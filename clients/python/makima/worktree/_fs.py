@@ -17,6 +17,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO swapped in after the lstat must not hang the open; it is refused after fstat.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK as for reads: a FIFO or device swapped in must not hang the open (refused after fstat).
+_OVERWRITE_FLAGS = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 # Refusals of O_NOFOLLOW / O_DIRECTORY when the name is a symlink or not a directory.
 _NOT_A_DIR = (errno.ENOTDIR, errno.ELOOP)
 
@@ -137,13 +139,23 @@ def remove_entry(dir_fd: int, name: bytes) -> bool:
     return True
 
 
-def write_file(dir_fd: int, name: bytes, data: bytes, *, executable: bool) -> os.stat_result:
-    """Replace `name` with a new regular file holding `data`; returns its stat.
+def write_file(dir_fd: int, name: bytes, data: bytes, *, executable: bool, in_place: bool = False) -> os.stat_result:
+    """Make `name` a regular file holding `data`; returns its stat.
 
-    The old entry is unlinked rather than truncated, so a symlink or a hard link planted there
-    never carries the write to a file outside the worktree. The umask applies, as with git. The
-    create is tried first: on a fresh checkout nothing is in the way, which saves a syscall a file.
+    With `in_place` (the caller saw a regular file there), a file that is still a regular file
+    with no other link, writable by its owner and with the right executable bit is overwritten (its
+    other permission bits stay as they are): creating a file costs far more
+    than writing one on many file systems (0.2 to 0.8 ms here, against 15 µs to open one). Anything
+    else is unlinked and a new file created, so a symlink or a hard link planted there never carries
+    the write to a file outside the worktree: the open does not follow a link, and the link count
+    and kind are read from the opened file itself, not from its path. The umask applies to a new
+    file, as with git. The create is tried first: on a fresh checkout nothing is in the way, which
+    saves a syscall a file.
     """
+    if in_place:
+        st = _overwrite(dir_fd, name, data, executable=executable)
+        if st is not None:
+            return st
     mode = 0o777 if executable else 0o666
     try:
         fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dir_fd)
@@ -151,12 +163,40 @@ def write_file(dir_fd: int, name: bytes, data: bytes, *, executable: bool) -> os
         remove_entry(dir_fd, name)
         fd = os.open(name, _CREATE_FLAGS, mode, dir_fd=dir_fd)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        _write_all(fd, data)
         return os.fstat(fd)
     finally:
         os.close(fd)
+
+
+def _overwrite(dir_fd: int, name: bytes, data: bytes, *, executable: bool) -> os.stat_result | None:
+    """Write `data` over the regular file `name` if it is one of its own; None (nothing written) if not."""
+    try:
+        # No O_TRUNC: nothing may change before the checks below, made on the file actually opened.
+        fd = os.open(name, _OVERWRITE_FLAGS, dir_fd=dir_fd)
+    except OSError:
+        return None  # gone, a link (ELOOP), busy (ETXTBSY), read-only, a FIFO without reader...
+    try:
+        st = os.fstat(fd)
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_nlink != 1
+            or bool(st.st_mode & stat.S_IXUSR) != executable
+            or not st.st_mode & stat.S_IWUSR  # made read-only: replaced, as git does (root can open it)
+        ):
+            return None
+        _write_all(fd, data)
+        if len(data) < st.st_size:
+            os.ftruncate(fd, len(data))
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def write_symlink(dir_fd: int, name: bytes, target: bytes) -> os.stat_result:

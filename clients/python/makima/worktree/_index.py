@@ -4,6 +4,12 @@ dulwich's general index code costs ~20 ms per 1,000 entries each way (and misrea
 files git writes); checkpoints and restores read and write the whole index every time, so this
 module reads versions 2 to 4 and writes version 2 with one struct per entry. Extensions are
 skipped on read and not written: they are caches git rebuilds.
+
+An index this process wrote is also kept in memory (`load_index`), with the tree it describes when
+the writer knew it: the next operation on the worktree neither parses the file again nor, if no
+file changed, rebuilds that tree to learn that nothing changed. What proves the file is still the
+one written is its inode, size, mtime and trailing checksum: git and this module replace an index
+by renaming a new file over it, never in place.
 """
 
 from __future__ import annotations
@@ -11,7 +17,10 @@ from __future__ import annotations
 import binascii
 import hashlib
 import logging
+import os
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -115,11 +124,62 @@ def _varint(data: bytes, offset: int) -> tuple[int, int]:
     return value, offset + 1
 
 
-def write_index(path: str, entries: Mapping[bytes, IndexEntry]) -> None:
+class LoadedIndex(NamedTuple):
+    """The stage-0 entries of an index, its mtime (0: no index), and the tree they hold if known."""
+
+    entries: dict[bytes, IndexEntry]
+    mtime_ns: int
+    # Set when this process wrote the index for a tree (`write_index(tree=...)`).
+    tree: ObjectID | None
+
+
+# What identifies a written index file: device, inode, size, mtime and its trailing checksum.
+_Identity = tuple[int, int, int, int, bytes]
+_KEPT_INDEXES = 16
+_KEPT_ENTRIES = 200_000
+_kept: OrderedDict[str, tuple[_Identity, dict[bytes, IndexEntry], ObjectID | None]] = OrderedDict()
+_kept_lock = threading.Lock()
+
+
+def load_index(path: str) -> LoadedIndex:
+    """The index at `path` as `read_index` reads it, from memory if this process wrote that very file.
+
+    The entries returned are the caller's own (a copy), whatever their source.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return LoadedIndex({}, 0, None)
+    try:
+        st = os.fstat(fd)
+        trailer = os.pread(fd, 20, max(st.st_size - 20, 0))
+    finally:
+        os.close(fd)
+    identity = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, trailer)
+    with _kept_lock:
+        kept = _kept.get(path)
+        if kept is not None and kept[0] == identity:
+            _kept.move_to_end(path)
+            return LoadedIndex(dict(kept[1]), st.st_mtime_ns, kept[2])
+    return LoadedIndex(read_index(path), st.st_mtime_ns, None)
+
+
+def _keep(path: str, identity: _Identity, entries: dict[bytes, IndexEntry], tree: ObjectID | None) -> None:
+    with _kept_lock:
+        _kept.pop(path, None)
+        if len(entries) > _KEPT_ENTRIES:
+            return
+        _kept[path] = (identity, entries, tree)
+        while len(_kept) > _KEPT_INDEXES or sum(len(kept[1]) for kept in _kept.values()) > _KEPT_ENTRIES:
+            _kept.popitem(last=False)
+
+
+def write_index(path: str, entries: Mapping[bytes, IndexEntry], *, tree: ObjectID | None = None) -> None:
     """Replace the index at `path` with `entries` (version 2), under git's index.lock.
 
-    Not fsynced, like git's own index: it is a cache, rebuilt by hashing if lost.
-    FileLocked if another writer holds the lock.
+    `tree` is the tree the entries hold, if the caller knows it (see `load_index`). Not fsynced,
+    like git's own index: it is a cache, rebuilt by hashing if lost. FileLocked if another writer
+    holds the lock.
     """
     chunks = [_HEADER.pack(b"DIRC", 2, len(entries))]
     pack = _ENTRY.pack
@@ -148,6 +208,13 @@ def write_index(path: str, entries: Mapping[bytes, IndexEntry]) -> None:
         chunks.append(name)
         chunks.append(b"\x00" * (8 - (_ENTRY.size + len(name)) % 8))
     body = b"".join(chunks)
+    trailer = hashlib.sha1(body).digest()
+    with _kept_lock:
+        _kept.pop(path, None)  # whatever happens next, the file kept is about to be replaced
     with GitFile(path, "wb", fsync=False) as f:
         f.write(body)
-        f.write(hashlib.sha1(body).digest())
+        f.write(trailer)
+        f.flush()
+        # The stat of the file about to be renamed into place: renaming changes none of these.
+        st = os.fstat(f.fileno())
+    _keep(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, trailer), dict(entries), tree)

@@ -13,6 +13,7 @@ import errno
 import io
 import os
 import stat
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from dulwich.objects import Blob, ObjectID
 from dulwich.repo import Repo
 
 from makima.worktree import _fs
-from makima.worktree._index import IndexEntry, read_index
+from makima.worktree._index import IndexEntry, load_index
 from makima.worktree._nested import nested_repository
 from makima.worktree.errors import RefNotFoundError, UntrackedInTheWayError
 from makima.worktree.packs import PackedObjects
@@ -33,6 +34,7 @@ from makima.worktree.paths import MODE_EXECUTABLE, MODE_FILE, MODE_GITLINK, MODE
 ChangeKind = Literal["added", "modified", "deleted"]
 
 _U32 = 0xFFFFFFFF
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 _NS = 1_000_000_000
 # How long after a file's mtime its stat may still be shared by a later write to it: the coarse
 # kernel clock ticks at most every 10 ms; file systems that store whole seconds (the nanosecond
@@ -41,22 +43,20 @@ _RACY_WINDOW_FINE_NS = 100_000_000
 _RACY_WINDOW_COARSE_NS = 2 * _NS
 
 
-@dataclass(frozen=True, slots=True)
-class FileState:
-    """One file of a worktree as git sees it, with the index entry that records it."""
-
-    mode: int
-    sha: ObjectID
-    entry: IndexEntry
-
-
 @dataclass(slots=True)
 class WorktreeState:
-    """What a scan found: every file that belongs to the worktree's content, by '/'-separated path."""
+    """What a scan found: every file that belongs to the worktree's content, by '/'-separated path.
 
-    files: dict[bytes, FileState] = field(default_factory=dict)
+    Each file is known by the index entry that records it: its git mode, its content's sha and the
+    stat of the file when that content was hashed.
+    """
+
+    files: dict[bytes, IndexEntry] = field(default_factory=dict)
     # Contents read during the scan, by sha, so a snapshot can store the new ones without reading again.
     blobs: dict[ObjectID, Blob] = field(default_factory=dict)
+    # The tree of `files` when known without building it: the index holds the same files and
+    # contents, and this process wrote it for that tree (see `_index.load_index`).
+    tree: ObjectID | None = None
 
 
 def mode_of(st: os.stat_result) -> int:
@@ -95,36 +95,36 @@ def tree_entry(mode: int, sha: ObjectID) -> IndexEntry:
 class StatCache:
     """The index of a worktree, read once, answering "is this file still what the index says?"."""
 
-    def __init__(self, entries: dict[bytes, IndexEntry], index_mtime_ns: int) -> None:
+    def __init__(self, entries: dict[bytes, IndexEntry], index_mtime_ns: int, tree: ObjectID | None = None) -> None:
         self.entries = entries
         self._index_mtime_ns = index_mtime_ns
+        # The tree the index holds, if known (see `_index.load_index`).
+        self.tree = tree
 
     @classmethod
     def load(cls, index_path: str) -> StatCache:
-        try:
-            index_mtime_ns = os.stat(index_path).st_mtime_ns
-        except FileNotFoundError:
-            return cls({}, 0)
         # Conflict stages are dropped: those files are then hashed like new ones.
-        return cls(read_index(index_path), index_mtime_ns)
+        return cls(*load_index(index_path))
 
     def trusted(self, path: bytes, st: os.stat_result, mode: int) -> IndexEntry | None:
         """The index entry of `path` if its stat proves the file unchanged since it was hashed."""
         entry = self.entries.get(path)
-        if entry is None or entry.mode != mode:
-            return None
-        mtime_ns = entry.mtime_ns
-        # Zero is a smudged entry. An mtime not older than the index itself is racy, as in git.
-        if mtime_ns == 0 or mtime_ns >= self._index_mtime_ns:
-            return None
-        if (
-            st.st_mtime_ns != mtime_ns
-            or st.st_ctime_ns != entry.ctime_ns
-            or st.st_size & _U32 != entry.size
-            or st.st_ino & _U32 != entry.ino
-        ):
+        if entry is None or entry.mode != mode or not self.unchanged(entry, st):
             return None
         return entry
+
+    def unchanged(self, entry: IndexEntry, st: os.stat_result) -> bool:
+        """Whether `st` proves the file of `entry` (of the same mode) unchanged since it was hashed."""
+        mtime_ns = entry.mtime_ns
+        # Zero is a smudged entry. An mtime not older than the index itself is racy, as in git.
+        return (
+            mtime_ns != 0
+            and mtime_ns < self._index_mtime_ns
+            and st.st_mtime_ns == mtime_ns
+            and st.st_ctime_ns == entry.ctime_ns
+            and st.st_size & _U32 == entry.size
+            and st.st_ino & _U32 == entry.ino
+        )
 
 
 class IgnoreRules:
@@ -189,9 +189,12 @@ class _Scanner:
             self._keep_gitlink(prefix[:-1])  # a submodule not checked out: git keeps its recorded commit
             return
         pushed = ".gitignore" in names and self._push_gitignore(dir_fd, prefix)
+        # The loop every file of the worktree goes through: a tracked file whose stat matches the
+        # index costs one lstat and no call beyond `unchanged`.
+        files, index, unchanged = self.state.files, self._cache.entries, self._cache.unchanged
         try:
             for entry in entries:
-                name = os.fsencode(entry.name)
+                name = entry.name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode, without its checks
                 if name == b".git":
                     continue  # the repository itself, or a `.git` naming none, which hides only itself
                 path = prefix + name
@@ -199,11 +202,21 @@ class _Scanner:
                     self._enter(dir_fd, name, path)
                     continue
                 st = entry.stat(follow_symlinks=False)
-                if not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+                st_mode = st.st_mode
+                if stat.S_ISREG(st_mode):
+                    mode = MODE_EXECUTABLE if st_mode & stat.S_IXUSR else MODE_FILE
+                elif stat.S_ISLNK(st_mode):
+                    mode = MODE_SYMLINK
+                else:
                     continue  # sockets, FIFOs and devices are not content git can store
-                if path not in self._cache.entries and self._rules.is_ignored(path, is_dir=False):
+                known = index.get(path)
+                if known is None:
+                    if self._rules.is_ignored(path, is_dir=False):
+                        continue
+                elif known.mode == mode and unchanged(known, st):
+                    files[path] = known
                     continue
-                self._add(dir_fd, name, path, st)
+                self._hash(dir_fd, name, path, st)
         finally:
             if pushed:
                 self._rules.pop()
@@ -233,14 +246,13 @@ class _Scanner:
             head = nested.head
             known = self._cache.entries.get(path)
             entry = known if known is not None and known.mode == MODE_GITLINK and known.sha == head else None
-            self.state.files[path] = FileState(MODE_GITLINK, head, entry or tree_entry(MODE_GITLINK, head))
+            self.state.files[path] = entry or tree_entry(MODE_GITLINK, head)
         elif path in self._gitlinks:
             self._keep_gitlink(path)
         return True
 
     def _keep_gitlink(self, path: bytes) -> None:
-        entry = self._cache.entries[path]
-        self.state.files[path] = FileState(MODE_GITLINK, entry.sha, entry)
+        self.state.files[path] = self._cache.entries[path]
 
     def _push_gitignore(self, dir_fd: int, prefix: bytes) -> bool:
         st = _fs.lstat_at(dir_fd, b".gitignore")
@@ -255,11 +267,14 @@ class _Scanner:
         return True
 
     def _add(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> None:
-        mode = mode_of(st)
-        entry = self._cache.trusted(path, st, mode)
+        entry = self._cache.trusted(path, st, mode_of(st))
         if entry is not None:
-            self.state.files[path] = FileState(mode, entry.sha, entry)
+            self.state.files[path] = entry
             return
+        self._hash(dir_fd, name, path, st)
+
+    def _hash(self, dir_fd: int, name: bytes, path: bytes, st: os.stat_result) -> None:
+        """Read and hash the file: new, changed, or its stat no proof that it is not."""
         got = _fs.read_entry(dir_fd, name, st)
         if got is None:
             return  # gone (or replaced by something git cannot store) since it was listed
@@ -271,7 +286,7 @@ class _Scanner:
         # Content the index already names is in the object store (a smudged entry hashed again).
         if self._keep_blobs and (known is None or known.sha != sha):
             self.state.blobs[sha] = blob
-        self.state.files[path] = FileState(mode, sha, index_entry(read_st, sha, mode, hashed_at_ns=self._started_ns))
+        self.state.files[path] = index_entry(read_st, sha, mode, hashed_at_ns=self._started_ns)
 
     def _add_tracked_left_out(self) -> None:
         """Tracked files the walk did not enter (ignored directories): git keeps tracking them."""
@@ -302,7 +317,21 @@ def scan(repo: Repo, root_fd: int, *, keep_blobs: bool) -> WorktreeState:
     """
     cache = StatCache.load(repo.index_path())
     root = os.fsencode(os.path.realpath(repo.path))
-    return _Scanner(root_fd, root, cache, IgnoreRules.for_repo(repo), keep_blobs=keep_blobs).run()
+    state = _Scanner(root_fd, root, cache, IgnoreRules.for_repo(repo), keep_blobs=keep_blobs).run()
+    if cache.tree is not None and _same_files(state.files, cache.entries):
+        state.tree = cache.tree
+    return state
+
+
+def _same_files(found: Mapping[bytes, IndexEntry], index: Mapping[bytes, IndexEntry]) -> bool:
+    """Whether the scan found exactly the index's paths, each with its mode and content."""
+    if len(found) != len(index):
+        return False
+    for path, entry in found.items():
+        known = index.get(path)
+        if known is not entry and (known is None or known.mode != entry.mode or known.sha != entry.sha):
+            return False
+    return True
 
 
 @dataclass(slots=True)
@@ -317,7 +346,7 @@ def apply_tree(
     root_fd: int,
     store: BaseObjectStore,
     *,
-    current: Mapping[bytes, FileState],
+    current: Mapping[bytes, IndexEntry],
     target: Mapping[bytes, tuple[int, ObjectID]],
     force: bool = False,
 ) -> Checkout:
@@ -336,7 +365,7 @@ def apply_tree(
         mode, sha = target[path]
         old = current.get(path)
         if old is not None and old.mode == mode and old.sha == sha:
-            index[path] = old.entry
+            index[path] = old
         else:
             # Paths already in the worktree were found by walking it, so only new ones need the check.
             check_tree_path(path, mode)
@@ -369,8 +398,11 @@ def apply_tree(
             mode, sha = target[path]
             dir_fd, name = chain.parent_of(path)
             assert dir_fd is not None  # create=True makes every directory
-            index[path] = _write(dir_fd, name, objects, mode, sha, written_at_ns=written_at_ns)
-            changes.append((path, "added" if path not in current else "modified"))
+            old = current.get(path)
+            # A file the scan found as a regular file is overwritten, when still safe (see _fs.write_file).
+            in_place = old is not None and old.mode in (MODE_FILE, MODE_EXECUTABLE)
+            index[path] = _write(dir_fd, name, objects, mode, sha, written_at_ns=written_at_ns, in_place=in_place)
+            changes.append((path, "added" if old is None else "modified"))
     changes.sort()
     return Checkout(changes=changes, index=index)
 
@@ -378,7 +410,7 @@ def apply_tree(
 def in_the_way(
     root_fd: int,
     *,
-    current: Mapping[bytes, FileState],
+    current: Mapping[bytes, IndexEntry],
     target: Mapping[bytes, tuple[int, ObjectID]],
     paths: Iterable[bytes],
 ) -> list[bytes]:
@@ -403,7 +435,7 @@ def in_the_way(
 
 def _blocker(
     chain: _fs.DirChain,
-    current: Mapping[bytes, FileState],
+    current: Mapping[bytes, IndexEntry],
     clear: set[bytes],
     path: bytes,
     entry: tuple[int, ObjectID],
@@ -439,7 +471,7 @@ def _blocker(
     return None if got is not None and Blob.from_string(got[0]).id == sha else path
 
 
-def _holds_untracked(parent_fd: int, name: bytes, prefix: bytes, current: Mapping[bytes, FileState]) -> bool:
+def _holds_untracked(parent_fd: int, name: bytes, prefix: bytes, current: Mapping[bytes, IndexEntry]) -> bool:
     """Whether directory `name` holds any file or link that `current` does not (empty directories aside)."""
     dir_fd = _fs.open_dir_at(parent_fd, name, create=False)
     if dir_fd is None:
@@ -463,7 +495,7 @@ def _holds_untracked(parent_fd: int, name: bytes, prefix: bytes, current: Mappin
 
 
 def _write(
-    dir_fd: int, name: bytes, objects: PackedObjects, mode: int, sha: ObjectID, *, written_at_ns: int
+    dir_fd: int, name: bytes, objects: PackedObjects, mode: int, sha: ObjectID, *, written_at_ns: int, in_place: bool
 ) -> IndexEntry:
     if mode == MODE_GITLINK:
         # A submodule is checked out as an empty directory, like git does without --recurse-submodules.
@@ -474,11 +506,11 @@ def _write(
     if mode == MODE_SYMLINK:
         st = _fs.write_symlink(dir_fd, name, data)
     else:
-        st = _fs.write_file(dir_fd, name, data, executable=mode == MODE_EXECUTABLE)
+        st = _fs.write_file(dir_fd, name, data, executable=mode == MODE_EXECUTABLE, in_place=in_place)
     return index_entry(st, sha, mode, hashed_at_ns=written_at_ns)
 
 
-def _remove_files(root_fd: int, paths: list[bytes], current: Mapping[bytes, FileState]) -> None:
+def _remove_files(root_fd: int, paths: list[bytes], current: Mapping[bytes, IndexEntry]) -> None:
     parents: set[bytes] = set()
     with _fs.DirChain(root_fd, create=False) as chain:
         for path in paths:

@@ -187,7 +187,7 @@ class LocalWorktree:
         commit = new_commit(shot.tree, base, message)
         store_objects(self._store, [*shot.objects, commit])
         move_ref(self._repo, self._ref, old=old, new=commit.id, message=b"makima: checkpoint " + commit.id)
-        replace_index(self._repo, shot.index)
+        replace_index(self._repo, shot.index, tree=shot.tree)
         return commit
 
     def outgoing(

@@ -10,15 +10,17 @@ not find there (loose objects, alternates, a pack removed meanwhile) goes the st
 from __future__ import annotations
 
 import bisect
+import copy
 import os
 import threading
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from dulwich.object_format import ObjectFormat
 from dulwich.object_store import BaseObjectStore, PackBasedObjectStore
-from dulwich.objects import ObjectID, RawObjectID
-from dulwich.pack import Pack, PackFileDisappeared
+from dulwich.objects import ObjectID, RawObjectID, hex_to_sha
+from dulwich.pack import FilePackIndex, Pack, PackFileDisappeared, PackIndex, load_pack_index
 
 
 class PackedObjects:
@@ -29,20 +31,35 @@ class PackedObjects:
         self._packs: list[Pack] = list(store.packs) if isinstance(store, PackBasedObjectStore) else []
         # Bytes of a binary object id: what tree entries hold.
         self.oid_length: int = store.object_format.oid_length
+        self._hex_length: int = store.object_format.hex_length
 
     def locate(self, sha: ObjectID | RawObjectID) -> tuple[Pack, int] | None:
-        """The first listed pack holding `sha` (hex or raw) and its offset there; None if none does."""
-        for pack in self._packs:
+        """A listed pack holding `sha` (hex or raw) and its offset there; None if none does.
+
+        The id is made binary once for all the indexes asked, and the pack that answers is asked
+        first next time: the objects one operation reads mostly lie in one pack.
+        """
+        raw = hex_to_sha(ObjectID(sha)) if len(sha) == self._hex_length else sha
+        packs = self._packs
+        for i, pack in enumerate(packs):
             try:
-                return pack, pack.index.object_offset(sha)
+                offset = pack.index.object_offset(raw)
             except KeyError:
                 continue
             except PackFileDisappeared:
                 return None
+            if i:
+                packs.insert(0, packs.pop(i))
+            return pack, offset
         return None
 
     def __contains__(self, sha: ObjectID) -> bool:
         return self.locate(sha) is not None or sha in self.store
+
+    def packed(self, sha: ObjectID | RawObjectID) -> bool:
+        """Whether one of the packs listed at construction holds `sha`: no loose object, alternate or
+        new listing is looked at (a bucket-based store would list its bucket again on a miss)."""
+        return self.locate(sha) is not None
 
     def get_raw(self, sha: ObjectID | RawObjectID) -> tuple[int, bytes]:
         """The type and content of `sha`, deltas resolved; KeyError if the store does not hold it."""
@@ -57,6 +74,51 @@ class PackedObjects:
             except (KeyError, PackFileDisappeared):
                 pass  # a base elsewhere, or the pack went: the store resolves it its own way
         return self.store.get_raw(sha)
+
+
+_INDEXES: OrderedDict[tuple[str, int, int, int, int], PackIndex] = OrderedDict()
+_INDEXES_KEPT = 256
+_INDEXES_LOCK = threading.Lock()
+
+
+def share_index(pack: Pack) -> Pack:
+    """Make `pack` (not yet read) open its index through the process-wide cache (`shared_index`)."""
+    path, object_format = pack._idx_path, pack.object_format
+    pack._idx_load = lambda: shared_index(path, object_format)
+    return pack
+
+
+def shared_index(path: str, object_format: ObjectFormat) -> PackIndex:
+    """The pack index at `path`, mapped once per process for as long as the file is the same.
+
+    Every worktree and object store operation opens its repository anew, and so each pack index it
+    reads (a map and a parse of the fan-out table, 0.2 to 0.8 ms here); an index never changes once
+    written, and a new file at the path has a new inode. What is returned is a view of the mapping:
+    closing it leaves the mapping to the cache and to the other views, and the mapping goes when the
+    last of them does (the file descriptor is closed at once: a mapping outlives it).
+    """
+    st = os.stat(path)
+    key = (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(key)
+        if index is not None:
+            _INDEXES.move_to_end(key)
+    if index is None:
+        index = load_pack_index(path, object_format)
+        if not isinstance(index, FilePackIndex):
+            return index
+        index._file.close()
+        with _INDEXES_LOCK:
+            index = _INDEXES.setdefault(key, index)
+            while len(_INDEXES) > _INDEXES_KEPT:
+                _INDEXES.popitem(last=False)
+    view = copy.copy(index)
+    view.close = _keep_mapping  # type: ignore[method-assign]
+    return view
+
+
+def _keep_mapping() -> None:
+    """A shared index's close: its mapping stays for the cache and the other views."""
 
 
 _OFS_DELTA, _REF_DELTA = 6, 7

@@ -34,6 +34,7 @@ from makima.worktree import _fs, _index
 from makima.worktree._index import IndexEntry
 from makima.worktree._worktree import Checkout, apply_tree, scan, tree_entry
 from makima.worktree.errors import BranchExistsError, ConcurrentUpdateError, GitError
+from makima.worktree.packs import PackedObjects, share_index
 from makima.worktree.paths import validate_branch_name
 from makima.worktree.transfer import repack
 from makima.worktree.trees import IDENTITY, build_trees, flatten
@@ -62,6 +63,10 @@ class ObjectDir(DiskObjectStore):
     def __init__(self, path: str, alternates: Iterable[str] = ()) -> None:
         super().__init__(path)
         self._alternates = [ObjectDir(alternate) for alternate in alternates]
+
+    def _update_pack_cache(self) -> list[Pack]:
+        # Pack indexes are mapped once per process (see packs.shared_index), not once per operation.
+        return [share_index(pack) for pack in super()._update_pack_cache()]
 
 
 @dataclass(frozen=True)
@@ -147,12 +152,11 @@ def read_worktree(repo: Repo, root: Path) -> WorktreeSnapshot:
         state = scan(repo, root_fd, keep_blobs=True)
     finally:
         os.close(root_fd)
-    tree, trees = build_trees({path: (f.mode, f.sha) for path, f in state.files.items()})
-    return WorktreeSnapshot(
-        tree=tree,
-        objects=[*state.blobs.values(), *trees],
-        index={path: f.entry for path, f in state.files.items()},
-    )
+    if state.tree is not None:
+        # Unchanged since this process wrote the index for that tree, whose objects are stored.
+        return WorktreeSnapshot(tree=state.tree, objects=list(state.blobs.values()), index=state.files)
+    tree, trees = build_trees({path: (entry.mode, entry.sha) for path, entry in state.files.items()})
+    return WorktreeSnapshot(tree=tree, objects=[*state.blobs.values(), *trees], index=state.files)
 
 
 def live_files(repo: Repo, root: Path) -> dict[bytes, tuple[int, ObjectID]]:
@@ -162,27 +166,37 @@ def live_files(repo: Repo, root: Path) -> dict[bytes, tuple[int, ObjectID]]:
         state = scan(repo, root_fd, keep_blobs=False)
     finally:
         os.close(root_fd)
-    return {path: (f.mode, f.sha) for path, f in state.files.items()}
+    return {path: (entry.mode, entry.sha) for path, entry in state.files.items()}
 
 
-def checkout(repo: Repo, root: Path, tree: ObjectID | None, *, force: bool = False) -> Checkout:
+def checkout(
+    repo: Repo,
+    root: Path,
+    tree: ObjectID | None,
+    *,
+    force: bool = False,
+    current: Mapping[bytes, IndexEntry] | None = None,
+) -> Checkout:
     """Make the worktree at `root` and its index hold exactly `tree` (None: the empty tree); refs do not move.
 
     Only the differences are applied: changed files rewritten, files absent from the tree removed
     (ignored files are left alone) with the directories they leave empty, missing files brought back.
     UntrackedInTheWayError if an ignored file or a nested repository stands where the tree has
     something else, unless `force` (see `apply_tree`).
-    Files are replaced, never written through, so a symlink or hard link planted in the worktree
-    cannot carry a write outside it. The tree's objects are read from the repository's store.
+    A symlink or hard link planted in the worktree never carries a write outside it: only a regular
+    file with no other link is written over, anything else is replaced. The tree's objects are
+    read from the repository's store. `current` is the worktree as a scan just read it
+    (`WorktreeSnapshot.index`, under the same lock), so that it is not read a second time.
     """
     target = {} if tree is None else flatten(repo.object_store, tree)
     root_fd = _fs.open_root(root)
     try:
-        state = scan(repo, root_fd, keep_blobs=False)
-        result = apply_tree(root_fd, repo.object_store, current=state.files, target=target, force=force)
+        if current is None:
+            current = scan(repo, root_fd, keep_blobs=False).files
+        result = apply_tree(root_fd, repo.object_store, current=current, target=target, force=force)
     finally:
         os.close(root_fd)
-    replace_index(repo, result.index)
+    replace_index(repo, result.index, tree=tree)
     return result
 
 
@@ -198,9 +212,13 @@ def index_for_tree(repo: Repo, tree: ObjectID) -> dict[bytes, IndexEntry]:
     return entries
 
 
-def replace_index(repo: Repo, entries: Mapping[bytes, IndexEntry]) -> None:
-    """Replace the repository's index, waiting a little while a git command holds its lock."""
-    locked(lambda: _index.write_index(repo.index_path(), entries), what="index")
+def replace_index(repo: Repo, entries: Mapping[bytes, IndexEntry], *, tree: ObjectID | None = None) -> None:
+    """Replace the repository's index, waiting a little while a git command holds its lock.
+
+    `tree` is the tree `entries` hold, stored in the repository, when the caller knows it: the next
+    snapshot of an unchanged worktree then takes it as is (see `_index.load_index`).
+    """
+    locked(lambda: _index.write_index(repo.index_path(), entries, tree=tree), what="index")
 
 
 def store_objects(store: BaseObjectStore, objects: Iterable[ShaFile]) -> None:
@@ -211,8 +229,10 @@ def store_objects(store: BaseObjectStore, objects: Iterable[ShaFile]) -> None:
     `consolidate_packs` then keeps the number of packs bounded.
     """
     assert isinstance(store, DiskObjectStore)
-    # Own packs only: a lookup through a chain of alternates costs more than writing an object twice.
-    todo = list({obj.id: obj for obj in objects if not store.contains_packed(obj.id)}.values())
+    # Own packs only, as listed once: a lookup through a chain of alternates, or dulwich's rescan of
+    # the pack directory on every miss, costs more than writing an object twice.
+    packed = PackedObjects(store).packed
+    todo = list({obj.id: obj for obj in objects if not packed(obj.id)}.values())
     if len(todo) >= _PACK_THRESHOLD:
         write_pack(store, todo)
         consolidate_packs(store)

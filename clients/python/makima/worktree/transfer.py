@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, cast
 
@@ -74,20 +74,34 @@ class Missing:
     trees: set[ObjectID]
 
 
-def find_missing(store: BaseObjectStore, *, wants: Iterable[str], haves: Iterable[str]) -> Missing:
+def find_missing(
+    store: BaseObjectStore,
+    *,
+    wants: Iterable[str],
+    haves: Iterable[str],
+    held: Callable[[ObjectID], bool] | None = None,
+) -> Missing:
     """The objects reachable from `wants` but not from `haves`, and the objects the receiver has.
 
     As git does: the commits reachable from a want and from no have are missing, and of their trees
     whatever the trees of the boundary commits (the haves' ancestors a want reaches) do not hold.
     `haves` unknown to `store` are ignored (a receiver may have more than the sender); a want it
     does not hold is RefNotFoundError.
+
+    `held`, if given, answers for a receiver that holds every object with all it reaches (the
+    service's object store): a commit or tree it holds is neither sent nor walked, though no have
+    reaches it, e.g. a rewind commit's tree, which is its target's. Blobs are not asked about: a
+    miss costs a lookup in every pack, and a blob prunes nothing below it. The boundary's trees
+    are then read only if some tree is to be walked, and `remote_has` may hold the boundary
+    commits alone.
     """
     objects = PackedObjects(store)
     want_ids, have_ids = object_ids(wants), object_ids(haves)
     for want in want_ids:
         if want not in objects:
             raise RefNotFoundError(f"commit {want.decode()} is not in the object store", commit=want.decode())
-    ancestors = _ancestry(objects, have_ids)
+    # With `held`, the walk stops at any commit the receiver holds, and so at every have's ancestor.
+    ancestors = set(have_ids) if held is not None else _ancestry(objects, have_ids)
     missing: list[ObjectID] = []
     boundary: list[ObjectID] = []
     others: list[ObjectID] = []
@@ -98,7 +112,7 @@ def find_missing(store: BaseObjectStore, *, wants: Iterable[str], haves: Iterabl
         if sha in seen:
             continue
         seen.add(sha)
-        if sha in ancestors:
+        if sha in ancestors or (held is not None and held(sha)):
             boundary.append(sha)
             continue
         type_num, raw = objects.get_raw(sha)
@@ -107,19 +121,24 @@ def find_missing(store: BaseObjectStore, *, wants: Iterable[str], haves: Iterabl
             continue
         missing.append(sha)
         pending.extend(reversed(_parse_commit(raw, sha).parents))
+    roots = [_parse_commit(objects.get_raw(sha)[1], sha).tree for sha in missing]
+    if held is not None:
+        roots = [tree for tree in roots if not held(tree)]
+        others = [sha for sha in others if not held(sha)]
     remote_has = set(boundary)
-    for sha in boundary:
-        _walk_trees(objects, [_parse_commit(objects.get_raw(sha)[1], sha).tree], remote_has, None)
+    if roots or others:
+        for sha in boundary:
+            _walk_trees(objects, [_parse_commit(objects.get_raw(sha)[1], sha).tree], remote_has, None)
     sent = set(remote_has)
     out = list(missing)
     sent.update(missing)
     trees: set[ObjectID] = set()
-    for sha in missing:
-        _walk_trees(objects, [_parse_commit(objects.get_raw(sha)[1], sha).tree], sent, out, trees)
+    for tree in roots:
+        _walk_trees(objects, [tree], sent, out, trees, held)
     for sha in others:
         if sha not in sent:
             if objects.get_raw(sha)[0] == Tree.type_num:
-                _walk_trees(objects, [sha], sent, out, trees)
+                _walk_trees(objects, [sha], sent, out, trees, held)
             else:
                 sent.add(sha)
                 out.append(sha)
@@ -185,11 +204,12 @@ def _walk_trees(
     seen: set[ObjectID],
     out: list[ObjectID] | None,
     trees: set[ObjectID] | None = None,
+    held: Callable[[ObjectID], bool] | None = None,
 ) -> None:
     """Add to `seen` (and `out`) the trees `roots` and all they reach that `seen` lacks; gitlinks are skipped.
 
-    A subtree already in `seen` is not walked: whatever reaches it was walked with it. The trees
-    added go to `trees` too, if given.
+    A subtree already in `seen` is not walked: whatever reaches it was walked with it; nor is a
+    subtree `held` answers for (see `find_missing`). The trees added go to `trees` too, if given.
     """
     pending = list(reversed(roots))
     while pending:
@@ -203,6 +223,9 @@ def _walk_trees(
             trees.add(tree)
         for _name, mode, sha in _parse_tree(objects.get_raw(tree)[1], objects.oid_length):
             if mode == MODE_GITLINK or sha in seen:
+                continue
+            if mode == MODE_TREE and held is not None and held(sha):
+                seen.add(sha)
                 continue
             if mode == MODE_TREE:
                 pending.append(sha)

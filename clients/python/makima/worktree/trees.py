@@ -6,17 +6,20 @@ object store, a worktree's `.git/objects` and a store in memory.
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Mapping
+from binascii import unhexlify
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from dulwich.diff_tree import CHANGE_ADD, CHANGE_DELETE, tree_changes
 from dulwich.object_store import BaseObjectStore
-from dulwich.objects import Commit, ObjectID, Tree, TreeEntry, valid_hexsha
+from dulwich.objects import Commit, ObjectID, Tree, TreeEntry, object_class, parse_tree, valid_hexsha
 
 from makima.worktree._worktree import ChangeKind
 from makima.worktree.errors import RefNotFoundError
+from makima.worktree.packs import PackedObjects
 from makima.worktree.paths import MODE_TREE
 
 # Who makima's commits are by: checkpoints record an agent's work, not a person's.
@@ -54,18 +57,26 @@ def commit_of(store: BaseObjectStore, sha: ObjectID) -> Commit:
 
 
 def flatten(store: BaseObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, ObjectID]]:
-    """Every non-tree entry below `tree`, by '/'-separated path; RefNotFoundError if a tree is missing."""
+    """Every non-tree entry below `tree`, by '/'-separated path; RefNotFoundError if a tree is missing.
+
+    Trees are read raw from the packs and parsed by dulwich's C parser, no object built: a restore
+    reads every tree of the commit it checks out.
+    """
+    objects = PackedObjects(store)
     files: dict[bytes, tuple[int, ObjectID]] = {}
     pending = [(b"", tree)]
     while pending:
         prefix, sha = pending.pop()
         try:
-            obj = store[sha]
+            type_num, raw = objects.get_raw(sha)
         except KeyError:
             raise RefNotFoundError(f"tree {sha.decode()} is not in the object store", object=sha.decode()) from None
-        if not isinstance(obj, Tree):
-            raise RefNotFoundError(f"{sha.decode()} is a {obj.type_name.decode()}, not a tree", object=sha.decode())
-        for name, mode, child in obj.iteritems():
+        if type_num != Tree.type_num:
+            cls = object_class(type_num)
+            kind = cls.type_name.decode() if cls is not None else f"type {type_num} object"
+            raise RefNotFoundError(f"{sha.decode()} is a {kind}, not a tree", object=sha.decode())
+        entries = cast(Iterable[tuple[bytes, int, ObjectID]], parse_tree(raw, objects.oid_length))
+        for name, mode, child in entries:
             if mode == MODE_TREE:
                 pending.append((prefix + name + b"/", child))
             else:
@@ -74,7 +85,12 @@ def flatten(store: BaseObjectStore, tree: ObjectID) -> dict[bytes, tuple[int, Ob
 
 
 def build_trees(files: Mapping[bytes, tuple[int, ObjectID]]) -> tuple[ObjectID, list[Tree]]:
-    """Root tree id and every tree object of `files` ('/'-separated path -> mode, blob sha)."""
+    """Root tree id and every tree object of `files` ('/'-separated path -> mode, blob sha).
+
+    Each tree is serialized and hashed here (SHA-1, as the worktrees' repositories are) and the
+    object made from those bytes: dulwich's own way adds entries one call at a time and serializes
+    again to find the id, which costs a snapshot of an unchanged worktree more than its scan.
+    """
     root: _TreeNode = {}
     for path, entry in files.items():
         *dirs, name = path.split(b"/")
@@ -87,14 +103,20 @@ def build_trees(files: Mapping[bytes, tuple[int, ObjectID]]) -> tuple[ObjectID, 
     trees: list[Tree] = []
 
     def build(node: _TreeNode) -> ObjectID:
-        tree = Tree()
+        # git's order: by name, a tree's name read as if it ended in '/'.
+        items: list[tuple[bytes, int, bytes, ObjectID]] = []
         for name, item in node.items():
             if isinstance(item, dict):
-                tree.add(name, MODE_TREE, build(item))
+                items.append((name + b"/", MODE_TREE, name, build(item)))
             else:
-                tree.add(name, item[0], item[1])
+                items.append((name, item[0], name, item[1]))
+        items.sort()
+        raw = b"".join([b"%o %s\x00%s" % (mode, name, unhexlify(sha)) for _key, mode, name, sha in items])
+        sha = ObjectID(hashlib.sha1(b"tree %d\x00%s" % (len(raw), raw)).hexdigest().encode("ascii"))
+        tree = Tree.from_raw_string(Tree.type_num, raw, sha=sha)
+        assert isinstance(tree, Tree)
         trees.append(tree)
-        return tree.id
+        return sha
 
     return build(root), trees
 

@@ -276,25 +276,28 @@ class ObjectChecker:
             self._refs.append((obj.id, target_type.type_num, target))
 
     def _add_tree(self, tree: Tree) -> None:
+        tree_id = tree.id  # hashed again on every read of `.id`
+        refs = self._refs
         for entry in tree.iteritems():
             name, mode, sha = entry.path, entry.mode, entry.sha
-            path = name.decode("utf-8", "surrogateescape")
             if mode not in GIT_MODES:
+                path = name.decode("utf-8", "surrogateescape")
                 raise refuse(
                     "bad_mode",
-                    f"tree {tree.id.decode()} gives {path!r} the mode {mode:o}, which git does not write",
-                    object=tree.id.decode(),
+                    f"tree {tree_id.decode()} gives {path!r} the mode {mode:o}, which git does not write",
+                    object=tree_id.decode(),
                     path=path,
                     mode=f"{mode:o}",
                 )
             problem = check_name(name, mode)
             if problem is not None:
+                path = name.decode("utf-8", "surrogateescape")
                 raise refuse(
-                    "unsafe_path", f"tree {tree.id.decode()} holds {problem}", object=tree.id.decode(), path=path
+                    "unsafe_path", f"tree {tree_id.decode()} holds {problem}", object=tree_id.decode(), path=path
                 )
             if mode == MODE_GITLINK:
                 continue  # a submodule's commit lives in another repository
-            self._refs.append((tree.id, Tree.type_num if mode == MODE_TREE else Blob.type_num, sha))
+            refs.append((tree_id, Tree.type_num if mode == MODE_TREE else Blob.type_num, sha))
 
     def check_complete(self, stored: Callable[[ObjectID], bool], *, commit: ObjectID | None) -> None:
         """Every referenced object, and `commit`, is in the pack (with the right type) or `stored`.

@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar, cast
 
 from makima.server import git
 from makima.server.domain.conversation import take_snapshot
@@ -42,6 +44,9 @@ from makima.server.store import commits as commit_records
 from makima.server.store.models import Task, TaskCheckpoint
 
 INITIAL_STATE = "initial state"
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 @dataclass(frozen=True)
@@ -332,6 +337,9 @@ class CodeRewound:
     changes: list[git.FileChange]
     rewind_commit: CommitInfo
     rewind_message: str
+    # A service-held worktree's objects on their way to the object store, which `record_rewind`
+    # awaits: the rest of the use case's database work is done meanwhile.
+    stored: asyncio.Task[None] | None = None
 
 
 def _rewind_message(target: TaskCheckpoint) -> str:
@@ -379,9 +387,12 @@ async def record_rewind(tx: Tx, task: Task, code: CodeRewound | None) -> TaskChe
     conversation as the use case left it; None if the code was not rewound."""
     if code is None:
         return None
-    return await record_checkpoint(
+    checkpoint = await record_checkpoint(
         tx, task, code.rewind_commit, message=code.rewind_message, kind=CheckpointKind.REWIND
     )
+    if code.stored is not None:
+        await code.stored  # the row commits only with its commit in the object store
+    return checkpoint
 
 
 async def _rewind_worktree(tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint, *, force: bool) -> CodeRewound:
@@ -390,45 +401,87 @@ async def _rewind_worktree(tx: Tx, ws: Workspace, task: Task, target: TaskCheckp
     path = worktree_of(task)
     assert task.branch is not None
     branch = task.branch
-    safety, snap = await _safety_checkpoint(tx, ws, task, target)
+    message = f"safety checkpoint before rewinding to {target.commit_sha[:12]}"
+    snap, head = await _safety_snapshot(tx, ws, task, message)
     # By value: an undo runs after the rollback, which expires the rows the transaction loaded.
-    before = safety.commit_sha
+    before = snap.commit_sha
     tx.undo.append(lambda: ws.run(git.restore, path, commit_sha=before, force=True))
-    changes = await ws.run(git.restore, path, commit_sha=target.commit_sha, force=force)
-    message = _rewind_message(target)
-    wanted = await stored_commit(tx, target.commit_sha)
-    made = await ws.run(git.commit_tree, path, tree_sha=wanted.tree_sha, parent_sha=before, message=message)
-    # One pack for both: the rewind commit's history holds the safety commit.
-    await store_commit(tx, ws, path, made.commit_sha)
-    if snap is not None:
+    rewind_message = _rewind_message(target)
+    # The safety snapshot read the worktree under the lock held since: the restore starts from it.
+    rewinding = ws.run(
+        git.rewind,
+        path,
+        commit_sha=target.commit_sha,
+        parent_sha=before,
+        message=rewind_message,
+        force=force,
+        worktree=snap,
+    )
+    if head is not None:
+        safety, done = head, await rewinding
+    else:
+        # A new safety commit: its row is written while the files change (both wait for the other,
+        # so that an undo never runs beside the restore).
+        commit = CommitInfo(
+            sha=before, tree_sha=snap.tree_sha, parent_shas=() if snap.parent_sha is None else (snap.parent_sha,)
+        )
+        safety, done = await _both(
+            record_checkpoint(tx, task, commit, message=message, kind=CheckpointKind.SAFETY), rewinding
+        )
+    made = done.commit
+    # One pack for both: the rewind commit's history holds the safety commit. It is stored while the
+    # use case records the rewind (see `record_rewind`); a use case that fails first still waits
+    # for it, so nothing outlives the transaction.
+    stored = asyncio.create_task(store_commit(tx, ws, path, made.commit_sha))
+    tx.stack.push_async_callback(_settled, stored)
+    if head is None:
         tx.after_commit.append(lambda: ws.run(git.publish, path, branch=branch, snapshot=snap, write_index=False))
     tx.after_commit.append(lambda: ws.run(git.publish, path, branch=branch, snapshot=made, write_index=False))
-    commit = CommitInfo(sha=made.commit_sha, tree_sha=made.tree_sha, parent_shas=(safety.commit_sha,))
-    return CodeRewound(safety=safety, changes=changes, rewind_commit=commit, rewind_message=message)
+    commit = CommitInfo(sha=made.commit_sha, tree_sha=made.tree_sha, parent_shas=(before,))
+    return CodeRewound(
+        safety=safety, changes=done.changes, rewind_commit=commit, rewind_message=rewind_message, stored=stored
+    )
 
 
-async def _safety_checkpoint(
-    tx: Tx, ws: Workspace, task: Task, target: TaskCheckpoint
-) -> tuple[TaskCheckpoint, git.Snapshot | None]:
-    """What a rewind keeps of the worktree as it is, and the snapshot to publish for it (None: none).
+async def _safety_snapshot(
+    tx: Tx, ws: Workspace, task: Task, message: str
+) -> tuple[git.Snapshot, TaskCheckpoint | None]:
+    """A snapshot of the worktree as a rewind finds it, and the checkpoint that already keeps it, if any.
 
     A worktree that still holds its branch head's tree, which a checkpoint records, needs no new
-    commit: that checkpoint is the safety one. Otherwise a SAFETY checkpoint is recorded; its
-    objects are stored with the rewind commit, whose parent it is.
+    commit: the snapshot is the head itself and that checkpoint is the safety one. Otherwise the
+    snapshot is a new commit, to record as a SAFETY checkpoint; its objects are stored with the
+    rewind commit, whose parent it is.
     """
     assert task.branch is not None
-    message = f"safety checkpoint before rewinding to {target.commit_sha[:12]}"
-    snap = await ws.run(git.snapshot, worktree_of(task), branch=task.branch, message=message)
-    if snap.parent_sha is not None and snap.tree_sha == snap.parent_tree_sha:
+    path = worktree_of(task)
+    snap = await ws.run(git.snapshot, path, branch=task.branch, message=message, reuse_head=True)
+    if snap.reused:
         head = await commit_records.newest_checkpoint_of_commit(
-            tx.session, owner_id=tx.owner_id, task_id=task.id, commit_sha=snap.parent_sha
+            tx.session, owner_id=tx.owner_id, task_id=task.id, commit_sha=snap.commit_sha
         )
         if head is not None:
-            return head, None
-    commit = CommitInfo(
-        sha=snap.commit_sha, tree_sha=snap.tree_sha, parent_shas=() if snap.parent_sha is None else (snap.parent_sha,)
-    )
-    return await record_checkpoint(tx, task, commit, message=message, kind=CheckpointKind.SAFETY), snap
+            return snap, head
+        # A head no checkpoint records: a commit of the same tree on top of it is recorded instead.
+        snap = await ws.run(git.snapshot, path, branch=task.branch, message=message)
+    return snap, None
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both results, run at once; the first failure is raised only once neither is running."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    for outcome in (a, b):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return cast(A, a), cast(B, b)
+
+
+async def _settled(work: asyncio.Task[None]) -> None:
+    """Wait for `work` at the end of a transaction that may not have (its failure is already known)."""
+    if not work.done():
+        await asyncio.wait([work])
+    if not work.cancelled():
+        work.exception()  # retrieved: a failure here failed the use case, or came after it failed
 
 
 async def load_checkpoint(tx: Tx, task: Task, checkpoint_id: uuid.UUID) -> TaskCheckpoint:

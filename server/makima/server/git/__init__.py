@@ -9,15 +9,16 @@ Every function is synchronous; callers run them in a thread under a per-worktree
 
 from makima.server.git.paths import SourceRepository, resolve_inside, resolve_repository
 from makima.server.git.repo import (
+    Rewind,
     Snapshot,
     clone_worktree,
-    commit_tree,
     compare,
     create_branch,
     delete_branch,
     head_commit,
     publish,
     restore,
+    rewind,
     snapshot,
 )
 from makima.worktree import ChangeKind, FileChange, validate_branch_name
@@ -45,11 +46,11 @@ __all__ = [
     "NotARepositoryError",
     "PathEscapeError",
     "RefNotFoundError",
+    "Rewind",
     "Snapshot",
     "SourceRepository",
     "UntrackedInTheWayError",
     "clone_worktree",
-    "commit_tree",
     "compare",
     "create_branch",
     "delete_branch",
@@ -59,6 +60,7 @@ __all__ = [
     "resolve_inside",
     "resolve_repository",
     "restore",
+    "rewind",
     "snapshot",
     "validate_branch_name",
 ]

@@ -24,6 +24,8 @@ from dulwich.repo import Repo
 
 from makima.server import git
 from makima.server.git.objects import OwnerObjectStore, find_missing, outgoing_pack
+from makima.worktree.packs import PackedObjects
+from makima.worktree.repository import ObjectDir
 
 # The identity of every commit the service writes (the git layer's snapshots use the same).
 IDENTITY = b"makima <makima@localhost>"
@@ -107,22 +109,36 @@ def store_from_repository(
     of a stored one sends only its new objects. A repository imported from the workspace is sent as
     a thin pack verified like any upload; the repository of a service-held worktree (`worktree`),
     whose new objects the service's snapshots wrote, takes the lighter checks of
-    `OwnerObjectStore.add_from_worktree`. InvalidPackError either way. Returns the number of objects
-    sent (0: all stored).
+    `OwnerObjectStore.add_from_worktree`, and sends nothing the store holds already, even what no
+    have reaches (a rewind commit's tree is its target's): the store holds every object with all it
+    reaches. InvalidPackError either way. Returns the number of objects sent (0: all stored).
     """
+    if worktree:
+        return _store_from_worktree(store, source, commit_sha)
     if not store.lacking([commit_sha]):
         return 0
     with _repository_objects(source) as local:
         commit = local[ObjectID(commit_sha.encode("ascii"))]
         assert isinstance(commit, Commit)
         haves = [p.decode("ascii") for p in commit.parents if p in store]
-        if worktree:
-            missing = find_missing(local, wants=[commit_sha], haves=haves)
-            store.add_from_worktree(local, missing)
-            return len(missing.objects)
         outgoing = outgoing_pack(local, wants=[commit_sha], haves=haves)
         store.receive_pack(outgoing.chunks, commit=commit_sha, limits=store.limits)
     return outgoing.object_count
+
+
+def _store_from_worktree(store: OwnerObjectStore, source: git.SourceRepository, commit_sha: str) -> int:
+    """`store_from_repository` for the repository of a service-held worktree."""
+    # The packs as listed once: a pack another process adds meanwhile only costs a duplicate.
+    stored = PackedObjects(store)
+    if stored.packed(ObjectID(commit_sha.encode("ascii"))):
+        return 0
+    with _repository_objects(source) as local:
+        commit = local[ObjectID(commit_sha.encode("ascii"))]
+        assert isinstance(commit, Commit)
+        haves = [p.decode("ascii") for p in commit.parents if stored.packed(p)]
+        missing = find_missing(local, wants=[commit_sha], haves=haves, held=stored.packed)
+        store.add_from_worktree(local, missing)
+    return len(missing.objects)
 
 
 def seed_repository(store: OwnerObjectStore, path: Path, *, branch: str, commit_sha: str) -> None:
@@ -153,15 +169,11 @@ def _repository_objects(source: git.SourceRepository) -> Iterator[DiskObjectStor
     dulwich would read every `info/alternates` file it meets; these were all checked inside the
     workspace root by `git.resolve_repository`, so none is read again.
     """
-    stores = [DiskObjectStore(str(directory)) for directory in (source.objects_dir, *source.alternates)]
-    for each in stores:
-        each._alternates = []
-    stores[0]._alternates = list(stores[1:])
+    store = ObjectDir(str(source.objects_dir), [str(directory) for directory in source.alternates])
     try:
-        yield stores[0]
+        yield store
     finally:
-        for each in stores:
-            each.close()
+        store.close()  # and its alternates
 
 
 def _text(path: bytes) -> str:

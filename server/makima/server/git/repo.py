@@ -65,9 +65,20 @@ class Snapshot:
     tree_sha: str
     # The tree of the parent: equal to `tree_sha` when nothing changed since the branch's head.
     parent_tree_sha: str | None = None
-    # The stat of every file as the snapshot hashed it, so `publish` refreshes the index without
-    # reading the files again. Not part of the value: a Snapshot rebuilt from stored shas also works.
+    # The branch's head itself, no commit written: `snapshot(reuse_head=True)` of an unchanged worktree.
+    reused: bool = False
+    # The stat of every file as the snapshot hashed it, so `publish` refreshes the index and a
+    # `rewind` right after knows the worktree without reading the files again. Not part of the
+    # value: a Snapshot rebuilt from stored shas also works.
     _index_entries: Mapping[bytes, IndexEntry] | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Rewind:
+    """What `rewind` did: the files it changed, and the rewind commit it wrote (not yet published)."""
+
+    changes: list[FileChange]
+    commit: Snapshot
 
 
 def clone_worktree(source: SourceRepository, path: Path, *, ref: str | None, branch: str) -> str:
@@ -117,21 +128,34 @@ def head_commit(path: Path, *, branch: str) -> str | None:
     return None if sha is None else sha.decode()
 
 
-def snapshot(path: Path, *, branch: str, message: str) -> Snapshot:
+def snapshot(path: Path, *, branch: str, message: str, reuse_head: bool = False) -> Snapshot:
     """Write a commit of the whole worktree on top of `branch`'s head, without moving any ref.
 
     The commit holds what `git add -A` would stage: tracked files and every untracked file that is
     not ignored (.gitignore at any depth, .git/info/exclude, the user's excludes file); symlinks are
     stored as links, never followed. Neither the branch nor the index changes, so if the caller's
     own write fails the commit simply stays unreferenced. Call `publish` to make it the head.
+
+    With `reuse_head`, a worktree that holds exactly the tree of the branch's head gets no commit
+    and nothing is written: the Snapshot returned is the head itself (`reused`, its parent the
+    head's first parent), for a caller that only needs what the worktree holds kept somewhere.
     """
     ref = branch_ref(branch)
     with _open(path) as repo:
         parent = read_ref(repo, ref)
         shot = read_worktree(repo, path)
+        head = None if parent is None else commit_of(repo.object_store, parent)
+        if reuse_head and head is not None and head.tree == shot.tree:
+            return Snapshot(
+                commit_sha=head.id.decode(),
+                parent_sha=head.parents[0].decode() if head.parents else None,
+                tree_sha=head.tree.decode(),
+                reused=True,
+                _index_entries=shot.index,
+            )
         commit = new_commit(shot.tree, parent, message)
         store_objects(repo.object_store, [*shot.objects, commit])
-        parent_tree = None if parent is None else commit_of(repo.object_store, parent).tree.decode()
+        parent_tree = None if head is None else head.tree.decode()
     return Snapshot(
         commit_sha=commit.id.decode(),
         parent_sha=None if parent is None else parent.decode(),
@@ -169,7 +193,7 @@ def publish(path: Path, *, branch: str, snapshot: Snapshot, write_index: bool = 
             entries = snapshot._index_entries
         else:
             entries = index_for_tree(repo, commit.tree)
-        replace_index(repo, entries)
+        replace_index(repo, entries, tree=commit.tree)
 
 
 def restore(path: Path, *, commit_sha: str, force: bool = False) -> list[FileChange]:
@@ -177,27 +201,39 @@ def restore(path: Path, *, commit_sha: str, force: bool = False) -> list[FileCha
 
     Only the differences are applied: changed files rewritten, files absent from the commit removed
     (ignored files are left alone) with the directories they leave empty, missing files brought back.
-    Files are replaced, never written through, so a symlink or hard link planted in the worktree
-    cannot carry a write outside it. What no commit holds (an ignored file or directory, a nested
-    repository) standing where the commit has something else refuses the restore with
-    UntrackedInTheWayError, nothing changed, unless `force` removes it. Returns what changed,
-    relative to the worktree before.
+    A symlink or hard link planted in the worktree never carries a write outside it: only a regular
+    file with no other link is written over, anything else is replaced. What no commit holds (an
+    ignored file or directory, a nested repository) standing where the commit has something else
+    refuses the restore with UntrackedInTheWayError, nothing changed, unless `force` removes it.
+    Returns what changed, relative to the worktree before.
     """
     with _open(path) as repo:
         result = checkout(repo, path, commit_of(repo.object_store, object_id(commit_sha)).tree, force=force)
     return [FileChange(path_text(p), kind) for p, kind in result.changes]
 
 
-def commit_tree(path: Path, *, tree_sha: str, parent_sha: str, message: str) -> Snapshot:
-    """Write a commit of the stored tree `tree_sha` on top of `parent_sha`, without moving any ref.
+def rewind(
+    path: Path, *, commit_sha: str, parent_sha: str, message: str, force: bool = False, worktree: Snapshot | None = None
+) -> Rewind:
+    """`restore` the tree of `commit_sha`, then write a commit of it on top of `parent_sha`, moving no ref.
 
-    A rewind's new head: its tree is the target's, its parent the safety commit, so history stays
-    linear. `publish` it (after the parent) with `write_index` False: the restore wrote the index.
+    The commit is a rewind's new head: its tree is the target's, its parent the safety commit, so
+    history stays linear. `publish` it (after the parent) with `write_index` False: the restore
+    wrote the index. `worktree` is a `snapshot` of the worktree taken just before under the same
+    lock (the safety snapshot): the restore then starts from what it read instead of reading
+    every file's stat again. Errors as `restore`'s, nothing changed.
     """
     with _open(path) as repo:
-        commit = new_commit(object_id(tree_sha), commit_of(repo.object_store, object_id(parent_sha)).id, message)
-        store_objects(repo.object_store, [commit])
-    return Snapshot(commit_sha=commit.id.decode(), parent_sha=parent_sha, tree_sha=tree_sha)
+        store = repo.object_store
+        tree = commit_of(store, object_id(commit_sha)).tree
+        parent = commit_of(store, object_id(parent_sha)).id
+        current = None if worktree is None else worktree._index_entries
+        result = checkout(repo, path, tree, force=force, current=current)
+        commit = new_commit(tree, parent, message)
+        store_objects(store, [commit])
+    changes = [FileChange(path_text(p), kind) for p, kind in result.changes]
+    made = Snapshot(commit_sha=commit.id.decode(), parent_sha=parent_sha, tree_sha=tree.decode())
+    return Rewind(changes=changes, commit=made)
 
 
 def compare(path: Path, *, base_sha: str, target_sha: str | None) -> list[FileChange]:

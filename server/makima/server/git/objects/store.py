@@ -32,7 +32,7 @@ from dulwich.pack import Pack, PackFileDisappeared
 
 from makima.server.git.errors import InvalidPackError
 from makima.server.git.objects.bucket import PackBucket, PackInfo, install_files, names_in, pack_basename, remove_files
-from makima.worktree.packs import PackedObjects
+from makima.worktree.packs import PackedObjects, share_index
 from makima.worktree.transfer import (
     DEFAULT_CHUNK_SIZE,
     Missing,
@@ -109,7 +109,8 @@ class OwnerObjectStore(BucketBasedObjectStore):
             with self._scratch(".pack") as (pack_file, _), self._scratch(".idx") as (index_file, _):
                 self._bucket.get_pack(name, pack_file, index_file)
                 install_files(self._dir, name, pack_file, index_file)
-        return Pack(os.fspath(base), object_format=self.object_format)
+        # Pack indexes are mapped once per process (see packs.shared_index), not once per operation.
+        return share_index(Pack(os.fspath(base), object_format=self.object_format))
 
     def _upload_pack(self, basename: str, pack_file: BinaryIO, index_file: BinaryIO) -> None:
         self._bucket.put_pack(basename, pack_file, index_file)
@@ -222,7 +223,7 @@ class OwnerObjectStore(BucketBasedObjectStore):
         worktree, on top of the commits this store holds (the haves `missing` was found with).
 
         Lighter than `receive_pack`, which guards against a sender: the history is complete by
-        construction (the walk stopped at stored commits) and nothing is thin or a bomb, so each
+        construction (the walk stopped at stored objects) and nothing is thin or a bomb, so each
         object is read once, its id checked against its content (the agent may have written to
         the repository) and its tree names and modes checked as any pack's (InvalidPackError);
         the pack's entries are then copied and its index written from the known ids (`repack`).
@@ -239,7 +240,7 @@ class OwnerObjectStore(BucketBasedObjectStore):
                 trees.append(ShaFile.from_raw_string(type_num, raw, sha=sha))
         check_trees(trees)
         held = PackedObjects(self)
-        if all(sha in held for sha in missing.objects):
+        if all(held.packed(sha) for sha in missing.objects):
             return StoredPack(name=None, object_count=len(missing.objects), byte_size=0)
         with self._scratch(".pack") as (f, path):
             index_path = path.removesuffix(".pack") + ".idx"
