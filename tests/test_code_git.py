@@ -358,8 +358,9 @@ async def test_what_the_object_store_refuses_is_not_checkpointed(api: Api) -> No
 
 
 async def test_a_rewind_whose_safety_checkpoint_the_object_store_refuses_changes_nothing(api: Api) -> None:
-    """The safety commit is stored while the rewind is recorded: its refusal still fails the rewind
-    and nothing is recorded. (The undo cannot put GIT~1 back: no checkout writes a name read as .git.)"""
+    """The safety commit is stored before any file changes: its refusal fails the rewind, nothing is
+    recorded and the worktree keeps every change (no undo could put GIT~1 back: no checkout writes a
+    name read as .git)."""
     task = await create_task(api, "coder", worktree=EMPTY)
     path = Path(task.worktree_path)
     write(path, {"a.txt": "target\n"})
@@ -374,3 +375,5 @@ async def test_a_rewind_whose_safety_checkpoint_the_object_store_refuses_changes
     assert (refused.metadata["problem"], refused.metadata["path"]) == ("unsafe_path", "GIT~1")
     assert len(await checkpoints_of(api, task.id)) == before
     assert git(path, "rev-parse", "HEAD").strip() == head
+    assert (path / "a.txt").read_text() == "since\n"
+    assert (path / "GIT~1" / "config").read_text() == "a name Windows reads as .git\n"

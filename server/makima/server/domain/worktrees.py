@@ -406,9 +406,22 @@ async def _rewind_worktree(tx: Tx, ws: Workspace, task: Task, target: TaskCheckp
     # By value: an undo runs after the rollback, which expires the rows the transaction loaded.
     before = snap.commit_sha
     tx.undo.append(lambda: ws.run(git.restore, path, commit_sha=before, force=True))
+    if head is not None:
+        safety = head
+    else:
+        # A new safety commit is in the object store before any file changes: a refusal (a name some
+        # file system reads as .git) then fails the rewind with the worktree untouched. Its row is
+        # written meanwhile.
+        commit = CommitInfo(
+            sha=before, tree_sha=snap.tree_sha, parent_shas=() if snap.parent_sha is None else (snap.parent_sha,)
+        )
+        safety, _ = await _both(
+            record_checkpoint(tx, task, commit, message=message, kind=CheckpointKind.SAFETY),
+            store_commit(tx, ws, path, before),
+        )
     rewind_message = _rewind_message(target)
     # The safety snapshot read the worktree under the lock held since: the restore starts from it.
-    rewinding = ws.run(
+    done = await ws.run(
         git.rewind,
         path,
         commit_sha=target.commit_sha,
@@ -417,21 +430,10 @@ async def _rewind_worktree(tx: Tx, ws: Workspace, task: Task, target: TaskCheckp
         force=force,
         worktree=snap,
     )
-    if head is not None:
-        safety, done = head, await rewinding
-    else:
-        # A new safety commit: its row is written while the files change (both wait for the other,
-        # so that an undo never runs beside the restore).
-        commit = CommitInfo(
-            sha=before, tree_sha=snap.tree_sha, parent_shas=() if snap.parent_sha is None else (snap.parent_sha,)
-        )
-        safety, done = await _both(
-            record_checkpoint(tx, task, commit, message=message, kind=CheckpointKind.SAFETY), rewinding
-        )
     made = done.commit
-    # One pack for both: the rewind commit's history holds the safety commit. It is stored while the
-    # use case records the rewind (see `record_rewind`); a use case that fails first still waits
-    # for it, so nothing outlives the transaction.
+    # The rewind commit (its tree is the target's, already stored) is stored while the use case
+    # records the rewind (see `record_rewind`); a use case that fails first still waits for it, so
+    # nothing outlives the transaction.
     stored = asyncio.create_task(store_commit(tx, ws, path, made.commit_sha))
     tx.stack.push_async_callback(_settled, stored)
     if head is None:
@@ -450,8 +452,7 @@ async def _safety_snapshot(
 
     A worktree that still holds its branch head's tree, which a checkpoint records, needs no new
     commit: the snapshot is the head itself and that checkpoint is the safety one. Otherwise the
-    snapshot is a new commit, to record as a SAFETY checkpoint; its objects are stored with the
-    rewind commit, whose parent it is.
+    snapshot is a new commit, to store and record as a SAFETY checkpoint.
     """
     assert task.branch is not None
     path = worktree_of(task)
