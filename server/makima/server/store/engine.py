@@ -141,7 +141,10 @@ class Database:
         # snapshot inside a transaction too, so a read-only block sees the same rows either way; SQLite
         # reads do the same (each statement its own snapshot), so no read counts on one snapshot
         # across statements.
-        reads = self.engine.execution_options(isolation_level="AUTOCOMMIT", **{_READ: True})
+        # (SQLite's connections are in autocommit mode already: asking again would reset them on every
+        # return to the pool, one more hop that a cancelled read can leave half done.)
+        autocommit = {} if self.dialect == "sqlite" else {"isolation_level": "AUTOCOMMIT"}
+        reads = self.engine.execution_options(**autocommit, **{_READ: True})
         self._reads = async_sessionmaker(reads, expire_on_commit=False, autoflush=False)
         self._locking_reads = async_sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
         self._writes = async_sessionmaker(
