@@ -11,6 +11,7 @@ import signal
 import socket
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,6 +31,37 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def dsn(url: str) -> str:
+    """The asyncpg form of a SQLAlchemy PostgreSQL URL."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def git_identity(base: Path) -> None:
+    """git runs with an identity and configuration of its own (a home under `base`): the machine's never count."""
+    home = base / "home"
+    home.mkdir()
+    os.environ.update(
+        HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
+        GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost",
+    )  # fmt: skip
+
+
+async def served(url: str) -> tuple[asyncio.subprocess.Process, str, str]:
+    """`makima-server serve` on `url` in its own process, so that its CPU time is its own: the process,
+    its address and an API key. The caller terminates it."""
+    address = f"127.0.0.1:{free_port()}"
+    env = os.environ | {
+        "MAKIMA_DATABASE_URL": url,
+        "MAKIMA_LISTEN": address,
+        "MAKIMA_LOG_LEVEL": "WARNING",
+        "MAKIMA_WORKSPACE_ROOT": tempfile.mkdtemp(),
+    }
+    secret = await new_api_key(env)
+    proc = await asyncio.create_subprocess_exec(SERVER, "serve", env=env)
+    return proc, address, secret
 
 
 async def new_api_key(env: dict[str, str]) -> str:
@@ -142,13 +174,7 @@ def backends(base: Path, postgres: str) -> Iterator[list[tuple[str, str]]]:
     """The databases to bench, as (name, URL): SQLite under `base`, then a temporary PostgreSQL database
     when `postgres` names a server; each gets its directory `base/<name>`. git runs with an identity
     and configuration of its own, so the machine's never count."""
-    home = base / "home"
-    home.mkdir()
-    os.environ.update(
-        HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), GIT_CONFIG_NOSYSTEM="1",
-        GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
-        GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost",
-    )  # fmt: skip
+    git_identity(base)
     with postgres_database(postgres) if postgres else nullcontext("") as pg_url:
         found = [("sqlite", f"sqlite+aiosqlite:///{base / 'sqlite' / 'makima.db'}")]
         if pg_url:

@@ -13,7 +13,6 @@ with the ratio ours/git (below 1 means we are faster). Nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import statistics
 import subprocess
@@ -21,6 +20,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from _common import git_identity
 
 from makima.server.git import compare, init_worktree, publish, restore, snapshot
 
@@ -81,13 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-git-") as tmp:
         base = Path(tmp)
-        home = base / "home"
-        home.mkdir()
-        os.environ.update(
-            HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), GIT_CONFIG_NOSYSTEM="1",
-            GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
-            GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost",
-        )  # fmt: skip
+        git_identity(base)
         ours_dir, git_dir = base / "ours", base / "git"
         init_worktree(ours_dir, branch="main")
         git_dir.mkdir()

@@ -17,17 +17,14 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
-from _common import new_api_key
-from bench_unary import cpu_seconds, free_port, ready
+from _common import dsn, served
+from bench_unary import cpu_seconds, ready
 
 from makima.v1 import daemon_pb2, daemon_pb2_grpc, resources_pb2, task_fork_pb2, task_fork_pb2_grpc
 
@@ -35,25 +32,6 @@ ROUNDS = 3
 BATCH = 100
 OUTPUT = resources_pb2.TASK_EVENT_KIND_OUTPUT
 ASSISTANT = resources_pb2.MESSAGE_ROLE_ASSISTANT
-
-
-def dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-async def served(url: str) -> tuple[asyncio.subprocess.Process, str, str]:
-    """`makima-server serve` in its own process, so that its CPU time is its own."""
-    bin_dir = Path(sys.executable).parent
-    address = f"127.0.0.1:{free_port()}"
-    env = os.environ | {
-        "MAKIMA_DATABASE_URL": url,
-        "MAKIMA_LISTEN": address,
-        "MAKIMA_LOG_LEVEL": "WARNING",
-        "MAKIMA_WORKSPACE_ROOT": tempfile.mkdtemp(),
-    }
-    secret = await new_api_key(env)
-    proc = await asyncio.create_subprocess_exec(str(bin_dir / "makima-server"), "serve", env=env)
-    return proc, address, secret
 
 
 def events(first: int, count: int) -> list[resources_pb2.NewTaskEvent]:

@@ -33,7 +33,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from _common import postgres_database
+from _common import git_identity, postgres_database
 from dulwich.repo import Repo
 
 from makima.server.domain.objects import ObjectStores
@@ -202,13 +202,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-objects-") as tmp:
         base = Path(tmp)
-        home = base / "home"
-        home.mkdir()
-        os.environ.update(
-            HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), GIT_CONFIG_NOSYSTEM="1",
-            GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
-            GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost",
-        )  # fmt: skip
+        git_identity(base)
         src = base / "src"
         src.mkdir()
         first, second = build_history(src)

@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import asyncpg
-from _common import new_api_key
+from _common import dsn, served
 from bench_unary import cpu_seconds
 from grpc import aio
 
@@ -42,10 +40,6 @@ from makima.v1 import (
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 class Bench:
@@ -150,22 +144,6 @@ async def bench_pages(b: Bench) -> None:
         await channel.close()
         proc.terminate()
         await proc.wait()
-
-
-async def served(url: str) -> tuple[asyncio.subprocess.Process, str, str]:
-    """`makima-server serve` in its own process, so that server and clients do not share one core."""
-    bin_dir = Path(sys.executable).parent
-    port = free_port()
-    env = os.environ | {"MAKIMA_DATABASE_URL": url, "MAKIMA_LISTEN": f"127.0.0.1:{port}", "MAKIMA_LOG_LEVEL": "WARNING"}
-    secret = await new_api_key(env)
-    proc = await asyncio.create_subprocess_exec(str(bin_dir / "makima-server"), "serve", env=env)
-    return proc, f"127.0.0.1:{port}", secret
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def delivery_latency(b: Bench, subscribers: int, events: int = 200) -> list[float]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-from _common import new_api_key
+from _common import dsn, free_port, served
 from grpc import aio
 
 from makima.v1 import supervisor_pb2, supervisor_pb2_grpc, task_fork_pb2, task_fork_pb2_grpc
@@ -61,12 +60,6 @@ class Figures:
     rate: float  # calls/s at CONCURRENCY
     p50_ms: float  # latency at concurrency 1
     cpu_ms_per_call: float  # server CPU per call at CONCURRENCY
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -118,16 +111,7 @@ async def ready(address: str) -> aio.Channel:
 
 async def ours(database_url: str, seconds: float) -> tuple[dict[str, Figures], dict[str, int], float]:
     """GetTask and GetContract figures, their response sizes, and the idle server's RSS in MB."""
-    bin_dir = Path(sys.executable).parent
-    address = f"127.0.0.1:{free_port()}"
-    env = os.environ | {
-        "MAKIMA_DATABASE_URL": database_url,
-        "MAKIMA_LISTEN": address,
-        "MAKIMA_LOG_LEVEL": "WARNING",
-        "MAKIMA_WORKSPACE_ROOT": tempfile.mkdtemp(),
-    }
-    key = await new_api_key(env)
-    server = await asyncio.create_subprocess_exec(str(bin_dir / "makima-server"), "serve", env=env)
+    server, address, key = await served(database_url)
     try:
         channel = await ready(address)
         supervisor = supervisor_pb2_grpc.SupervisorServiceStub(channel)
@@ -212,7 +196,7 @@ async def main() -> None:
     if args.backend == "sqlite":
         return
     name = f"makima_bench_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(args.postgres_url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    admin = await asyncpg.connect(dsn(args.postgres_url))
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
         await report("PostgreSQL", args.postgres_url.rsplit("/", 1)[0] + "/" + name, args.seconds)
